@@ -1,0 +1,105 @@
+//! An acknowledged `store_input` survives `kill -9` of the service process.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+/// Starts `cortex serve memory` on a free port and returns it with its URL.
+fn start(db: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cortex"))
+        .args(["serve", "memory", "--port", "0", "--db"])
+        .arg(db)
+        .env_remove("DATABASE_URL")
+        .env_remove("PORT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "unexpected ready line: {line:?}"
+    );
+    (child, url)
+}
+
+#[tokio::test]
+async fn acknowledged_items_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data").join("memory.sqlite3");
+    let (mut child, url) = start(&db);
+    let http = reqwest::Client::new();
+    const N: usize = 200;
+    let mut acknowledged = Vec::new();
+    for i in 0..N {
+        let body = json!({"user_id": "u1", "input_data": {"content": format!("item {i}")}});
+        let answer: Value = http
+            .post(format!("{url}/tool/store_input"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        acknowledged.push(answer["item_id"].as_i64().unwrap());
+    }
+    child.kill().unwrap(); // SIGKILL: no shutdown code runs
+    child.wait().unwrap();
+
+    let (mut child, url) = start(&db);
+    let history: Value = http
+        .get(format!("{url}/resource/history/u1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut stored: Vec<i64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["item_id"].as_i64().unwrap())
+        .collect();
+    stored.sort_unstable();
+    assert_eq!(stored, acknowledged);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_non_sqlite_database_url_is_a_usage_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cortex"))
+        .args(["serve", "memory", "--port", "0"])
+        .env("DATABASE_URL", "postgres://localhost/test")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("only SQLite is supported"), "{stderr}");
+}
+
+#[test]
+fn a_taken_port_is_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_cortex"))
+        .args(["serve", "memory", "--port", &port, "--db"])
+        .arg(dir.path().join("m.sqlite3"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("port {port}")) && stderr.contains("already in use"),
+        "{stderr}"
+    );
+}

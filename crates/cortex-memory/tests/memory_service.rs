@@ -1,0 +1,355 @@
+//! The memory service over real loopback HTTP with a temporary SQLite file.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cortex_memory::store::Store;
+use cortex_service::ServiceConfig;
+use cortex_test_support::{SseReader, TestServer, json_of};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Memory {
+    server: TestServer,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn memory() -> Memory {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("memory.sqlite3"))
+        .await
+        .unwrap();
+    let service = cortex_memory::service::build(store).unwrap();
+    let server = TestServer::start(service, ServiceConfig::default()).await;
+    Memory {
+        server,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl Memory {
+    async fn call(&self, tool: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.server.url(&format!("/tool/{tool}")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn store(&self, user: &str, content: &str) -> i64 {
+        let (status, body) = self
+            .call(
+                "store_input",
+                json!({"arguments": {"user_id": user, "input_data": {"content": content}}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["result"]["item_id"].as_i64().unwrap()
+    }
+
+    async fn read(&self, uri: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.server.url(&format!("/resource/{uri}")))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn stream(&self, uri: &str, last_event_id: Option<&str>) -> SseReader {
+        let mut request = self
+            .http
+            .get(self.server.url(&format!("/resource/{uri}")))
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        SseReader::new(response)
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error envelope: {body}"))
+}
+
+#[tokio::test]
+async fn seed_shape_bare_in_bare_out_with_message() {
+    let m = memory().await;
+    // Exactly what the seed's Python client and examples send.
+    let (status, body) = m
+        .call("store_input", json!({"user_id": "u1", "input_data": {"message": "hello", "timestamp": "2026-01-01T00:00:00Z"}}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "stored");
+    assert_eq!(body["user_id"], "u1");
+    let id = body["item_id"].as_i64().unwrap();
+    let (status, item) = m.read(&format!("item/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(item["content"], "hello");
+    assert_eq!(item["timestamp"], "2026-01-01T00:00:00Z");
+    assert_eq!(
+        item["input_data"]["message"], "hello",
+        "other fields are kept"
+    );
+}
+
+#[tokio::test]
+async fn phase4_shape_envelope_in_envelope_out() {
+    let m = memory().await;
+    let (status, body) = m
+        .call(
+            "store_input",
+            json!({"arguments": {"user_id": "u1", "input_data": {"content": "hi", "content_type": "text/markdown", "conversation_id": "c1", "mood": "calm"}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["result"]["status"], "stored");
+    let id = body["result"]["item_id"].as_i64().unwrap();
+    let (status, body) = m
+        .call("get_item", json!({"arguments": {"item_id": id}}))
+        .await;
+    assert_eq!(status, 200);
+    let item = &body["result"];
+    assert_eq!(
+        (
+            item["content_type"].as_str(),
+            item["conversation_id"].as_str()
+        ),
+        (Some("text/markdown"), Some("c1"))
+    );
+    assert_eq!(item["input_data"]["mood"], "calm");
+}
+
+#[tokio::test]
+async fn bad_input_is_400_naming_the_field() {
+    let m = memory().await;
+    let cases = [
+        (json!({"user_id": "u1", "input_data": "text"}), "input_data"),
+        (json!({"user_id": "u1", "input_data": [1]}), "input_data"),
+        (
+            json!({"user_id": "u1", "input_data": {"timestamp": "t"}}),
+            "input_data.content",
+        ),
+        (
+            json!({"user_id": "u1", "input_data": {"content": 5}}),
+            "input_data.content",
+        ),
+        (
+            json!({"user_id": "", "input_data": {"content": "x"}}),
+            "user_id",
+        ),
+        (
+            json!({"user_id": "a/b", "input_data": {"content": "x"}}),
+            "user_id",
+        ),
+        (json!({"input_data": {"content": "x"}}), "user_id"),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = m.call("store_input", body.clone()).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (400, "invalid_arguments"),
+            "{body}"
+        );
+        assert_eq!(
+            answer["error"]["details"]["field"], field,
+            "{body} -> {answer}"
+        );
+    }
+    let (_, history) = m.read("history/u1").await;
+    assert_eq!(history, json!([]), "nothing was stored");
+}
+
+#[tokio::test]
+async fn unknown_items_are_404_not_500() {
+    let m = memory().await;
+    for tool in ["get_item", "delete_item"] {
+        let (status, body) = m.call(tool, json!({"item_id": 999})).await;
+        assert_eq!((status, code(&body)), (404, "resource_not_found"), "{tool}");
+    }
+    let (status, body) = m
+        .call("update_item", json!({"item_id": 999, "content": "x"}))
+        .await;
+    assert_eq!((status, code(&body)), (404, "resource_not_found"));
+    let (status, body) = m.read("item/999").await;
+    assert_eq!((status, code(&body)), (404, "resource_not_found"));
+    let (status, body) = m.read("item/abc").await;
+    assert_eq!((status, code(&body)), (400, "invalid_arguments"));
+}
+
+#[tokio::test]
+async fn update_and_delete() {
+    let m = memory().await;
+    let id = m.store("u1", "first").await;
+    let (status, body) = m
+        .call("update_item", json!({"item_id": id, "content": "changed"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["content"], "changed");
+    assert!(body["updated_at"].is_string());
+    let (status, body) = m.call("delete_item", json!({"item_id": id})).await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"status": "deleted", "item_id": id}))
+    );
+    let (status, _) = m.read(&format!("item/{id}")).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn history_resources_newest_first_limit_and_conversation() {
+    let m = memory().await;
+    for (i, cid) in ["a", "b", "a", "b", "a"].iter().enumerate() {
+        let (status, _) = m
+            .call("store_input", json!({"user_id": "u1", "input_data": {"content": format!("m{i}"), "conversation_id": cid}}))
+            .await;
+        assert_eq!(status, 200);
+    }
+    m.store("u2", "other user").await;
+    let contents = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["content"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let (_, all) = m.read("history/u1").await;
+    assert_eq!(contents(&all), ["m4", "m3", "m2", "m1", "m0"]);
+    let (_, two) = m.read("history/u1/limit/2").await;
+    assert_eq!(contents(&two), ["m4", "m3"]);
+    let (_, conv) = m.read("history/u1/conversation/b").await;
+    assert_eq!(contents(&conv), ["m3", "m1"]);
+    let (_, none) = m.read("history/nobody").await;
+    assert_eq!(none, json!([]));
+    let (status, body) = m.read("history/u1/limit/many").await;
+    assert_eq!((status, code(&body)), (400, "invalid_arguments"));
+}
+
+#[tokio::test]
+async fn stream_resumes_with_last_event_id_none_twice_none_missing() {
+    let m = memory().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(m.store("u1", &format!("before {i}")).await);
+    }
+    m.store("u2", "not mine").await;
+    let mut reader = m.stream("history/u1/stream", None).await;
+    let first = reader.take(3, WAIT).await;
+    let seen: Vec<i64> = first
+        .iter()
+        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(seen, ids[..3]);
+    let last = first[2].id.clone().unwrap();
+    drop(reader); // disconnect after 3 events
+    for i in 0..5 {
+        ids.push(m.store("u1", &format!("while away {i}")).await);
+    }
+    let mut reader = m.stream("history/u1/stream", Some(&last)).await;
+    let rest = reader.take(7, WAIT).await;
+    // Then live items, stored after the reconnect.
+    for i in 0..2 {
+        ids.push(m.store("u1", &format!("live {i}")).await);
+    }
+    let live = reader.take(2, WAIT).await;
+    let mut resumed: Vec<i64> = rest
+        .iter()
+        .chain(&live)
+        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(resumed, ids[3..], "exactly the rest, in order");
+    resumed.dedup();
+    assert_eq!(resumed.len(), 9);
+    for event in rest.iter().chain(&live) {
+        assert_eq!(event.event.as_deref(), Some("item"));
+        let item = json_of(event);
+        assert_eq!(item["user_id"], "u1");
+        assert_eq!(item["item_id"].to_string(), event.id.clone().unwrap());
+    }
+    let mut bad = m
+        .http
+        .get(m.server.url("/resource/history/u1/stream"))
+        .header("accept", "text/event-stream");
+    bad = bad.header("last-event-id", "not-a-number");
+    let response = bad.send().await.unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn keyed_store_input_sent_five_times_concurrently_stores_once() {
+    let m = memory().await;
+    let body = json!({"arguments": {"user_id": "u1", "input_data": {"content": "once"}}});
+    let calls = (0..5).map(|_| {
+        m.http
+            .post(m.server.url("/tool/store_input"))
+            .header("idempotency-key", "key-1")
+            .json(&body)
+            .send()
+    });
+    let mut item_ids = Vec::new();
+    for response in futures::future::join_all(calls).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        item_ids.push(answer["result"]["item_id"].as_i64().unwrap());
+    }
+    assert!(item_ids.iter().all(|id| *id == item_ids[0]), "{item_ids:?}");
+    let (_, history) = m.read("history/u1").await;
+    assert_eq!(history.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn many_writers_and_streamers_never_see_a_locked_database() {
+    let m = memory().await;
+    const WRITERS: usize = 16;
+    const EACH: usize = 25;
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        readers.push(m.stream("history/shared/stream", None).await);
+    }
+    let writes = (0..WRITERS).map(|w| {
+        let http = m.http.clone();
+        let url = m.server.url("/tool/store_input");
+        tokio::spawn(async move {
+            for i in 0..EACH {
+                let body =
+                    json!({"user_id": "shared", "input_data": {"content": format!("w{w} i{i}")}});
+                let response = http.post(&url).json(&body).send().await.unwrap();
+                assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+            }
+        })
+    });
+    for write in futures::future::join_all(writes).await {
+        write.unwrap();
+    }
+    for mut reader in readers {
+        let events = reader.take(WRITERS * EACH, WAIT).await;
+        let ids: Vec<i64> = events
+            .iter()
+            .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(ids.len(), WRITERS * EACH);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+    }
+}
+
+#[tokio::test]
+async fn health_reports_the_database() {
+    let m = memory().await;
+    let response = m.http.get(m.server.url("/health")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["service"], "memory");
+    assert_eq!(body["checks"]["database"], "ok");
+}

@@ -1,0 +1,58 @@
+//! The Cortex service kit: register tools and resources once, serve them over
+//! the Cortex HTTP dialect.
+//!
+//! A service is a [`Service`]: a registry of [`Tool`]s (name, description,
+//! JSON Schema of the arguments, async handler) and [`Resource`]s (URI
+//! pattern, read handler, optional live-stream handler). [`serve`] runs it on a
+//! listener the caller owns until a shutdown future the caller owns resolves,
+//! so tests bind `127.0.0.1:0` and drive a real server.
+//!
+//! The registry is also callable directly ([`Service::call_tool`],
+//! [`Service::read_resource`], [`Service::stream_resource`]): that is what an
+//! in-process client uses, so both transports run the same validation,
+//! idempotency and panic handling.
+//!
+//! # Layout
+//! - [`registry`]: the [`Service`], [`Tool`] and [`Resource`] types and dispatch.
+//! - [`error`]: [`ServiceError`], what handlers return, and how it becomes a response.
+//! - [`idempotency`]: keyed tool calls run once; the store that remembers them.
+//! - [`pattern`]: resource URI patterns such as `history/{user_id}/limit/{n}`.
+//! - [`routes`]: the axum routes of the dialect.
+//! - [`server`]: [`serve`] with graceful shutdown.
+//!
+//! # Example
+//! ```no_run
+//! use cortex_service::{serve, Service, Tool, ServiceConfig};
+//! use serde_json::json;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let service = Service::builder("echo", "0.1.0")
+//!     .tool(Tool::new(
+//!         "echo",
+//!         "Returns its arguments.",
+//!         json!({"type": "object"}),
+//!         |_ctx, args| async move { Ok(serde_json::Value::Object(args)) },
+//!     ))
+//!     .build()?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! serve(listener, service, ServiceConfig::default(), async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await?;
+//! # Ok(()) }
+//! ```
+
+pub mod error;
+pub mod idempotency;
+pub mod pattern;
+pub mod registry;
+pub mod routes;
+pub mod server;
+
+pub use error::ServiceError;
+pub use idempotency::{IdempotencyStore, InMemoryIdempotencyStore};
+pub use pattern::Params;
+pub use registry::{
+    BuildError, CallContext, EventStream, Resource, ResourceContent, Service, ServiceBuilder, Tool,
+};
+pub use server::{ServiceConfig, serve, shutdown_signal};

@@ -1,0 +1,506 @@
+//! The registry of tools and resources, and dispatch to their handlers.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use cortex_proto::ErrorCode;
+use cortex_proto::listing::{ResourceInfo, ToolInfo};
+use cortex_proto::sse::Event;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::{self, BoxStream, StreamExt};
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+use crate::error::ServiceError;
+use crate::idempotency::{IdempotencyStore, InMemoryIdempotencyStore, KeyLocks};
+use crate::pattern::{Params, Pattern, PatternError, split_uri};
+
+/// What a handler knows about the call it serves.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    /// The request id (the caller's `X-Request-ID`, or one generated).
+    pub request_id: String,
+    /// The caller's `Idempotency-Key`, if it sent one. A handler that writes
+    /// data may record it in the same transaction (see [`crate::idempotency`]).
+    pub idempotency_key: Option<String>,
+    /// The request headers (authorization, tracing), for propagation.
+    pub headers: HeaderMap,
+}
+
+/// A live stream of events, as a resource's stream handler returns it.
+pub type EventStream = BoxStream<'static, Result<Event, ServiceError>>;
+
+type ToolHandler = Arc<
+    dyn Fn(CallContext, Map<String, Value>) -> BoxFuture<'static, Result<Value, ServiceError>>
+        + Send
+        + Sync,
+>;
+type ReadHandler = Arc<
+    dyn Fn(CallContext, Params) -> BoxFuture<'static, Result<ResourceContent, ServiceError>>
+        + Send
+        + Sync,
+>;
+type StreamHandler = Arc<
+    dyn Fn(
+            CallContext,
+            Params,
+            Option<String>,
+        ) -> BoxFuture<'static, Result<EventStream, ServiceError>>
+        + Send
+        + Sync,
+>;
+type HealthCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The content of a resource read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResourceContent {
+    /// JSON, sent as `application/json`.
+    Json(Value),
+    /// Text in a media type of the resource's own.
+    Text {
+        /// The text.
+        text: String,
+        /// Its media type, such as `text/markdown`.
+        mime_type: String,
+    },
+}
+
+impl ResourceContent {
+    /// The media type a read is sent with.
+    pub fn mime_type(&self) -> &str {
+        match self {
+            Self::Json(_) => "application/json",
+            Self::Text { mime_type, .. } => mime_type,
+        }
+    }
+}
+
+/// A tool: a name, a description, the JSON Schema of its arguments, and the
+/// async function that runs it.
+#[derive(Clone)]
+pub struct Tool {
+    name: String,
+    description: String,
+    schema: Value,
+    handler: ToolHandler,
+}
+
+impl Tool {
+    /// A tool whose arguments are checked against `schema` before `handler` runs.
+    pub fn new<F, Fut>(
+        name: impl Into<String>,
+        description: impl Into<String>,
+        schema: Value,
+        handler: F,
+    ) -> Self
+    where
+        F: Fn(CallContext, Map<String, Value>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, ServiceError>> + Send + 'static,
+    {
+        Self {
+            name: name.into(),
+            description: description.into(),
+            schema,
+            handler: Arc::new(move |ctx, args| Box::pin(handler(ctx, args))),
+        }
+    }
+}
+
+/// A resource: a URI pattern, a read handler and, optionally, a live stream.
+#[derive(Clone)]
+pub struct Resource {
+    pattern: String,
+    description: String,
+    mime_type: String,
+    read: ReadHandler,
+    stream: Option<StreamHandler>,
+}
+
+impl Resource {
+    /// A JSON resource read by `read`.
+    pub fn new<F, Fut>(pattern: impl Into<String>, description: impl Into<String>, read: F) -> Self
+    where
+        F: Fn(CallContext, Params) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<ResourceContent, ServiceError>> + Send + 'static,
+    {
+        Self {
+            pattern: pattern.into(),
+            description: description.into(),
+            mime_type: "application/json".into(),
+            read: Arc::new(move |ctx, params| Box::pin(read(ctx, params))),
+            stream: None,
+        }
+    }
+
+    /// Declares the media type reads are sent with.
+    pub fn with_mime_type(mut self, mime_type: impl Into<String>) -> Self {
+        self.mime_type = mime_type.into();
+        self
+    }
+
+    /// Adds a live stream. The handler gets the `Last-Event-ID` the reader
+    /// resumes after, and must then send exactly the events after it.
+    pub fn with_stream<F, Fut>(mut self, stream: F) -> Self
+    where
+        F: Fn(CallContext, Params, Option<String>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<EventStream, ServiceError>> + Send + 'static,
+    {
+        self.stream = Some(Arc::new(move |ctx, params, last| {
+            Box::pin(stream(ctx, params, last))
+        }));
+        self
+    }
+}
+
+struct CompiledTool {
+    tool: Tool,
+    validator: jsonschema::Validator,
+}
+
+struct CompiledResource {
+    resource: Resource,
+    pattern: Pattern,
+}
+
+/// Why a service cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Two tools share a name.
+    #[error("tool `{0}` is registered twice")]
+    DuplicateTool(String),
+    /// A tool's schema is not a valid JSON Schema.
+    #[error("tool `{tool}` has an invalid schema: {message}")]
+    InvalidSchema {
+        /// The tool.
+        tool: String,
+        /// What the schema compiler said.
+        message: String,
+    },
+    /// A resource pattern is malformed or registered twice.
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+}
+
+/// Builds a [`Service`].
+pub struct ServiceBuilder {
+    name: String,
+    version: String,
+    tools: Vec<Tool>,
+    resources: Vec<Resource>,
+    health_checks: Vec<(String, HealthCheck)>,
+    idempotency: Option<Arc<dyn IdempotencyStore>>,
+}
+
+impl ServiceBuilder {
+    /// Adds a tool.
+    pub fn tool(mut self, tool: Tool) -> Self {
+        self.tools.push(tool);
+        self
+    }
+
+    /// Adds a resource.
+    pub fn resource(mut self, resource: Resource) -> Self {
+        self.resources.push(resource);
+        self
+    }
+
+    /// Adds a dependency check run by `GET /health`; an `Err` makes the
+    /// service report 503 with the message under the check's name.
+    pub fn health_check<F, Fut>(mut self, name: impl Into<String>, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.health_checks
+            .push((name.into(), Arc::new(move || Box::pin(check()))));
+        self
+    }
+
+    /// Where keyed tool calls are remembered (default: in memory, bounded).
+    pub fn idempotency_store(mut self, store: Arc<dyn IdempotencyStore>) -> Self {
+        self.idempotency = Some(store);
+        self
+    }
+
+    /// Compiles schemas and patterns.
+    pub fn build(self) -> Result<Service, BuildError> {
+        let mut tools = BTreeMap::new();
+        for tool in self.tools {
+            let validator =
+                jsonschema::validator_for(&tool.schema).map_err(|e| BuildError::InvalidSchema {
+                    tool: tool.name.clone(),
+                    message: e.to_string(),
+                })?;
+            let name = tool.name.clone();
+            if tools
+                .insert(name.clone(), CompiledTool { tool, validator })
+                .is_some()
+            {
+                return Err(BuildError::DuplicateTool(name));
+            }
+        }
+        let mut resources: Vec<CompiledResource> = Vec::new();
+        for resource in self.resources {
+            let pattern = Pattern::parse(&resource.pattern)?;
+            if resources.iter().any(|r| r.pattern == pattern) {
+                return Err(PatternError {
+                    pattern: resource.pattern,
+                    reason: "registered twice",
+                }
+                .into());
+            }
+            resources.push(CompiledResource { resource, pattern });
+        }
+        Ok(Service {
+            inner: Arc::new(Inner {
+                name: self.name,
+                version: self.version,
+                tools,
+                resources,
+                health_checks: self.health_checks,
+                idempotency: self
+                    .idempotency
+                    .unwrap_or_else(|| Arc::new(InMemoryIdempotencyStore::default())),
+                key_locks: Arc::new(KeyLocks::default()),
+            }),
+        })
+    }
+}
+
+/// A registry of tools and resources; cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    version: String,
+    tools: BTreeMap<String, CompiledTool>,
+    resources: Vec<CompiledResource>,
+    health_checks: Vec<(String, HealthCheck)>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    key_locks: Arc<KeyLocks>,
+}
+
+impl Service {
+    /// Starts a service called `name`.
+    pub fn builder(name: impl Into<String>, version: impl Into<String>) -> ServiceBuilder {
+        ServiceBuilder {
+            name: name.into(),
+            version: version.into(),
+            tools: Vec::new(),
+            resources: Vec::new(),
+            health_checks: Vec::new(),
+            idempotency: None,
+        }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The service's version.
+    pub fn version(&self) -> &str {
+        &self.inner.version
+    }
+
+    /// Every tool, sorted by name.
+    pub fn tools(&self) -> Vec<ToolInfo> {
+        self.inner
+            .tools
+            .values()
+            .map(|t| ToolInfo {
+                name: t.tool.name.clone(),
+                description: t.tool.description.clone(),
+                input_schema: t.tool.schema.clone(),
+            })
+            .collect()
+    }
+
+    /// Every resource pattern, in registration order.
+    pub fn resources(&self) -> Vec<ResourceInfo> {
+        self.inner
+            .resources
+            .iter()
+            .map(|r| ResourceInfo {
+                uri_template: r.resource.pattern.clone(),
+                description: r.resource.description.clone(),
+                mime_type: r.resource.mime_type.clone(),
+                streaming: r.resource.stream.is_some(),
+            })
+            .collect()
+    }
+
+    /// Runs every health check; the failures by name.
+    pub async fn check_health(&self) -> Vec<(String, Result<(), String>)> {
+        let checks = self
+            .inner
+            .health_checks
+            .iter()
+            .map(|(name, check)| async move {
+                let outcome =
+                    match tokio::time::timeout(std::time::Duration::from_secs(2), check()).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => Err("check timed out after 2 s".to_string()),
+                    };
+                (name.clone(), outcome)
+            });
+        futures::future::join_all(checks).await
+    }
+
+    /// Calls a tool: checks the arguments against its schema, runs a keyed
+    /// call at most once, and turns a handler panic into a 500.
+    pub async fn call_tool(
+        &self,
+        ctx: CallContext,
+        tool: &str,
+        arguments: Map<String, Value>,
+    ) -> Result<Value, ServiceError> {
+        let compiled = self.inner.tools.get(tool).ok_or_else(|| {
+            ServiceError::new(
+                ErrorCode::ToolNotFound,
+                format!("tool `{tool}` not found on service `{}`", self.inner.name),
+            )
+            .with_details(serde_json::json!({ "tool": tool }))
+        })?;
+        let instance = Value::Object(arguments);
+        if let Err(error) = compiled.validator.validate(&instance) {
+            return Err(schema_error(&error));
+        }
+        let Value::Object(arguments) = instance else {
+            return Err(ServiceError::internal("arguments changed shape"));
+        };
+        let Some(key) = ctx.idempotency_key.clone() else {
+            return run_guarded(tool, (compiled.tool.handler)(ctx, arguments)).await;
+        };
+        // Same key, same tool: wait for the call in flight, then replay.
+        let _guard = self.inner.key_locks.lock(tool, &key).await;
+        if let Some(result) = self.inner.idempotency.get(tool, &key).await? {
+            tracing::debug!(tool, key, "replaying a keyed call");
+            return Ok(result);
+        }
+        let result = run_guarded(tool, (compiled.tool.handler)(ctx, arguments)).await?;
+        self.inner.idempotency.put(tool, &key, result).await
+    }
+
+    fn find_resource(&self, uri: &str) -> Result<(&CompiledResource, Params), ServiceError> {
+        let segments = split_uri(uri)?;
+        self.inner
+            .resources
+            .iter()
+            .filter_map(|r| r.pattern.matches(&segments).map(|p| (r, p)))
+            .max_by_key(|(r, _)| r.pattern.specificity())
+            .ok_or_else(|| {
+                ServiceError::resource_not_found(format!(
+                    "resource `{uri}` not found on service `{}`",
+                    self.inner.name
+                ))
+                .with_details(serde_json::json!({ "uri": uri }))
+            })
+    }
+
+    /// Reads a resource by its (percent-encoded) URI.
+    pub async fn read_resource(
+        &self,
+        ctx: CallContext,
+        uri: &str,
+    ) -> Result<ResourceContent, ServiceError> {
+        let (resource, params) = self.find_resource(uri)?;
+        run_guarded(uri, (resource.resource.read)(ctx, params)).await
+    }
+
+    /// Streams a resource: its live stream if it has one; otherwise a finite
+    /// stream of its read (one event per element of a list, else one event,
+    /// ids counting from 1), which honours `last_event_id` the same way.
+    pub async fn stream_resource(
+        &self,
+        ctx: CallContext,
+        uri: &str,
+        last_event_id: Option<String>,
+    ) -> Result<EventStream, ServiceError> {
+        let (resource, params) = self.find_resource(uri)?;
+        if let Some(stream) = &resource.resource.stream {
+            return run_guarded(uri, stream(ctx, params, last_event_id)).await;
+        }
+        let content = run_guarded(uri, (resource.resource.read)(ctx, params)).await?;
+        let skip = match last_event_id.as_deref() {
+            None | Some("") => 0,
+            Some(id) => id.parse::<usize>().map_err(|_| {
+                ServiceError::invalid_request(format!(
+                    "Last-Event-ID `{id}` is not an id of this stream"
+                ))
+            })?,
+        };
+        let events: Vec<Event> = match content {
+            ResourceContent::Json(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| Event::message(item.to_string()).with_id((i + 1).to_string()))
+                .collect(),
+            ResourceContent::Json(value) => vec![Event::message(value.to_string()).with_id("1")],
+            ResourceContent::Text { text, .. } => vec![Event::message(text).with_id("1")],
+        };
+        Ok(stream::iter(events.into_iter().skip(skip).map(Ok)).boxed())
+    }
+}
+
+/// Runs a handler future, turning a panic into a 500 so one bad call cannot
+/// take the service down.
+async fn run_guarded<T>(
+    what: &str,
+    fut: BoxFuture<'static, Result<T, ServiceError>>,
+) -> Result<T, ServiceError> {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(what, panic = %message, "handler panicked");
+            Err(ServiceError::internal(format!(
+                "`{what}` failed unexpectedly"
+            )))
+        }
+    }
+}
+
+/// A schema violation as 400 `invalid_arguments`, naming the field.
+fn schema_error(error: &jsonschema::ValidationError<'_>) -> ServiceError {
+    let field = match error.kind() {
+        jsonschema::error::ValidationErrorKind::Required { property } => {
+            let parent = error
+                .instance_path()
+                .as_str()
+                .trim_start_matches('/')
+                .replace('/', ".");
+            let name = property
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| property.to_string());
+            if parent.is_empty() {
+                name
+            } else {
+                format!("{parent}.{name}")
+            }
+        }
+        _ => error
+            .instance_path()
+            .as_str()
+            .trim_start_matches('/')
+            .replace('/', "."),
+    };
+    let field = if field.is_empty() {
+        "arguments".to_string()
+    } else {
+        field
+    };
+    ServiceError::invalid_argument(&field, error.to_string())
+}

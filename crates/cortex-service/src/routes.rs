@@ -1,0 +1,311 @@
+//! The axum routes of the Cortex HTTP dialect.
+//!
+//! Every error leaves through [`ServiceError`]'s one conversion into the
+//! error envelope, including the kit's own (bad JSON, body too large, unknown
+//! route), so a client never has to parse an error of another shape.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cortex_proto::envelope::ToolRequest;
+use cortex_proto::listing::{Health, ResourceList, ToolList};
+use cortex_proto::sse::{self, Event};
+use cortex_proto::{ErrorCode, IDEMPOTENCY_KEY_HEADER, LAST_EVENT_ID_HEADER, REQUEST_ID_HEADER};
+use futures::StreamExt;
+use futures::stream::{self, BoxStream};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::error::ServiceError;
+use crate::registry::{CallContext, ResourceContent, Service};
+use crate::server::ServiceConfig;
+
+#[derive(Clone)]
+struct AppState {
+    service: Service,
+    config: ServiceConfig,
+    /// Flips to true when shutdown starts, so open streams end cleanly
+    /// instead of holding graceful shutdown open forever.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The two moments of a shutdown, as the routes see them.
+#[derive(Clone)]
+pub struct ShutdownSignals {
+    /// True once shutdown starts: streams end, no new connections.
+    pub stopping: watch::Receiver<bool>,
+    /// True once the grace period is over: calls still running are answered
+    /// with 503 `unavailable` (safe for the caller to retry) and dropped.
+    pub expired: watch::Receiver<bool>,
+}
+
+/// The dialect's routes for `service`. `shutdown` ends open streams when it
+/// turns true.
+pub fn router(service: Service, config: ServiceConfig, signals: ShutdownSignals) -> Router {
+    let limit = config.max_body_bytes;
+    let expired = signals.expired.clone();
+    Router::new()
+        .route("/tool/{tool}", post(call_tool))
+        .route("/resource/{*uri}", get(read_resource))
+        .route("/tools", get(list_tools))
+        .route("/resources", get(list_resources))
+        .route("/health", get(health))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(unknown_route)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(move |request, next| {
+            cut_off_after_grace(expired.clone(), request, next)
+        }))
+        .layer(middleware::from_fn(request_id))
+        .with_state(AppState {
+            service,
+            config,
+            shutdown: signals.stopping,
+        })
+}
+
+/// Echoes `X-Request-ID`, generating one when the caller sent none, and runs
+/// the request inside a span that carries it.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    request
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER, value.clone());
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    response
+}
+
+/// Races a call against the end of the grace period, so a call that runs too
+/// long cannot hold shutdown open; its caller gets a retryable 503.
+async fn cut_off_after_grace(
+    mut expired: watch::Receiver<bool>,
+    request: Request,
+    next: Next,
+) -> Response {
+    tokio::select! {
+        response = next.run(request) => response,
+        _ = expired.wait_for(|e| *e) => {
+            ServiceError::unavailable("the service is shutting down; the call was stopped").into_response()
+        }
+    }
+}
+
+fn context(headers: &HeaderMap) -> CallContext {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    CallContext {
+        request_id: text(REQUEST_ID_HEADER).unwrap_or_default(),
+        idempotency_key: text(IDEMPOTENCY_KEY_HEADER).filter(|k| !k.is_empty()),
+        headers: headers.clone(),
+    }
+}
+
+async fn call_tool(
+    State(state): State<AppState>,
+    Path(tool): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let body = body.map_err(|rejection| body_error(rejection, state.config.max_body_bytes))?;
+    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ServiceError::invalid_request(format!("request body is not valid JSON: {e}"))
+        })?
+    };
+    let request =
+        ToolRequest::from_body(value).map_err(|e| ServiceError::invalid_request(e.to_string()))?;
+    let ctx = context(&headers);
+    let result = state
+        .service
+        .call_tool(ctx, &tool, request.arguments.clone())
+        .await?;
+    Ok(axum::Json(request.respond(result)).into_response())
+}
+
+fn body_error(rejection: BytesRejection, limit: usize) -> ServiceError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ServiceError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than {limit} bytes"),
+        )
+        .with_details(json!({ "limit_bytes": limit }))
+    } else {
+        ServiceError::invalid_request(format!("could not read the request body: {rejection}"))
+    }
+}
+
+fn wants_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"))
+}
+
+async fn read_resource(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response, ServiceError> {
+    // The raw path, not axum's decoded capture: an encoded `/` must stay
+    // inside its segment.
+    let uri = request
+        .uri()
+        .path()
+        .strip_prefix("/resource/")
+        .unwrap_or_default()
+        .to_string();
+    let ctx = context(&headers);
+    if wants_event_stream(&headers) {
+        let last = headers
+            .get(LAST_EVENT_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let events = state.service.stream_resource(ctx, &uri, last).await?;
+        return Ok(event_stream_response(events, &state));
+    }
+    match state.service.read_resource(ctx, &uri).await? {
+        ResourceContent::Json(value) => Ok(axum::Json(value).into_response()),
+        ResourceContent::Text { text, mime_type } => {
+            Ok(([(header::CONTENT_TYPE, mime_type)], text).into_response())
+        }
+    }
+}
+
+/// Frames events as SSE: a `retry:` advice first, keep-alive comments while
+/// idle, an `error` event if the stream fails, and a clean end at shutdown.
+fn event_stream_response(events: crate::registry::EventStream, state: &AppState) -> Response {
+    let keep_alive = state.config.keep_alive;
+    let retry_ms = state.config.stream_retry.as_millis() as u64;
+    let mut shutdown = state.shutdown.clone();
+    let stopped = async move {
+        let _ = shutdown.wait_for(|stopping| *stopping).await;
+    };
+    let advice = stream::once(async move {
+        Ok::<_, std::convert::Infallible>(Bytes::from(format!("retry: {retry_ms}\n\n")))
+    });
+    let frames = KeepAlive::new(events, keep_alive).map(|item| {
+        let text = match item {
+            Frame::Event(Ok(event)) => sse::encode(&event)
+                .unwrap_or_else(|e| error_frame(&ServiceError::internal(e.to_string()))),
+            Frame::Event(Err(error)) => error_frame(&error),
+            Frame::KeepAlive => sse::comment("keep-alive"),
+        };
+        Ok(Bytes::from(text))
+    });
+    let body = advice.chain(frames).take_until(stopped);
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+fn error_frame(error: &ServiceError) -> String {
+    let data = serde_json::to_string(&error.envelope()).unwrap_or_default();
+    sse::encode(&Event::message(data).with_event("error")).unwrap_or_default()
+}
+
+enum Frame {
+    Event(Result<Event, ServiceError>),
+    KeepAlive,
+}
+
+/// Interleaves keep-alive comments into an event stream whenever it has been
+/// silent for `every`; ends when the events end.
+struct KeepAlive;
+
+impl KeepAlive {
+    #[allow(clippy::new_ret_no_self)]
+    fn new(events: crate::registry::EventStream, every: Duration) -> BoxStream<'static, Frame> {
+        stream::unfold(events, move |mut events| async move {
+            match tokio::time::timeout(every, events.next()).await {
+                Ok(Some(item)) => Some((Frame::Event(item), events)),
+                Ok(None) => None,
+                Err(_) => Some((Frame::KeepAlive, events)),
+            }
+        })
+        .boxed()
+    }
+}
+
+async fn list_tools(State(state): State<AppState>) -> axum::Json<ToolList> {
+    axum::Json(ToolList {
+        tools: state.service.tools(),
+    })
+}
+
+async fn list_resources(State(state): State<AppState>) -> axum::Json<ResourceList> {
+    axum::Json(ResourceList {
+        resources: state.service.resources(),
+    })
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let results = state.service.check_health().await;
+    let healthy = results.iter().all(|(_, r)| r.is_ok());
+    let checks = results
+        .into_iter()
+        .map(|(name, r)| (name, Value::String(r.err().unwrap_or_else(|| "ok".into()))))
+        .collect();
+    let body = Health {
+        status: if healthy { "healthy" } else { "unhealthy" }.into(),
+        service: state.service.name().into(),
+        version: state.service.version().into(),
+        checks,
+    };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn unknown_route(request: Request) -> ServiceError {
+    let path = request.uri().path();
+    if let Some(tool) = path.strip_prefix("/tool/") {
+        ServiceError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "tools are called with POST, not {} /tool/{tool}",
+                request.method()
+            ),
+        )
+    } else if request.method() != http::Method::GET {
+        ServiceError::new(
+            ErrorCode::InvalidRequest,
+            format!("{} is read with GET, not {}", path, request.method()),
+        )
+    } else {
+        ServiceError::new(
+            ErrorCode::ResourceNotFound,
+            format!("no route {} {path}", request.method()),
+        )
+    }
+}
