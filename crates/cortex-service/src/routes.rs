@@ -156,12 +156,31 @@ fn body_error(rejection: BytesRejection, limit: usize) -> ServiceError {
     }
 }
 
+/// True when the caller prefers `text/event-stream` to JSON: it must name
+/// it, with a higher quality than `application/json` (or `*/*`) gets.
 fn wants_event_stream(headers: &HeaderMap) -> bool {
-    headers
+    let mut sse = 0.0f32;
+    let mut json = 0.0f32;
+    for value in headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/event-stream"))
+    {
+        for range in value.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "text/event-stream" => sse = sse.max(q),
+                "application/json" | "application/*" | "*/*" => json = json.max(q),
+                _ => {}
+            }
+        }
+    }
+    sse > 0.0 && sse > json
 }
 
 async fn read_resource(
@@ -195,7 +214,7 @@ async fn read_resource(
 }
 
 /// Frames events as SSE: a `retry:` advice first, keep-alive comments while
-/// idle, an `error` event if the stream fails, and a clean end at shutdown.
+/// idle, an `error` event if the stream fails, and a cut at shutdown.
 fn event_stream_response(events: crate::registry::EventStream, state: &AppState) -> Response {
     let keep_alive = state.config.keep_alive;
     let retry_ms = state.config.stream_retry.as_millis() as u64;
@@ -204,7 +223,7 @@ fn event_stream_response(events: crate::registry::EventStream, state: &AppState)
         let _ = shutdown.wait_for(|stopping| *stopping).await;
     };
     let advice = stream::once(async move {
-        Ok::<_, std::convert::Infallible>(Bytes::from(format!("retry: {retry_ms}\n\n")))
+        Ok::<_, std::io::Error>(Bytes::from(format!("retry: {retry_ms}\n\n")))
     });
     let frames = KeepAlive::new(events, keep_alive).map(|item| {
         let text = match item {
@@ -213,9 +232,21 @@ fn event_stream_response(events: crate::registry::EventStream, state: &AppState)
             Frame::Event(Err(error)) => error_frame(&error),
             Frame::KeepAlive => sse::comment("keep-alive"),
         };
-        Ok(Bytes::from(text))
+        Ok::<_, std::io::Error>(Bytes::from(text))
     });
-    let body = advice.chain(frames).take_until(stopped);
+    // At shutdown a live stream is cut, not ended: a normal end would tell
+    // the reader the resource is complete, while a cut tells it to resume
+    // (with Last-Event-ID) on a replica or after the restart.
+    let stopping = state.shutdown.clone();
+    let cut = stream::once(async move {
+        if *stopping.borrow() {
+            Some(Err(std::io::Error::other("the service is shutting down")))
+        } else {
+            None
+        }
+    })
+    .filter_map(std::future::ready);
+    let body = advice.chain(frames).take_until(stopped).chain(cut);
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),

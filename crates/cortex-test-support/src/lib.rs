@@ -3,6 +3,33 @@
 //! - [`TestServer`]: a service kit service on a real `127.0.0.1:0` socket,
 //!   stopped through the same shutdown future production uses.
 //! - [`SseReader`]: reads a real SSE response with the project's decoder.
+//! - [`proxy::TcpProxy`]: counts connections and injects faults on the wire.
+
+pub mod proxy;
+
+/// A memory service on loopback with its SQLite file in a temporary
+/// directory (removed when the returned guard drops).
+pub async fn start_memory(config: ServiceConfig) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let store = cortex_memory::store::Store::open(dir.path().join("memory.sqlite3"))
+        .await
+        .unwrap_or_else(|e| panic!("open store: {e}"));
+    let service =
+        cortex_memory::service::build(store).unwrap_or_else(|e| panic!("build memory: {e}"));
+    (TestServer::start(service, config).await, dir)
+}
+
+/// The memory service for an in-process client, with its temporary directory.
+pub async fn memory_service() -> (Service, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let store = cortex_memory::store::Store::open(dir.path().join("memory.sqlite3"))
+        .await
+        .unwrap_or_else(|e| panic!("open store: {e}"));
+    (
+        cortex_memory::service::build(store).unwrap_or_else(|e| panic!("build memory: {e}")),
+        dir,
+    )
+}
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -140,6 +167,23 @@ impl SseReader {
                 None => return None,
             }
         }
+    }
+
+    /// Reads to the end of the stream: `Ok` when the service ended it
+    /// normally, `Err` when the connection was cut; panics after `limit`.
+    pub async fn finish(&mut self, limit: Duration) -> Result<usize, String> {
+        let read_all = async {
+            let mut events = self.ready.len();
+            self.ready.clear();
+            while let Some(chunk) = self.body.next().await {
+                let chunk = chunk.map_err(|e| e.to_string())?;
+                events += self.decoder.feed(&chunk).map_err(|e| e.to_string())?.len();
+            }
+            Ok(events)
+        };
+        tokio::time::timeout(limit, read_all)
+            .await
+            .unwrap_or_else(|_| panic!("stream did not end within {limit:?}"))
     }
 
     /// The next `n` events.

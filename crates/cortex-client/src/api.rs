@@ -1,0 +1,77 @@
+//! The one client interface and the values it returns.
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures::Stream;
+use serde_json::Value;
+
+use crate::error::McpError;
+
+/// The content of a resource read, with its media type (the seed's
+/// `(content, mime_type)` pair).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    /// JSON content; text content arrives as a JSON string.
+    pub content: Value,
+    /// The media type the service declared.
+    pub mime_type: String,
+}
+
+/// One event of a resource stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEvent {
+    /// The event id (resumable position), when the service sent one.
+    pub id: Option<String>,
+    /// The event type (`message` when untyped).
+    pub event: String,
+    /// The data, parsed as JSON; data that is not JSON arrives as a string.
+    pub data: Value,
+}
+
+impl StreamEvent {
+    pub(crate) fn from_sse(event: cortex_proto::sse::Event) -> Self {
+        let data = serde_json::from_str(&event.data).unwrap_or(Value::String(event.data));
+        Self {
+            id: event.id,
+            event: event.event.unwrap_or_else(|| "message".to_string()),
+            data,
+        }
+    }
+}
+
+/// A stream of events. Ends when the service ends the stream; after
+/// reconnects are exhausted it yields one error and ends.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, McpError>> + Send>>;
+
+/// Calls tools and reads and streams resources on named services.
+///
+/// Both [`crate::NetworkMcpClient`] and [`crate::InProcessMcpClient`]
+/// implement it, and one test suite runs against both.
+#[async_trait]
+pub trait McpClient: Send + Sync {
+    /// Checks that `service` can be reached (resolves it and asks its
+    /// health). Calls do not need it: they connect on demand.
+    async fn connect(&self, service: &str) -> Result<(), McpError>;
+
+    /// Calls `tool` on `service` with `arguments` (a JSON object); returns
+    /// the tool's result.
+    async fn call_tool(
+        &self,
+        service: &str,
+        tool: &str,
+        arguments: Value,
+    ) -> Result<Value, McpError>;
+
+    /// Reads the resource `uri` (such as `history/u1`) of `service`.
+    async fn read_resource(&self, service: &str, uri: &str) -> Result<Resource, McpError>;
+
+    /// Streams the resource `uri` of `service`. Fails fast (unknown service
+    /// or resource, circuit open) before returning; later faults are retried
+    /// by resuming after the last event, and only arrive as an item once
+    /// reconnects are exhausted.
+    async fn stream_resource(&self, service: &str, uri: &str) -> Result<EventStream, McpError>;
+
+    /// Closes every connection; later calls fail with [`McpError::Closed`].
+    async fn close(&self);
+}

@@ -1,0 +1,214 @@
+//! [`InProcessMcpClient`]: the same interface over services registered in
+//! this process (the seed's Phase 3): no sockets, the service kit's registry
+//! called directly, so validation, idempotency and panic isolation are the
+//! same as over HTTP.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use async_trait::async_trait;
+use cortex_proto::ErrorCode;
+use cortex_service::{CallContext, ResourceContent, Service, ServiceError};
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::api::{EventStream, McpClient, Resource, StreamEvent};
+use crate::error::McpError;
+
+/// Calls services registered in the same process.
+#[derive(Default)]
+pub struct InProcessMcpClient {
+    services: RwLock<HashMap<String, Service>>,
+}
+
+impl std::fmt::Debug for InProcessMcpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessMcpClient").finish_non_exhaustive()
+    }
+}
+
+impl InProcessMcpClient {
+    /// A client with no services.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `service` under its own name.
+    pub fn register(&self, service: Service) {
+        self.services
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service.name().to_string(), service);
+    }
+
+    fn service(&self, name: &str) -> Result<Service, McpError> {
+        self.services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| McpError::ServiceNotFound {
+                service: name.to_string(),
+                reason: "not registered in this process".into(),
+            })
+    }
+
+    fn context() -> CallContext {
+        CallContext {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            // Every call runs once here; a key still makes a repeat replay.
+            idempotency_key: None,
+            headers: Default::default(),
+        }
+    }
+}
+
+/// The error a network client would have produced for the same envelope.
+fn map_error(service: &str, operation: Operation<'_>, error: ServiceError) -> McpError {
+    match (operation, &error.code) {
+        (Operation::Tool(tool), ErrorCode::ToolNotFound) => McpError::ToolNotFound {
+            service: service.into(),
+            tool: tool.into(),
+        },
+        (Operation::Resource(uri), ErrorCode::ResourceNotFound) => McpError::ResourceNotFound {
+            service: service.into(),
+            uri: uri.into(),
+            message: error.message,
+        },
+        (Operation::Tool(tool), _) if error.status() >= 500 => McpError::ServiceCall {
+            service: service.into(),
+            tool: tool.into(),
+            endpoint: "in-process".into(),
+            attempts: 1,
+            status: error.status(),
+            message: error.message,
+        },
+        (Operation::Resource(uri), _) if error.status() >= 500 => McpError::ResourceRead {
+            service: service.into(),
+            uri: uri.into(),
+            endpoint: "in-process".into(),
+            attempts: 1,
+            status: error.status(),
+            message: error.message,
+        },
+        (operation, _) => McpError::Tool {
+            service: service.into(),
+            operation: operation.name().into(),
+            status: error.status(),
+            code: error.code,
+            message: error.message,
+            details: error.details,
+        },
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Operation<'a> {
+    Tool(&'a str),
+    Resource(&'a str),
+}
+
+impl Operation<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Self::Tool(n) | Self::Resource(n) => n,
+        }
+    }
+}
+
+fn encode_segments(uri: &str) -> String {
+    // The registry takes the URI as it would arrive on the wire.
+    uri.trim_start_matches('/').replace(' ', "%20")
+}
+
+#[async_trait]
+impl McpClient for InProcessMcpClient {
+    async fn connect(&self, service: &str) -> Result<(), McpError> {
+        let service = self.service(service)?;
+        match service
+            .check_health()
+            .await
+            .into_iter()
+            .find_map(|(name, r)| r.err().map(|e| format!("{name}: {e}")))
+        {
+            None => Ok(()),
+            Some(reason) => Err(McpError::Connection {
+                service: service.name().into(),
+                endpoint: "in-process".into(),
+                attempts: 1,
+                reason,
+            }),
+        }
+    }
+
+    async fn call_tool(
+        &self,
+        service: &str,
+        tool: &str,
+        arguments: Value,
+    ) -> Result<Value, McpError> {
+        let registry = self.service(service)?;
+        let Value::Object(arguments) = arguments else {
+            return Err(McpError::Tool {
+                service: service.into(),
+                operation: tool.into(),
+                code: ErrorCode::InvalidArguments,
+                message: format!(
+                    "arguments must be a JSON object, got {}",
+                    cortex_proto::envelope::json_type(&arguments)
+                ),
+                details: Value::Null,
+                status: 400,
+            });
+        };
+        registry
+            .call_tool(Self::context(), tool, arguments)
+            .await
+            .map_err(|e| map_error(service, Operation::Tool(tool), e))
+    }
+
+    async fn read_resource(&self, service: &str, uri: &str) -> Result<Resource, McpError> {
+        let registry = self.service(service)?;
+        match registry
+            .read_resource(Self::context(), &encode_segments(uri))
+            .await
+        {
+            Ok(ResourceContent::Json(content)) => Ok(Resource {
+                content,
+                mime_type: "application/json".into(),
+            }),
+            Ok(ResourceContent::Text { text, mime_type }) => Ok(Resource {
+                content: Value::String(text),
+                mime_type,
+            }),
+            Err(e) => Err(map_error(service, Operation::Resource(uri), e)),
+        }
+    }
+
+    async fn stream_resource(&self, service: &str, uri: &str) -> Result<EventStream, McpError> {
+        let registry = self.service(service)?;
+        let events = registry
+            .stream_resource(Self::context(), &encode_segments(uri), None)
+            .await
+            .map_err(|e| map_error(service, Operation::Resource(uri), e))?;
+        let service = service.to_string();
+        let uri = uri.to_string();
+        Ok(events
+            .map(move |item| match item {
+                Ok(event) => Ok(StreamEvent::from_sse(event)),
+                Err(error) => Err(McpError::ResourceStream {
+                    service: service.clone(),
+                    uri: uri.clone(),
+                    reason: error.to_string(),
+                }),
+            })
+            .boxed())
+    }
+
+    async fn close(&self) {
+        self.services
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}

@@ -1,0 +1,54 @@
+//! The Cortex network MCP client.
+//!
+//! One interface, [`McpClient`], to call tools and read and stream resources
+//! on named services, with two implementations: [`NetworkMcpClient`] over the
+//! Cortex HTTP dialect, and [`InProcessMcpClient`] for services registered in
+//! the same process.
+//!
+//! # Layout
+//! - [`api`]: the [`McpClient`] trait, [`Resource`], [`StreamEvent`].
+//! - [`error`]: [`McpError`], what every call can fail with.
+//! - [`config`]: [`ClientConfig`]: the seed's nine options and ours, from code, TOML and env.
+//! - [`discovery`]: names to endpoints ([`ServiceDiscovery`], [`StaticDiscovery`]).
+//! - [`network`]: [`NetworkMcpClient`]: retries, breakers, deadlines over the pool.
+//! - `pool`: the connection pool with a hard cap per endpoint.
+//! - `stream`: resumable SSE streams.
+//! - [`in_process`]: the in-process client, [`InProcessMcpClient`].
+//! - [`metrics`]: per service and operation counters, Prometheus text.
+//!
+//! # Example
+//! ```no_run
+//! use std::sync::Arc;
+//! use cortex_client::{McpClient, NetworkMcpClient, StaticDiscovery};
+//! use serde_json::json;
+//!
+//! # async fn run() -> Result<(), cortex_client::McpError> {
+//! let discovery = Arc::new(StaticDiscovery::new().with("memory", "http://127.0.0.1:9000"));
+//! let client = NetworkMcpClient::new(discovery)?;
+//! let stored = client
+//!     .call_tool("memory", "store_input", json!({"user_id": "u1", "input_data": {"content": "hi"}}))
+//!     .await?;
+//! let history = client.read_resource("memory", "history/u1").await?;
+//! println!("{stored} {}", history.content);
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod in_process;
+pub mod metrics;
+pub mod network;
+mod pool;
+mod stream;
+
+pub use api::{EventStream, McpClient, Resource, StreamEvent};
+pub use config::{ClientConfig, ConfigError};
+pub use discovery::{DiscoveryError, Endpoint, ServiceDiscovery, StaticDiscovery};
+pub use error::McpError;
+pub use in_process::InProcessMcpClient;
+pub use network::{
+    EndpointStatus, NetworkMcpClient, NetworkMcpClientBuilder, StaticToken, TokenProvider,
+};
+pub use pool::PoolStats;

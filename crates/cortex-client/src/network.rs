@@ -1,0 +1,1040 @@
+//! [`NetworkMcpClient`]: the Cortex HTTP dialect over the capped pool, with a
+//! circuit breaker per endpoint, safe retries and resumable streams.
+//!
+//! One call runs as attempts inside one deadline (`request_timeout`):
+//! resolve the service (every attempt: a moved service is found again), pick
+//! an endpoint whose breaker admits the call (one not tried yet first), take
+//! a pooled connection, send, classify the outcome. Whether an outcome may be
+//! retried follows the design's safety rules:
+//!
+//! | outcome | breaker | retried |
+//! |---|---|---|
+//! | nothing sent (connect failed, pool full) | failure (pool full: ignored) | always |
+//! | 408 | ignored | always |
+//! | 429, 502, 503, 504 | failure | always, honouring `Retry-After` |
+//! | 500, or lost after sending | failure | only when the call is idempotent |
+//! | other 4xx | ignored | never |
+//! | response started | success | never: streams resume instead |
+//!
+//! Tool calls carry an `Idempotency-Key` (the same on every attempt), which
+//! our services honour, so they count as idempotent; reads are GETs.
+//! Retries draw from a per-service budget so that they cannot multiply load
+//! during an outage.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cortex_proto::envelope::{ToolRequest, unwrap_result};
+use cortex_proto::{ErrorCode, ErrorEnvelope};
+use cortex_resilience::backoff::{Backoff, Jitter, next_delay, parse_retry_after};
+use cortex_resilience::breaker::{BreakerConfig, CircuitBreaker};
+use cortex_resilience::budget::RetryBudget;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::api::{EventStream, McpClient, Resource};
+use crate::config::ClientConfig;
+use crate::discovery::{DiscoveryError, Endpoint, ServiceDiscovery};
+use crate::error::McpError;
+use crate::metrics::Metrics;
+use crate::pool::{AcquireError, EndpointPool, PoolSettings, PoolStats, PooledConn, SendError};
+use crate::stream;
+
+/// Largest response body read into memory; a bigger one is an error, not an
+/// out-of-memory.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Supplies the bearer token sent with every request.
+#[async_trait]
+pub trait TokenProvider: Send + Sync + 'static {
+    /// The token, or `None` to send no `Authorization` header.
+    async fn token(&self) -> Option<String>;
+}
+
+/// A token that never changes.
+#[derive(Debug, Clone)]
+pub struct StaticToken(pub String);
+
+#[async_trait]
+impl TokenProvider for StaticToken {
+    async fn token(&self) -> Option<String> {
+        Some(self.0.clone())
+    }
+}
+
+/// The MCP client over HTTP. Cheap to clone; clones share pools, breakers
+/// and metrics.
+#[derive(Clone)]
+pub struct NetworkMcpClient {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NetworkMcpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkMcpClient").finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`NetworkMcpClient`].
+pub struct NetworkMcpClientBuilder {
+    discovery: Arc<dyn ServiceDiscovery>,
+    config: ClientConfig,
+    tokens: Option<Arc<dyn TokenProvider>>,
+    user_agent: String,
+}
+
+impl NetworkMcpClientBuilder {
+    /// Uses `config` (validated at build).
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sends `Authorization: Bearer <token>` from `provider`.
+    pub fn token_provider(mut self, provider: Arc<dyn TokenProvider>) -> Self {
+        self.tokens = Some(provider);
+        self
+    }
+
+    /// Overrides the `User-Agent`.
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = user_agent.into();
+        self
+    }
+
+    /// Validates the configuration and builds the client.
+    pub fn build(self) -> Result<NetworkMcpClient, McpError> {
+        self.config.validate()?;
+        let user_agent = HeaderValue::from_str(&self.user_agent).map_err(|_| {
+            crate::config::ConfigError::Invalid {
+                option: "user_agent".into(),
+                reason: "not a valid header value".into(),
+            }
+        })?;
+        Ok(NetworkMcpClient {
+            inner: Arc::new(Inner {
+                discovery: self.discovery,
+                config: self.config,
+                services: Mutex::new(HashMap::new()),
+                tokens: self.tokens,
+                user_agent,
+                closed: AtomicBool::new(false),
+                metrics: Arc::new(Metrics::default()),
+            }),
+        })
+    }
+}
+
+pub(crate) struct Inner {
+    discovery: Arc<dyn ServiceDiscovery>,
+    config: ClientConfig,
+    services: Mutex<HashMap<String, Arc<ServiceState>>>,
+    tokens: Option<Arc<dyn TokenProvider>>,
+    user_agent: HeaderValue,
+    closed: AtomicBool,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// Per service: its effective config, retry machinery, and endpoints.
+pub(crate) struct ServiceState {
+    pub(crate) name: String,
+    pub(crate) config: ClientConfig,
+    backoff: Backoff,
+    budget: RetryBudget,
+    breaker: BreakerConfig,
+    endpoints: Mutex<HashMap<Endpoint, Arc<EndpointState>>>,
+    /// Round-robin start for endpoint choice.
+    next: AtomicUsize,
+}
+
+/// Per endpoint of a service: its pool and its breaker.
+pub(crate) struct EndpointState {
+    pub(crate) endpoint: Endpoint,
+    pool: Arc<EndpointPool>,
+    pub(crate) breaker: CircuitBreaker,
+}
+
+/// What one exchange is, for errors, metrics and retry safety.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Operation<'a> {
+    Tool(&'a str),
+    Read(&'a str),
+    Stream(&'a str),
+}
+
+impl Operation<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Self::Tool(name) | Self::Read(name) | Self::Stream(name) => name,
+        }
+    }
+}
+
+/// One HTTP exchange to run with retries.
+pub(crate) struct Exchange<'a> {
+    pub(crate) operation: Operation<'a>,
+    method: Method,
+    path: String,
+    body: Bytes,
+    accept: &'static str,
+    idempotency_key: Option<String>,
+    pub(crate) last_event_id: Option<String>,
+    /// Repeating it is safe even after it may have reached the service.
+    idempotent: bool,
+    /// At most this many attempts (a stream reconnect makes one; its own
+    /// loop backs off).
+    pub(crate) max_attempts: u32,
+}
+
+/// A 2xx answer.
+pub(crate) enum Answer {
+    /// A unary answer, read to the end (its connection is back in the pool).
+    Full { headers: HeaderMap, body: Bytes },
+    /// A streamed answer: the body and the connection it holds.
+    Streaming {
+        headers: HeaderMap,
+        body: Incoming,
+        conn: PooledConn,
+    },
+}
+
+/// How one failed attempt may continue.
+struct AttemptFailure {
+    error: McpError,
+    retry: Retry,
+    retry_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    Never,
+    Always,
+    IfIdempotent,
+}
+
+impl NetworkMcpClient {
+    /// A client resolving names through `discovery`, with the default
+    /// configuration.
+    pub fn builder(discovery: Arc<dyn ServiceDiscovery>) -> NetworkMcpClientBuilder {
+        NetworkMcpClientBuilder {
+            discovery,
+            config: ClientConfig::default(),
+            tokens: None,
+            user_agent: format!("cortex-client/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    /// A client with default configuration.
+    pub fn new(discovery: Arc<dyn ServiceDiscovery>) -> Result<Self, McpError> {
+        Self::builder(discovery).build()
+    }
+
+    /// Calls, errors, latency, retries, breaker state and pool use, per
+    /// service and tool.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The state of every endpoint this client has used.
+    pub fn endpoint_status(&self) -> Vec<EndpointStatus> {
+        let services: Vec<Arc<ServiceState>> =
+            lock(&self.inner.services).values().cloned().collect();
+        let mut out = Vec::new();
+        for service in services {
+            for endpoint in lock(&service.endpoints).values() {
+                out.push(EndpointStatus {
+                    service: service.name.clone(),
+                    url: endpoint.endpoint.url.clone(),
+                    breaker: endpoint.breaker.state(),
+                    breaker_retry_after: endpoint.breaker.retry_after(),
+                    pool: endpoint.pool.stats(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.service, &a.url).cmp(&(&b.service, &b.url)));
+        out
+    }
+
+    /// Prometheus text of [`Self::metrics`], with breaker and pool gauges.
+    pub fn prometheus(&self) -> String {
+        self.inner.metrics.render(&self.endpoint_status())
+    }
+
+    pub(crate) fn service_state(&self, service: &str) -> Result<Arc<ServiceState>, McpError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(McpError::Closed);
+        }
+        let mut services = lock(&self.inner.services);
+        if let Some(state) = services.get(service) {
+            return Ok(state.clone());
+        }
+        let config = self.inner.config.for_service(service);
+        let invalid = |option: &str, reason: String| {
+            McpError::Config(crate::config::ConfigError::Invalid {
+                option: format!("services.{service}.{option}"),
+                reason,
+            })
+        };
+        let jitter = if config.jitter {
+            Jitter::Full
+        } else {
+            Jitter::None
+        };
+        let backoff = Backoff::try_new(
+            config.initial_backoff,
+            config.backoff_factor,
+            config.max_backoff,
+            jitter,
+        )
+        .map_err(|e| invalid(e.field(), e.to_string()))?;
+        let budget = RetryBudget::try_new(
+            config.retry_budget_window,
+            config.retry_budget_min_per_sec,
+            config.retry_budget_ratio as f32,
+        )
+        .map_err(|e| invalid(e.field(), e.to_string()))?;
+        let breaker = BreakerConfig::try_new(
+            config.failure_threshold,
+            config.reset_timeout,
+            config.half_open_max_calls,
+        )
+        .map_err(|e| invalid("failure_threshold", e.to_string()))?;
+        let state = Arc::new(ServiceState {
+            name: service.to_string(),
+            config,
+            backoff,
+            budget,
+            breaker,
+            endpoints: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
+        });
+        services.insert(service.to_string(), state.clone());
+        Ok(state)
+    }
+
+    fn endpoint_state(
+        &self,
+        service: &ServiceState,
+        endpoint: &Endpoint,
+    ) -> Result<Arc<EndpointState>, String> {
+        let mut endpoints = lock(&service.endpoints);
+        if let Some(state) = endpoints.get(endpoint) {
+            return Ok(state.clone());
+        }
+        let authority = endpoint
+            .authority()
+            .ok_or_else(|| format!("endpoint `{}` is not an http:// URL", endpoint.url))?;
+        let settings = PoolSettings {
+            max_connections: service.config.max_connections,
+            idle_timeout: service.config.idle_timeout,
+            connect_timeout: service.config.connect_timeout,
+        };
+        let metrics = self.inner.metrics.clone();
+        let service_name = service.name.clone();
+        let breaker = CircuitBreaker::new(format!("{}@{}", service.name, endpoint.url), service.breaker.clone())
+            .with_listener(move |name, transition| {
+                tracing::info!(breaker = name, from = ?transition.from, to = ?transition.to, "circuit breaker transition");
+                metrics.breaker_transition(&service_name, transition.to);
+            });
+        let state = Arc::new(EndpointState {
+            endpoint: endpoint.clone(),
+            pool: EndpointPool::new(authority, settings),
+            breaker,
+        });
+        endpoints.insert(endpoint.clone(), state.clone());
+        Ok(state)
+    }
+
+    /// Runs `exchange` on `service` with retries inside its deadline.
+    pub(crate) async fn execute(
+        &self,
+        service: &ServiceState,
+        exchange: &Exchange<'_>,
+    ) -> Result<(Arc<EndpointState>, Answer), McpError> {
+        let started = Instant::now();
+        let deadline = started + service.config.request_timeout;
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        let trace_id = uuid::Uuid::new_v4().simple().to_string();
+        service.budget.deposit();
+        let mut tried: Vec<Endpoint> = Vec::new();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let failure = match self
+                .attempt(
+                    service,
+                    exchange,
+                    &mut tried,
+                    deadline,
+                    attempt,
+                    &request_id,
+                    &trace_id,
+                )
+                .await
+            {
+                Ok(answer) => return Ok(answer),
+                Err(failure) => failure,
+            };
+            let retryable = match failure.retry {
+                Retry::Always => true,
+                Retry::IfIdempotent => exchange.idempotent,
+                Retry::Never => false,
+            };
+            if !retryable || attempt >= exchange.max_attempts.min(service.config.max_retries + 1) {
+                return Err(failure.error);
+            }
+            let delay = next_delay(
+                &service.backoff,
+                attempt - 1,
+                failure.retry_after,
+                service.config.retry_after_cap,
+            );
+            if Instant::now() + delay >= deadline {
+                tracing::debug!(service = %service.name, "no time left for another attempt");
+                return Err(failure.error);
+            }
+            if !service.budget.try_withdraw() {
+                tracing::warn!(service = %service.name, "retry budget exhausted; not retrying");
+                return Err(failure.error);
+            }
+            self.inner
+                .metrics
+                .retry(&service.name, exchange.operation.name());
+            tracing::debug!(service = %service.name, attempt, ?delay, error = %failure.error, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        service: &ServiceState,
+        exchange: &Exchange<'_>,
+        tried: &mut Vec<Endpoint>,
+        deadline: Instant,
+        attempt: u32,
+        request_id: &str,
+        trace_id: &str,
+    ) -> Result<(Arc<EndpointState>, Answer), AttemptFailure> {
+        let never = |error| AttemptFailure {
+            error,
+            retry: Retry::Never,
+            retry_after: None,
+        };
+        let endpoints = self
+            .inner
+            .discovery
+            .resolve(&service.name)
+            .await
+            .map_err(|e| match e {
+                DiscoveryError::Unknown(_) => never(McpError::ServiceNotFound {
+                    service: service.name.clone(),
+                    reason: e.to_string(),
+                }),
+                DiscoveryError::Backend(_) => AttemptFailure {
+                    error: McpError::ServiceNotFound {
+                        service: service.name.clone(),
+                        reason: e.to_string(),
+                    },
+                    retry: Retry::Always,
+                    retry_after: None,
+                },
+            })?;
+        if endpoints.is_empty() {
+            return Err(AttemptFailure {
+                error: McpError::ServiceNotFound {
+                    service: service.name.clone(),
+                    reason: "discovery lists no endpoint".into(),
+                },
+                retry: Retry::Always,
+                retry_after: None,
+            });
+        }
+        // Untried endpoints first, then round robin among the rest.
+        let start = service.next.fetch_add(1, Ordering::Relaxed);
+        let mut order: Vec<&Endpoint> = (0..endpoints.len())
+            .map(|i| &endpoints[(start + i) % endpoints.len()])
+            .collect();
+        order.sort_by_key(|e| tried.contains(e));
+        let mut refused: Option<(Arc<EndpointState>, Duration)> = None;
+        let mut chosen = None;
+        for endpoint in order {
+            let state = self.endpoint_state(service, endpoint).map_err(|reason| {
+                never(McpError::ServiceNotFound {
+                    service: service.name.clone(),
+                    reason,
+                })
+            })?;
+            match state.breaker.try_acquire() {
+                Ok(permit) => {
+                    chosen = Some((state, permit));
+                    break;
+                }
+                Err(rejected) => {
+                    if refused
+                        .as_ref()
+                        .is_none_or(|(_, left)| rejected.retry_after < *left)
+                    {
+                        refused = Some((state, rejected.retry_after));
+                    }
+                }
+            }
+        }
+        let Some((state, permit)) = chosen else {
+            let (state, retry_after) = refused
+                .map(|(s, d)| (s.endpoint.url.clone(), d))
+                .unwrap_or_default();
+            return Err(never(McpError::CircuitOpen {
+                service: service.name.clone(),
+                endpoint: state,
+                retry_after,
+            }));
+        };
+        tried.push(state.endpoint.clone());
+        let url = state.endpoint.url.clone();
+        let failure = |error: McpError, retry, retry_after| AttemptFailure {
+            error,
+            retry,
+            retry_after,
+        };
+        let connection_error = |reason: String| McpError::Connection {
+            service: service.name.clone(),
+            endpoint: url.clone(),
+            attempts: attempt,
+            reason,
+        };
+        let timeout_error = || McpError::Timeout {
+            service: service.name.clone(),
+            operation: exchange.operation.name().to_string(),
+            elapsed: service
+                .config
+                .request_timeout
+                .saturating_sub(deadline.saturating_duration_since(Instant::now())),
+            attempts: attempt,
+        };
+
+        let pool_deadline = deadline.min(Instant::now() + service.config.pool_timeout);
+        let mut conn = match state.pool.acquire(pool_deadline).await {
+            Ok(conn) => conn,
+            Err(AcquireError::PoolTimeout { waited }) => {
+                permit.ignore();
+                let error = if pool_deadline >= deadline {
+                    timeout_error()
+                } else {
+                    McpError::PoolTimeout {
+                        service: service.name.clone(),
+                        endpoint: url.clone(),
+                        waited,
+                        max_connections: service.config.max_connections,
+                    }
+                };
+                return Err(failure(error, Retry::Always, None));
+            }
+            Err(AcquireError::Connect(reason)) => {
+                permit.failure();
+                return Err(failure(connection_error(reason), Retry::Always, None));
+            }
+        };
+
+        let request = self
+            .request(&state.endpoint, exchange, request_id, trace_id)
+            .await;
+        let response = match tokio::time::timeout_at(deadline, conn.send(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(SendError::NotSent(reason))) => {
+                permit.failure();
+                return Err(failure(connection_error(reason), Retry::Always, None));
+            }
+            Ok(Err(SendError::Closed)) => {
+                permit.ignore();
+                return Err(failure(
+                    connection_error("connection closed".into()),
+                    Retry::Always,
+                    None,
+                ));
+            }
+            Ok(Err(SendError::MaybeSent(reason))) => {
+                permit.failure();
+                let reason = format!("connection lost after the request was sent: {reason}");
+                return Err(failure(connection_error(reason), Retry::IfIdempotent, None));
+            }
+            Err(_) => {
+                permit.failure();
+                return Err(failure(timeout_error(), Retry::Never, None));
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let status = parts.status;
+        if status.is_success() {
+            permit.success();
+            if matches!(exchange.operation, Operation::Stream(_)) {
+                return Ok((
+                    state,
+                    Answer::Streaming {
+                        headers: parts.headers,
+                        body,
+                        conn,
+                    },
+                ));
+            }
+            return match tokio::time::timeout_at(
+                deadline,
+                Limited::new(body, MAX_RESPONSE_BYTES).collect(),
+            )
+            .await
+            {
+                Ok(Ok(collected)) => {
+                    conn.release();
+                    Ok((
+                        state,
+                        Answer::Full {
+                            headers: parts.headers,
+                            body: collected.to_bytes(),
+                        },
+                    ))
+                }
+                // The answer started: never repeat the call (it ran).
+                Ok(Err(error)) => Err(never(connection_error(format!(
+                    "reading the answer failed: {error}"
+                )))),
+                Err(_) => Err(never(timeout_error())),
+            };
+        }
+        // An error answer: read its (small) body for the message.
+        let body = match tokio::time::timeout_at(
+            deadline,
+            Limited::new(body, 1024 * 1024).collect(),
+        )
+        .await
+        {
+            Ok(Ok(collected)) => {
+                conn.release();
+                collected.to_bytes()
+            }
+            _ => Bytes::new(),
+        };
+        let retry_after = parts
+            .headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let envelope = ErrorEnvelope::from_response(status.as_u16(), &body);
+        let (outcome_is_failure, retry) = classify(status);
+        if outcome_is_failure {
+            permit.failure();
+        } else {
+            permit.ignore();
+        }
+        let error = error_for(
+            &service.name,
+            exchange.operation,
+            &url,
+            attempt,
+            status,
+            envelope,
+        );
+        Err(failure(error, retry, retry_after))
+    }
+
+    async fn request(
+        &self,
+        endpoint: &Endpoint,
+        exchange: &Exchange<'_>,
+        request_id: &str,
+        trace_id: &str,
+    ) -> http::Request<Full<Bytes>> {
+        let path = format!("{}{}", endpoint.base_path(), exchange.path);
+        let mut builder = http::Request::builder()
+            .method(exchange.method.clone())
+            .uri(path)
+            .header(header::HOST, endpoint.authority().unwrap_or_default())
+            .header(header::USER_AGENT, self.inner.user_agent.clone())
+            .header(header::ACCEPT, exchange.accept)
+            .header(cortex_proto::REQUEST_ID_HEADER, request_id)
+            .header(cortex_proto::TRACE_ID_HEADER, trace_id)
+            .header(
+                "traceparent",
+                format!(
+                    "00-{trace_id}-{}-01",
+                    &uuid::Uuid::new_v4().simple().to_string()[..16]
+                ),
+            );
+        if !exchange.body.is_empty() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(key) = &exchange.idempotency_key {
+            builder = builder.header(cortex_proto::IDEMPOTENCY_KEY_HEADER, key);
+        }
+        if let Some(id) = &exchange.last_event_id {
+            builder = builder.header(cortex_proto::LAST_EVENT_ID_HEADER, id);
+        }
+        if let Some(tokens) = &self.inner.tokens
+            && let Some(token) = tokens.token().await
+        {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        builder
+            .body(Full::new(exchange.body.clone()))
+            .unwrap_or_else(|_| http::Request::new(Full::new(Bytes::new())))
+    }
+
+    /// Opens a stream of `uri` after `last_event_id`, with at most
+    /// `max_attempts` attempts.
+    pub(crate) async fn open_stream(
+        &self,
+        service: &ServiceState,
+        uri: &str,
+        last_event_id: Option<String>,
+        max_attempts: u32,
+    ) -> Result<(HeaderMap, Incoming, PooledConn), McpError> {
+        let exchange = Exchange {
+            operation: Operation::Stream(uri),
+            method: Method::GET,
+            path: format!("/resource/{}", encode_uri(uri)),
+            body: Bytes::new(),
+            accept: "text/event-stream",
+            idempotency_key: None,
+            last_event_id,
+            idempotent: true,
+            max_attempts,
+        };
+        match self.execute(service, &exchange).await? {
+            (
+                _,
+                Answer::Streaming {
+                    headers,
+                    body,
+                    conn,
+                },
+            ) => Ok((headers, body, conn)),
+            (state, Answer::Full { .. }) => Err(McpError::ResourceStream {
+                service: service.name.clone(),
+                uri: uri.to_string(),
+                reason: format!("{} answered without a stream", state.endpoint.url),
+            }),
+        }
+    }
+}
+
+/// Whether a status is the endpoint's fault (a breaker failure), and whether
+/// it may be retried.
+fn classify(status: StatusCode) -> (bool, Retry) {
+    match status.as_u16() {
+        408 => (false, Retry::Always),
+        429 | 502 | 503 | 504 => (true, Retry::Always),
+        500 => (true, Retry::IfIdempotent),
+        s if s >= 500 => (true, Retry::Never),
+        _ => (false, Retry::Never),
+    }
+}
+
+/// The error for a non-2xx answer.
+fn error_for(
+    service: &str,
+    operation: Operation<'_>,
+    endpoint: &str,
+    attempts: u32,
+    status: StatusCode,
+    envelope: ErrorEnvelope,
+) -> McpError {
+    let ErrorEnvelope { error } = envelope;
+    let status = status.as_u16();
+    match (operation, status, &error.code) {
+        (Operation::Tool(tool), 404, ErrorCode::ToolNotFound) => McpError::ToolNotFound {
+            service: service.into(),
+            tool: tool.into(),
+        },
+        (Operation::Read(uri) | Operation::Stream(uri), 404, _) => McpError::ResourceNotFound {
+            service: service.into(),
+            uri: uri.into(),
+            message: error.message,
+        },
+        (Operation::Tool(tool), s, _) if s >= 500 || s == 429 || s == 408 => {
+            McpError::ServiceCall {
+                service: service.into(),
+                tool: tool.into(),
+                endpoint: endpoint.into(),
+                attempts,
+                status: s,
+                message: error.message,
+            }
+        }
+        (Operation::Read(uri), s, _) if s >= 500 || s == 429 || s == 408 => {
+            McpError::ResourceRead {
+                service: service.into(),
+                uri: uri.into(),
+                endpoint: endpoint.into(),
+                attempts,
+                status: s,
+                message: error.message,
+            }
+        }
+        (Operation::Stream(uri), s, _) if s >= 500 || s == 429 || s == 408 => {
+            McpError::ResourceStream {
+                service: service.into(),
+                uri: uri.into(),
+                reason: format!(
+                    "{endpoint} answered HTTP {s} after {attempts} attempt(s): {}",
+                    error.message
+                ),
+            }
+        }
+        (operation, s, _) => McpError::Tool {
+            service: service.into(),
+            operation: operation.name().into(),
+            code: error.code,
+            message: error.message,
+            details: error.details,
+            status: s,
+        },
+    }
+}
+
+/// Percent-encodes what may not stand in a URI path, keeping `/` (segment
+/// separators) and `%` (already-encoded octets).
+fn encode_uri(uri: &str) -> String {
+    const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'<')
+        .add(b'>')
+        .add(b'?')
+        .add(b'`')
+        .add(b'{')
+        .add(b'}');
+    percent_encoding::utf8_percent_encode(uri.trim_start_matches('/'), PATH).to_string()
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What one endpoint looks like now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointStatus {
+    /// The service.
+    pub service: String,
+    /// The endpoint's URL.
+    pub url: String,
+    /// Its breaker's state.
+    pub breaker: cortex_resilience::breaker::BreakerState,
+    /// Time until an open breaker admits a probe.
+    pub breaker_retry_after: Option<Duration>,
+    /// Its pool.
+    pub pool: PoolStats,
+}
+
+#[async_trait]
+impl McpClient for NetworkMcpClient {
+    async fn connect(&self, service: &str) -> Result<(), McpError> {
+        let state = self.service_state(service)?;
+        let exchange = Exchange {
+            operation: Operation::Read("health"),
+            method: Method::GET,
+            path: "/health".into(),
+            body: Bytes::new(),
+            accept: "application/json",
+            idempotency_key: None,
+            last_event_id: None,
+            idempotent: true,
+            max_attempts: u32::MAX,
+        };
+        self.execute(&state, &exchange).await.map(|_| ())
+    }
+
+    async fn call_tool(
+        &self,
+        service: &str,
+        tool: &str,
+        arguments: Value,
+    ) -> Result<Value, McpError> {
+        let started = Instant::now();
+        let outcome = async {
+            let state = self.service_state(service)?;
+            if !arguments.is_object() {
+                return Err(McpError::Tool {
+                    service: service.into(),
+                    operation: tool.into(),
+                    code: ErrorCode::InvalidArguments,
+                    message: format!(
+                        "arguments must be a JSON object, got {}",
+                        cortex_proto::envelope::json_type(&arguments)
+                    ),
+                    details: Value::Null,
+                    status: 400,
+                });
+            }
+            let body = serde_json::to_vec(&ToolRequest::envelope(arguments)).map_err(|e| {
+                McpError::Tool {
+                    service: service.into(),
+                    operation: tool.into(),
+                    code: ErrorCode::InvalidArguments,
+                    message: format!("arguments cannot be encoded: {e}"),
+                    details: Value::Null,
+                    status: 400,
+                }
+            })?;
+            let exchange = Exchange {
+                operation: Operation::Tool(tool),
+                method: Method::POST,
+                path: format!("/tool/{}", encode_uri(tool).replace('/', "%2F")),
+                body: Bytes::from(body),
+                accept: "application/json",
+                idempotency_key: Some(uuid::Uuid::new_v4().to_string()),
+                last_event_id: None,
+                idempotent: true,
+                max_attempts: u32::MAX,
+            };
+            let (state_ep, answer) = self.execute(&state, &exchange).await?;
+            let Answer::Full { body, .. } = answer else {
+                return Err(McpError::ServiceCall {
+                    service: service.into(),
+                    tool: tool.into(),
+                    endpoint: state_ep.endpoint.url.clone(),
+                    attempts: 1,
+                    status: 200,
+                    message: "unexpected streamed answer".into(),
+                });
+            };
+            if body.is_empty() {
+                return Ok(Value::Null);
+            }
+            let value: Value =
+                serde_json::from_slice(&body).map_err(|e| McpError::ServiceCall {
+                    service: service.into(),
+                    tool: tool.into(),
+                    endpoint: state_ep.endpoint.url.clone(),
+                    attempts: 1,
+                    status: 200,
+                    message: format!("the answer is not JSON: {e}"),
+                })?;
+            Ok(unwrap_result(value))
+        }
+        .await;
+        self.inner
+            .metrics
+            .record(service, tool, started.elapsed(), outcome.as_ref().err());
+        outcome
+    }
+
+    async fn read_resource(&self, service: &str, uri: &str) -> Result<Resource, McpError> {
+        let started = Instant::now();
+        let outcome = async {
+            let state = self.service_state(service)?;
+            let exchange = Exchange {
+                operation: Operation::Read(uri),
+                method: Method::GET,
+                path: format!("/resource/{}", encode_uri(uri)),
+                body: Bytes::new(),
+                accept: "application/json, text/event-stream;q=0.5, */*;q=0.1",
+                idempotency_key: None,
+                last_event_id: None,
+                idempotent: true,
+                max_attempts: u32::MAX,
+            };
+            let (endpoint, answer) = self.execute(&state, &exchange).await?;
+            let Answer::Full { headers, body } = answer else {
+                return Err(McpError::ResourceRead {
+                    service: service.into(),
+                    uri: uri.into(),
+                    endpoint: endpoint.endpoint.url.clone(),
+                    attempts: 1,
+                    status: 200,
+                    message: "unexpected streamed answer".into(),
+                });
+            };
+            let mime_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_string();
+            decode_resource(&mime_type, &body).map_err(|message| McpError::ResourceRead {
+                service: service.into(),
+                uri: uri.into(),
+                endpoint: endpoint.endpoint.url.clone(),
+                attempts: 1,
+                status: 200,
+                message,
+            })
+        }
+        .await;
+        self.inner.metrics.record(
+            service,
+            &format!("read:{}", first_segment(uri)),
+            started.elapsed(),
+            outcome.as_ref().err(),
+        );
+        outcome
+    }
+
+    async fn stream_resource(&self, service: &str, uri: &str) -> Result<EventStream, McpError> {
+        let state = self.service_state(service)?;
+        let (_, body, conn) = self.open_stream(&state, uri, None, u32::MAX).await?;
+        Ok(stream::resumable(
+            self.clone(),
+            state,
+            uri.to_string(),
+            body,
+            conn,
+        ))
+    }
+
+    async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let services: Vec<Arc<ServiceState>> =
+            lock(&self.inner.services).drain().map(|(_, s)| s).collect();
+        for service in services {
+            for endpoint in lock(&service.endpoints).values() {
+                endpoint.pool.close_idle();
+            }
+        }
+    }
+}
+
+/// The first path segment, to group resource metrics (`history`, `item`).
+fn first_segment(uri: &str) -> &str {
+    uri.trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default()
+}
+
+/// A read's body as a value: JSON as JSON; an SSE body (a server that only
+/// streams resources) collected into a JSON array; anything else as text.
+fn decode_resource(mime_type: &str, body: &[u8]) -> Result<Resource, String> {
+    let essence = mime_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let content = if essence == "application/json" || essence.ends_with("+json") {
+        serde_json::from_slice(body)
+            .map_err(|e| format!("the {mime_type} body is not JSON: {e}"))?
+    } else if essence == "text/event-stream" {
+        let mut decoder = cortex_proto::sse::Decoder::new();
+        let events = decoder.feed(body).map_err(|e| e.to_string())?;
+        Value::Array(
+            events
+                .into_iter()
+                .map(|e| crate::api::StreamEvent::from_sse(e).data)
+                .collect(),
+        )
+    } else {
+        Value::String(String::from_utf8_lossy(body).into_owned())
+    };
+    Ok(Resource {
+        content,
+        mime_type: mime_type.to_string(),
+    })
+}

@@ -1,0 +1,333 @@
+//! A connection pool with a hard cap per endpoint.
+//!
+//! Why not reqwest's pool: it caps idle connections, not open ones, so a
+//! burst opens as many connections as there are calls (the seed's pool had
+//! the same hole: its cap checked a list it had just emptied). Here every
+//! connection holds one of `max_connections` slots from the moment it is
+//! dialled until its socket is closed, so the cap holds at every instant.
+//!
+//! - A call checks out an idle connection, or dials one if a slot is free, or
+//!   waits (at most `pool_timeout`) for either.
+//! - A connection goes back to the idle list only after its response body was
+//!   read to the end. A call or stream dropped half-way drops its connection
+//!   (closing the socket): a half-read HTTP/1 connection cannot be reused.
+//! - A sweeper closes connections idle for longer than `idle_timeout`.
+//!
+//! HTTP/1.1 only: one request per connection at a time, which is what makes
+//! "connections in use" and "calls in flight" the same number.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// Timings and the cap of one endpoint's pool.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PoolSettings {
+    pub(crate) max_connections: usize,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+}
+
+/// Why no connection could be had.
+#[derive(Debug)]
+pub(crate) enum AcquireError {
+    /// Every slot stayed busy until the deadline.
+    PoolTimeout { waited: Duration },
+    /// Dialling failed (refused, unreachable, DNS, connect timeout).
+    Connect(String),
+}
+
+/// What the pool looks like now, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open (idle or in use).
+    pub open: usize,
+    /// Connections carrying a call or stream now.
+    pub in_use: usize,
+    /// Calls waiting for a connection.
+    pub waiting: usize,
+    /// Connections dialled since the pool was made.
+    pub dialed_total: u64,
+}
+
+struct Idle {
+    sender: SendRequest<Full<Bytes>>,
+    since: Instant,
+}
+
+/// The pool of one endpoint (`host:port`).
+pub(crate) struct EndpointPool {
+    authority: String,
+    settings: PoolSettings,
+    /// One permit per open connection; held by the connection's driver task
+    /// until the socket is closed.
+    slots: Arc<Semaphore>,
+    idle: Mutex<Vec<Idle>>,
+    /// Woken when a connection goes back to the idle list.
+    returned: Notify,
+    open: Arc<AtomicUsize>,
+    in_use: AtomicUsize,
+    waiting: AtomicUsize,
+    dialed_total: AtomicU64,
+}
+
+impl std::fmt::Debug for EndpointPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointPool")
+            .field("authority", &self.authority)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl EndpointPool {
+    /// A pool for `authority`; starts its idle sweeper on the current runtime.
+    pub(crate) fn new(authority: String, settings: PoolSettings) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            authority,
+            slots: Arc::new(Semaphore::new(settings.max_connections)),
+            settings,
+            idle: Mutex::new(Vec::new()),
+            returned: Notify::new(),
+            open: Arc::new(AtomicUsize::new(0)),
+            in_use: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            dialed_total: AtomicU64::new(0),
+        });
+        tokio::spawn(sweep(Arc::downgrade(&pool)));
+        pool
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        PoolStats {
+            open: self.open.load(Ordering::Relaxed),
+            in_use: self.in_use.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            dialed_total: self.dialed_total.load(Ordering::Relaxed),
+        }
+    }
+
+    fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A connection, waiting at most until `deadline` for a slot.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        deadline: Instant,
+    ) -> Result<PooledConn, AcquireError> {
+        let started = Instant::now();
+        loop {
+            // Register for wake-ups before looking, so a connection returned
+            // between the look and the wait is not missed.
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+
+            if let Some(sender) = self.take_idle().await {
+                return Ok(self.checked_out(sender));
+            }
+            if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+                return self.dial(slot).await.map(|sender| self.checked_out(sender));
+            }
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            let outcome = tokio::select! {
+                () = &mut returned => None,
+                slot = self.slots.clone().acquire_owned() => Some(slot),
+                () = tokio::time::sleep_until(deadline) => {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    return Err(AcquireError::PoolTimeout { waited: started.elapsed() });
+                }
+            };
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            if let Some(Ok(slot)) = outcome {
+                return self.dial(slot).await.map(|sender| self.checked_out(sender));
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still usable.
+    async fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+        loop {
+            let idle = self.idle_list().pop()?;
+            if idle.sender.is_closed() || idle.since.elapsed() >= self.settings.idle_timeout {
+                continue; // dropping it closes the socket and frees its slot
+            }
+            let mut sender = idle.sender;
+            // An idle HTTP/1 connection is ready at once unless the peer
+            // closed it; don't wait on one that is not.
+            match tokio::time::timeout(Duration::from_millis(50), sender.ready()).await {
+                Ok(Ok(())) => return Some(sender),
+                _ => continue,
+            }
+        }
+    }
+
+    fn checked_out(self: &Arc<Self>, sender: SendRequest<Full<Bytes>>) -> PooledConn {
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+        PooledConn {
+            sender: Some(sender),
+            pool: self.clone(),
+        }
+    }
+
+    async fn dial(
+        &self,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<SendRequest<Full<Bytes>>, AcquireError> {
+        let connect = tokio::net::TcpStream::connect(self.authority.as_str());
+        let stream = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(AcquireError::Connect(error.to_string())),
+            Err(_) => {
+                return Err(AcquireError::Connect(format!(
+                    "connect timed out after {:?}",
+                    self.settings.connect_timeout
+                )));
+            }
+        };
+        // Small requests and answers: don't let Nagle hold them back.
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| AcquireError::Connect(format!("HTTP handshake failed: {e}")))?;
+        self.dialed_total.fetch_add(1, Ordering::Relaxed);
+        let open = self.open.clone();
+        open.fetch_add(1, Ordering::Relaxed);
+        // The driver owns the slot: it is freed when the socket is closed,
+        // not merely when we stop using the connection.
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(sender)
+    }
+
+    fn give_back(&self, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        self.idle_list().push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        self.returned.notify_one();
+    }
+
+    /// Closes idle connections past `idle_timeout`.
+    fn sweep_once(&self) {
+        let timeout = self.settings.idle_timeout;
+        self.idle_list()
+            .retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < timeout);
+    }
+
+    /// Closes every idle connection now.
+    pub(crate) fn close_idle(&self) {
+        self.idle_list().clear();
+    }
+}
+
+/// Runs while the pool lives; wakes often enough that an idle connection is
+/// closed within a quarter of `idle_timeout` after it expires.
+async fn sweep(pool: Weak<EndpointPool>) {
+    let every = match pool.upgrade() {
+        Some(pool) => (pool.settings.idle_timeout / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(5)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        match pool.upgrade() {
+            Some(pool) => pool.sweep_once(),
+            None => return,
+        }
+    }
+}
+
+/// A checked-out connection. [`PooledConn::release`] returns it for reuse;
+/// dropping it closes it.
+pub(crate) struct PooledConn {
+    sender: Option<SendRequest<Full<Bytes>>>,
+    pool: Arc<EndpointPool>,
+}
+
+impl std::fmt::Debug for PooledConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledConn")
+            .field("authority", &self.pool.authority)
+            .finish()
+    }
+}
+
+impl PooledConn {
+    /// Sends one request. The connection is not reusable until the
+    /// response body has been read to the end and [`Self::release`] called.
+    pub(crate) async fn send(
+        &mut self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<Incoming>, SendError> {
+        let sender = self.sender.as_mut().ok_or(SendError::Closed)?;
+        // Nothing is written until the connection is ready.
+        sender
+            .ready()
+            .await
+            .map_err(|e| SendError::NotSent(e.to_string()))?;
+        sender.send_request(request).await.map_err(|error| {
+            // hyper cancels a request it never dispatched (the connection
+            // closed first); anything else may have reached the service.
+            if error.is_canceled() {
+                SendError::NotSent(error.to_string())
+            } else {
+                SendError::MaybeSent(error.to_string())
+            }
+        })
+    }
+
+    /// Returns the connection to the idle list.
+    pub(crate) fn release(mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.give_back(sender);
+        }
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
+        // A sender still here was not released: its response was not read to
+        // the end, so the connection is dropped (and closed) with it.
+    }
+}
+
+/// Why a request on a connection failed.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// Failed before the request was written: safe to retry anywhere.
+    NotSent(String),
+    /// Failed after the request may have reached the service.
+    MaybeSent(String),
+    /// The connection was already given up.
+    Closed,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotSent(reason) | Self::MaybeSent(reason) => f.write_str(reason),
+            Self::Closed => f.write_str("connection already closed"),
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Resumable resource streams.
+//!
+//! A stream reads SSE from one connection. When the connection fails, goes
+//! silent for longer than `stream_idle_timeout` (services send keep-alive
+//! comments every 15 s, so silence means a dead peer), or the service sends
+//! an `error` event, it reconnects with `Last-Event-ID` set to the last
+//! event it delivered, so no event is delivered twice or lost. Reconnects
+//! back off: the service's `retry:` advice (or `initial_backoff`) doubled
+//! on each failed reconnect, capped at `stream_max_backoff`, and reset by
+//! every event (the seed's `stream_with_reconnect`). After
+//! `stream_max_reconnects` failed reconnects in a row the stream yields one
+//! [`McpError::ResourceStream`] and ends.
+//!
+//! A stream that the service ends normally (the HTTP body completes) is
+//! complete, not an error. Dropping the stream drops its connection.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cortex_proto::sse::Decoder;
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::api::{EventStream, StreamEvent};
+use crate::error::McpError;
+use crate::network::{NetworkMcpClient, ServiceState};
+use crate::pool::PooledConn;
+
+struct Connected {
+    body: Incoming,
+    conn: PooledConn,
+    decoder: Decoder,
+}
+
+struct State {
+    client: NetworkMcpClient,
+    service: Arc<ServiceState>,
+    uri: String,
+    connected: Option<Connected>,
+    pending: VecDeque<StreamEvent>,
+    /// Id of the last event handed to the consumer (or queued for it).
+    last_id: Option<String>,
+    /// The service's latest `retry:` advice.
+    server_retry: Option<Duration>,
+    /// Failed reconnects since the last event.
+    failures: u32,
+    /// Why the last connection ended, for the final error.
+    last_reason: String,
+    done: bool,
+}
+
+/// Wraps an opened stream so that it resumes after faults.
+pub(crate) fn resumable(
+    client: NetworkMcpClient,
+    service: Arc<ServiceState>,
+    uri: String,
+    body: Incoming,
+    conn: PooledConn,
+) -> EventStream {
+    let state = State {
+        client,
+        service,
+        uri,
+        connected: Some(Connected {
+            body,
+            conn,
+            decoder: Decoder::new(),
+        }),
+        pending: VecDeque::new(),
+        last_id: None,
+        server_retry: None,
+        failures: 0,
+        last_reason: String::new(),
+        done: false,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        let item = state.next().await?;
+        Some((item, state))
+    })
+    .boxed()
+}
+
+enum Read {
+    Chunk(Bytes),
+    End,
+    Lost(String),
+}
+
+impl State {
+    async fn next(&mut self) -> Option<Result<StreamEvent, McpError>> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.done {
+                return None;
+            }
+            let Some(connected) = self.connected.as_mut() else {
+                if let Err(error) = self.reconnect().await {
+                    self.done = true;
+                    return Some(Err(error));
+                }
+                continue;
+            };
+            let idle = self.service.config.stream_idle_timeout;
+            let read = match tokio::time::timeout(idle, connected.body.frame()).await {
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Read::Chunk(data),
+                    Err(_) => continue, // trailers
+                },
+                Ok(None) => Read::End,
+                Ok(Some(Err(error))) => Read::Lost(format!("connection lost: {error}")),
+                Err(_) => Read::Lost(format!("no data for {idle:?} (not even a keep-alive)")),
+            };
+            match read {
+                Read::Chunk(data) => {
+                    let decoded = connected.decoder.feed(&data);
+                    if let Some(retry) = connected.decoder.retry() {
+                        self.server_retry = Some(Duration::from_millis(retry));
+                    }
+                    match decoded {
+                        Ok(events) => {
+                            for event in events {
+                                if event.event.as_deref() == Some("error") {
+                                    // The service failed mid-stream; resume.
+                                    self.last_reason =
+                                        format!("the service sent an error event: {}", event.data);
+                                    self.connected = None;
+                                    break;
+                                }
+                                let event = StreamEvent::from_sse(event);
+                                if event.id.is_some() {
+                                    self.last_id = event.id.clone();
+                                }
+                                self.failures = 0;
+                                self.pending.push_back(event);
+                            }
+                        }
+                        Err(error) => {
+                            self.last_reason = format!("bad SSE from the service: {error}");
+                            self.connected = None;
+                        }
+                    }
+                }
+                Read::End => {
+                    // The service ended the stream: complete. The connection
+                    // is reusable.
+                    if let Some(connected) = self.connected.take() {
+                        connected.conn.release();
+                    }
+                    self.done = true;
+                }
+                Read::Lost(reason) => {
+                    tracing::debug!(service = %self.service.name, uri = %self.uri, %reason, "stream interrupted; resuming");
+                    self.last_reason = reason;
+                    self.connected = None; // drops (closes) the connection
+                }
+            }
+        }
+    }
+
+    /// Reconnects after `last_id`, backing off; an error once reconnects are
+    /// exhausted or the resource is gone.
+    async fn reconnect(&mut self) -> Result<(), McpError> {
+        let config = &self.service.config;
+        loop {
+            if self.failures >= config.stream_max_reconnects {
+                return Err(McpError::ResourceStream {
+                    service: self.service.name.clone(),
+                    uri: self.uri.clone(),
+                    reason: format!(
+                        "gave up after {} reconnect attempt(s); last: {}",
+                        self.failures, self.last_reason
+                    ),
+                });
+            }
+            let base = self.server_retry.unwrap_or(config.initial_backoff);
+            let delay = base
+                .checked_mul(1u32 << self.failures.min(16))
+                .unwrap_or(config.stream_max_backoff)
+                .min(config.stream_max_backoff);
+            tokio::time::sleep(delay).await;
+            self.failures += 1;
+            self.client
+                .inner
+                .metrics
+                .retry(&self.service.name, &format!("stream:{}", self.uri));
+            match self
+                .client
+                .open_stream(&self.service, &self.uri, self.last_id.clone(), 1)
+                .await
+            {
+                Ok((_, body, conn)) => {
+                    tracing::info!(service = %self.service.name, uri = %self.uri, last_id = ?self.last_id, "stream resumed");
+                    self.connected = Some(Connected {
+                        body,
+                        conn,
+                        decoder: Decoder::new(),
+                    });
+                    return Ok(());
+                }
+                Err(error) if error.is_retryable() => {
+                    self.last_reason = error.to_string();
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}

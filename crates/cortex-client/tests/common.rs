@@ -1,0 +1,35 @@
+//! Shared helpers of the client tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cortex_client::{ClientConfig, NetworkMcpClient, StaticDiscovery};
+
+/// A config with short timings for loopback tests.
+pub fn fast_config() -> cortex_client::config::ClientConfigBuilder {
+    ClientConfig::builder()
+        .initial_backoff(Duration::from_millis(5))
+        .max_backoff(Duration::from_millis(50))
+        .request_timeout(Duration::from_secs(10))
+        .reset_timeout(Duration::from_millis(300))
+}
+
+/// A network client whose `memory` service is at `url`.
+pub fn client_for(url: &str, config: ClientConfig) -> NetworkMcpClient {
+    let discovery = Arc::new(StaticDiscovery::new().with("memory", url));
+    NetworkMcpClient::builder(discovery)
+        .config(config)
+        .build()
+        .unwrap_or_else(|e| panic!("client: {e}"))
+}
+
+/// A port on loopback that nothing listens on.
+pub fn dead_port() -> u16 {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("addr: {e}"))
+        .port()
+}

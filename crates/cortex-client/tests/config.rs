@@ -1,0 +1,826 @@
+//! Client configuration: defaults, builder, TOML, environment and files.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use cortex_client::config::{ClientConfigBuilder, ServiceOverrides};
+use cortex_client::{ClientConfig, ConfigError};
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// The option an `Invalid` error names (panics on anything else).
+#[track_caller]
+fn invalid_option(result: Result<ClientConfig, ConfigError>) -> String {
+    match result {
+        Err(ConfigError::Invalid { option, reason }) => {
+            let message = ConfigError::Invalid {
+                option: option.clone(),
+                reason: reason.clone(),
+            }
+            .to_string();
+            assert!(message.contains(&format!("`{option}`")), "{message}");
+            assert!(!reason.is_empty());
+            option
+        }
+        other => panic!("expected an invalid value, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn rejects(builder: ClientConfigBuilder, option: &str) -> String {
+    let result = builder.build();
+    let message = result.clone().unwrap_err().to_string();
+    assert_eq!(invalid_option(result), option, "{message}");
+    message
+}
+
+/// A configuration with every option away from its default.
+fn all_changed() -> ClientConfig {
+    ClientConfig::builder()
+        .max_connections(20)
+        .idle_timeout(secs(90.0))
+        .failure_threshold(7)
+        .reset_timeout(secs(15.0))
+        .half_open_max_calls(2)
+        .max_retries(4)
+        .initial_backoff(secs(0.25))
+        .backoff_factor(1.5)
+        .max_backoff(secs(20.0))
+        .request_timeout(secs(12.5))
+        .connect_timeout(secs(2.0))
+        .pool_timeout(secs(3.0))
+        .stream_idle_timeout(secs(30.0))
+        .stream_max_reconnects(4)
+        .stream_max_backoff(secs(30.0))
+        .jitter(false)
+        .retry_budget_ratio(0.5)
+        .retry_budget_min_per_sec(3)
+        .retry_budget_window(secs(20.0))
+        .retry_after_cap(secs(120.0))
+        .build()
+        .unwrap()
+}
+
+/// `all_changed` as (option, value in file/env syntax).
+const ALL_CHANGED: &[(&str, &str)] = &[
+    ("max_connections", "20"),
+    ("idle_timeout", "90"),
+    ("failure_threshold", "7"),
+    ("reset_timeout", "15"),
+    ("half_open_max_calls", "2"),
+    ("max_retries", "4"),
+    ("initial_backoff", "0.25"),
+    ("backoff_factor", "1.5"),
+    ("max_backoff", "20.0"),
+    ("request_timeout", "12.5"),
+    ("connect_timeout", "2"),
+    ("pool_timeout", "3"),
+    ("stream_idle_timeout", "30"),
+    ("stream_max_reconnects", "4"),
+    ("stream_max_backoff", "30"),
+    ("jitter", "false"),
+    ("retry_budget_ratio", "0.5"),
+    ("retry_budget_min_per_sec", "3"),
+    ("retry_budget_window", "20"),
+    ("retry_after_cap", "120"),
+];
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn unique_temp_path(name: &str) -> std::path::PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "cortex-client-config-{}-{}-{name}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+// ---------------------------------------------------------------- defaults
+
+#[test]
+fn defaults_match_the_seed_table() {
+    let c = ClientConfig::default();
+    assert_eq!(c.max_connections, 10);
+    assert_eq!(c.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.failure_threshold, 5);
+    assert_eq!(c.reset_timeout, Duration::from_secs(30));
+    assert_eq!(c.half_open_max_calls, 1);
+    assert_eq!(c.max_retries, 3);
+    assert_eq!(c.initial_backoff, Duration::from_millis(100));
+    assert_eq!(c.backoff_factor, 2.0);
+    assert_eq!(c.max_backoff, Duration::from_secs(10));
+}
+
+#[test]
+fn defaults_of_our_options() {
+    let c = ClientConfig::default();
+    assert_eq!(c.request_timeout, Duration::from_secs(30));
+    assert_eq!(c.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.pool_timeout, Duration::from_secs(5));
+    assert_eq!(c.stream_idle_timeout, Duration::from_secs(45));
+    assert_eq!(c.stream_max_reconnects, 10);
+    assert_eq!(c.stream_max_backoff, Duration::from_secs(60));
+    assert!(c.jitter);
+    assert_eq!(c.retry_budget_ratio, 0.2);
+    assert_eq!(c.retry_budget_min_per_sec, 10);
+    assert_eq!(c.retry_budget_window, Duration::from_secs(10));
+    assert_eq!(c.retry_after_cap, Duration::from_secs(60));
+    assert!(c.services.is_empty());
+    c.validate().unwrap();
+    assert_eq!(ClientConfig::builder().build().unwrap(), c);
+}
+
+/// The TOML example of the module documentation lists every option with its
+/// default.
+#[test]
+fn documented_toml_example_is_the_defaults() {
+    let source = include_str!("../src/config.rs");
+    let mut lines = source
+        .lines()
+        .skip_while(|l| l.trim() != "//! ```toml")
+        .skip(1);
+    let mut example = String::new();
+    for line in lines.by_ref() {
+        if line.trim() == "//! ```" {
+            break;
+        }
+        let text = line.strip_prefix("//!").unwrap();
+        example.push_str(text.strip_prefix(' ').unwrap_or(text));
+        example.push('\n');
+    }
+    let keys: toml::Table = example.parse().unwrap();
+    assert_eq!(keys.len(), ALL_CHANGED.len(), "every option is shown");
+    assert_eq!(
+        ClientConfig::from_toml_str(&example).unwrap(),
+        ClientConfig::default()
+    );
+}
+
+// ----------------------------------------------------------------- builder
+
+#[test]
+fn builder_sets_every_option() {
+    let c = all_changed();
+    let d = ClientConfig::default();
+    assert_ne!(c.max_connections, d.max_connections);
+    assert_ne!(c.idle_timeout, d.idle_timeout);
+    assert_ne!(c.failure_threshold, d.failure_threshold);
+    assert_ne!(c.reset_timeout, d.reset_timeout);
+    assert_ne!(c.half_open_max_calls, d.half_open_max_calls);
+    assert_ne!(c.max_retries, d.max_retries);
+    assert_ne!(c.initial_backoff, d.initial_backoff);
+    assert_ne!(c.backoff_factor, d.backoff_factor);
+    assert_ne!(c.max_backoff, d.max_backoff);
+    assert_ne!(c.request_timeout, d.request_timeout);
+    assert_ne!(c.connect_timeout, d.connect_timeout);
+    assert_ne!(c.pool_timeout, d.pool_timeout);
+    assert_ne!(c.stream_idle_timeout, d.stream_idle_timeout);
+    assert_ne!(c.stream_max_reconnects, d.stream_max_reconnects);
+    assert_ne!(c.stream_max_backoff, d.stream_max_backoff);
+    assert_ne!(c.jitter, d.jitter);
+    assert_ne!(c.retry_budget_ratio, d.retry_budget_ratio);
+    assert_ne!(c.retry_budget_min_per_sec, d.retry_budget_min_per_sec);
+    assert_ne!(c.retry_budget_window, d.retry_budget_window);
+    assert_ne!(c.retry_after_cap, d.retry_after_cap);
+    assert_eq!(c.request_timeout, Duration::from_millis(12_500));
+}
+
+#[test]
+fn builder_rejects_each_hard_limit_naming_the_option() {
+    let b = ClientConfig::builder;
+    let message = rejects(b().max_connections(0), "max_connections");
+    assert!(message.contains("1 and 10000"), "{message}");
+    rejects(b().max_connections(10_001), "max_connections");
+    let message = rejects(b().idle_timeout(Duration::ZERO), "idle_timeout");
+    assert!(message.contains("86400"), "{message}");
+    rejects(b().idle_timeout(secs(86_400.5)), "idle_timeout");
+    rejects(b().failure_threshold(0), "failure_threshold");
+    rejects(b().reset_timeout(Duration::ZERO), "reset_timeout");
+    rejects(b().half_open_max_calls(0), "half_open_max_calls");
+    let message = rejects(b().max_retries(101), "max_retries");
+    assert!(message.contains("100"), "{message}");
+    rejects(b().initial_backoff(Duration::ZERO), "initial_backoff");
+    rejects(b().backoff_factor(0.5), "backoff_factor");
+    rejects(b().backoff_factor(f64::NAN), "backoff_factor");
+    rejects(b().backoff_factor(f64::INFINITY), "backoff_factor");
+    let message = rejects(
+        b().initial_backoff(secs(2.0)).max_backoff(secs(1.0)),
+        "max_backoff",
+    );
+    assert!(message.contains("initial_backoff"), "{message}");
+    rejects(b().request_timeout(Duration::ZERO), "request_timeout");
+    rejects(b().connect_timeout(Duration::ZERO), "connect_timeout");
+    rejects(b().pool_timeout(Duration::ZERO), "pool_timeout");
+    rejects(
+        b().stream_idle_timeout(Duration::ZERO),
+        "stream_idle_timeout",
+    );
+    rejects(b().stream_max_backoff(Duration::ZERO), "stream_max_backoff");
+    rejects(b().retry_budget_ratio(-0.1), "retry_budget_ratio");
+    rejects(b().retry_budget_ratio(1000.5), "retry_budget_ratio");
+    rejects(b().retry_budget_ratio(f64::NAN), "retry_budget_ratio");
+    let message = rejects(b().retry_budget_window(secs(0.5)), "retry_budget_window");
+    assert!(message.contains("1 s and 60 s"), "{message}");
+    rejects(b().retry_budget_window(secs(61.0)), "retry_budget_window");
+}
+
+#[test]
+fn builder_accepts_the_edges_of_the_hard_limits() {
+    let b = ClientConfig::builder;
+    b().max_connections(1).build().unwrap();
+    b().max_connections(10_000).build().unwrap();
+    b().idle_timeout(Duration::from_secs(86_400))
+        .build()
+        .unwrap();
+    b().max_retries(0).build().unwrap();
+    b().max_retries(100).build().unwrap();
+    b().backoff_factor(1.0).build().unwrap();
+    b().initial_backoff(secs(3.0))
+        .max_backoff(secs(3.0))
+        .build()
+        .unwrap();
+    b().retry_budget_ratio(0.0).build().unwrap();
+    b().retry_budget_ratio(1000.0).build().unwrap();
+    b().retry_budget_window(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    b().retry_budget_window(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    b().stream_max_reconnects(0)
+        .retry_budget_min_per_sec(0)
+        .retry_after_cap(Duration::ZERO)
+        .build()
+        .unwrap();
+}
+
+#[test]
+fn values_outside_the_recommended_ranges_are_accepted() {
+    let c = ClientConfig::builder()
+        .max_connections(100)
+        .idle_timeout(secs(5.0))
+        .failure_threshold(1)
+        .reset_timeout(secs(600.0))
+        .half_open_max_calls(10)
+        .max_retries(0)
+        .initial_backoff(secs(0.01))
+        .backoff_factor(10.0)
+        .max_backoff(secs(0.5))
+        .build()
+        .unwrap();
+    assert_eq!(c.max_connections, 100);
+}
+
+#[test]
+fn service_overrides_are_validated_as_applied() {
+    let zero = ServiceOverrides {
+        max_connections: Some(0),
+        ..ServiceOverrides::default()
+    };
+    rejects(
+        ClientConfig::builder().service("memory", zero),
+        "services.memory.max_connections",
+    );
+    // Valid alone, but above the base's max_backoff once applied.
+    let slow = ServiceOverrides {
+        initial_backoff: Some(secs(20.0)),
+        ..ServiceOverrides::default()
+    };
+    rejects(
+        ClientConfig::builder().service("memory", slow.clone()),
+        "services.memory.max_backoff",
+    );
+    let c = ClientConfig::builder()
+        .max_backoff(secs(30.0))
+        .service("memory", slow)
+        .build()
+        .unwrap();
+    assert_eq!(c.for_service("memory").initial_backoff, secs(20.0));
+    rejects(
+        ClientConfig::builder().service("", ServiceOverrides::default()),
+        "services",
+    );
+}
+
+#[test]
+fn for_service_applies_overrides_and_empties_services() {
+    let overrides = ServiceOverrides {
+        max_connections: Some(4),
+        request_timeout: Some(secs(2.5)),
+        jitter: Some(false),
+        ..ServiceOverrides::default()
+    };
+    let c = ClientConfig::builder()
+        .max_retries(5)
+        .service("memory", overrides.clone())
+        .build()
+        .unwrap();
+    assert_eq!(c.services.get("memory"), Some(&overrides));
+
+    let memory = c.for_service("memory");
+    assert_eq!(memory.max_connections, 4);
+    assert_eq!(memory.request_timeout, secs(2.5));
+    assert!(!memory.jitter);
+    assert_eq!(memory.max_retries, 5, "base values are kept");
+    assert!(memory.services.is_empty());
+
+    let mut base = c.clone();
+    base.services.clear();
+    assert_eq!(c.for_service("search"), base);
+}
+
+// -------------------------------------------------------------------- TOML
+
+fn toml_of(pairs: &[(&str, &str)]) -> String {
+    pairs.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
+}
+
+#[test]
+fn toml_full_file_sets_every_option() {
+    let text = format!(
+        "{}\n[services.memory]\nmax_connections = 4\nidle_timeout = 0.5\n",
+        toml_of(ALL_CHANGED)
+    );
+    let c = ClientConfig::from_toml_str(&text).unwrap();
+    let mut expected = all_changed();
+    expected.services.insert(
+        "memory".to_owned(),
+        ServiceOverrides {
+            max_connections: Some(4),
+            idle_timeout: Some(secs(0.5)),
+            ..ServiceOverrides::default()
+        },
+    );
+    assert_eq!(c, expected);
+}
+
+#[test]
+fn toml_every_option_can_be_overridden_per_service() {
+    let text = format!("[services.memory]\n{}", toml_of(ALL_CHANGED));
+    let c = ClientConfig::from_toml_str(&text).unwrap();
+    assert_eq!(c.for_service("memory"), all_changed());
+    assert_eq!(c.for_service("other"), ClientConfig::default());
+}
+
+#[test]
+fn toml_partial_file_keeps_the_other_defaults() {
+    let c = ClientConfig::from_toml_str("max_connections = 12\njitter = false\n").unwrap();
+    let expected = ClientConfig {
+        max_connections: 12,
+        jitter: false,
+        ..ClientConfig::default()
+    };
+    assert_eq!(c, expected);
+    assert_eq!(
+        ClientConfig::from_toml_str("").unwrap(),
+        ClientConfig::default()
+    );
+}
+
+#[test]
+fn toml_service_override_is_applied_by_for_service() {
+    let text = r#"
+max_connections = 8
+request_timeout = 20
+
+[services.memory]
+max_connections = 4
+reset_timeout = 12.5
+
+[services."search-v2"]
+failure_threshold = 9
+"#;
+    let c = ClientConfig::from_toml_str(text).unwrap();
+    assert_eq!(c.services.len(), 2);
+    let memory = c.for_service("memory");
+    assert_eq!(memory.max_connections, 4);
+    assert_eq!(memory.reset_timeout, secs(12.5));
+    assert_eq!(memory.request_timeout, secs(20.0));
+    assert!(memory.services.is_empty());
+    assert_eq!(c.for_service("search-v2").failure_threshold, 9);
+    assert_eq!(c.for_service("search-v2").max_connections, 8);
+    assert_eq!(c.for_service("unknown").max_connections, 8);
+}
+
+#[test]
+fn toml_unknown_key_is_rejected_naming_it() {
+    let err = ClientConfig::from_toml_str("max_conections = 4").unwrap_err();
+    assert_eq!(err, ConfigError::Unknown("max_conections".to_owned()));
+    assert!(err.to_string().contains("`max_conections`"), "{err}");
+
+    let err = ClientConfig::from_toml_str("[services.memory]\nbogus = 1").unwrap_err();
+    assert_eq!(
+        err,
+        ConfigError::Unknown("services.memory.bogus".to_owned())
+    );
+
+    // A table that is not [services.*].
+    let err = ClientConfig::from_toml_str("[memory]\nmax_connections = 4").unwrap_err();
+    assert_eq!(err, ConfigError::Unknown("memory".to_owned()));
+}
+
+#[test]
+fn toml_wrong_type_is_rejected_naming_the_option() {
+    let parse = ClientConfig::from_toml_str;
+    assert_eq!(
+        invalid_option(parse("max_connections = \"ten\"")),
+        "max_connections"
+    );
+    assert_eq!(
+        invalid_option(parse("max_connections = 4.5")),
+        "max_connections"
+    );
+    assert_eq!(
+        invalid_option(parse("max_connections = -4")),
+        "max_connections"
+    );
+    assert_eq!(
+        invalid_option(parse("max_retries = 5_000_000_000")),
+        "max_retries"
+    );
+    assert_eq!(
+        invalid_option(parse("idle_timeout = \"60s\"")),
+        "idle_timeout"
+    );
+    assert_eq!(
+        invalid_option(parse("backoff_factor = true")),
+        "backoff_factor"
+    );
+    assert_eq!(invalid_option(parse("jitter = 1")), "jitter");
+    assert_eq!(invalid_option(parse("jitter = [true]")), "jitter");
+    assert_eq!(invalid_option(parse("services = 3")), "services");
+    assert_eq!(
+        invalid_option(parse("[services]\nmemory = 3")),
+        "services.memory"
+    );
+    assert_eq!(
+        invalid_option(parse("[services.memory]\nmax_connections = \"4\"")),
+        "services.memory.max_connections"
+    );
+    let message = parse("max_connections = \"ten\"").unwrap_err().to_string();
+    assert!(message.contains("integer"), "{message}");
+}
+
+#[test]
+fn toml_seconds_may_be_integers_or_floats() {
+    let c = ClientConfig::from_toml_str(
+        "idle_timeout = 90\nreset_timeout = 12.5\ninitial_backoff = 1\nmax_backoff = 10.0\nbackoff_factor = 2\n",
+    )
+    .unwrap();
+    assert_eq!(c.idle_timeout, Duration::from_secs(90));
+    assert_eq!(c.reset_timeout, Duration::from_millis(12_500));
+    assert_eq!(c.initial_backoff, Duration::from_secs(1));
+    assert_eq!(c.max_backoff, Duration::from_secs(10));
+    assert_eq!(c.backoff_factor, 2.0);
+    let c = ClientConfig::from_toml_str("idle_timeout = 0.5").unwrap();
+    assert_eq!(c.idle_timeout, Duration::from_millis(500));
+}
+
+#[test]
+fn toml_negative_and_nan_seconds_are_rejected() {
+    let parse = ClientConfig::from_toml_str;
+    let err = parse("idle_timeout = -1").unwrap_err();
+    assert_eq!(invalid_option(Err(err.clone())), "idle_timeout");
+    assert!(err.to_string().contains("negative"), "{err}");
+    assert_eq!(
+        invalid_option(parse("reset_timeout = -0.5")),
+        "reset_timeout"
+    );
+    let err = parse("idle_timeout = nan").unwrap_err();
+    assert_eq!(invalid_option(Err(err.clone())), "idle_timeout");
+    assert!(err.to_string().contains("finite"), "{err}");
+    assert_eq!(
+        invalid_option(parse("request_timeout = inf")),
+        "request_timeout"
+    );
+    assert_eq!(
+        invalid_option(parse("retry_after_cap = -inf")),
+        "retry_after_cap"
+    );
+    assert_eq!(
+        invalid_option(parse("pool_timeout = 1e300")),
+        "pool_timeout"
+    );
+    assert_eq!(
+        invalid_option(parse("backoff_factor = nan")),
+        "backoff_factor"
+    );
+    assert_eq!(
+        invalid_option(parse("[services.memory]\nidle_timeout = -3")),
+        "services.memory.idle_timeout"
+    );
+}
+
+#[test]
+fn toml_values_are_validated() {
+    let parse = ClientConfig::from_toml_str;
+    assert_eq!(
+        invalid_option(parse("max_connections = 0")),
+        "max_connections"
+    );
+    assert_eq!(
+        invalid_option(parse("initial_backoff = 5\nmax_backoff = 1")),
+        "max_backoff"
+    );
+    assert_eq!(
+        invalid_option(parse("[services.memory]\nhalf_open_max_calls = 0")),
+        "services.memory.half_open_max_calls"
+    );
+}
+
+#[test]
+fn toml_syntax_error_is_a_parse_error() {
+    let err = ClientConfig::from_toml_str("max_connections = = 4").unwrap_err();
+    assert!(matches!(err, ConfigError::Parse(_)), "{err:?}");
+    assert!(
+        err.to_string().starts_with("config file is not valid TOML"),
+        "{err}"
+    );
+}
+
+// --------------------------------------------------------------------- env
+
+#[test]
+fn env_overlay_is_applied() {
+    let base =
+        ClientConfig::from_toml_str("max_retries = 4\n[services.memory]\nmax_connections = 2\n")
+            .unwrap();
+    let c = base
+        .with_env(env(&[
+            ("CORTEX_CLIENT_MAX_CONNECTIONS", "4"),
+            ("CORTEX_CLIENT_IDLE_TIMEOUT", "0.5"),
+            ("CORTEX_CLIENT_JITTER", "false"),
+            ("PATH", "/usr/bin"),
+            ("CORTEX_OTHER", "x"),
+        ]))
+        .unwrap();
+    assert_eq!(c.max_connections, 4);
+    assert_eq!(c.idle_timeout, Duration::from_millis(500));
+    assert!(!c.jitter);
+    assert_eq!(c.max_retries, 4, "values from the file are kept");
+    assert_eq!(
+        c.for_service("memory").max_connections,
+        2,
+        "services are kept"
+    );
+    assert_eq!(
+        ClientConfig::default().with_env(Vec::new()).unwrap(),
+        ClientConfig::default()
+    );
+}
+
+#[test]
+fn env_sets_every_option() {
+    let vars: Vec<(String, String)> = ALL_CHANGED
+        .iter()
+        .map(|(k, v)| {
+            (
+                format!("CORTEX_CLIENT_{}", k.to_uppercase()),
+                (*v).to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ClientConfig::default().with_env(vars).unwrap(),
+        all_changed()
+    );
+    let c = ClientConfig::default()
+        .with_env(env(&[
+            ("CORTEX_CLIENT_JITTER", "0"),
+            ("CORTEX_CLIENT_REQUEST_TIMEOUT", " 7 "),
+        ]))
+        .unwrap();
+    assert!(!c.jitter);
+    assert_eq!(c.request_timeout, Duration::from_secs(7));
+}
+
+#[test]
+fn env_unknown_variable_is_rejected_naming_it() {
+    let err = ClientConfig::default()
+        .with_env(env(&[("CORTEX_CLIENT_X", "1")]))
+        .unwrap_err();
+    assert_eq!(err, ConfigError::Unknown("CORTEX_CLIENT_X".to_owned()));
+    assert!(err.to_string().contains("CORTEX_CLIENT_X"), "{err}");
+    let err = ClientConfig::default()
+        .with_env(env(&[("CORTEX_CLIENT_max_connections", "4")]))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ConfigError::Unknown("CORTEX_CLIENT_max_connections".to_owned())
+    );
+    let err = ClientConfig::default()
+        .with_env(env(&[("CORTEX_CLIENT_SERVICES", "x")]))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ConfigError::Unknown("CORTEX_CLIENT_SERVICES".to_owned())
+    );
+}
+
+#[test]
+fn env_bad_value_names_the_variable() {
+    let with = |name: &str, value: &str| ClientConfig::default().with_env(env(&[(name, value)]));
+    for (name, value) in [
+        ("CORTEX_CLIENT_MAX_CONNECTIONS", "abc"),
+        ("CORTEX_CLIENT_MAX_CONNECTIONS", "4.0"),
+        ("CORTEX_CLIENT_MAX_CONNECTIONS", "-1"),
+        ("CORTEX_CLIENT_MAX_CONNECTIONS", ""),
+        ("CORTEX_CLIENT_IDLE_TIMEOUT", "60s"),
+        ("CORTEX_CLIENT_IDLE_TIMEOUT", "-1"),
+        ("CORTEX_CLIENT_IDLE_TIMEOUT", "NaN"),
+        ("CORTEX_CLIENT_JITTER", "maybe"),
+        // Parsed, but out of range.
+        ("CORTEX_CLIENT_MAX_CONNECTIONS", "0"),
+        ("CORTEX_CLIENT_BACKOFF_FACTOR", "NaN"),
+        ("CORTEX_CLIENT_RETRY_BUDGET_WINDOW", "0.5"),
+    ] {
+        let result = with(name, value);
+        let message = result.clone().unwrap_err().to_string();
+        assert_eq!(invalid_option(result), name, "{value:?}: {message}");
+    }
+}
+
+#[test]
+fn from_env_reads_the_process_environment() {
+    // The test environment sets no CORTEX_CLIENT_* variable, unless a
+    // developer does; either way this must not panic.
+    let has_ours =
+        std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("CORTEX_CLIENT_"));
+    let result = ClientConfig::from_env();
+    if !has_ours {
+        assert_eq!(result.unwrap(), ClientConfig::default());
+    }
+}
+
+// ------------------------------------------------------------------- files
+
+#[test]
+fn from_file_reads_a_toml_file() {
+    let path = unique_temp_path("client.toml");
+    std::fs::write(
+        &path,
+        "max_connections = 7\n[services.memory]\nmax_retries = 0\n",
+    )
+    .unwrap();
+    let result = ClientConfig::from_file(&path);
+    std::fs::remove_file(&path).unwrap();
+    let c = result.unwrap();
+    assert_eq!(c.max_connections, 7);
+    assert_eq!(c.for_service("memory").max_retries, 0);
+}
+
+#[test]
+fn from_file_missing_path_names_the_path() {
+    let path = unique_temp_path("missing.toml");
+    let err = ClientConfig::from_file(&path).unwrap_err();
+    let shown = path.display().to_string();
+    match &err {
+        ConfigError::File { path, reason } => {
+            assert_eq!(path, &shown);
+            assert!(!reason.is_empty());
+        }
+        other => panic!("expected a file error, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&shown), "{err}");
+}
+
+#[test]
+fn from_file_syntax_error_names_the_path() {
+    let path = unique_temp_path("broken.toml");
+    std::fs::write(&path, "max_connections = \n").unwrap();
+    let result = ClientConfig::from_file(&path);
+    std::fs::remove_file(&path).unwrap();
+    let err = result.unwrap_err();
+    assert!(matches!(err, ConfigError::Parse(_)), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+// ------------------------------------------------------- service overrides
+
+#[test]
+fn service_overrides_serde_uses_seconds_and_denies_unknown_fields() {
+    let overrides = ServiceOverrides {
+        max_connections: Some(4),
+        idle_timeout: Some(secs(0.5)),
+        backoff_factor: Some(1.5),
+        jitter: Some(false),
+        ..ServiceOverrides::default()
+    };
+    let text = toml::to_string(&overrides).unwrap();
+    assert!(text.contains("idle_timeout = 0.5"), "{text}");
+    assert!(!text.contains("reset_timeout"), "{text}");
+    assert_eq!(
+        toml::from_str::<ServiceOverrides>(&text).unwrap(),
+        overrides
+    );
+
+    let json = serde_json::to_value(&overrides).unwrap();
+    assert_eq!(
+        serde_json::from_value::<ServiceOverrides>(json).unwrap(),
+        overrides
+    );
+
+    let parsed: ServiceOverrides = toml::from_str("reset_timeout = 12\nmax_backoff = 2.5").unwrap();
+    assert_eq!(parsed.reset_timeout, Some(Duration::from_secs(12)));
+    assert_eq!(parsed.max_backoff, Some(Duration::from_millis(2500)));
+
+    assert!(serde_json::from_str::<ServiceOverrides>(r#"{"bogus": 1}"#).is_err());
+    assert!(serde_json::from_str::<ServiceOverrides>(r#"{"idle_timeout": -1}"#).is_err());
+    assert_eq!(
+        serde_json::from_str::<ServiceOverrides>("{}").unwrap(),
+        ServiceOverrides::default()
+    );
+}
+
+// ---------------------------------------------------------------- warnings
+
+/// Records the `option` field of every WARN event.
+struct WarnRecorder(Mutex<Vec<String>>);
+
+impl tracing::Subscriber for WarnRecorder {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct OptionField(String);
+        impl tracing::field::Visit for OptionField {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "option" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut option = OptionField(String::new());
+            event.record(&mut option);
+            self.0.lock().unwrap().push(option.0);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+fn warnings_of(config: &ClientConfig) -> Vec<String> {
+    let recorder = std::sync::Arc::new(WarnRecorder(Mutex::new(Vec::new())));
+    tracing::subscriber::with_default(recorder.clone(), || config.validate().unwrap());
+    recorder.0.lock().unwrap().clone()
+}
+
+#[test]
+fn values_outside_the_recommended_range_warn_once() {
+    assert!(warnings_of(&ClientConfig::default()).is_empty());
+    assert!(warnings_of(&all_changed()).is_empty());
+
+    let mut config = ClientConfig {
+        max_connections: 50,
+        ..ClientConfig::default()
+    };
+    assert_eq!(warnings_of(&config), ["max_connections"]);
+
+    // A service inheriting the base value is not warned again; its own
+    // out-of-range value is.
+    config.services.insert(
+        "memory".to_owned(),
+        ServiceOverrides {
+            max_retries: Some(9),
+            ..ServiceOverrides::default()
+        },
+    );
+    config
+        .services
+        .insert("search".to_owned(), ServiceOverrides::default());
+    assert_eq!(
+        warnings_of(&config),
+        ["max_connections", "services.memory.max_retries"]
+    );
+
+    let config = ClientConfig {
+        idle_timeout: secs(5.0),
+        failure_threshold: 1,
+        reset_timeout: secs(600.0),
+        half_open_max_calls: 10,
+        max_retries: 0,
+        initial_backoff: secs(0.01),
+        backoff_factor: 10.0,
+        max_backoff: secs(0.5),
+        ..ClientConfig::default()
+    };
+    assert_eq!(warnings_of(&config).len(), 8);
+}
