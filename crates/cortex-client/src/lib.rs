@@ -15,6 +15,7 @@
 //! - `stream`: resumable SSE streams.
 //! - [`in_process`]: the in-process client, [`InProcessMcpClient`].
 //! - [`metrics`]: per service and operation counters, Prometheus text.
+//! - [`typed`]: [`MemoryServiceClient`], [`CognitionServiceClient`], [`call_batch`].
 //!
 //! # Example
 //! ```no_run
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod network;
 mod pool;
 mod stream;
+pub mod typed;
 
 pub use api::{EventStream, McpClient, Resource, StreamEvent};
 pub use config::{ClientConfig, ConfigError};
@@ -52,3 +54,6 @@ pub use network::{
     EndpointStatus, NetworkMcpClient, NetworkMcpClientBuilder, StaticToken, TokenProvider,
 };
 pub use pool::PoolStats;
+pub use typed::{
+    BatchCall, CognitionServiceClient, ContextQuery, MemoryServiceClient, StoreReceipt, call_batch,
+};

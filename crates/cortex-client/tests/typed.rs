@@ -1,0 +1,110 @@
+//! The typed memory client and `call_batch`, over both implementations.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cortex_client::{
+    BatchCall, InProcessMcpClient, McpClient, McpError, MemoryServiceClient, call_batch,
+};
+use cortex_service::ServiceConfig;
+use cortex_test_support::{memory_service, start_memory};
+use futures::StreamExt;
+use serde_json::{Map, json};
+
+async fn exercise(client: Arc<dyn McpClient>) {
+    let memory = MemoryServiceClient::new(client.clone());
+    // An id with characters that need encoding stays one segment.
+    let user = "ann smith/42%";
+    let receipt = memory
+        .store_input(user, json!({"message": "hello", "conversation_id": "c 1"}))
+        .await;
+    // `/` is not allowed in a user id: the service says so, by field.
+    assert!(
+        matches!(receipt, Err(McpError::Tool { ref details, .. }) if details["field"] == "user_id")
+    );
+    let user = "ann smith 42%";
+    let first = memory
+        .store_input(user, json!({"message": "hello", "conversation_id": "c 1"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.status.as_str(), first.user_id.as_str()),
+        ("stored", user)
+    );
+    let second = memory
+        .store_input(user, json!({"content": "again"}))
+        .await
+        .unwrap();
+    assert!(second.item_id > first.item_id);
+    assert_eq!(memory.get_history(user).await.unwrap().len(), 2);
+    assert_eq!(
+        memory.get_recent(user, 1).await.unwrap()[0]["content"],
+        "again"
+    );
+    assert_eq!(
+        memory.get_conversation(user, "c 1").await.unwrap()[0]["content"],
+        "hello"
+    );
+    let mut changes = Map::new();
+    changes.insert("content".into(), json!("changed"));
+    assert_eq!(
+        memory.update_item(first.item_id, changes).await.unwrap()["content"],
+        "changed"
+    );
+    let mut stream = memory.stream_history(user).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.data["item_id"], first.item_id);
+    memory.delete_item(first.item_id).await.unwrap();
+    assert!(matches!(
+        memory.get_item(first.item_id).await,
+        Err(McpError::Tool { status: 404, .. })
+    ));
+
+    let calls = (0..20)
+        .map(|i| {
+            if i == 7 {
+                BatchCall::new("memory", "get_item", json!({"item_id": "not a number"}))
+            } else {
+                BatchCall::new(
+                    "memory",
+                    "store_input",
+                    json!({"user_id": "batch", "input_data": {"content": format!("b{i}")}}),
+                )
+            }
+        })
+        .collect();
+    let results = call_batch(client.as_ref(), calls, 4).await;
+    assert_eq!(results.len(), 20);
+    assert!(results[7].is_err(), "the bad call fails alone");
+    let ids: Vec<i64> = results
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 7)
+        .map(|(_, r)| r.as_ref().unwrap()["item_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 19);
+    let history = memory.get_history("batch").await.unwrap();
+    assert_eq!(history.len(), 19);
+}
+
+#[tokio::test]
+async fn typed_memory_client_over_the_network() {
+    let (server, _dir) = start_memory(ServiceConfig::default()).await;
+    let client = common::client_for(&server.url(""), common::fast_config().build().unwrap());
+    exercise(Arc::new(client)).await;
+}
+
+#[tokio::test]
+async fn typed_memory_client_in_process() {
+    let (service, _dir) = memory_service().await;
+    let client = InProcessMcpClient::new();
+    client.register(service);
+    exercise(Arc::new(client)).await;
+}
