@@ -193,6 +193,23 @@ pub(crate) struct Exchange<'a> {
     pub(crate) max_attempts: u32,
 }
 
+impl<'a> Exchange<'a> {
+    /// A plain GET of `path` (for listings and health), retried like a read.
+    pub(crate) fn get(operation: Operation<'a>, path: impl Into<String>) -> Self {
+        Self {
+            operation,
+            method: Method::GET,
+            path: path.into(),
+            body: Bytes::new(),
+            accept: "application/json",
+            idempotency_key: None,
+            last_event_id: None,
+            idempotent: true,
+            max_attempts: u32::MAX,
+        }
+    }
+}
+
 /// A 2xx answer.
 pub(crate) enum Answer {
     /// A unary answer, read to the end (its connection is back in the pool).
@@ -838,18 +855,9 @@ pub struct EndpointStatus {
 impl McpClient for NetworkMcpClient {
     async fn connect(&self, service: &str) -> Result<(), McpError> {
         let state = self.service_state(service)?;
-        let exchange = Exchange {
-            operation: Operation::Read("health"),
-            method: Method::GET,
-            path: "/health".into(),
-            body: Bytes::new(),
-            accept: "application/json",
-            idempotency_key: None,
-            last_event_id: None,
-            idempotent: true,
-            max_attempts: u32::MAX,
-        };
-        self.execute(&state, &exchange).await.map(|_| ())
+        self.execute(&state, &Exchange::get(Operation::Read("health"), "/health"))
+            .await
+            .map(|_| ())
     }
 
     async fn call_tool(
