@@ -36,9 +36,11 @@
 
 pub mod api;
 pub mod config;
-pub mod discovery;
+/// Service discovery, re-exported from `cortex-discovery`.
+pub use cortex_discovery as discovery;
 pub mod error;
 pub mod in_process;
+mod introspect;
 pub mod metrics;
 pub mod network;
 mod pool;
@@ -47,7 +49,9 @@ pub mod typed;
 
 pub use api::{EventStream, McpClient, Resource, StreamEvent};
 pub use config::{ClientConfig, ConfigError};
-pub use discovery::{DiscoveryError, Endpoint, ServiceDiscovery, StaticDiscovery};
+pub use cortex_discovery::{
+    DiscoveryError, Endpoint, EndpointSet, ServiceDiscovery, StaticDiscovery,
+};
 pub use error::McpError;
 pub use in_process::InProcessMcpClient;
 pub use network::{

@@ -41,11 +41,11 @@ use tokio::time::Instant;
 
 use crate::api::{EventStream, McpClient, Resource};
 use crate::config::ClientConfig;
-use crate::discovery::{DiscoveryError, Endpoint, ServiceDiscovery};
 use crate::error::McpError;
 use crate::metrics::Metrics;
 use crate::pool::{AcquireError, EndpointPool, PoolSettings, PoolStats, PooledConn, SendError};
 use crate::stream;
+use cortex_discovery::{CallOutcome, DiscoveryError, Endpoint, ServiceDiscovery};
 
 /// Largest response body read into memory; a bigger one is an error, not an
 /// out-of-memory.
@@ -86,6 +86,7 @@ impl std::fmt::Debug for NetworkMcpClient {
 pub struct NetworkMcpClientBuilder {
     discovery: Arc<dyn ServiceDiscovery>,
     config: ClientConfig,
+    balancer: Balancer,
     tokens: Option<Arc<dyn TokenProvider>>,
     user_agent: String,
 }
@@ -100,6 +101,13 @@ impl NetworkMcpClientBuilder {
     /// Sends `Authorization: Bearer <token>` from `provider`.
     pub fn token_provider(mut self, provider: Arc<dyn TokenProvider>) -> Self {
         self.tokens = Some(provider);
+        self
+    }
+
+    /// How an endpoint is chosen among a service's replicas (default:
+    /// power of two choices).
+    pub fn balancer(mut self, balancer: Balancer) -> Self {
+        self.balancer = balancer;
         self
     }
 
@@ -124,6 +132,7 @@ impl NetworkMcpClientBuilder {
                 config: self.config,
                 services: Mutex::new(HashMap::new()),
                 tokens: self.tokens,
+                balancer: self.balancer,
                 user_agent,
                 closed: AtomicBool::new(false),
                 metrics: Arc::new(Metrics::default()),
@@ -137,6 +146,7 @@ pub(crate) struct Inner {
     config: ClientConfig,
     services: Mutex<HashMap<String, Arc<ServiceState>>>,
     tokens: Option<Arc<dyn TokenProvider>>,
+    balancer: Balancer,
     user_agent: HeaderValue,
     closed: AtomicBool,
     pub(crate) metrics: Arc<Metrics>,
@@ -159,6 +169,18 @@ pub(crate) struct EndpointState {
     pub(crate) endpoint: Endpoint,
     pool: Arc<EndpointPool>,
     pub(crate) breaker: CircuitBreaker,
+}
+
+/// How a call picks one of a service's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Balancer {
+    /// Two endpoints at random; the one with fewer calls in flight wins
+    /// (as in Finagle and Envoy: near-best spread without global state,
+    /// and a slow replica soon gets less).
+    #[default]
+    PowerOfTwoChoices,
+    /// Each endpoint in turn.
+    RoundRobin,
 }
 
 /// What one exchange is, for errors, metrics and retry safety.
@@ -243,6 +265,7 @@ impl NetworkMcpClient {
         NetworkMcpClientBuilder {
             discovery,
             config: ClientConfig::default(),
+            balancer: Balancer::default(),
             tokens: None,
             user_agent: format!("cortex-client/{}", env!("CARGO_PKG_VERSION")),
         }
@@ -445,7 +468,7 @@ impl NetworkMcpClient {
             retry: Retry::Never,
             retry_after: None,
         };
-        let endpoints = self
+        let set = self
             .inner
             .discovery
             .resolve(&service.name)
@@ -455,16 +478,16 @@ impl NetworkMcpClient {
                     service: service.name.clone(),
                     reason: e.to_string(),
                 }),
-                DiscoveryError::Backend(_) => AttemptFailure {
+                other => AttemptFailure {
                     error: McpError::ServiceNotFound {
                         service: service.name.clone(),
-                        reason: e.to_string(),
+                        reason: other.to_string(),
                     },
                     retry: Retry::Always,
                     retry_after: None,
                 },
             })?;
-        if endpoints.is_empty() {
+        if set.endpoints.is_empty() {
             return Err(AttemptFailure {
                 error: McpError::ServiceNotFound {
                     service: service.name.clone(),
@@ -474,12 +497,7 @@ impl NetworkMcpClient {
                 retry_after: None,
             });
         }
-        // Untried endpoints first, then round robin among the rest.
-        let start = service.next.fetch_add(1, Ordering::Relaxed);
-        let mut order: Vec<&Endpoint> = (0..endpoints.len())
-            .map(|i| &endpoints[(start + i) % endpoints.len()])
-            .collect();
-        order.sort_by_key(|e| tried.contains(e));
+        let order = self.choose_order(service, &set.endpoints, tried);
         let mut refused: Option<(Arc<EndpointState>, Duration)> = None;
         let mut chosen = None;
         for endpoint in order {
@@ -516,6 +534,11 @@ impl NetworkMcpClient {
         };
         tried.push(state.endpoint.clone());
         let url = state.endpoint.url.clone();
+        let report = |outcome| {
+            self.inner
+                .discovery
+                .report(&service.name, &state.endpoint, outcome)
+        };
         let failure = |error: McpError, retry, retry_after| AttemptFailure {
             error,
             retry,
@@ -556,6 +579,7 @@ impl NetworkMcpClient {
             }
             Err(AcquireError::Connect(reason)) => {
                 permit.failure();
+                report(CallOutcome::Failure);
                 return Err(failure(connection_error(reason), Retry::Always, None));
             }
         };
@@ -567,6 +591,7 @@ impl NetworkMcpClient {
             Ok(Ok(response)) => response,
             Ok(Err(SendError::NotSent(reason))) => {
                 permit.failure();
+                report(CallOutcome::Failure);
                 return Err(failure(connection_error(reason), Retry::Always, None));
             }
             Ok(Err(SendError::Closed)) => {
@@ -579,11 +604,13 @@ impl NetworkMcpClient {
             }
             Ok(Err(SendError::MaybeSent(reason))) => {
                 permit.failure();
+                report(CallOutcome::Failure);
                 let reason = format!("connection lost after the request was sent: {reason}");
                 return Err(failure(connection_error(reason), Retry::IfIdempotent, None));
             }
             Err(_) => {
                 permit.failure();
+                report(CallOutcome::Failure);
                 return Err(failure(timeout_error(), Retry::Never, None));
             }
         };
@@ -591,6 +618,7 @@ impl NetworkMcpClient {
         let status = parts.status;
         if status.is_success() {
             permit.success();
+            report(CallOutcome::Success);
             if matches!(exchange.operation, Operation::Stream(_)) {
                 return Ok((
                     state,
@@ -646,6 +674,7 @@ impl NetworkMcpClient {
         let (outcome_is_failure, retry) = classify(status);
         if outcome_is_failure {
             permit.failure();
+            report(CallOutcome::Failure);
         } else {
             permit.ignore();
         }
@@ -658,6 +687,50 @@ impl NetworkMcpClient {
             envelope,
         );
         Err(failure(error, retry, retry_after))
+    }
+
+    /// The endpoints to try, best first: ones this call has not tried yet
+    /// before ones it has, and among those the balancer's pick first.
+    fn choose_order<'e>(
+        &self,
+        service: &ServiceState,
+        endpoints: &'e [Endpoint],
+        tried: &[Endpoint],
+    ) -> Vec<&'e Endpoint> {
+        let (mut fresh, retried): (Vec<&Endpoint>, Vec<&Endpoint>) =
+            endpoints.iter().partition(|e| !tried.contains(e));
+        match self.inner.balancer {
+            Balancer::RoundRobin => {
+                if !fresh.is_empty() {
+                    let start = service.next.fetch_add(1, Ordering::Relaxed) % fresh.len();
+                    fresh.rotate_left(start);
+                }
+            }
+            Balancer::PowerOfTwoChoices => {
+                if fresh.len() >= 2 {
+                    let a = fastrand::usize(..fresh.len());
+                    let mut b = fastrand::usize(..fresh.len() - 1);
+                    if b >= a {
+                        b += 1;
+                    }
+                    let load = |e: &Endpoint| self.in_flight(service, e);
+                    let best = if load(fresh[b]) < load(fresh[a]) {
+                        b
+                    } else {
+                        a
+                    };
+                    fresh.swap(0, best);
+                }
+            }
+        }
+        fresh.into_iter().chain(retried).collect()
+    }
+
+    /// Calls in flight on an endpoint (0 for one never used).
+    fn in_flight(&self, service: &ServiceState, endpoint: &Endpoint) -> usize {
+        lock(&service.endpoints)
+            .get(endpoint)
+            .map_or(0, |state| state.pool.stats().in_use)
     }
 
     async fn request(
@@ -992,6 +1065,7 @@ impl McpClient for NetworkMcpClient {
             self.clone(),
             state,
             uri.to_string(),
+            None,
             body,
             conn,
         ))

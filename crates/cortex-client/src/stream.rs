@@ -57,6 +57,7 @@ pub(crate) fn resumable(
     client: NetworkMcpClient,
     service: Arc<ServiceState>,
     uri: String,
+    last_id: Option<String>,
     body: Incoming,
     conn: PooledConn,
 ) -> EventStream {
@@ -70,7 +71,7 @@ pub(crate) fn resumable(
             decoder: Decoder::new(),
         }),
         pending: VecDeque::new(),
-        last_id: None,
+        last_id,
         server_retry: None,
         failures: 0,
         last_reason: String::new(),

@@ -45,9 +45,15 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Starts a proxy on `127.0.0.1:0` forwarding to `upstream`.
     pub async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1", upstream).await
+    }
+
+    /// Starts a proxy on `ip:0` (any loopback address, such as `127.0.0.2`,
+    /// so replicas have addresses of their own) forwarding to `upstream`.
+    pub async fn start_on(ip: &str, upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind((ip, 0))
             .await
-            .unwrap_or_else(|e| panic!("bind proxy: {e}"));
+            .unwrap_or_else(|e| panic!("bind proxy on {ip}: {e}"));
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("proxy addr: {e}"));

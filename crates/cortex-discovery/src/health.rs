@@ -1,0 +1,296 @@
+//! Health around any backend: active checks and passive ejection.
+//!
+//! [`HealthChecked`] wraps a discovery backend and filters what it resolves:
+//!
+//! - **Active**: every `interval`, `GET /health` on each endpoint of each
+//!   service resolved so far (timeout `timeout`). `unhealthy_threshold`
+//!   failures in a row mark an endpoint unhealthy; `healthy_threshold`
+//!   successes in a row mark it healthy again. New endpoints start healthy,
+//!   so a fresh replica takes traffic at once.
+//! - **Passive**: the client reports real calls ([`ServiceDiscovery::report`]).
+//!   `ejection_failures` failures in a row eject an endpoint for
+//!   `base_ejection` × the number of times it was ejected before (capped at
+//!   `max_ejection`); a success resets the count.
+//! - **Never all**: if filtering would leave a service with no endpoint, the
+//!   unfiltered set is returned: a call that may fail beats a certain
+//!   failure, and the breaker still protects the caller.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use crate::endpoint::{Endpoint, EndpointSet};
+use crate::registry::Registry;
+use crate::{CallOutcome, DiscoveryError, ServiceDiscovery};
+
+/// Thresholds and timings of health tracking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Time between active checks (default 30 s).
+    pub interval: Duration,
+    /// A check slower than this fails (default 5 s).
+    pub timeout: Duration,
+    /// Successes in a row that make an unhealthy endpoint healthy (default 2).
+    pub healthy_threshold: u32,
+    /// Failures in a row that make a healthy endpoint unhealthy (default 3).
+    pub unhealthy_threshold: u32,
+    /// Real-call failures in a row that eject an endpoint (default 5).
+    pub ejection_failures: u32,
+    /// First ejection time; later ones grow linearly (default 30 s).
+    pub base_ejection: Duration,
+    /// Longest ejection (default 300 s).
+    pub max_ejection: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            ejection_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct EndpointHealth {
+    unhealthy: bool,
+    check_successes: u32,
+    check_failures: u32,
+    call_failures: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+impl EndpointHealth {
+    fn usable(&self, now: Instant) -> bool {
+        !self.unhealthy && self.ejected_until.is_none_or(|until| until <= now)
+    }
+}
+
+struct Inner<D> {
+    backend: D,
+    config: HealthConfig,
+    /// Health per (service, endpoint URL).
+    health: Mutex<HashMap<(String, String), EndpointHealth>>,
+    /// Services whose checker runs.
+    checked: Mutex<Vec<String>>,
+    /// The filtered sets, versioned.
+    filtered: Registry,
+}
+
+/// A discovery backend with health tracking; see the module docs.
+pub struct HealthChecked<D> {
+    inner: Arc<Inner<D>>,
+}
+
+impl<D> std::fmt::Debug for HealthChecked<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthChecked")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: ServiceDiscovery> HealthChecked<D> {
+    /// Tracks the health of `backend`'s endpoints.
+    pub fn new(backend: D, config: HealthConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                backend,
+                config,
+                health: Mutex::new(HashMap::new()),
+                checked: Mutex::new(Vec::new()),
+                filtered: Registry::new(),
+            }),
+        }
+    }
+
+    /// The backend inside.
+    pub fn backend(&self) -> &D {
+        &self.inner.backend
+    }
+
+    /// Whether an endpoint is usable now (healthy and not ejected).
+    pub fn is_endpoint_usable(&self, service: &str, url: &str) -> bool {
+        let health = self.inner.health.lock().unwrap_or_else(|p| p.into_inner());
+        health
+            .get(&(service.to_string(), url.to_string()))
+            .is_none_or(|h| h.usable(Instant::now()))
+    }
+
+    fn start_checker(&self, service: &str) {
+        let mut checked = self.inner.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if checked.iter().any(|s| s == service) {
+            return;
+        }
+        checked.push(service.to_string());
+        tokio::spawn(check_loop(Arc::downgrade(&self.inner), service.to_string()));
+    }
+}
+
+async fn check_loop<D: ServiceDiscovery>(inner: Weak<Inner<D>>, service: String) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let interval = strong.config.interval;
+        if let Ok(set) = strong.backend.resolve(&service).await {
+            let timeout = strong.config.timeout;
+            let checks = set
+                .endpoints
+                .iter()
+                .map(|e| async move { (e.url.clone(), check(e, timeout).await) });
+            for (url, outcome) in futures::future::join_all(checks).await {
+                strong.record_check(&service, &url, outcome);
+            }
+        }
+        drop(strong);
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// `GET /health` on a fresh connection; `Err` says why it failed.
+pub async fn check(endpoint: &Endpoint, timeout: Duration) -> Result<(), String> {
+    let authority = endpoint
+        .authority()
+        .ok_or_else(|| format!("bad endpoint {}", endpoint.url))?;
+    let probe = async {
+        let stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let request = http::Request::builder()
+            .uri(format!("{}/health", endpoint.base_path()))
+            .header(http::header::HOST, &authority)
+            .header(http::header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "health answered HTTP {}",
+                response.status().as_u16()
+            ))
+        }
+    };
+    tokio::time::timeout(timeout, probe)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+}
+
+impl<D> Inner<D> {
+    fn record_check(&self, service: &str, url: &str, outcome: Result<(), String>) {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = health
+            .entry((service.to_string(), url.to_string()))
+            .or_default();
+        match outcome {
+            Ok(()) => {
+                entry.check_failures = 0;
+                entry.check_successes += 1;
+                if entry.unhealthy && entry.check_successes >= self.config.healthy_threshold {
+                    entry.unhealthy = false;
+                    tracing::info!(service, endpoint = url, "endpoint healthy again");
+                }
+            }
+            Err(reason) => {
+                entry.check_successes = 0;
+                entry.check_failures += 1;
+                if !entry.unhealthy && entry.check_failures >= self.config.unhealthy_threshold {
+                    entry.unhealthy = true;
+                    tracing::warn!(service, endpoint = url, %reason, "endpoint unhealthy");
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<D: ServiceDiscovery> ServiceDiscovery for HealthChecked<D> {
+    async fn resolve(&self, service: &str) -> Result<Arc<EndpointSet>, DiscoveryError> {
+        let set = self.inner.backend.resolve(service).await?;
+        self.start_checker(service);
+        let now = Instant::now();
+        let usable: Vec<Endpoint> = {
+            let health = self.inner.health.lock().unwrap_or_else(|p| p.into_inner());
+            set.endpoints
+                .iter()
+                .filter(|e| {
+                    health
+                        .get(&(service.to_string(), e.url.clone()))
+                        .is_none_or(|h| h.usable(now))
+                })
+                .cloned()
+                .collect()
+        };
+        let endpoints = if usable.is_empty() {
+            set.endpoints.clone()
+        } else {
+            usable
+        };
+        Ok(self.inner.filtered.publish(service, endpoints))
+    }
+
+    async fn is_healthy(&self, service: &str) -> bool {
+        let Ok(set) = self.inner.backend.resolve(service).await else {
+            return false;
+        };
+        self.start_checker(service);
+        let now = Instant::now();
+        let health = self.inner.health.lock().unwrap_or_else(|p| p.into_inner());
+        set.endpoints.iter().any(|e| {
+            health
+                .get(&(service.to_string(), e.url.clone()))
+                .is_none_or(|h| h.usable(now))
+        })
+    }
+
+    fn report(&self, service: &str, endpoint: &Endpoint, outcome: CallOutcome) {
+        let config = &self.inner.config;
+        let mut health = self.inner.health.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (service.to_string(), endpoint.url.clone());
+        match outcome {
+            CallOutcome::Success => {
+                if let Some(entry) = health.get_mut(&key) {
+                    entry.call_failures = 0;
+                }
+            }
+            CallOutcome::Failure => {
+                let now = Instant::now();
+                let entry = health.entry(key).or_default();
+                entry.call_failures += 1;
+                if entry.call_failures >= config.ejection_failures
+                    && entry.ejected_until.is_none_or(|u| u <= now)
+                {
+                    entry.ejections += 1;
+                    entry.call_failures = 0;
+                    let time = config
+                        .base_ejection
+                        .saturating_mul(entry.ejections)
+                        .min(config.max_ejection);
+                    entry.ejected_until = Some(now + time);
+                    tracing::warn!(service, endpoint = %endpoint.url, ejection = entry.ejections, ?time, "endpoint ejected after failed calls");
+                }
+            }
+        }
+    }
+}
