@@ -1,19 +1,38 @@
 //! `cortex`: run the Cortex services and talk to them.
 //!
 //! Arguments are parsed in two steps: [`cli`] holds the raw flags (clap
-//! validates their syntax), and each command resolves them into what it
-//! needs (a listener, a database path) before anything starts.
+//! validates their syntax, and its errors exit 2), and each command
+//! resolves them into what it needs (a client, a listener, a database path)
+//! before anything starts. Every failure is one [`exit::Failure`]: one line
+//! on stderr and a documented exit code.
 
+mod bench;
 mod cli;
+mod client_cmds;
+mod connect;
+mod demo;
+mod exit;
+mod input;
+mod output;
 mod serve;
+mod system;
+mod up;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::cli::Command;
+use crate::connect::ClientFlags;
+use crate::exit::Failure;
+
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    init_tracing(cli.verbose);
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return clap_error(&error),
+    };
+    init_tracing(&cli.command, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,24 +43,67 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let outcome = runtime.block_on(async {
+    let flags = ClientFlags {
+        services: cli.services,
+        config: cli.config,
+    };
+    let json = cli.json;
+    let outcome = runtime.block_on(async move {
         match cli.command {
-            cli::Command::Serve(args) => serve::run(args).await,
+            Command::Up(args) => up::run(args, &flags).await,
+            Command::Demo => demo::run().await,
+            Command::Call(args) => client_cmds::call(args, &flags, json).await,
+            Command::Read(args) => client_cmds::read(args, &flags, json).await,
+            Command::Stream(args) => client_cmds::stream(args, &flags, json).await,
+            Command::Tools(args) => client_cmds::tools(args, &flags, json).await,
+            Command::Resources(args) => client_cmds::resources(args, &flags, json).await,
+            Command::Health(args) => client_cmds::health(args, &flags, json).await,
+            Command::Status => client_cmds::status(&flags, json).await,
+            Command::Bench(args) => bench::run(args, &flags, json).await,
+            Command::Serve(args) => serve::run(args, &flags).await,
         }
     });
+    // Do not wait for background tasks (a stream reader, an idle
+    // connection) once the command is done.
+    runtime.shutdown_background();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("cortex: {error}");
-            ExitCode::from(error.exit_code())
-        }
+        Err(failure) => report(&failure),
     }
 }
 
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
+/// Help and version go out as clap writes them; a usage error becomes one
+/// line and exit 2.
+fn clap_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            ExitCode::from(if error.use_stderr() { 2 } else { 0 })
+        }
+        _ => report(&Failure::usage(exit::clap_line(
+            &error.render().to_string(),
+        ))),
+    }
+}
+
+fn report(failure: &Failure) -> ExitCode {
+    if !failure.message.is_empty() {
+        eprintln!("cortex: {failure}");
+    }
+    ExitCode::from(failure.exit_code())
+}
+
+/// Logs go to stderr. Servers log at `info`; client commands and the demo
+/// only log errors, so their stderr holds just the one error line.
+fn init_tracing(command: &Command, verbose: u8) {
+    let quiet = !matches!(command, Command::Up(_) | Command::Serve(_));
+    let default = match (verbose, quiet) {
+        (0, true) => "error",
+        (0, false) => "info",
+        (1, _) => "debug",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -49,5 +111,6 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

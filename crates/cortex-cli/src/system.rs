@@ -1,0 +1,168 @@
+//! Pieces shared by `serve`, `up` and `demo`: binding a port with a clear
+//! message, building the two services, running one in the background, and
+//! waiting until services are healthy.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cortex_client::{McpClient, NetworkMcpClient};
+use cortex_cognition::CognitionConfig;
+use cortex_service::{Service, ServiceConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::exit::Failure;
+
+/// Binds `host:port` for `what` (a service name); a port in use is an error
+/// that names it and the flag that changes it.
+pub(crate) async fn bind(
+    host: &str,
+    port: u16,
+    what: &str,
+    flag: &str,
+) -> Result<TcpListener, Failure> {
+    let address = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    TcpListener::bind(&address).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            Failure::other(format!(
+                "port {port} on {host} ({what}) is already in use; choose another with {flag}"
+            ))
+        } else {
+            Failure::other(format!("cannot listen on {address} ({what}): {e}"))
+        }
+    })
+}
+
+/// The memory service over the SQLite file `db` (created with its directory).
+pub(crate) async fn memory_service(db: &Path) -> Result<Service, Failure> {
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Failure::other(format!(
+                "cannot create the data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    let store = cortex_memory::store::Store::open(db)
+        .await
+        .map_err(|e| Failure::other(e.to_string()))?;
+    tracing::info!(db = %db.display(), "memory store open");
+    cortex_memory::service::build(store).map_err(|e| Failure::other(e.to_string()))
+}
+
+/// The cognition service, reading memory through `memory`.
+pub(crate) fn cognition_service(
+    memory: NetworkMcpClient,
+    config: CognitionConfig,
+) -> Result<Service, Failure> {
+    let memory: Arc<dyn McpClient> = Arc::new(memory);
+    cortex_cognition::build(memory, config).map_err(|e| Failure::other(e.to_string()))
+}
+
+/// The URL to reach a listener at: a wildcard address is reached on loopback.
+pub(crate) fn url_of(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// A service serving in the background until [`Running::stop`].
+pub(crate) struct Running {
+    pub(crate) name: String,
+    pub(crate) addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Serves `service` on `listener` in a task.
+    pub(crate) fn spawn(
+        listener: TcpListener,
+        service: Service,
+        config: ServiceConfig,
+    ) -> Result<Self, Failure> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Failure::other(format!("cannot read the bound address: {e}")))?;
+        let name = service.name().to_string();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(cortex_service::serve(
+            listener,
+            service,
+            config,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(Self {
+            name,
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// The URL clients use.
+    pub(crate) fn url(&self) -> String {
+        url_of(self.addr)
+    }
+
+    /// True once the server ended on its own (it failed).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops gracefully (in-flight calls finish, streams are cut) and waits.
+    pub(crate) async fn stop(mut self) -> Result<(), Failure> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Failure::other(format!("{} server failed: {e}", self.name))),
+            Err(e) => Err(Failure::other(format!(
+                "{} server task failed: {e}",
+                self.name
+            ))),
+        }
+    }
+}
+
+/// Waits until every one of `services` answers `/health` with 200, asking
+/// every 100 ms for at most `within`.
+pub(crate) async fn wait_healthy(
+    client: &NetworkMcpClient,
+    services: &[&str],
+    within: Duration,
+) -> Result<(), Failure> {
+    let deadline = tokio::time::Instant::now() + within;
+    for service in services {
+        loop {
+            let last = match client.health(service).await {
+                Ok((200, _)) => break,
+                Ok((status, health)) => format!(
+                    "HTTP {status}, {}",
+                    serde_json::Value::Object(health.checks)
+                ),
+                Err(error) => error.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Failure::other(format!(
+                    "{service} did not become healthy within {within:?}: {last}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}

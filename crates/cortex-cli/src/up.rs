@@ -1,0 +1,125 @@
+//! `cortex up`: memory and cognition in one process until Ctrl-C.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cortex_client::{NetworkMcpClient, StaticDiscovery};
+use cortex_cognition::CognitionConfig;
+use cortex_service::{ServiceConfig, shutdown_signal};
+
+use crate::cli::UpArgs;
+use crate::connect::ClientFlags;
+use crate::exit::Failure;
+use crate::output::line;
+use crate::system::{self, Running};
+
+/// How long both services get to become healthy.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+
+pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure> {
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
+        Failure::other(format!(
+            "cannot create the data directory {}: {e}",
+            args.data_dir.display()
+        ))
+    })?;
+    let data_dir = std::fs::canonicalize(&args.data_dir).map_err(|e| {
+        Failure::other(format!(
+            "cannot resolve the data directory {}: {e}",
+            args.data_dir.display()
+        ))
+    })?;
+    let db = data_dir.join("memory.sqlite3");
+    line(format!("data directory: {}", data_dir.display()))?;
+    // Both ports first: a port in use fails before anything starts.
+    let memory_listener =
+        system::bind(&args.host, args.memory_port, "memory", "--memory-port").await?;
+    let cognition_listener = system::bind(
+        &args.host,
+        args.cognition_port,
+        "cognition",
+        "--cognition-port",
+    )
+    .await?;
+
+    let config = ServiceConfig {
+        grace_period: Duration::from_secs(args.grace_secs),
+        ..ServiceConfig::default()
+    };
+    let memory = Running::spawn(
+        memory_listener,
+        system::memory_service(&db).await?,
+        config.clone(),
+    )?;
+    // Cognition reads memory over the network, through the client, at the
+    // address just bound (with the client settings of --config and env).
+    let memory_client = NetworkMcpClient::builder(Arc::new(
+        StaticDiscovery::new().with("memory", memory.url()),
+    ))
+    .config(flags.config()?)
+    .build()?;
+    let cognition = Running::spawn(
+        cognition_listener,
+        system::cognition_service(memory_client, CognitionConfig::default())?,
+        config,
+    )?;
+
+    let probe = NetworkMcpClient::new(Arc::new(
+        StaticDiscovery::new()
+            .with("memory", memory.url())
+            .with("cognition", cognition.url()),
+    ))?;
+    if let Err(failure) = system::wait_healthy(&probe, &["memory", "cognition"], READY_WITHIN).await
+    {
+        let _ = cognition.stop().await;
+        let _ = memory.stop().await;
+        return Err(failure);
+    }
+    line(format!(
+        "memory     {}  (SQLite {})",
+        memory.url(),
+        db.display()
+    ))?;
+    line(format!("cognition  {}", cognition.url()))?;
+    let defaults = args.memory_port == 9000
+        && args.cognition_port == cortex_cognition::DEFAULT_PORT
+        && matches!(args.host.as_str(), "127.0.0.1" | "localhost" | "0.0.0.0");
+    if defaults {
+        line("try: cortex status   (another terminal)")?;
+    } else {
+        line(format!(
+            "try: MEMORY_SERVICE_URL={} COGNITION_SERVICE_URL={} cortex status",
+            memory.url(),
+            cognition.url()
+        ))?;
+    }
+    line(format!(
+        "ready: memory {} cognition {} (Ctrl-C stops both)",
+        memory.url(),
+        cognition.url()
+    ))?;
+
+    // Run until a signal, or until a server fails on its own.
+    let failed = tokio::select! {
+        () = shutdown_signal() => None,
+        () = watch_finished(&memory, &cognition) => Some(()),
+    };
+    let _ = line("stopping: finishing calls in flight");
+    // Cognition first: it depends on memory.
+    let cognition_stopped = cognition.stop().await;
+    let memory_stopped = memory.stop().await;
+    cognition_stopped?;
+    memory_stopped?;
+    if failed.is_some() {
+        return Err(Failure::other("a service stopped unexpectedly"));
+    }
+    let _ = line("stopped");
+    Ok(())
+}
+
+/// Resolves when either server has ended on its own.
+async fn watch_finished(a: &Running, b: &Running) {
+    while !a.is_finished() && !b.is_finished() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
