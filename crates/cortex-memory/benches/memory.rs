@@ -5,11 +5,16 @@
 //! 1. `store_input` with durable commits (WAL, `synchronous=FULL`) over HTTP
 //!    on loopback, at 1 and at N (default 32) concurrent writers, against
 //!    direct rusqlite inserts with one transaction (one fsync) per insert.
+//!    The three contenders run interleaved in rounds, after a warm-up, so a
+//!    neighbour's burst of disk traffic hits them alike; the ratios are given
+//!    over all calls and as the median of the per-round ratios.
 //! 2. SSE fan-out: many concurrent `history/{user}/stream` connections on one
 //!    user, N items stored, time until every stream has every item; against
 //!    the same items delivered to one stream. Plus the resident memory the
 //!    service spends per open stream. Both run against the real `cortex`
 //!    binary in a child process, so the client's memory is not counted.
+//!    Streams are raw loopback TCP connections decoded with the project's
+//!    SSE [`Decoder`] (client side as cheap as it gets).
 //!
 //! ```text
 //! cargo build --release -p cortex-cli
@@ -46,6 +51,9 @@ const PHASE_LIMIT: Duration = Duration::from_secs(600);
 const CONNECT_PARALLELISM: usize = 64;
 /// File descriptors kept aside for everything that is not a stream.
 const FD_RESERVE: u64 = 256;
+/// Part 1 interleaves its three contenders in this many rounds (half with
+/// `--quick`).
+const ROUNDS: usize = 10;
 
 const HELP: &str = "\
 memory service benchmark (custom harness)
@@ -327,71 +335,94 @@ fn content(tag: &str, i: usize) -> String {
     )
 }
 
+const BASELINE_INSERT_SQL: &str = "INSERT INTO items (user_id, conversation_id, content, \
+     content_type, timestamp, input_data, created_at, updated_at) VALUES (?1, NULL, ?2, \
+     'text/plain', strftime('%Y-%m-%dT%H:%M:%fZ','now'), ?3, \
+     strftime('%Y-%m-%dT%H:%M:%fZ','now'), NULL) RETURNING item_id";
+
 /// The naive durable design: one autocommit INSERT (one transaction, one
-/// WAL fsync) per item, single thread, same table and index as the store.
-fn rusqlite_baseline(path: &Path, warmup: usize, inserts: usize) -> Res<Stats> {
-    let db = |e: rusqlite::Error| format!("baseline database {}: {e}", path.display());
-    let conn = rusqlite::Connection::open(path).map_err(db)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(db)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(format!(
-            "baseline: WAL not available (journal_mode = {mode})"
-        ));
-    }
-    conn.execute_batch(
-        "PRAGMA synchronous = FULL;
-         CREATE TABLE items (
-             item_id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL,
-             conversation_id TEXT, content TEXT NOT NULL, content_type TEXT NOT NULL,
-             timestamp TEXT NOT NULL, input_data TEXT NOT NULL, created_at TEXT NOT NULL,
-             updated_at TEXT);
-         CREATE INDEX items_user ON items (user_id, item_id);
-         CREATE INDEX items_user_conversation ON items (user_id, conversation_id, item_id);",
-    )
-    .map_err(db)?;
-    let synchronous: i64 = conn
-        .query_row("PRAGMA synchronous", [], |r| r.get(0))
-        .map_err(db)?;
-    if synchronous != 2 {
-        return Err(format!(
-            "baseline: synchronous is {synchronous}, not FULL (2)"
-        ));
-    }
-    let mut insert = conn
-        .prepare(
-            "INSERT INTO items (user_id, conversation_id, content, content_type, timestamp, \
-             input_data, created_at, updated_at) VALUES (?1, NULL, ?2, 'text/plain', \
-             strftime('%Y-%m-%dT%H:%M:%fZ','now'), ?3, strftime('%Y-%m-%dT%H:%M:%fZ','now'), NULL) \
-             RETURNING item_id",
-        )
-        .map_err(db)?;
-    let mut one = |i: usize| -> Res<Duration> {
-        let text = content("baseline", i);
-        let input = json!({ "content": text }).to_string();
-        let started = Instant::now();
-        let _id: i64 = insert
-            .query_row(rusqlite::params!["baseline-user", text, input], |r| {
-                r.get(0)
-            })
+/// WAL fsync) per item, single thread, same table and indexes as the store.
+struct Baseline {
+    conn: rusqlite::Connection,
+    label: String,
+    next: usize,
+}
+
+impl Baseline {
+    fn open(path: &Path) -> Res<Self> {
+        let label = path.display().to_string();
+        let db = |e: rusqlite::Error| format!("baseline database {label}: {e}");
+        let conn = rusqlite::Connection::open(path).map_err(db)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(db)?;
-        Ok(started.elapsed())
-    };
-    for i in 0..warmup {
-        one(i)?;
-    }
-    let mut latencies = Vec::with_capacity(inserts);
-    let started = Instant::now();
-    for i in 0..inserts {
-        latencies.push(one(warmup + i)?);
-        if started.elapsed() > PHASE_LIMIT {
+        if !mode.eq_ignore_ascii_case("wal") {
             return Err(format!(
-                "baseline: timed out after {PHASE_LIMIT:?} with {i} of {inserts} inserts done"
+                "baseline: WAL not available (journal_mode = {mode})"
             ));
         }
+        conn.execute_batch(
+            "PRAGMA synchronous = FULL;
+             CREATE TABLE items (
+                 item_id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL,
+                 conversation_id TEXT, content TEXT NOT NULL, content_type TEXT NOT NULL,
+                 timestamp TEXT NOT NULL, input_data TEXT NOT NULL, created_at TEXT NOT NULL,
+                 updated_at TEXT);
+             CREATE INDEX items_user ON items (user_id, item_id);
+             CREATE INDEX items_user_conversation ON items (user_id, conversation_id, item_id);",
+        )
+        .map_err(db)?;
+        let synchronous: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .map_err(db)?;
+        if synchronous != 2 {
+            return Err(format!(
+                "baseline: synchronous is {synchronous}, not FULL (2)"
+            ));
+        }
+        Ok(Self {
+            conn,
+            label: path.display().to_string(),
+            next: 0,
+        })
     }
-    Ok(Stats::new(latencies, started.elapsed()))
+
+    /// `n` inserts, each its own transaction; their latencies and the time.
+    fn chunk(&mut self, n: usize) -> Res<(Vec<Duration>, Duration)> {
+        let db = |e: rusqlite::Error| format!("baseline database {}: {e}", self.label);
+        let mut insert = self.conn.prepare_cached(BASELINE_INSERT_SQL).map_err(db)?;
+        let mut latencies = Vec::with_capacity(n);
+        let started = Instant::now();
+        for i in 0..n {
+            let text = content("baseline", self.next);
+            self.next += 1;
+            let input = json!({ "content": text }).to_string();
+            let sent = Instant::now();
+            let _id: i64 = insert
+                .query_row(rusqlite::params!["baseline-user", text, input], |r| {
+                    r.get(0)
+                })
+                .map_err(db)?;
+            latencies.push(sent.elapsed());
+            if started.elapsed() > PHASE_LIMIT {
+                return Err(format!(
+                    "baseline: timed out after {PHASE_LIMIT:?} with {i} of {n} inserts done"
+                ));
+            }
+        }
+        Ok((latencies, started.elapsed()))
+    }
+}
+
+/// Runs a baseline chunk on the blocking pool (it does blocking fsyncs).
+async fn baseline_chunk(baseline: Baseline, n: usize) -> Res<(Baseline, Vec<Duration>, Duration)> {
+    let mut baseline = baseline;
+    tokio::task::spawn_blocking(move || {
+        let (latencies, elapsed) = baseline.chunk(n)?;
+        Ok((baseline, latencies, elapsed))
+    })
+    .await
+    .map_err(|e| format!("baseline task failed: {e}"))?
 }
 
 fn http_client(pool: usize) -> Res<reqwest::Client> {
@@ -415,11 +446,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Calls of one run: per-call latency and (item id, ack time) pairs.
+/// One acknowledged call: item id, when it was sent, when it was answered.
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    id: i64,
+    sent: Instant,
+    acked: Instant,
+}
+
+/// Calls of one run: per-call latency and acknowledgements.
 struct CallRun {
     elapsed: Duration,
-    latencies: Vec<Duration>,
-    acks: Vec<(i64, Instant)>,
+    acks: Vec<Ack>,
+}
+
+impl CallRun {
+    fn latencies(&self) -> Vec<Duration> {
+        self.acks.iter().map(|a| a.acked - a.sent).collect()
+    }
 }
 
 async fn store_one(client: &reqwest::Client, url: &str, body: &Value) -> Res<i64> {
@@ -463,7 +507,6 @@ async fn store_calls(
         let user = users[w % users.len()].clone();
         let tag = tag.to_string();
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
             let mut acks = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -473,11 +516,13 @@ async fn store_calls(
                 let body = json!({"user_id": user, "input_data": {"content": content(&tag, i)}});
                 let sent = Instant::now();
                 let id = store_one(&client, &url, &body).await?;
-                let acked = Instant::now();
-                latencies.push(acked - sent);
-                acks.push((id, acked));
+                acks.push(Ack {
+                    id,
+                    sent,
+                    acked: Instant::now(),
+                });
             }
-            Ok::<_, String>((latencies, acks))
+            Ok::<_, String>(acks)
         }));
     }
     let _guard = AbortOnDrop(tasks.iter().map(JoinHandle::abort_handle).collect());
@@ -490,49 +535,161 @@ async fn store_calls(
             )
         })?;
     let elapsed = started.elapsed();
-    let mut run = CallRun {
-        elapsed,
-        latencies: Vec::with_capacity(total),
-        acks: Vec::with_capacity(total),
-    };
+    let mut acks = Vec::with_capacity(total);
     for result in joined {
-        let (latencies, acks) = result.map_err(|e| format!("{tag}: writer task failed: {e}"))??;
-        run.latencies.extend(latencies);
-        run.acks.extend(acks);
+        acks.extend(result.map_err(|e| format!("{tag}: writer task failed: {e}"))??);
     }
-    Ok(run)
+    Ok(CallRun { elapsed, acks })
 }
 
-/// `calls` durable `store_input` calls over HTTP at `writers` concurrency,
-/// against a fresh database and an in-process server, after a warm-up.
-async fn service_run(dir: &Path, name: &str, calls: usize, writers: usize) -> Res<Stats> {
-    let db = dir.join(format!("{name}.sqlite3"));
-    let store = Store::open(&db)
+/// The memory service on a fresh database behind an in-process HTTP server,
+/// driven by `writers` concurrent callers.
+struct ServiceUnderTest {
+    name: String,
+    server: TestServer,
+    client: reqwest::Client,
+    url: String,
+    users: Vec<String>,
+    writers: usize,
+}
+
+impl ServiceUnderTest {
+    async fn start(dir: &Path, name: &str, writers: usize) -> Res<Self> {
+        let db = dir.join(format!("{name}.sqlite3"));
+        let store = Store::open(&db)
+            .await
+            .map_err(|e| format!("{name}: cannot open the store: {e}"))?;
+        let service = cortex_memory::service::build(store)
+            .map_err(|e| format!("{name}: cannot build the service: {e}"))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("{name}: cannot bind 127.0.0.1:0: {e}"))?;
+        let server = TestServer::start_on(listener, service, ServiceConfig::default());
+        let url = server.url("/tool/store_input");
+        Ok(Self {
+            name: name.to_string(),
+            server,
+            client: http_client(writers)?,
+            url,
+            users: (0..writers).map(|w| format!("{name}-w{w}")).collect(),
+            writers,
+        })
+    }
+
+    async fn chunk(&self, n: usize) -> Res<CallRun> {
+        store_calls(
+            &self.client,
+            &self.url,
+            &self.users,
+            n,
+            self.writers,
+            &self.name,
+        )
         .await
-        .map_err(|e| format!("{name}: cannot open the store: {e}"))?;
-    let service = cortex_memory::service::build(store)
-        .map_err(|e| format!("{name}: cannot build the service: {e}"))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    }
+
+    fn stop(mut self) {
+        drop(self.client);
+        self.server.begin_shutdown();
+    }
+}
+
+/// Latencies and time accumulated over the rounds of one contender.
+#[derive(Default)]
+struct Acc {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Acc {
+    fn add(&mut self, latencies: Vec<Duration>, elapsed: Duration) -> f64 {
+        let rate = latencies.len() as f64 / elapsed.as_secs_f64().max(1e-9);
+        self.latencies.extend(latencies);
+        self.elapsed += elapsed;
+        rate
+    }
+
+    fn stats(self) -> Stats {
+        Stats::new(self.latencies, self.elapsed)
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Splits `total` into `rounds` nearly equal parts.
+fn share(total: usize, rounds: usize, round: usize) -> usize {
+    total / rounds + usize::from(round < total % rounds)
+}
+
+/// Part 1: the baseline and both service runs, interleaved in rounds so that
+/// a burst of disk traffic from a neighbour hits all three alike.
+async fn part_store_input(opts: &Options, dir: &Path, report: &mut Report) -> Res<()> {
+    let rounds = if opts.quick { ROUNDS / 2 } else { ROUNDS };
+    let baseline_db = dir.join("baseline.sqlite3");
+    let mut baseline = tokio::task::spawn_blocking(move || Baseline::open(&baseline_db))
         .await
-        .map_err(|e| format!("{name}: cannot bind 127.0.0.1:0: {e}"))?;
-    let mut server = TestServer::start_on(listener, service, ServiceConfig::default());
-    let client = http_client(writers)?;
-    let url = server.url("/tool/store_input");
-    let users: Vec<String> = (0..writers).map(|w| format!("{name}-w{w}")).collect();
-    let warmup = (calls / 20).max(writers * 2);
-    store_calls(
-        &client,
-        &url,
-        &users,
-        warmup,
-        writers,
-        &format!("{name} warm-up"),
-    )
-    .await?;
-    let run = store_calls(&client, &url, &users, calls, writers, name).await?;
-    drop(client);
-    server.begin_shutdown();
-    Ok(Stats::new(run.latencies, run.elapsed))
+        .map_err(|e| format!("baseline task failed: {e}"))??;
+    let one = ServiceUnderTest::start(dir, "service-1", 1).await?;
+    let many =
+        ServiceUnderTest::start(dir, &format!("service-{}", opts.writers), opts.writers).await?;
+
+    // Warm-up: connections, page cache, WAL file growth, JIT-free code paths.
+    let (b, _, _) = baseline_chunk(baseline, (opts.baseline_inserts / 20).max(10)).await?;
+    baseline = b;
+    one.chunk((opts.calls_1 / 20).max(10)).await?;
+    many.chunk((opts.calls_n / 20).max(opts.writers * 2))
+        .await?;
+
+    let (mut acc_b, mut acc_1, mut acc_n) = (Acc::default(), Acc::default(), Acc::default());
+    let mut per_round = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let (b, latencies, elapsed) =
+            baseline_chunk(baseline, share(opts.baseline_inserts, rounds, round)).await?;
+        baseline = b;
+        let rate_b = acc_b.add(latencies, elapsed);
+        let run = one.chunk(share(opts.calls_1, rounds, round)).await?;
+        let rate_1 = acc_1.add(run.latencies(), run.elapsed);
+        let run = many.chunk(share(opts.calls_n, rounds, round)).await?;
+        let rate_n = acc_n.add(run.latencies(), run.elapsed);
+        per_round.push([rate_1 / rate_b, rate_n / rate_b, rate_n / rate_1]);
+        println!(
+            "  round {}/{rounds}: baseline {} inserts/s, service-1 {} calls/s, service-{} {} calls/s",
+            round + 1,
+            rate(rate_b),
+            rate(rate_1),
+            opts.writers,
+            rate(rate_n)
+        );
+    }
+    one.stop();
+    many.stop();
+    drop(baseline);
+
+    let (b, s1, sn) = (acc_b.stats(), acc_1.stats(), acc_n.stats());
+    println!(
+        "  {:<38} {:>7} {:>11} {:>10}",
+        "all rounds", "count", "time", "rate"
+    );
+    row("baseline rusqlite, 1 commit/insert", &b, "inserts/s");
+    row("service, 1 writer", &s1, "calls/s");
+    row(
+        &format!("service, {} writers", opts.writers),
+        &sn,
+        "calls/s",
+    );
+    report.baseline = Some(b);
+    report.service_1 = Some(s1);
+    report.service_n = Some(sn);
+    report.round_ratios = [0, 1, 2].map(|i| median(per_round.iter().map(|r| r[i]).collect()));
+    report.rounds = rounds;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -942,22 +1099,81 @@ async fn collect_streams(streams: OpenStreams) -> Res<Vec<Vec<(i64, Instant)>>> 
         .collect()
 }
 
+/// Signed milliseconds from `reference` to `at` (negative: `at` came first).
+fn signed_ms(at: Instant, reference: Instant) -> f64 {
+    if at >= reference {
+        (at - reference).as_secs_f64() * 1e3
+    } else {
+        -((reference - at).as_secs_f64() * 1e3)
+    }
+}
+
+/// p50, p99 and max of signed millisecond samples.
+fn signed_percentiles(mut samples: Vec<f64>) -> [f64; 3] {
+    samples.sort_unstable_by(f64::total_cmp);
+    let pick = |p: f64| {
+        if samples.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+        samples[rank - 1]
+    };
+    [pick(0.50), pick(0.99), pick(1.0)]
+}
+
+fn sms(x: f64) -> String {
+    if x.abs() < 10.0 {
+        format!("{x:.2} ms")
+    } else if x.abs() < 100.0 {
+        format!("{x:.1} ms")
+    } else {
+        format!("{x:.0} ms")
+    }
+}
+
+/// User plus system CPU time of process `pid` (all threads), from
+/// /proc/PID/stat in clock ticks of (on every Linux we know) 10 ms.
+fn cpu_time(pid: u32) -> Res<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
+    let after_name = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or_else(|| format!("cannot parse /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 (utime) and 15 (stime); `fields[0]` is field 3 (state).
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => Ok(Duration::from_millis((user + system) * 10)),
+        _ => Err(format!("cannot parse utime/stime in /proc/{pid}/stat")),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct FanOut {
     streams: usize,
     items: usize,
-    /// Delivery delay per event (ack of the store call → receipt); `elapsed`
-    /// is first store call → last receipt.
-    delay: Stats,
+    /// Item events received over all streams.
+    events: usize,
+    /// First store call sent → last event received.
+    window: Duration,
     /// Duration of the store phase (all N calls acknowledged).
     store: Duration,
+    /// Delivery delay, store call acknowledged → event received (signed ms:
+    /// an event may reach a stream before the caller has its answer).
+    from_ack: [f64; 3],
+    /// Store call sent → event received (ms).
+    from_send: [f64; 3],
     /// Events that arrived before their store call was acknowledged.
     early: usize,
+    /// CPU time the service process spent from the first store to the last
+    /// receipt (stores, encoding, writing).
+    child_cpu: Duration,
 }
 
 impl FanOut {
     fn events_per_s(&self) -> f64 {
-        self.delay.rate()
+        self.events as f64 / self.window.as_secs_f64().max(1e-9)
     }
 }
 
@@ -967,20 +1183,21 @@ async fn fan_out(
     child: &CortexChild,
     client: &reqwest::Client,
     user: &str,
-    streams: usize,
-    items: usize,
-    writers: usize,
+    (streams, items, writers): (usize, usize, usize),
     mut between: impl AsyncFnMut() -> Res<()>,
 ) -> Res<FanOut> {
     let open = open_streams(child.addr, user, streams, items).await?;
     between().await?;
     let url = format!("http://{}/tool/store_input", child.addr);
+    let cpu_before = cpu_time(child.pid)?;
     let started = Instant::now();
     let calls = store_calls(client, &url, &[user.to_string()], items, writers, user).await?;
     let store = started.elapsed();
     let receipts = collect_streams(open).await?;
-    let acks: HashMap<i64, Instant> = calls.acks.iter().copied().collect();
-    let mut delays = Vec::with_capacity(streams * items);
+    let cpu_after = cpu_time(child.pid)?;
+    let acks: HashMap<i64, Ack> = calls.acks.iter().map(|a| (a.id, *a)).collect();
+    let mut from_ack = Vec::with_capacity(streams * items);
+    let mut from_send = Vec::with_capacity(streams * items);
     let mut early = 0;
     let mut last = started;
     for stream in &receipts {
@@ -988,33 +1205,42 @@ async fn fan_out(
             let ack = acks.get(&id).ok_or_else(|| {
                 format!("a stream received item {id}, which this phase did not store")
             })?;
-            if at < *ack {
+            if at < ack.acked {
                 early += 1;
             }
-            delays.push(at.saturating_duration_since(*ack));
+            from_ack.push(signed_ms(at, ack.acked));
+            from_send.push(signed_ms(at, ack.sent));
             last = last.max(at);
         }
     }
     Ok(FanOut {
         streams,
         items,
-        delay: Stats::new(delays, last - started),
+        events: from_ack.len(),
+        window: last - started,
         store,
+        from_ack: signed_percentiles(from_ack),
+        from_send: signed_percentiles(from_send),
         early,
+        child_cpu: cpu_after.saturating_sub(cpu_before),
     })
 }
 
 fn fan_row(label: &str, f: &FanOut) {
     println!(
-        "  {label:<38} {:>7} events in {:>7.3} s = {:>9} events/s   delivery p50 {:>9}  p99 {:>9}  max {:>9}   (stores took {}, {} events before their ack)",
-        f.delay.count,
-        f.delay.elapsed.as_secs_f64(),
+        "  {label:<22} {:>7} events in {:>6.3} s = {:>9} events/s | ack->receipt p50 {:>9} p99 {:>9} max {:>9} | send->receipt p50 {:>9} p99 {:>9} | stores took {}, {} of {} events arrived before their ack, child CPU {}",
+        f.events,
+        f.window.as_secs_f64(),
         rate(f.events_per_s()),
-        ms(f.delay.p50),
-        ms(f.delay.p99),
-        ms(f.delay.max),
+        sms(f.from_ack[0]),
+        sms(f.from_ack[1]),
+        sms(f.from_ack[2]),
+        sms(f.from_send[0]),
+        sms(f.from_send[1]),
         ms(f.store),
         f.early,
+        f.events,
+        ms(f.child_cpu),
     );
 }
 
@@ -1036,15 +1262,27 @@ struct FanOutReport {
     memory: Memory,
 }
 
+impl FanOutReport {
+    /// Extra service CPU per extra delivered event, 1 stream → many streams.
+    fn marginal_cpu_per_event(&self) -> Option<Duration> {
+        let events = self.many.events.checked_sub(self.baseline.events)?;
+        let cpu = self.many.child_cpu.checked_sub(self.baseline.child_cpu)?;
+        (events > 0).then(|| cpu / u32::try_from(events).unwrap_or(u32::MAX))
+    }
+}
+
 async fn part_fan_out(opts: &Options, dir: &Path, streams: usize) -> Res<FanOutReport> {
     let child = CortexChild::spawn(&opts.cortex_bin, &dir.join("m.sqlite3")).await?;
-    println!(
-        "  cortex child pid {} listening on http://{}   VmRSS at start {:.1} MiB",
-        child.pid,
-        child.addr,
-        vm_rss_bytes(child.pid)? as f64 / 1048576.0
-    );
-    let result = fan_out_with(opts, &child, streams).await;
+    let result = async {
+        println!(
+            "  cortex child pid {} listening on http://{}   VmRSS at start {:.1} MiB",
+            child.pid,
+            child.addr,
+            vm_rss_bytes(child.pid)? as f64 / 1048576.0
+        );
+        fan_out_with(opts, &child, streams).await
+    }
+    .await;
     child.stop().await;
     result
 }
@@ -1062,42 +1300,26 @@ async fn fan_out_with(opts: &Options, child: &CortexChild, streams: usize) -> Re
         return Err(format!("GET {health} answered {status}"));
     }
 
-    // Warm-up: some stores and one stream reading them back as backlog.
+    // Warm-up: some stores and a few streams reading them back as backlog.
     let url = format!("http://{}/tool/store_input", child.addr);
     store_calls(&client, &url, &["warmup".to_string()], 50, 8, "warmup").await?;
     let warm = open_streams(child.addr, "warmup", 4, 50).await?;
     collect_streams(warm).await?;
 
-    let baseline = fan_out(
-        child,
-        &client,
-        "fanout-baseline",
-        1,
-        opts.items,
-        opts.writers,
-        async || Ok(()),
-    )
-    .await?;
+    let shape = |n| (n, opts.items, opts.writers);
+    let baseline = fan_out(child, &client, "fanout-baseline", shape(1), async || Ok(())).await?;
     fan_row("baseline: 1 stream", &baseline);
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = vm_rss_bytes(child.pid)?;
     let mut after = before;
     let pid = child.pid;
-    let many = fan_out(
-        child,
-        &client,
-        "fanout-many",
-        streams,
-        opts.items,
-        opts.writers,
-        async || {
-            // Let the streams' first backlog reads finish.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            after = vm_rss_bytes(pid)?;
-            Ok(())
-        },
-    )
+    let many = fan_out(child, &client, "fanout-many", shape(streams), async || {
+        // Let the streams' first backlog reads finish.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        after = vm_rss_bytes(pid)?;
+        Ok(())
+    })
     .await?;
     fan_row(&format!("{streams} streams"), &many);
     let memory = Memory {
@@ -1127,6 +1349,9 @@ struct Report {
     baseline: Option<Stats>,
     service_1: Option<Stats>,
     service_n: Option<Stats>,
+    /// Medians over the rounds of Y/X, Z/X and Z/Y.
+    round_ratios: [f64; 3],
+    rounds: usize,
     fan_out: Option<FanOutReport>,
     fan_out_note: Option<String>,
 }
@@ -1138,7 +1363,7 @@ fn print_summary(opts: &Options, streams: usize, report: &Report) {
     println!("store_input, durable (WAL, synchronous=FULL), HTTP loopback");
     if let Some(b) = &report.baseline {
         println!(
-            "  {:<37} {:>9} inserts/s  p50 {:>9}  p99 {:>9}",
+            "  {:<38} {:>9} inserts/s  p50 {:>9}  p99 {:>9}",
             "baseline (rusqlite, 1 commit/insert):",
             rate(b.rate()),
             ms(b.p50),
@@ -1148,57 +1373,79 @@ fn print_summary(opts: &Options, streams: usize, report: &Report) {
     let x = report.baseline.map_or(0.0, |b| b.rate());
     if let Some(s) = &report.service_1 {
         println!(
-            "  {:<37} {:>9} calls/s    p50 {:>9}  p99 {:>9}   (Y/X = {})",
+            "  {:<38} {:>9} calls/s    p50 {:>9}  p99 {:>9}   (Y/X = {}; median of rounds {:.2}x)",
             "service, 1 writer:",
             rate(s.rate()),
             ms(s.p50),
             ms(s.p99),
-            ratio(s.rate(), x)
+            ratio(s.rate(), x),
+            report.round_ratios[0]
         );
     }
     let y = report.service_1.map_or(0.0, |s| s.rate());
     if let Some(s) = &report.service_n {
         println!(
-            "  {:<37} {:>9} calls/s    p50 {:>9}  p99 {:>9}   (Z/X = {}, Z/Y = {})",
+            "  {:<38} {:>9} calls/s    p50 {:>9}  p99 {:>9}   (Z/X = {}, Z/Y = {}; medians of {} rounds {:.2}x, {:.2}x)",
             format!("service, {w} writers:"),
             rate(s.rate()),
             ms(s.p50),
             ms(s.p99),
             ratio(s.rate(), x),
-            ratio(s.rate(), y)
+            ratio(s.rate(), y),
+            report.rounds,
+            report.round_ratios[1],
+            report.round_ratios[2]
         );
     }
     match &report.fan_out {
         Some(f) => {
             println!(
-                "SSE fan-out, {} streams, {} items (real `cortex serve memory` child, {w} writers storing)",
+                "SSE fan-out, {} streams, {} items (child `cortex serve memory`; {w} writers store the items)",
                 f.many.streams, f.many.items
             );
             let b = &f.baseline;
             println!(
-                "  {:<37} {:>9} events/s   delivery p50 {:>9}  p99 {:>9}",
+                "  {:<38} {:>9} events/s   delivery p50 {:>9}  p99 {:>9}",
                 "baseline (1 stream):",
                 rate(b.events_per_s()),
-                ms(b.delay.p50),
-                ms(b.delay.p99)
+                sms(b.from_ack[0]),
+                sms(b.from_ack[1])
             );
             let m = &f.many;
             println!(
-                "  {:<37} {:>9} events/s   delivery p50 {:>9}  p99 {:>9}   (events/s {}/1 = {}; per-event cost = {} of the 1-stream cost)",
+                "  {:<38} {:>9} events/s   delivery p50 {:>9}  p99 {:>9}   (events/s {}/1 = {}; time per event = {} of the 1-stream time)",
                 format!("{} streams:", m.streams),
                 rate(m.events_per_s()),
-                ms(m.delay.p50),
-                ms(m.delay.p99),
+                sms(m.from_ack[0]),
+                sms(m.from_ack[1]),
                 m.streams,
                 ratio(m.events_per_s(), b.events_per_s()),
                 ratio(b.events_per_s(), m.events_per_s()),
             );
+            if let Some(cpu) = f.marginal_cpu_per_event() {
+                println!(
+                    "  {:<38} {:>9.1} µs   (child CPU {} for 1 stream, {} for {})",
+                    "service CPU per extra delivered event:",
+                    cpu.as_secs_f64() * 1e6,
+                    ms(b.child_cpu),
+                    ms(m.child_cpu),
+                    m.streams
+                );
+            }
             println!(
-                "  {:<37} {:>9.1} KiB   (child VmRSS {:.1} -> {:.1} MiB)",
+                "  {:<38} {:>9.1} KiB   (child VmRSS {:.1} -> {:.1} MiB)",
                 "resident memory per open stream:",
                 f.memory.per_stream() / 1024.0,
                 f.memory.before as f64 / 1048576.0,
                 f.memory.after as f64 / 1048576.0
+            );
+            println!(
+                "  (delivery = store ack -> receipt, negative when the event beats the HTTP answer; send -> receipt p50/p99: 1 stream {}/{}, {} streams {}/{})",
+                sms(b.from_send[0]),
+                sms(b.from_send[1]),
+                m.streams,
+                sms(m.from_send[0]),
+                sms(m.from_send[1])
             );
         }
         None => {
@@ -1209,6 +1456,21 @@ fn print_summary(opts: &Options, streams: usize, report: &Report) {
         println!("  {note}");
     }
     println!("==========================================================================");
+}
+
+/// Flushes dirty pages (e.g. the freshly linked bench binary) so that the
+/// first fsyncs measured do not pay for them.
+async fn settle_disk() {
+    let sync = tokio::process::Command::new("sync")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    match tokio::time::timeout(WAIT, sync).await {
+        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) => println!("  note: `sync` exited with {status}"),
+        Ok(Err(error)) => println!("  note: could not run `sync`: {error}"),
+        Err(_) => println!("  note: `sync` did not finish within {WAIT:?}"),
+    }
 }
 
 async fn run(opts: Options) -> Res<()> {
@@ -1275,38 +1537,15 @@ async fn run(opts: Options) -> Res<()> {
             return Err("no file descriptors left for any stream; raise `ulimit -n`".into());
         }
     }
+    settle_disk().await;
 
     println!();
-    println!("== store_input, durable (WAL, synchronous=FULL), HTTP loopback ==");
     println!(
-        "  {:<38} {:>7} {:>11} {:>10} {:<9}",
-        "run", "count", "elapsed", "rate", "/s"
+        "== store_input, durable (WAL, synchronous=FULL), HTTP loopback; {} interleaved rounds after a warm-up ==",
+        if opts.quick { ROUNDS / 2 } else { ROUNDS }
     );
     let dir = tmp.path().to_path_buf();
-    let (inserts, warm) = (opts.baseline_inserts, (opts.baseline_inserts / 20).max(10));
-    let baseline_db = dir.join("baseline.sqlite3");
-    let baseline =
-        tokio::task::spawn_blocking(move || rusqlite_baseline(&baseline_db, warm, inserts))
-            .await
-            .map_err(|e| format!("baseline task failed: {e}"))??;
-    row("baseline rusqlite, 1 commit/insert", &baseline, "inserts/s");
-    report.baseline = Some(baseline);
-
-    let result = async {
-        let one = service_run(&dir, "service-1", opts.calls_1, 1).await?;
-        row("service, 1 writer", &one, "calls/s");
-        report.service_1 = Some(one);
-        let many = service_run(&dir, "service-n", opts.calls_n, opts.writers).await?;
-        row(
-            &format!("service, {} writers", opts.writers),
-            &many,
-            "calls/s",
-        );
-        report.service_n = Some(many);
-        Ok::<_, String>(())
-    }
-    .await;
-    if let Err(error) = result {
+    if let Err(error) = part_store_input(&opts, &dir, &mut report).await {
         print_summary(&opts, streams, &report);
         return Err(error);
     }
