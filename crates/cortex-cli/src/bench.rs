@@ -30,10 +30,12 @@ pub(crate) async fn run(args: BenchArgs, flags: &ClientFlags, json: bool) -> Res
     let concurrency = usize::try_from(args.concurrency).unwrap_or(usize::MAX);
     // Enough connections for every worker: measure the service, not a
     // pool queue.
-    let target = flags.connect(|mut config| {
-        config.max_connections = config.max_connections.max(concurrency);
-        config
-    })?;
+    let target = flags
+        .connect(|mut config| {
+            config.max_connections = config.max_connections.max(concurrency);
+            config
+        })
+        .await?;
     let client = Arc::new(target.client);
 
     let bar = if json || !std::io::stderr().is_terminal() {

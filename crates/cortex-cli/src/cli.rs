@@ -39,6 +39,18 @@ pub(crate) struct Cli {
         value_parser = parse_service
     )]
     pub(crate) services: Vec<ServiceUrl>,
+    /// How client commands find services: env (NAME_SERVICE_URL variables),
+    /// file:PATH (TOML, reloaded on change), dns:DOMAIN[@HOST:PORT] (SRV
+    /// records _NAME._tcp.DOMAIN) or etcd://HOST:PORT/PREFIX.
+    #[arg(
+        long,
+        global = true,
+        env = "CORTEX_DISCOVERY",
+        value_name = "SPEC",
+        default_value = "env",
+        value_parser = crate::discovery_spec::parse
+    )]
+    pub(crate) discovery: crate::discovery_spec::DiscoverySpec,
     /// Client configuration file (TOML, the options of cortex_client::ClientConfig);
     /// CORTEX_CLIENT_* variables override it.
     #[arg(long, global = true, value_name = "FILE")]
@@ -260,6 +272,18 @@ pub(crate) struct ServeArgs {
     /// Seconds in-flight calls may take to finish after a shutdown signal.
     #[arg(long, default_value_t = 10)]
     pub(crate) grace_secs: u64,
+    /// Register this service in etcd (etcd://HOST:PORT[/PREFIX]) under a
+    /// lease kept alive while it runs; clients with --discovery etcd://…
+    /// find it within a second, and lose it within the lease TTL if the
+    /// process dies.
+    #[arg(long, env = "CORTEX_REGISTER", value_name = "ETCD_URL")]
+    pub(crate) register: Option<String>,
+    /// The URL clients should use (default: http://HOST:PORT as bound).
+    #[arg(long, value_name = "URL", requires = "register")]
+    pub(crate) advertise: Option<String>,
+    /// Lease TTL of the registration, in seconds.
+    #[arg(long, default_value_t = 10, requires = "register")]
+    pub(crate) register_ttl: u64,
 }
 
 impl ServeArgs {

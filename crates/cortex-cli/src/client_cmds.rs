@@ -16,7 +16,7 @@ use crate::output::{self, line};
 
 pub(crate) async fn call(args: CallArgs, flags: &ClientFlags, json: bool) -> Result<(), Failure> {
     let arguments = crate::input::arguments(args.args.as_deref())?;
-    let target = flags.connect(|c| c)?;
+    let target = flags.connect(|c| c).await?;
     let result = target
         .client
         .call_tool(&args.service, &args.tool, arguments)
@@ -25,7 +25,7 @@ pub(crate) async fn call(args: CallArgs, flags: &ClientFlags, json: bool) -> Res
 }
 
 pub(crate) async fn read(args: ReadArgs, flags: &ClientFlags, json: bool) -> Result<(), Failure> {
-    let target = flags.connect(|c| c)?;
+    let target = flags.connect(|c| c).await?;
     let resource = target
         .client
         .read_resource(&args.service, &args.uri)
@@ -42,7 +42,7 @@ pub(crate) async fn stream(
     flags: &ClientFlags,
     json: bool,
 ) -> Result<(), Failure> {
-    let target = flags.connect(|c| c)?;
+    let target = flags.connect(|c| c).await?;
     let mut events = target
         .client
         .stream_resource_from(&args.service, &args.uri, args.from)
@@ -79,7 +79,7 @@ pub(crate) async fn tools(
     flags: &ClientFlags,
     json: bool,
 ) -> Result<(), Failure> {
-    let target = flags.connect(|c| c)?;
+    let target = flags.connect(|c| c).await?;
     let list = target.client.list_tools(&args.service).await?;
     if json {
         return output::json(&serde_json::to_value(&list).unwrap_or(Value::Null), true);
@@ -99,7 +99,7 @@ pub(crate) async fn resources(
     flags: &ClientFlags,
     json: bool,
 ) -> Result<(), Failure> {
-    let target = flags.connect(|c| c)?;
+    let target = flags.connect(|c| c).await?;
     let list = target.client.list_resources(&args.service).await?;
     if json {
         return output::json(&serde_json::to_value(&list).unwrap_or(Value::Null), true);
@@ -207,7 +207,7 @@ pub(crate) async fn health(
     flags: &ClientFlags,
     json: bool,
 ) -> Result<(), Failure> {
-    let target = flags.connect(|c| c)?;
+    let target = flags.connect(|c| c).await?;
     let services = match &args.service {
         Some(service) => vec![service.clone()],
         None => target.names.clone(),
@@ -256,7 +256,7 @@ pub(crate) async fn health(
 }
 
 pub(crate) async fn status(flags: &ClientFlags, json: bool) -> Result<(), Failure> {
-    let target = flags.connect(|c| c)?;
+    let target = flags.connect(|c| c).await?;
     let checked = check_all(&target, &target.names).await;
     let endpoints = target.client.endpoint_status();
     let breaker_of = |service: &str| -> String {

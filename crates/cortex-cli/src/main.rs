@@ -11,6 +11,7 @@ mod cli;
 mod client_cmds;
 mod connect;
 mod demo;
+mod discovery_spec;
 mod exit;
 mod input;
 mod output;
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
     let flags = ClientFlags {
         services: cli.services,
         config: cli.config,
+        discovery: cli.discovery,
     };
     let json = cli.json;
     let outcome = runtime.block_on(async move {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use cortex_client::discovery::{Endpoint, EtcdConfig, EtcdRegistration};
 use cortex_cognition::CognitionConfig;
 use cortex_service::{ServiceConfig, serve, shutdown_signal};
 
@@ -32,7 +33,7 @@ pub(crate) async fn run(args: ServeArgs, flags: &ClientFlags) -> Result<(), Fail
         }
         ServiceName::Cognition => {
             // Memory is found through discovery, like any client's.
-            let target = flags.connect(|c| c)?;
+            let target = flags.connect(|c| c).await?;
             let memory = cortex_client::ServiceDiscovery::resolve(&*target.discovery, "memory")
                 .await
                 .map(|set| {
@@ -50,11 +51,45 @@ pub(crate) async fn run(args: ServeArgs, flags: &ClientFlags) -> Result<(), Fail
     let bound = listener
         .local_addr()
         .map_err(|e| Failure::other(e.to_string()))?;
+    let registration = match &args.register {
+        Some(url) => Some(register(url, name, &args, bound).await?),
+        None => None,
+    };
     // One line a script or a test can wait for.
     crate::output::line(format!("{name} service listening on http://{bound}"))?;
-    serve(listener, service, config, shutdown_signal())
-        .await
-        .map_err(|e| Failure::other(format!("server failed: {e}")))?;
+    let served = serve(listener, service, config, shutdown_signal()).await;
+    if let Some(registration) = registration {
+        // Leave discovery at once rather than after the lease expires.
+        if let Err(error) = registration.deregister().await {
+            tracing::warn!(%error, "could not deregister; the lease will expire");
+        }
+    }
+    served.map_err(|e| Failure::other(format!("server failed: {e}")))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Registers `name` at its advertised URL in the etcd at `url`.
+async fn register(
+    url: &str,
+    name: &str,
+    args: &ServeArgs,
+    bound: std::net::SocketAddr,
+) -> Result<EtcdRegistration, Failure> {
+    let config =
+        EtcdConfig::from_url(url).map_err(|e| Failure::usage(format!("--register: {e}")))?;
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"));
+    let endpoint = Endpoint::new(advertise);
+    endpoint
+        .validate()
+        .map_err(|e| Failure::usage(format!("--advertise: {e}")))?;
+    let ttl = Duration::from_secs(args.register_ttl.max(1));
+    let registration = EtcdRegistration::register(config, name, endpoint.clone(), ttl)
+        .await
+        .map_err(|e| Failure::new(crate::exit::Code::Unavailable, format!("--register: {e}")))?;
+    tracing::info!(service = name, endpoint = %endpoint.url, key = registration.key(), "registered in etcd");
+    Ok(registration)
 }

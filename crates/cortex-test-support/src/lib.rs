@@ -4,7 +4,9 @@
 //!   stopped through the same shutdown future production uses.
 //! - [`SseReader`]: reads a real SSE response with the project's decoder.
 //! - [`proxy::TcpProxy`]: counts connections and injects faults on the wire.
+//! - [`etcd::Etcd`]: a real etcd server on loopback.
 
+pub mod etcd;
 pub mod proxy;
 
 /// A memory service on loopback with its SQLite file in a temporary
