@@ -5,7 +5,11 @@
 use std::process::Command;
 
 fn cortex(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_cortex")).args(args).env_remove("CORTEX_DISCOVERY").output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_cortex"))
+        .args(args)
+        .env_remove("CORTEX_DISCOVERY")
+        .output()
+        .unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -23,7 +27,12 @@ fn a_bad_spec_is_a_usage_error() {
 
 #[test]
 fn a_missing_file_is_unavailable_and_named() {
-    let (code, _, stderr) = cortex(&["--discovery", "file:/nonexistent/services.toml", "health", "memory"]);
+    let (code, _, stderr) = cortex(&[
+        "--discovery",
+        "file:/nonexistent/services.toml",
+        "health",
+        "memory",
+    ]);
     assert_eq!(code, 4, "{stderr}");
     assert!(stderr.contains("/nonexistent/services.toml"), "{stderr}");
 }
@@ -31,20 +40,38 @@ fn a_missing_file_is_unavailable_and_named() {
 #[test]
 fn a_file_names_the_services() {
     let dir = tempfile::tempdir().unwrap();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let path = dir.path().join("services.toml");
-    std::fs::write(&path, format!("[services.search]\nendpoints = [\"http://127.0.0.1:{dead}\"]\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("[services.search]\nendpoints = [\"http://127.0.0.1:{dead}\"]\n"),
+    )
+    .unwrap();
     let spec = format!("file:{}", path.display());
     let (code, stdout, stderr) = cortex(&["--json", "--discovery", &spec, "health", "search"]);
-    assert_eq!(code, 4, "the dead endpoint is unavailable: {stdout} {stderr}");
-    assert!(stdout.contains(&format!("127.0.0.1:{dead}")), "the file's endpoint was used: {stdout}");
+    assert_eq!(
+        code, 4,
+        "the dead endpoint is unavailable: {stdout} {stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("127.0.0.1:{dead}")),
+        "the file's endpoint was used: {stdout}"
+    );
     let (code, _, stderr) = cortex(&["--discovery", &spec, "call", "nowhere", "x", "{}"]);
     assert_eq!(code, 3, "{stderr}");
 }
 
 #[test]
 fn etcd_down_at_start_is_unavailable_and_named() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let spec = format!("etcd://127.0.0.1:{dead}/cortex");
     let (code, _, stderr) = cortex(&["--discovery", &spec, "health", "memory"]);
     assert_eq!(code, 4, "{stderr}");

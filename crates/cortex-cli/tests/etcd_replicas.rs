@@ -25,9 +25,24 @@ struct Replica {
 
 impl Replica {
     fn start(ip: &str, etcd: &Etcd, db: &std::path::Path) -> Self {
-        let register = format!("etcd://{}/cortex-test", etcd.url().trim_start_matches("http://"));
+        let register = format!(
+            "etcd://{}/cortex-test",
+            etcd.url().trim_start_matches("http://")
+        );
         let mut child = Command::new(env!("CARGO_BIN_EXE_cortex"))
-            .args(["serve", "memory", "--host", ip, "--port", "0", "--register", &register, "--register-ttl", "2", "--db"])
+            .args([
+                "serve",
+                "memory",
+                "--host",
+                ip,
+                "--port",
+                "0",
+                "--register",
+                &register,
+                "--register-ttl",
+                "2",
+                "--db",
+            ])
             .arg(db)
             .env_remove("DATABASE_URL")
             .env_remove("PORT")
@@ -36,9 +51,14 @@ impl Replica {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let url = line.trim().rsplit(' ').next().unwrap().to_string();
-        assert!(url.starts_with(&format!("http://{ip}:")), "ready line: {line:?}");
+        assert!(
+            url.starts_with(&format!("http://{ip}:")),
+            "ready line: {line:?}"
+        );
         Self { child, url }
     }
 
@@ -62,14 +82,22 @@ async fn urls(discovery: &dyn ServiceDiscovery) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn wait_for(discovery: &dyn ServiceDiscovery, what: &str, limit: Duration, check: impl Fn(&[String]) -> bool) {
+async fn wait_for(
+    discovery: &dyn ServiceDiscovery,
+    what: &str,
+    limit: Duration,
+    check: impl Fn(&[String]) -> bool,
+) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let now = urls(discovery).await;
         if check(&now) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{what} within {limit:?}; discovery has {now:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within {limit:?}; discovery has {now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -96,9 +124,12 @@ async fn etcd_registered_replicas_one_dies_no_call_fails() {
     };
     let discovery = Arc::new(HealthChecked::new(etcd_discovery.clone(), health));
     let expected: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
-    wait_for(etcd_discovery.as_ref(), "all three registered", Duration::from_secs(5), |now| {
-        expected.iter().all(|u| now.contains(u))
-    })
+    wait_for(
+        etcd_discovery.as_ref(),
+        "all three registered",
+        Duration::from_secs(5),
+        |now| expected.iter().all(|u| now.contains(u)),
+    )
     .await;
 
     let client_config = ClientConfig::builder()
@@ -110,7 +141,10 @@ async fn etcd_registered_replicas_one_dies_no_call_fails() {
         .request_timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let client = NetworkMcpClient::builder(discovery.clone()).config(client_config).build().unwrap();
+    let client = NetworkMcpClient::builder(discovery.clone())
+        .config(client_config)
+        .build()
+        .unwrap();
 
     let done = Arc::new(AtomicUsize::new(0));
     let calls = futures::stream::iter(0..5_000)
@@ -118,7 +152,11 @@ async fn etcd_registered_replicas_one_dies_no_call_fails() {
             let (client, done) = (client.clone(), done.clone());
             async move {
                 let result = client
-                    .call_tool("memory", "store_input", json!({"user_id": "u1", "input_data": {"content": format!("c{i}")}}))
+                    .call_tool(
+                        "memory",
+                        "store_input",
+                        json!({"user_id": "u1", "input_data": {"content": format!("c{i}")}}),
+                    )
                     .await;
                 done.fetch_add(1, Ordering::SeqCst);
                 result
@@ -135,32 +173,53 @@ async fn etcd_registered_replicas_one_dies_no_call_fails() {
     };
     let (results, ()) = tokio::join!(calls, kill);
     let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(failures.is_empty(), "{} of 5000 calls failed; first: {}", failures.len(), failures[0]);
+    assert!(
+        failures.is_empty(),
+        "{} of 5000 calls failed; first: {}",
+        failures.len(),
+        failures[0]
+    );
 
     // The dead replica leaves discovery within its lease TTL (2 s) + 1 s.
-    wait_for(etcd_discovery.as_ref(), "the dead replica's lease expired", Duration::from_secs(3), |now| {
-        !now.contains(&dead_url)
-    })
+    wait_for(
+        etcd_discovery.as_ref(),
+        "the dead replica's lease expired",
+        Duration::from_secs(3),
+        |now| !now.contains(&dead_url),
+    )
     .await;
 
     // Started again, it registers and takes traffic.
     let reborn = Replica::start("127.0.0.2", &etcd, &dir.path().join("r1.sqlite3"));
     let reborn_url = reborn.url.clone();
     replicas[1] = reborn;
-    wait_for(etcd_discovery.as_ref(), "the restarted replica registered", Duration::from_secs(2), |now| {
-        now.contains(&reborn_url)
-    })
+    wait_for(
+        etcd_discovery.as_ref(),
+        "the restarted replica registered",
+        Duration::from_secs(2),
+        |now| now.contains(&reborn_url),
+    )
     .await;
     let mut served_by_reborn = 0;
     for i in 0..200 {
         client
-            .call_tool("memory", "store_input", json!({"user_id": "after", "input_data": {"content": format!("a{i}")}}))
+            .call_tool(
+                "memory",
+                "store_input",
+                json!({"user_id": "after", "input_data": {"content": format!("a{i}")}}),
+            )
             .await
             .unwrap();
     }
-    let direct = NetworkMcpClient::new(Arc::new(cortex_client::StaticDiscovery::new().with("memory", reborn_url.as_str()))).unwrap();
+    let direct = NetworkMcpClient::new(Arc::new(
+        cortex_client::StaticDiscovery::new().with("memory", reborn_url.as_str()),
+    ))
+    .unwrap();
     if let Ok(history) = direct.read_resource("memory", "history/after").await {
         served_by_reborn = history.content.as_array().map_or(0, Vec::len);
     }
-    assert!(served_by_reborn > 0, "the restarted replica takes traffic again");
+    assert!(
+        served_by_reborn > 0,
+        "the restarted replica takes traffic again"
+    );
 }
