@@ -21,11 +21,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cortex_test_support::etcd::Etcd;
 use cortex_discovery::{
     DiscoveryError, Endpoint, EtcdConfig, EtcdDiscovery, EtcdRegistration, Protocol,
     ServiceDiscovery,
 };
+use cortex_test_support::etcd::Etcd;
 use etcd_client::{Client, CompactionOptions, GetOptions};
 
 async fn urls(discovery: &EtcdDiscovery, service: &str) -> Result<Vec<String>, DiscoveryError> {

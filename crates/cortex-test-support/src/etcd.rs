@@ -220,4 +220,3 @@ pub async fn answers(url: &str) -> bool {
         Ok(Ok(_))
     )
 }
-
