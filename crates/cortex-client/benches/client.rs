@@ -541,6 +541,8 @@ impl Variant {
 #[derive(Default)]
 struct Best {
     best: Option<Stats>,
+    /// The slowest run's calls/s, for the spread.
+    worst_rate: Option<f64>,
     errors: Vec<String>,
 }
 
@@ -551,10 +553,40 @@ impl Best {
                 if self.best.is_none_or(|b| stats.rate() > b.rate()) {
                     self.best = Some(stats);
                 }
+                if self.worst_rate.is_none_or(|w| stats.rate() < w) {
+                    self.worst_rate = Some(stats.rate());
+                }
             }
             Err(error) => self.errors.push(error),
         }
     }
+
+    /// "worst-best" calls/s and best/worst, when it ran.
+    fn spread(&self) -> Option<(String, f64)> {
+        let best = self.best?.rate();
+        let worst = self.worst_rate?;
+        Some((format!("{worst:.0}-{best:.0}"), best / worst.max(1e-9)))
+    }
+}
+
+/// Prints the run-to-run spread of every row; the largest best/worst ratio.
+fn print_spread(tag: &str, rows: &[Row]) -> f64 {
+    let mut largest: f64 = 1.0;
+    for row in rows {
+        let mut line = format!("  {tag:<8} c={:<4}", row.concurrency);
+        for (label, best) in [
+            ("bare", &row.bare),
+            ("cortex", &row.stack),
+            ("bare+keys", &row.keyed),
+        ] {
+            if let Some((range, ratio)) = best.spread() {
+                largest = largest.max(ratio);
+                line.push_str(&format!("  {label} {range}"));
+            }
+        }
+        println!("{line}");
+    }
+    largest
 }
 
 /// A service to measure against: its name in discovery and its address.
@@ -1128,6 +1160,21 @@ fn print_summary(opts: &Options, report: &Report) {
             "  p50 added < 20 µs at every concurrency:       {}",
             verdict(isolated.map(|m| m.1))
         );
+    }
+    if opts.rounds > 1 {
+        println!(
+            "run-to-run spread, calls/s (worst-best of {} rounds):",
+            opts.rounds
+        );
+        let spread =
+            print_spread(SERVICE, &report.memory).max(print_spread(ISOLATED, &report.isolated));
+        if spread > 1.3 {
+            println!(
+                "  note: rounds of one variant differ by up to {spread:.1}x. At low concurrency tokio either keeps the \
+caller, the connection driver and the service on one worker thread or bounces them between threads \
+(cross-thread wake-ups add tens of µs per call), so single runs are noisy; raise --rounds to compare more runs"
+            );
+        }
     }
     for note in &report.notes {
         println!("  note: {note}");

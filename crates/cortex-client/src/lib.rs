@@ -49,6 +49,7 @@ pub mod typed;
 
 pub use api::{EventStream, McpClient, Resource, StreamEvent};
 pub use config::{ClientConfig, ConfigError};
+pub use cortex_discovery::Balancer;
 pub use cortex_discovery::{
     DiscoveryError, Endpoint, EndpointSet, ServiceDiscovery, StaticDiscovery,
 };

@@ -45,7 +45,7 @@ use crate::error::McpError;
 use crate::metrics::Metrics;
 use crate::pool::{AcquireError, EndpointPool, PoolSettings, PoolStats, PooledConn, SendError};
 use crate::stream;
-use cortex_discovery::{CallOutcome, DiscoveryError, Endpoint, ServiceDiscovery};
+use cortex_discovery::{Balancer, CallOutcome, DiscoveryError, Endpoint, ServiceDiscovery};
 
 /// Largest response body read into memory; a bigger one is an error, not an
 /// out-of-memory.
@@ -169,18 +169,6 @@ pub(crate) struct EndpointState {
     pub(crate) endpoint: Endpoint,
     pool: Arc<EndpointPool>,
     pub(crate) breaker: CircuitBreaker,
-}
-
-/// How a call picks one of a service's endpoints.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Balancer {
-    /// Two endpoints at random; the one with fewer calls in flight wins
-    /// (as in Finagle and Envoy: near-best spread without global state,
-    /// and a slow replica soon gets less).
-    #[default]
-    PowerOfTwoChoices,
-    /// Each endpoint in turn.
-    RoundRobin,
 }
 
 /// What one exchange is, for errors, metrics and retry safety.
@@ -400,8 +388,8 @@ impl NetworkMcpClient {
     ) -> Result<(Arc<EndpointState>, Answer), McpError> {
         let started = Instant::now();
         let deadline = started + service.config.request_timeout;
-        let request_id = uuid::Uuid::new_v4().simple().to_string();
-        let trace_id = uuid::Uuid::new_v4().simple().to_string();
+        let request_id = random_id().simple().to_string();
+        let trace_id = random_id().simple().to_string();
         service.budget.deposit();
         let mut tried: Vec<Endpoint> = Vec::new();
         let mut attempt: u32 = 0;
@@ -697,33 +685,13 @@ impl NetworkMcpClient {
         endpoints: &'e [Endpoint],
         tried: &[Endpoint],
     ) -> Vec<&'e Endpoint> {
-        let (mut fresh, retried): (Vec<&Endpoint>, Vec<&Endpoint>) =
-            endpoints.iter().partition(|e| !tried.contains(e));
-        match self.inner.balancer {
-            Balancer::RoundRobin => {
-                if !fresh.is_empty() {
-                    let start = service.next.fetch_add(1, Ordering::Relaxed) % fresh.len();
-                    fresh.rotate_left(start);
-                }
-            }
-            Balancer::PowerOfTwoChoices => {
-                if fresh.len() >= 2 {
-                    let a = fastrand::usize(..fresh.len());
-                    let mut b = fastrand::usize(..fresh.len() - 1);
-                    if b >= a {
-                        b += 1;
-                    }
-                    let load = |e: &Endpoint| self.in_flight(service, e);
-                    let best = if load(fresh[b]) < load(fresh[a]) {
-                        b
-                    } else {
-                        a
-                    };
-                    fresh.swap(0, best);
-                }
-            }
-        }
-        fresh.into_iter().chain(retried).collect()
+        cortex_discovery::balance::order(
+            self.inner.balancer,
+            endpoints,
+            tried,
+            &service.next,
+            |e| self.in_flight(service, e),
+        )
     }
 
     /// Calls in flight on an endpoint (0 for one never used).
@@ -753,7 +721,7 @@ impl NetworkMcpClient {
                 "traceparent",
                 format!(
                     "00-{trace_id}-{}-01",
-                    &uuid::Uuid::new_v4().simple().to_string()[..16]
+                    &random_id().simple().to_string()[..16]
                 ),
             );
         if !exchange.body.is_empty() {
@@ -903,6 +871,13 @@ fn encode_uri(uri: &str) -> String {
     percent_encoding::utf8_percent_encode(uri.trim_start_matches('/'), PATH).to_string()
 }
 
+/// A random (version 4) UUID from a fast user-space generator: ids and
+/// idempotency keys need uniqueness, not secrecy, and the operating
+/// system's generator costs a system call (about a microsecond) per id.
+pub(crate) fn random_id() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid()
+}
+
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -971,7 +946,7 @@ impl McpClient for NetworkMcpClient {
                 path: format!("/tool/{}", encode_uri(tool).replace('/', "%2F")),
                 body: Bytes::from(body),
                 accept: "application/json",
-                idempotency_key: Some(uuid::Uuid::new_v4().to_string()),
+                idempotency_key: Some(random_id().to_string()),
                 last_event_id: None,
                 idempotent: true,
                 max_attempts: u32::MAX,

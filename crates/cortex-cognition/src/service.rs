@@ -319,6 +319,7 @@ pub(crate) fn get_context(cognition: Cognition) -> Tool {
             }
         },
     )
+    .read_only()
 }
 
 pub(crate) fn analyze_conversation(cognition: Cognition) -> Tool {
@@ -371,6 +372,7 @@ pub(crate) fn analyze_conversation(cognition: Cognition) -> Tool {
             }
         },
     )
+    .read_only()
 }
 
 pub(crate) fn extract_entities(cognition: Cognition) -> Tool {
@@ -430,6 +432,7 @@ pub(crate) fn extract_entities(cognition: Cognition) -> Tool {
             }
         },
     )
+    .read_only()
 }
 
 pub(crate) fn summarize_history(cognition: Cognition) -> Tool {
@@ -468,6 +471,7 @@ pub(crate) fn summarize_history(cognition: Cognition) -> Tool {
             }
         },
     )
+    .read_only()
 }
 
 // ---- resources -------------------------------------------------------------

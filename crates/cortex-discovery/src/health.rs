@@ -16,6 +16,7 @@
 //!   failure, and the breaker still protects the caller.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -87,6 +88,21 @@ struct Inner<D> {
     checked: Mutex<Vec<String>>,
     /// The filtered sets, versioned.
     filtered: Registry,
+    /// Grows whenever an endpoint becomes usable or unusable, so a cached
+    /// filtered set knows when it is stale.
+    epoch: AtomicU64,
+    /// Per service: the filtered set and what it was computed from. Keeps
+    /// `resolve` (called on every attempt) from filtering every time.
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+/// A filtered set and the inputs it is valid for.
+struct Cached {
+    backend_version: u64,
+    epoch: u64,
+    /// The earliest moment an ejection ends (the set changes then).
+    valid_until: Option<Instant>,
+    set: Arc<EndpointSet>,
 }
 
 /// A discovery backend with health tracking; see the module docs.
@@ -112,6 +128,8 @@ impl<D: ServiceDiscovery> HealthChecked<D> {
                 health: Mutex::new(HashMap::new()),
                 checked: Mutex::new(Vec::new()),
                 filtered: Registry::new(),
+                epoch: AtomicU64::new(0),
+                cache: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -209,6 +227,7 @@ impl<D> Inner<D> {
                 entry.check_successes += 1;
                 if entry.unhealthy && entry.check_successes >= self.config.healthy_threshold {
                     entry.unhealthy = false;
+                    self.epoch.fetch_add(1, Ordering::Release);
                     tracing::info!(service, endpoint = url, "endpoint healthy again");
                 }
             }
@@ -217,6 +236,7 @@ impl<D> Inner<D> {
                 entry.check_failures += 1;
                 if !entry.unhealthy && entry.check_failures >= self.config.unhealthy_threshold {
                     entry.unhealthy = true;
+                    self.epoch.fetch_add(1, Ordering::Release);
                     tracing::warn!(service, endpoint = url, %reason, "endpoint unhealthy");
                 }
             }
@@ -228,26 +248,58 @@ impl<D> Inner<D> {
 impl<D: ServiceDiscovery> ServiceDiscovery for HealthChecked<D> {
     async fn resolve(&self, service: &str) -> Result<Arc<EndpointSet>, DiscoveryError> {
         let set = self.inner.backend.resolve(service).await?;
-        self.start_checker(service);
         let now = Instant::now();
-        let usable: Vec<Endpoint> = {
+        let epoch = self.inner.epoch.load(Ordering::Acquire);
+        {
+            let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(cached) = cache.get(service)
+                && cached.backend_version == set.version
+                && cached.epoch == epoch
+                && cached.valid_until.is_none_or(|until| now < until)
+            {
+                return Ok(cached.set.clone());
+            }
+        }
+        self.start_checker(service);
+        let (usable, valid_until) = {
             let health = self.inner.health.lock().unwrap_or_else(|p| p.into_inner());
-            set.endpoints
+            let mut valid_until: Option<Instant> = None;
+            let usable: Vec<Endpoint> = set
+                .endpoints
                 .iter()
                 .filter(|e| {
-                    health
-                        .get(&(service.to_string(), e.url.clone()))
-                        .is_none_or(|h| h.usable(now))
+                    let Some(h) = health.get(&(service.to_string(), e.url.clone())) else {
+                        return true;
+                    };
+                    if let Some(until) = h.ejected_until.filter(|until| *until > now) {
+                        valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
+                    }
+                    h.usable(now)
                 })
                 .cloned()
-                .collect()
+                .collect();
+            (usable, valid_until)
         };
         let endpoints = if usable.is_empty() {
             set.endpoints.clone()
         } else {
             usable
         };
-        Ok(self.inner.filtered.publish(service, endpoints))
+        let filtered = self.inner.filtered.publish(service, endpoints);
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                service.to_string(),
+                Cached {
+                    backend_version: set.version,
+                    epoch,
+                    valid_until,
+                    set: filtered.clone(),
+                },
+            );
+        Ok(filtered)
     }
 
     async fn is_healthy(&self, service: &str) -> bool {
@@ -288,6 +340,7 @@ impl<D: ServiceDiscovery> ServiceDiscovery for HealthChecked<D> {
                         .saturating_mul(entry.ejections)
                         .min(config.max_ejection);
                     entry.ejected_until = Some(now + time);
+                    self.inner.epoch.fetch_add(1, Ordering::Release);
                     tracing::warn!(service, endpoint = %endpoint.url, ejection = entry.ejections, ?time, "endpoint ejected after failed calls");
                 }
             }

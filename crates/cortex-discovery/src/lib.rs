@@ -15,6 +15,7 @@
 //! - [`registry`]: [`Registry`], versioned sets with watchers.
 //! - [`static_map`]: [`StaticDiscovery`]: the embedded default, from code and env vars.
 //! - [`file`]: [`FileDiscovery`]: a TOML file, reloaded when it changes.
+//! - [`balance`]: [`Balancer`]: power of two choices or round robin.
 //! - [`health`]: [`HealthChecked`]: active checks and passive ejection around any backend.
 //!
 //! # Example
@@ -27,6 +28,7 @@
 //! # }
 //! ```
 
+pub mod balance;
 pub mod dns;
 pub mod endpoint;
 pub mod etcd;
@@ -40,6 +42,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use balance::Balancer;
 pub use dns::{DnsSrvConfig, DnsSrvDiscovery};
 pub use endpoint::{Endpoint, EndpointSet, Protocol};
 pub use etcd::{EtcdConfig, EtcdDiscovery, EtcdRegistration};

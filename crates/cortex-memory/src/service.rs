@@ -244,6 +244,7 @@ fn get_item(store: Store) -> Tool {
             }
         },
     )
+    .read_only()
 }
 
 fn update_item(store: Store) -> Tool {

@@ -12,6 +12,9 @@ pub struct ToolInfo {
     pub description: String,
     /// JSON Schema of the arguments object.
     pub input_schema: Value,
+    /// The tool changes nothing; repeating it is always safe.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// `GET /tools`.

@@ -86,9 +86,19 @@ pub struct Tool {
     description: String,
     schema: Value,
     handler: ToolHandler,
+    /// Changes nothing: repeating it is always safe, so an idempotency key
+    /// is not recorded (that would cost a durable write per read).
+    read_only: bool,
 }
 
 impl Tool {
+    /// Declares that the tool changes nothing (a lookup, a computation):
+    /// callers may repeat it freely, and keyed calls of it are not recorded.
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
     /// A tool whose arguments are checked against `schema` before `handler` runs.
     pub fn new<F, Fut>(
         name: impl Into<String>,
@@ -105,6 +115,7 @@ impl Tool {
             description: description.into(),
             schema,
             handler: Arc::new(move |ctx, args| Box::pin(handler(ctx, args))),
+            read_only: false,
         }
     }
 }
@@ -319,6 +330,7 @@ impl Service {
                 name: t.tool.name.clone(),
                 description: t.tool.description.clone(),
                 input_schema: t.tool.schema.clone(),
+                read_only: t.tool.read_only,
             })
             .collect()
     }
@@ -376,7 +388,11 @@ impl Service {
         let Value::Object(arguments) = instance else {
             return Err(ServiceError::internal("arguments changed shape"));
         };
-        let Some(key) = ctx.idempotency_key.clone() else {
+        let key = ctx
+            .idempotency_key
+            .clone()
+            .filter(|_| !compiled.tool.read_only);
+        let Some(key) = key else {
             return run_guarded(tool, (compiled.tool.handler)(ctx, arguments)).await;
         };
         // Same key, same tool: wait for the call in flight, then replay.

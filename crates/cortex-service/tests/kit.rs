@@ -523,3 +523,33 @@ async fn grace_period_bounds_shutdown() {
     );
     assert_eq!(code(&response.json().await.unwrap()), "unavailable");
 }
+
+#[tokio::test]
+async fn read_only_tools_are_not_recorded_under_a_key() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let service = Service::builder("ro", "0")
+        .tool(
+            Tool::new("peek", "Reads.", json!({"type": "object"}), move |_ctx, _args| {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { Ok(json!(n)) }
+            })
+            .read_only(),
+        )
+        .build()
+        .unwrap();
+    let server = TestServer::start(service, ServiceConfig::default()).await;
+    let http = reqwest::Client::new();
+    for expected in [1, 2] {
+        let response = http
+            .post(server.url("/tool/peek"))
+            .header("idempotency-key", "same")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.json::<Value>().await.unwrap(), json!(expected), "a read runs every time");
+    }
+    let tools: Value = http.get(server.url("/tools")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(tools["tools"][0]["read_only"], true);
+}
