@@ -18,6 +18,7 @@
 //! - [`idempotency`]: keyed tool calls run once; the store that remembers them.
 //! - [`pattern`]: resource URI patterns such as `history/{user_id}/limit/{n}`.
 //! - [`routes`]: the axum routes of the dialect.
+//! - [`mcp`]: standard MCP (Streamable HTTP) at `/mcp`, from the same registry.
 //! - [`server`]: [`serve`] with graceful shutdown.
 //!
 //! # Example
@@ -44,6 +45,7 @@
 
 pub mod error;
 pub mod idempotency;
+pub mod mcp;
 pub mod pattern;
 pub mod registry;
 pub mod routes;
@@ -51,6 +53,7 @@ pub mod server;
 
 pub use error::ServiceError;
 pub use idempotency::{IdempotencyStore, InMemoryIdempotencyStore};
+pub use mcp::McpConfig;
 pub use pattern::Params;
 pub use registry::{
     BuildError, CallContext, EventStream, Resource, ResourceContent, Service, ServiceBuilder, Tool,

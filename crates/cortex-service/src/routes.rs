@@ -51,7 +51,7 @@ pub struct ShutdownSignals {
 pub fn router(service: Service, config: ServiceConfig, signals: ShutdownSignals) -> Router {
     let limit = config.max_body_bytes;
     let expired = signals.expired.clone();
-    Router::new()
+    crate::mcp::mount(Router::new(), &service, &config, &signals.stopping)
         .route("/tool/{tool}", post(call_tool))
         .route("/resource/{*uri}", get(read_resource))
         .route("/tools", get(list_tools))

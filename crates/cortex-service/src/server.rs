@@ -22,6 +22,8 @@ pub struct ServiceConfig {
     pub grace_period: Duration,
     /// Reconnect advice sent as `retry:` at the start of every stream.
     pub stream_retry: Duration,
+    /// Standard MCP at `/mcp`: sessions, origins, buffers.
+    pub mcp: crate::mcp::McpConfig,
 }
 
 impl Default for ServiceConfig {
@@ -31,6 +33,7 @@ impl Default for ServiceConfig {
             keep_alive: Duration::from_secs(15),
             grace_period: Duration::from_secs(10),
             stream_retry: Duration::from_millis(1000),
+            mcp: crate::mcp::McpConfig::default(),
         }
     }
 }

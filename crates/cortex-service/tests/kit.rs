@@ -530,10 +530,15 @@ async fn read_only_tools_are_not_recorded_under_a_key() {
     let counter = calls.clone();
     let service = Service::builder("ro", "0")
         .tool(
-            Tool::new("peek", "Reads.", json!({"type": "object"}), move |_ctx, _args| {
-                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                async move { Ok(json!(n)) }
-            })
+            Tool::new(
+                "peek",
+                "Reads.",
+                json!({"type": "object"}),
+                move |_ctx, _args| {
+                    let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                    async move { Ok(json!(n)) }
+                },
+            )
             .read_only(),
         )
         .build()
@@ -548,8 +553,19 @@ async fn read_only_tools_are_not_recorded_under_a_key() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.json::<Value>().await.unwrap(), json!(expected), "a read runs every time");
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            json!(expected),
+            "a read runs every time"
+        );
     }
-    let tools: Value = http.get(server.url("/tools")).send().await.unwrap().json().await.unwrap();
+    let tools: Value = http
+        .get(server.url("/tools"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(tools["tools"][0]["read_only"], true);
 }

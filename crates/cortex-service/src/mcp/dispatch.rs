@@ -1,0 +1,443 @@
+//! MCP methods on the registry, shared by both eras of the transport.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cortex_proto::ErrorCode;
+use futures::StreamExt;
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use super::jsonrpc::{METHOD_NOT_FOUND, RpcError, notification};
+use super::outbox::Outbox;
+use super::resources::{LIVE_META_KEY, ResourceIndex};
+use super::session::{Session, Sessions};
+use super::stateless::HeaderParams;
+use crate::error::ServiceError;
+use crate::registry::{CallContext, EventStream, ResourceContent, Service};
+use crate::server::ServiceConfig;
+
+/// Everything the endpoint shares between requests.
+pub(crate) struct Shared {
+    pub(crate) service: Service,
+    pub(crate) config: ServiceConfig,
+    pub(crate) stopping: watch::Receiver<bool>,
+    pub(crate) sessions: Sessions,
+    pub(crate) resources: ResourceIndex,
+    tool_names: BTreeSet<String>,
+    /// Per tool, the arguments its schema mirrors into `Mcp-Param-*`
+    /// headers (2026-07-28).
+    pub(crate) header_params: HashMap<String, HeaderParams>,
+}
+
+/// Who is asking, in which era.
+pub(crate) struct Call {
+    pub(crate) ctx: CallContext,
+    /// The session (session-based revisions); `None` when stateless.
+    pub(crate) session: Option<Arc<Session>>,
+    /// Whether results may carry `structuredContent` (2025-06-18 on).
+    pub(crate) structured: bool,
+}
+
+impl Call {
+    fn stateless(&self) -> bool {
+        self.session.is_none()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(
+        service: Service,
+        config: ServiceConfig,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        let tools = service.tools();
+        let header_params = tools
+            .iter()
+            .map(|t| (t.name.clone(), HeaderParams::of_schema(&t.input_schema)))
+            .filter(|(_, params)| !params.is_empty())
+            .collect();
+        Self {
+            sessions: Sessions::new(
+                config.mcp.session_ttl,
+                config.mcp.max_sessions,
+                config.mcp.notification_buffer,
+            ),
+            resources: ResourceIndex::new(&service),
+            tool_names: tools.into_iter().map(|t| t.name).collect(),
+            header_params,
+            service,
+            config,
+            stopping,
+        }
+    }
+
+    /// The capabilities announced by `initialize` and `server/discover`.
+    pub(crate) fn capabilities(&self) -> Value {
+        json!({
+            "tools": {"listChanged": false},
+            "resources": {"subscribe": true, "listChanged": false},
+        })
+    }
+
+    /// `serverInfo`.
+    pub(crate) fn server_info(&self) -> Value {
+        json!({"name": self.service.name(), "version": self.service.version()})
+    }
+
+    /// `instructions`: how URIs are formed.
+    pub(crate) fn instructions(&self) -> String {
+        format!(
+            "Tools and resources of the Cortex `{name}` service. Resource URIs are \
+             `{scheme}://<path>`; resources/templates/list names the paths. Resources \
+             whose _meta has \"{LIVE_META_KEY}\": true can be subscribed to.",
+            name = self.service.name(),
+            scheme = super::uri_scheme(self.service.name()),
+        )
+    }
+
+    /// Serves one request method (not `initialize`, `server/discover` or
+    /// `subscriptions/listen`, which the transport handles).
+    pub(crate) async fn request(
+        &self,
+        call: &Call,
+        method: &str,
+        params: &Map<String, Value>,
+    ) -> Result<Value, RpcError> {
+        match method {
+            "ping" => Ok(json!({})),
+            "tools/list" => {
+                no_cursor(params)?;
+                let tools: Vec<Value> = self
+                    .service
+                    .tools()
+                    .into_iter()
+                    .map(|t| {
+                        let mut tool = json!({
+                            "name": t.name,
+                            "description": t.description,
+                            "inputSchema": t.input_schema,
+                        });
+                        if t.read_only {
+                            tool["annotations"] = json!({"readOnlyHint": true});
+                        }
+                        tool
+                    })
+                    .collect();
+                Ok(json!({ "tools": tools }))
+            }
+            "tools/call" => self.call_tool(call, params).await,
+            "resources/list" => {
+                no_cursor(params)?;
+                Ok(json!({ "resources": self.resources.concrete() }))
+            }
+            "resources/templates/list" => {
+                no_cursor(params)?;
+                Ok(json!({ "resourceTemplates": self.resources.templates() }))
+            }
+            "resources/read" => self.read_resource(call, params).await,
+            "resources/subscribe" if !call.stateless() => self.subscribe(call, params).await,
+            "resources/unsubscribe" if !call.stateless() => {
+                let uri = uri_param(params)?;
+                if let Some(session) = &call.session {
+                    session.remove_subscription(uri);
+                }
+                Ok(json!({}))
+            }
+            _ => Err(RpcError::new(
+                METHOD_NOT_FOUND,
+                format!(
+                    "method `{method}` is not served by `{}`",
+                    self.service.name()
+                ),
+            )),
+        }
+    }
+
+    async fn call_tool(&self, call: &Call, params: &Map<String, Value>) -> Result<Value, RpcError> {
+        let name = params
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| RpcError::invalid_params("tools/call needs a string `name`"))?;
+        if !self.tool_names.contains(name) {
+            return Err(unknown_tool(name, self.service.name()));
+        }
+        let arguments = match params.get("arguments") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(arguments)) => arguments.clone(),
+            Some(_) => {
+                return Err(RpcError::invalid_params(
+                    "tools/call `arguments` must be an object",
+                ));
+            }
+        };
+        match self
+            .service
+            .call_tool(call.ctx.clone(), name, arguments)
+            .await
+        {
+            Ok(value) => Ok(tool_result(value, call.structured)),
+            Err(error) if error.code == ErrorCode::ToolNotFound => {
+                Err(unknown_tool(name, self.service.name()))
+            }
+            Err(error) => Ok(tool_error(&error, call.structured)),
+        }
+    }
+
+    fn not_found(&self, uri: &str, stateless: bool) -> RpcError {
+        let error = ServiceError::resource_not_found(format!(
+            "resource `{uri}` not found on service `{}`",
+            self.service.name()
+        ))
+        .with_details(json!({ "uri": uri }));
+        RpcError::from_service(&error, stateless).with_uri(uri)
+    }
+
+    async fn read_resource(
+        &self,
+        call: &Call,
+        params: &Map<String, Value>,
+    ) -> Result<Value, RpcError> {
+        let uri = uri_param(params)?;
+        let path = self
+            .resources
+            .path_of(uri)
+            .ok_or_else(|| self.not_found(uri, call.stateless()))?;
+        let content = self
+            .service
+            .read_resource(call.ctx.clone(), path)
+            .await
+            .map_err(|e| RpcError::from_service(&e, call.stateless()).with_uri(uri))?;
+        let (text, mime_type) = match content {
+            ResourceContent::Json(value) => (value.to_string(), "application/json".to_string()),
+            ResourceContent::Text { text, mime_type } => (text, mime_type),
+        };
+        Ok(json!({"contents": [{"uri": uri, "mimeType": mime_type, "text": text}]}))
+    }
+
+    /// Opens the live stream of `uri`, checking that it has one.
+    pub(crate) async fn open_live(
+        &self,
+        ctx: &CallContext,
+        uri: &str,
+        stateless: bool,
+    ) -> Result<(String, EventStream), RpcError> {
+        let path = self
+            .resources
+            .path_of(uri)
+            .ok_or_else(|| self.not_found(uri, stateless))?;
+        let info = self
+            .resources
+            .find(path)
+            .ok_or_else(|| self.not_found(uri, stateless))?;
+        if !info.streaming {
+            return Err(RpcError::invalid_params(format!(
+                "resource `{uri}` has no live stream, so it sends no updates; resources whose \
+                 _meta has \"{LIVE_META_KEY}\": true do"
+            ))
+            .with_uri(uri));
+        }
+        let events = self
+            .service
+            .stream_resource(ctx.clone(), path, None)
+            .await
+            .map_err(|e| RpcError::from_service(&e, stateless).with_uri(uri))?;
+        Ok((path.to_string(), events))
+    }
+
+    async fn subscribe(&self, call: &Call, params: &Map<String, Value>) -> Result<Value, RpcError> {
+        let uri = uri_param(params)?;
+        let Some(session) = &call.session else {
+            return Err(RpcError::new(
+                METHOD_NOT_FOUND,
+                "resources/subscribe needs a session",
+            ));
+        };
+        if session.is_subscribed(uri) {
+            return Ok(json!({}));
+        }
+        let limit = self.config.mcp.max_subscriptions;
+        if session.subscription_count() >= limit {
+            return Err(RpcError::new(
+                super::jsonrpc::INTERNAL_ERROR,
+                format!("a session may hold at most {limit} subscriptions; unsubscribe first"),
+            )
+            .with_data(json!({ "limit": limit })));
+        }
+        let (path, events) = self.open_live(&call.ctx, uri, false).await?;
+        let task = self.spawn_subscription(
+            call.ctx.clone(),
+            path,
+            uri.to_string(),
+            events,
+            session.outbox.clone(),
+            None,
+        );
+        session.add_subscription(uri.to_string(), task);
+        Ok(json!({}))
+    }
+
+    /// Runs a resource's live stream in a task, queueing
+    /// `notifications/resources/updated {uri}` (with `meta` as `_meta`) in
+    /// `outbox` for each event. A failed stream is reopened after the
+    /// reconnect delay, resuming after its last event id; a stream that
+    /// ends ends the subscription; shutdown stops it.
+    pub(crate) fn spawn_subscription(
+        &self,
+        ctx: CallContext,
+        path: String,
+        uri: String,
+        first: EventStream,
+        outbox: Arc<Outbox>,
+        meta: Option<Value>,
+    ) -> AbortHandle {
+        let service = self.service.clone();
+        let mut stopping = self.stopping.clone();
+        let retry = self.config.stream_retry;
+        let mut params = json!({ "uri": uri });
+        if let Some(meta) = meta {
+            params["_meta"] = meta;
+        }
+        let message = notification("notifications/resources/updated", params);
+        let task = tokio::spawn(async move {
+            let mut events = first;
+            let mut last_id: Option<String> = None;
+            let mut failures = 0u32;
+            loop {
+                let next = tokio::select! {
+                    next = events.next() => next,
+                    _ = stopping.wait_for(|s| *s) => return,
+                };
+                match next {
+                    Some(Ok(event)) => {
+                        failures = 0;
+                        if event.id.is_some() {
+                            last_id = event.id;
+                        }
+                        outbox.push(message.clone(), Some(uri.clone()));
+                    }
+                    None => {
+                        tracing::debug!(%uri, "resource stream ended; subscription complete");
+                        return;
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%uri, %error, "subscribed resource stream failed; reopening");
+                        loop {
+                            failures += 1;
+                            let delay = backoff(retry, failures);
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => {}
+                                _ = stopping.wait_for(|s| *s) => return,
+                            }
+                            match service
+                                .stream_resource(ctx.clone(), &path, last_id.clone())
+                                .await
+                            {
+                                Ok(reopened) => {
+                                    events = reopened;
+                                    break;
+                                }
+                                Err(error) => {
+                                    tracing::warn!(%uri, %error, failures, "could not reopen a subscribed resource stream");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        task.abort_handle()
+    }
+}
+
+/// The reconnect delay doubles per failure, from `retry` up to 30 s.
+fn backoff(retry: Duration, failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(5);
+    (retry.max(Duration::from_millis(10)) * factor).min(Duration::from_secs(30))
+}
+
+fn unknown_tool(name: &str, service: &str) -> RpcError {
+    RpcError::invalid_params(format!("unknown tool `{name}` on service `{service}`"))
+        .with_data(json!({ "tool": name }))
+}
+
+fn uri_param(params: &Map<String, Value>) -> Result<&str, RpcError> {
+    params
+        .get("uri")
+        .and_then(Value::as_str)
+        .ok_or_else(|| RpcError::invalid_params("`uri` must be a string"))
+}
+
+/// Lists are never paged, so no cursor is ever valid.
+fn no_cursor(params: &Map<String, Value>) -> Result<(), RpcError> {
+    match params.get("cursor") {
+        None | Some(Value::Null) => Ok(()),
+        Some(_) => Err(RpcError::invalid_params(
+            "invalid cursor: this server does not page its lists",
+        )),
+    }
+}
+
+/// A tool's value as a `tools/call` result: the JSON as text, and as
+/// `structuredContent` when it is an object.
+fn tool_result(value: Value, structured: bool) -> Value {
+    let text = match &value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let mut result = json!({
+        "content": [{"type": "text", "text": text}],
+        "isError": false,
+    });
+    if structured && value.is_object() {
+        result["structuredContent"] = value;
+    }
+    result
+}
+
+/// A failed call as a result with `isError: true`: the Cortex error as text
+/// (`invalid_arguments: user_id: …`) and as `structuredContent`.
+fn tool_error(error: &ServiceError, structured: bool) -> Value {
+    let mut result = json!({
+        "content": [{"type": "text", "text": format!("{}: {}", error.code, error.message)}],
+        "isError": true,
+    });
+    if structured {
+        result["structuredContent"] = serde_json::to_value(error.envelope()).unwrap_or(Value::Null);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_carry_text_and_structure() {
+        let ok = tool_result(json!({"a": 1}), true);
+        assert_eq!(ok["structuredContent"]["a"], 1);
+        assert_eq!(ok["content"][0]["text"], "{\"a\":1}");
+        let old = tool_result(json!({"a": 1}), false);
+        assert!(old.get("structuredContent").is_none());
+        let list = tool_result(json!([1, 2]), true);
+        assert!(list.get("structuredContent").is_none());
+        let failed = tool_error(&ServiceError::invalid_argument("x", "bad"), true);
+        assert_eq!(failed["isError"], true);
+        assert_eq!(failed["content"][0]["text"], "invalid_arguments: x: bad");
+        assert_eq!(
+            failed["structuredContent"]["error"]["code"],
+            "invalid_arguments"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let base = Duration::from_millis(100);
+        assert_eq!(backoff(base, 1), base);
+        assert_eq!(backoff(base, 2), base * 2);
+        assert_eq!(backoff(base, 40), Duration::from_millis(3200));
+        assert_eq!(backoff(Duration::from_secs(10), 9), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,553 @@
+//! The stateless revision (2026-07-28): no session, every request carries
+//! its version in `_meta` and mirrors its method (and target) in headers.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{Map, Value, json};
+use tokio::task::AbortHandle;
+
+use super::dispatch::{Call, Shared};
+use super::http::{self, context, header_text};
+use super::jsonrpc::{
+    self, HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, Message, RpcError,
+    UNSUPPORTED_PROTOCOL_VERSION,
+};
+use super::outbox::Outbox;
+use super::{SESSION_VERSIONS, STATELESS_VERSION};
+
+/// The `_meta` key carrying a request's protocol version.
+pub(crate) const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+const META_SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+
+/// Every version served, newest first (for `supportedVersions` and
+/// `UnsupportedProtocolVersionError`).
+pub(crate) fn supported_versions() -> Vec<&'static str> {
+    let mut versions = vec![STATELESS_VERSION];
+    versions.extend(SESSION_VERSIONS);
+    versions
+}
+
+/// An unsupported version: 400 with `UnsupportedProtocolVersionError`.
+pub(crate) fn unsupported_version(id: Option<&Value>, requested: &str) -> Response {
+    let error = RpcError::new(
+        UNSUPPORTED_PROTOCOL_VERSION,
+        format!(
+            "unsupported protocol version `{requested}`; supported: {}",
+            supported_versions().join(", ")
+        ),
+    )
+    .with_data(json!({"supported": supported_versions(), "requested": requested}));
+    http::rpc_error(StatusCode::BAD_REQUEST, id, &error)
+}
+
+fn meta_version(message: &Value) -> Option<&str> {
+    message
+        .get("params")?
+        .get("_meta")?
+        .get(META_PROTOCOL_VERSION)?
+        .as_str()
+}
+
+/// True when a request speaks the stateless revision: the header says so,
+/// or (without a session) the body declares a version in `_meta`.
+pub(crate) fn is_stateless(body: &Value, declared: Option<&str>, has_session: bool) -> bool {
+    if declared == Some(STATELESS_VERSION) {
+        return true;
+    }
+    if has_session {
+        return false;
+    }
+    match body {
+        Value::Array(items) => items.iter().any(|m| meta_version(m).is_some()),
+        message => meta_version(message).is_some(),
+    }
+}
+
+fn mismatch(id: &Value, message: String) -> Response {
+    http::rpc_error(
+        StatusCode::BAD_REQUEST,
+        Some(id),
+        &RpcError::new(HEADER_MISMATCH, message),
+    )
+}
+
+/// Serves one stateless POST.
+pub(crate) async fn post(mcp: &Arc<Shared>, headers: &HeaderMap, body: Value) -> Response {
+    if body.is_array() {
+        return http::rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            &RpcError::new(
+                INVALID_REQUEST,
+                format!("JSON-RPC batches are not part of protocol revision {STATELESS_VERSION}"),
+            ),
+        );
+    }
+    let (id, method, params) = match Message::parse(body) {
+        Ok(Message::Request { id, method, params }) => (id, method, params),
+        Ok(Message::Notification { .. }) => return http::accepted(),
+        Ok(Message::Response) => {
+            return http::rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                &RpcError::new(
+                    INVALID_REQUEST,
+                    "clients do not send responses in this revision",
+                ),
+            );
+        }
+        Err((id, error)) => return http::rpc_error(StatusCode::BAD_REQUEST, id.as_ref(), &error),
+    };
+    // A mirrored header sent twice could route one way and run another.
+    for name in ["mcp-protocol-version", "mcp-method", "mcp-name"] {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return mismatch(&id, format!("the {name} header must be sent once"));
+        }
+    }
+    // The version: header and body must agree, and name one served here.
+    let Some(header_version) = header_text(headers, "mcp-protocol-version") else {
+        return mismatch(&id, "the MCP-Protocol-Version header is required".into());
+    };
+    let meta = params.get("_meta").and_then(Value::as_object);
+    let body_version = meta
+        .and_then(|meta| meta.get(META_PROTOCOL_VERSION))
+        .and_then(Value::as_str);
+    let capabilities = meta
+        .and_then(|meta| meta.get(META_CLIENT_CAPABILITIES))
+        .filter(|c| c.is_object());
+    let (Some(body_version), Some(_)) = (body_version, capabilities) else {
+        let error = RpcError::new(
+            INVALID_PARAMS,
+            format!(
+                "every request of revision {STATELESS_VERSION} carries params._meta with \
+                 \"{META_PROTOCOL_VERSION}\" and \"{META_CLIENT_CAPABILITIES}\""
+            ),
+        );
+        return http::rpc_error(StatusCode::BAD_REQUEST, Some(&id), &error);
+    };
+    if header_version != body_version {
+        return mismatch(
+            &id,
+            format!(
+                "MCP-Protocol-Version header `{header_version}` does not match the body's \
+                 `{body_version}`"
+            ),
+        );
+    }
+    if body_version != STATELESS_VERSION {
+        return unsupported_version(Some(&id), body_version);
+    }
+    if let Err(message) = check_headers(mcp, headers, &method, &params) {
+        return mismatch(&id, message);
+    }
+    let call = Call {
+        ctx: context(headers),
+        session: None,
+        structured: true,
+    };
+    let ttl = mcp.config.mcp.list_cache_ttl;
+    match method.as_str() {
+        "server/discover" => http::rpc_result(&id, complete(mcp, cacheable(discover(mcp), ttl))),
+        "subscriptions/listen" => listen(mcp, headers, call, id, &params).await,
+        name if REMOVED_METHODS.contains(&name) => http::rpc_error(
+            StatusCode::NOT_FOUND,
+            Some(&id),
+            &RpcError::new(
+                METHOD_NOT_FOUND,
+                format!("`{name}` is not part of protocol revision {STATELESS_VERSION}"),
+            ),
+        ),
+        _ => match mcp.request(&call, &method, &params).await {
+            Ok(result) if LIST_METHODS.contains(&method.as_str()) => {
+                http::rpc_result(&id, complete(mcp, cacheable(result, ttl)))
+            }
+            Ok(result) => http::rpc_result(&id, complete(mcp, result)),
+            Err(error) if error.code == METHOD_NOT_FOUND => {
+                http::rpc_error(StatusCode::NOT_FOUND, Some(&id), &error)
+            }
+            Err(error) => http::rpc_error(StatusCode::OK, Some(&id), &error),
+        },
+    }
+}
+
+/// Methods of the session-based revisions that this one removed.
+const REMOVED_METHODS: [&str; 5] = [
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
+
+/// Results that carry caching hints.
+const LIST_METHODS: [&str; 3] = ["tools/list", "resources/list", "resources/templates/list"];
+
+/// Adds `resultType: "complete"`, which every result of this revision has,
+/// and names the server in `_meta`.
+fn complete(mcp: &Shared, mut result: Value) -> Value {
+    if let Value::Object(map) = &mut result {
+        map.insert("resultType".into(), "complete".into());
+        let meta = map.entry("_meta").or_insert_with(|| json!({}));
+        if let Value::Object(meta) = meta {
+            meta.insert(META_SERVER_INFO.into(), mcp.server_info());
+        }
+    }
+    result
+}
+
+/// Adds caching hints: the registry is fixed for the life of the process
+/// and the same for every caller, so lists are public for `ttl`.
+fn cacheable(mut result: Value, ttl: std::time::Duration) -> Value {
+    if let Value::Object(map) = &mut result {
+        map.insert("ttlMs".into(), json!(ttl.as_millis() as u64));
+        map.insert("cacheScope".into(), "public".into());
+    }
+    result
+}
+
+fn discover(mcp: &Shared) -> Value {
+    json!({
+        "supportedVersions": supported_versions(),
+        "capabilities": mcp.capabilities(),
+        "serverInfo": mcp.server_info(),
+        "instructions": mcp.instructions(),
+    })
+}
+
+/// Checks `Mcp-Method`, `Mcp-Name` and `Mcp-Param-*` against the body.
+fn check_headers(
+    mcp: &Shared,
+    headers: &HeaderMap,
+    method: &str,
+    params: &Map<String, Value>,
+) -> Result<(), String> {
+    let Some(header_method) = header_text(headers, "mcp-method") else {
+        return Err("the Mcp-Method header is required".into());
+    };
+    if header_method != method {
+        return Err(format!(
+            "Mcp-Method header `{header_method}` does not match the body's method `{method}`"
+        ));
+    }
+    let target = match method {
+        "tools/call" | "prompts/get" => params.get("name"),
+        "resources/read" => params.get("uri"),
+        _ => None,
+    };
+    if let Some(Value::String(target)) = target {
+        let header = headers
+            .get("mcp-name")
+            .ok_or_else(|| format!("the Mcp-Name header is required for {method}"))?;
+        let name = decode_header_value(header.as_bytes())
+            .ok_or_else(|| "the Mcp-Name header holds invalid characters".to_string())?;
+        if &name != target {
+            return Err(format!(
+                "Mcp-Name header `{name}` does not match the body's `{target}`"
+            ));
+        }
+    }
+    if method == "tools/call" {
+        let tool = params
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let Some(mirrored) = mcp.header_params.get(tool) {
+            let empty = Map::new();
+            let arguments = params
+                .get("arguments")
+                .and_then(Value::as_object)
+                .unwrap_or(&empty);
+            mirrored.check(headers, arguments)?;
+        }
+    }
+    Ok(())
+}
+
+/// A header value: visible ASCII as is, or `=?base64?…?=` decoded.
+fn decode_header_value(raw: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(raw).ok()?;
+    if !text
+        .bytes()
+        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
+        return None;
+    }
+    match text
+        .strip_prefix("=?base64?")
+        .and_then(|t| t.strip_suffix("?="))
+    {
+        Some(encoded) => String::from_utf8(base64_decode(encoded)?).ok(),
+        None => Some(text.to_string()),
+    }
+}
+
+/// Standard base64 (RFC 4648 §4), padding optional.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    fn sextet(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let body = text.trim_end_matches('=');
+    if text.len() - body.len() > 2 || body.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() * 3 / 4);
+    for chunk in body.as_bytes().chunks(4) {
+        let mut bits = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            bits |= sextet(*c)? << (18 - 6 * i);
+        }
+        let bytes = bits.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
+/// The arguments a tool's schema mirrors into `Mcp-Param-{name}` headers
+/// (`x-mcp-header`), each with its property path.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct HeaderParams(Vec<(String, Vec<String>)>);
+
+impl HeaderParams {
+    /// Collects `x-mcp-header` annotations reachable through `properties`.
+    pub(crate) fn of_schema(schema: &Value) -> Self {
+        fn walk(schema: &Value, path: &mut Vec<String>, out: &mut Vec<(String, Vec<String>)>) {
+            let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+                return;
+            };
+            for (key, property) in properties {
+                path.push(key.clone());
+                if let Some(name) = property.get("x-mcp-header").and_then(Value::as_str) {
+                    out.push((name.to_ascii_lowercase(), path.clone()));
+                }
+                walk(property, path, out);
+                path.pop();
+            }
+        }
+        let mut out = Vec::new();
+        walk(schema, &mut Vec::new(), &mut out);
+        Self(out)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every mirrored argument present in the call must be in its header.
+    fn check(&self, headers: &HeaderMap, arguments: &Map<String, Value>) -> Result<(), String> {
+        for (name, path) in &self.0 {
+            let mut value = None;
+            let mut at = arguments;
+            for (i, key) in path.iter().enumerate() {
+                match at.get(key) {
+                    Some(v) if i + 1 == path.len() => value = Some(v),
+                    Some(Value::Object(next)) => at = next,
+                    _ => break,
+                }
+            }
+            let Some(value) = value.filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let header_name = format!("mcp-param-{name}");
+            let header = headers
+                .get(header_name.as_str())
+                .ok_or_else(|| format!("the Mcp-Param-{name} header is required"))?;
+            let text = decode_header_value(header.as_bytes())
+                .ok_or_else(|| format!("the Mcp-Param-{name} header holds invalid characters"))?;
+            let matches = match value {
+                Value::String(s) => *s == text,
+                Value::Bool(b) => text == if *b { "true" } else { "false" },
+                Value::Number(n) => match (n.as_f64(), text.trim().parse::<f64>()) {
+                    (Some(body), Ok(header)) => body == header,
+                    _ => false,
+                },
+                _ => true,
+            };
+            if !matches {
+                return Err(format!(
+                    "Mcp-Param-{name} header `{text}` does not match the argument at `{}`",
+                    path.join(".")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Stops a listen stream's subscriptions when the stream is dropped (the
+/// client went away, or shutdown ended it).
+struct AbortOnDrop(Vec<AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// `subscriptions/listen`: an SSE response that acknowledges the honoured
+/// filter, then carries `notifications/resources/updated` for each
+/// subscribed resource that has a live stream.
+async fn listen(
+    mcp: &Arc<Shared>,
+    headers: &HeaderMap,
+    call: Call,
+    id: Value,
+    params: &Map<String, Value>,
+) -> Response {
+    if !http::accepts(headers, "text/event-stream") {
+        return http::not_acceptable("subscriptions/listen answers with text/event-stream");
+    }
+    let Some(filter) = params.get("notifications").and_then(Value::as_object) else {
+        return http::rpc_error(
+            StatusCode::OK,
+            Some(&id),
+            &RpcError::new(
+                INVALID_PARAMS,
+                "subscriptions/listen needs a `notifications` object",
+            ),
+        );
+    };
+    let requested: Vec<&str> = match filter.get("resourceSubscriptions") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(uris)) => match uris.iter().map(Value::as_str).collect() {
+            Some(uris) => uris,
+            None => {
+                return http::rpc_error(
+                    StatusCode::OK,
+                    Some(&id),
+                    &RpcError::invalid_params("`resourceSubscriptions` must be a list of URIs"),
+                );
+            }
+        },
+        Some(_) => {
+            return http::rpc_error(
+                StatusCode::OK,
+                Some(&id),
+                &RpcError::invalid_params("`resourceSubscriptions` must be a list of URIs"),
+            );
+        }
+    };
+    let limit = mcp.config.mcp.max_subscriptions;
+    if requested.len() > limit {
+        return http::rpc_error(
+            StatusCode::OK,
+            Some(&id),
+            &RpcError::invalid_params(format!(
+                "at most {limit} resource subscriptions per subscriptions/listen"
+            )),
+        );
+    }
+    let outbox = Arc::new(Outbox::new(mcp.config.mcp.notification_buffer));
+    let meta = json!({ META_SUBSCRIPTION_ID: id });
+    let mut honoured = Vec::new();
+    let mut tasks = Vec::new();
+    for uri in requested {
+        match mcp.open_live(&call.ctx, uri, true).await {
+            Ok((path, events)) => {
+                tasks.push(mcp.spawn_subscription(
+                    call.ctx.clone(),
+                    path,
+                    uri.to_string(),
+                    events,
+                    outbox.clone(),
+                    Some(meta.clone()),
+                ));
+                honoured.push(uri.to_string());
+            }
+            Err(error) => {
+                tracing::debug!(uri, message = %error.message, "subscriptions/listen: not honoured");
+            }
+        }
+    }
+    let mut acknowledged = Map::new();
+    if filter.contains_key("resourceSubscriptions") {
+        acknowledged.insert("resourceSubscriptions".into(), json!(honoured));
+    }
+    let ack = jsonrpc::notification(
+        "notifications/subscriptions/acknowledged",
+        json!({"_meta": meta, "notifications": acknowledged}),
+    );
+    http::notification_stream(
+        mcp,
+        http::StreamPlan {
+            prelude: vec![ack],
+            outbox,
+            cursor: 0,
+            with_ids: false,
+            session: None,
+            guard: Box::new(AbortOnDrop(tasks)),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_sentinel_base64() {
+        assert_eq!(
+            decode_header_value(b"=?base64?SGVsbG8sIOS4lueVjA==?=").as_deref(),
+            Some("Hello, 世界")
+        );
+        assert_eq!(
+            decode_header_value(b"=?base64?IHBhZGRlZCA=?=").as_deref(),
+            Some(" padded ")
+        );
+        assert_eq!(
+            decode_header_value(b"us-west1").as_deref(),
+            Some("us-west1")
+        );
+        assert_eq!(decode_header_value(b"=?base64?!!?=").as_deref(), None);
+        assert_eq!(base64_decode("YQ"), Some(b"a".to_vec()));
+        assert_eq!(base64_decode("YWI="), Some(b"ab".to_vec()));
+        assert_eq!(base64_decode("Y"), None);
+    }
+
+    #[test]
+    fn finds_and_checks_mirrored_parameters() {
+        let schema = json!({"type": "object", "properties": {
+            "region": {"type": "string", "x-mcp-header": "Region"},
+            "opts": {"type": "object", "properties": {"n": {"type": "integer", "x-mcp-header": "N"}}},
+            "query": {"type": "string"}
+        }});
+        let params = HeaderParams::of_schema(&schema);
+        assert_eq!(params.0.len(), 2);
+        let args = json!({"region": "us-west1", "opts": {"n": 42}, "query": "q"});
+        let args = args.as_object().cloned().unwrap_or_default();
+        let mut headers = HeaderMap::new();
+        assert!(params.check(&headers, &args).is_err(), "headers missing");
+        headers.insert(
+            "mcp-param-region",
+            "us-west1".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        headers.insert(
+            "mcp-param-n",
+            "42.0".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(params.check(&headers, &args), Ok(()));
+        headers.insert(
+            "mcp-param-n",
+            "41".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert!(params.check(&headers, &args).is_err(), "mismatch");
+        let without = Map::new();
+        assert_eq!(
+            params.check(&HeaderMap::new(), &without),
+            Ok(()),
+            "absent: not expected"
+        );
+    }
+}
