@@ -11,6 +11,9 @@
 //! - [`config`]: [`ClientConfig`]: the seed's nine options and ours, from code, TOML and env.
 //! - [`discovery`]: names to endpoints ([`ServiceDiscovery`], [`StaticDiscovery`]).
 //! - [`network`]: [`NetworkMcpClient`]: retries, breakers, deadlines over the pool.
+//! - `mcp`: standard MCP (Streamable HTTP, the stateless 2026-07-28
+//!   revision, the legacy HTTP+SSE transport) for services whose discovery
+//!   entry says `protocol = "mcp"` (or `"auto"`), over the same machinery.
 //! - `pool`: the connection pool with a hard cap per endpoint.
 //! - `stream`: resumable SSE streams.
 //! - [`in_process`]: the in-process client, [`InProcessMcpClient`].
@@ -41,6 +44,7 @@ pub use cortex_discovery as discovery;
 pub mod error;
 pub mod in_process;
 mod introspect;
+mod mcp;
 pub mod metrics;
 pub mod network;
 mod pool;
@@ -55,6 +59,7 @@ pub use cortex_discovery::{
 };
 pub use error::McpError;
 pub use in_process::InProcessMcpClient;
+pub use mcp::McpSessionInfo;
 pub use network::{
     EndpointStatus, NetworkMcpClient, NetworkMcpClientBuilder, StaticToken, TokenProvider,
 };

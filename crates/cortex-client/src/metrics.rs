@@ -56,7 +56,9 @@ impl OperationStats {
 /// The client's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    operations: Mutex<BTreeMap<(String, String), OperationStats>>,
+    /// Service, then operation: nested so that the hot path looks both up
+    /// by `&str` and allocates only the first time a pair is seen.
+    operations: Mutex<BTreeMap<String, BTreeMap<String, OperationStats>>>,
     transitions: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
@@ -68,8 +70,16 @@ impl Metrics {
         f: impl FnOnce(&mut OperationStats) -> R,
     ) -> R {
         let mut operations = self.operations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(stats) = operations
+            .get_mut(service)
+            .and_then(|ops| ops.get_mut(operation))
+        {
+            return f(stats);
+        }
         let stats = operations
-            .entry((service.to_string(), operation.to_string()))
+            .entry(service.to_string())
+            .or_default()
+            .entry(operation.to_string())
             .or_default();
         f(stats)
     }
@@ -116,10 +126,14 @@ impl Metrics {
 
     /// Every (service, operation) and its counters.
     pub fn snapshot(&self) -> BTreeMap<(String, String), OperationStats> {
-        self.operations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let operations = self.operations.lock().unwrap_or_else(|p| p.into_inner());
+        operations
+            .iter()
+            .flat_map(|(service, ops)| {
+                ops.iter()
+                    .map(move |(op, stats)| ((service.clone(), op.clone()), stats.clone()))
+            })
+            .collect()
     }
 
     /// Breaker transitions into each state, per service.

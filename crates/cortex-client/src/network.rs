@@ -136,6 +136,7 @@ impl NetworkMcpClientBuilder {
                 user_agent,
                 closed: AtomicBool::new(false),
                 metrics: Arc::new(Metrics::default()),
+                mcp: crate::mcp::McpState::default(),
             }),
         })
     }
@@ -150,6 +151,9 @@ pub(crate) struct Inner {
     user_agent: HeaderValue,
     closed: AtomicBool,
     pub(crate) metrics: Arc<Metrics>,
+    /// Standard MCP: sessions per (service, endpoint), dialects per service
+    /// (see [`crate::mcp`]).
+    pub(crate) mcp: crate::mcp::McpState,
 }
 
 /// Per service: its effective config, retry machinery, and endpoints.
@@ -201,6 +205,31 @@ pub(crate) struct Exchange<'a> {
     /// At most this many attempts (a stream reconnect makes one; its own
     /// loop backs off).
     pub(crate) max_attempts: u32,
+    // Hooks for the MCP transport (all off for the Cortex dialect).
+    /// Only this endpoint (by URL): an MCP session lives on one endpoint.
+    pub(crate) pin: Option<Endpoint>,
+    /// Per chosen endpoint, the MCP session's headers and body; `None` means
+    /// the endpoint has no session yet: nothing is sent and the answer is
+    /// [`Answer::Unprepared`], so the caller can open one and call again.
+    pub(crate) prepare: Option<&'a PrepareFn<'a>>,
+    /// Hand an SSE answer over as a stream (an MCP POST may answer so).
+    stream_sse: bool,
+    /// Hand a 4xx answer (but 408 and 429) back as [`Answer::Rejected`]:
+    /// MCP carries JSON-RPC errors, and session expiry, in them.
+    raw_client_errors: bool,
+}
+
+/// The MCP hook of an exchange: what the chosen endpoint's session adds.
+pub(crate) type PrepareFn<'f> = dyn Fn(&Endpoint) -> Option<Prepared> + Send + Sync + 'f;
+
+/// What an MCP session adds to one request on one endpoint.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Prepared {
+    pub(crate) headers: HeaderMap,
+    /// Replaces the exchange's body (the JSON-RPC shape depends on the era).
+    pub(crate) body: Option<Bytes>,
+    /// Replaces the exchange's path (the legacy SSE transport posts elsewhere).
+    pub(crate) path: Option<String>,
 }
 
 impl<'a> Exchange<'a> {
@@ -216,6 +245,38 @@ impl<'a> Exchange<'a> {
             last_event_id: None,
             idempotent: true,
             max_attempts: u32::MAX,
+            pin: None,
+            prepare: None,
+            stream_sse: false,
+            raw_client_errors: false,
+        }
+    }
+
+    /// An MCP exchange with the endpoint's URL: `method` with a JSON-RPC
+    /// `body`. An SSE answer comes back as [`Answer::Streaming`], a 4xx as
+    /// [`Answer::Rejected`]; retried like any call, a 500 or a lost request
+    /// only when `idempotent`.
+    pub(crate) fn mcp(
+        operation: Operation<'a>,
+        method: Method,
+        body: Bytes,
+        accept: &'static str,
+        idempotent: bool,
+    ) -> Self {
+        Self {
+            operation,
+            method,
+            path: String::new(),
+            body,
+            accept,
+            idempotency_key: None,
+            last_event_id: None,
+            idempotent,
+            max_attempts: u32::MAX,
+            pin: None,
+            prepare: None,
+            stream_sse: true,
+            raw_client_errors: true,
         }
     }
 }
@@ -230,6 +291,11 @@ pub(crate) enum Answer {
         body: Incoming,
         conn: PooledConn,
     },
+    /// MCP only: the exchange's `prepare` had nothing for the chosen
+    /// endpoint; nothing was sent.
+    Unprepared,
+    /// MCP only: a 4xx answer, read to the end.
+    Rejected { status: StatusCode, body: Bytes },
 }
 
 /// How one failed attempt may continue.
@@ -293,6 +359,11 @@ impl NetworkMcpClient {
     /// Prometheus text of [`Self::metrics`], with breaker and pool gauges.
     pub fn prometheus(&self) -> String {
         self.inner.metrics.render(&self.endpoint_status())
+    }
+
+    /// The discovery this client resolves names with.
+    pub(crate) fn discovery(&self) -> &Arc<dyn ServiceDiscovery> {
+        &self.inner.discovery
     }
 
     pub(crate) fn service_state(&self, service: &str) -> Result<Arc<ServiceState>, McpError> {
@@ -485,7 +556,27 @@ impl NetworkMcpClient {
                 retry_after: None,
             });
         }
-        let order = self.choose_order(service, &set.endpoints, tried);
+        // An MCP session pins its exchanges to its endpoint.
+        let pinned: Vec<Endpoint>;
+        let endpoints = match &exchange.pin {
+            Some(pin) => {
+                pinned = set
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.url == pin.url)
+                    .cloned()
+                    .collect();
+                if pinned.is_empty() {
+                    return Err(never(McpError::ServiceNotFound {
+                        service: service.name.clone(),
+                        reason: format!("endpoint {} is no longer listed", pin.url),
+                    }));
+                }
+                &pinned[..]
+            }
+            None => &set.endpoints[..],
+        };
+        let order = self.choose_order(service, endpoints, tried);
         let mut refused: Option<(Arc<EndpointState>, Duration)> = None;
         let mut chosen = None;
         for endpoint in order {
@@ -521,6 +612,16 @@ impl NetworkMcpClient {
             }));
         };
         tried.push(state.endpoint.clone());
+        let prepared = match exchange.prepare {
+            Some(prepare) => match prepare(&state.endpoint) {
+                Some(prepared) => Some(prepared),
+                None => {
+                    permit.ignore();
+                    return Ok((state, Answer::Unprepared));
+                }
+            },
+            None => None,
+        };
         let url = state.endpoint.url.clone();
         let report = |outcome| {
             self.inner
@@ -573,7 +674,13 @@ impl NetworkMcpClient {
         };
 
         let request = self
-            .request(&state.endpoint, exchange, request_id, trace_id)
+            .request(
+                &state.endpoint,
+                exchange,
+                prepared.as_ref(),
+                request_id,
+                trace_id,
+            )
             .await;
         let response = match tokio::time::timeout_at(deadline, conn.send(request)).await {
             Ok(Ok(response)) => response,
@@ -607,7 +714,15 @@ impl NetworkMcpClient {
         if status.is_success() {
             permit.success();
             report(CallOutcome::Success);
-            if matches!(exchange.operation, Operation::Stream(_)) {
+            let sse = || {
+                parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+            };
+            if matches!(exchange.operation, Operation::Stream(_)) || (exchange.stream_sse && sse())
+            {
                 return Ok((
                     state,
                     Answer::Streaming {
@@ -653,6 +768,13 @@ impl NetworkMcpClient {
             }
             _ => Bytes::new(),
         };
+        if exchange.raw_client_errors
+            && status.is_client_error()
+            && !matches!(status.as_u16(), 408 | 429)
+        {
+            permit.ignore();
+            return Ok((state, Answer::Rejected { status, body }));
+        }
         let retry_after = parts
             .headers
             .get(header::RETRY_AFTER)
@@ -705,10 +827,24 @@ impl NetworkMcpClient {
         &self,
         endpoint: &Endpoint,
         exchange: &Exchange<'_>,
+        prepared: Option<&Prepared>,
         request_id: &str,
         trace_id: &str,
     ) -> http::Request<Full<Bytes>> {
-        let path = format!("{}{}", endpoint.base_path(), exchange.path);
+        let body = prepared
+            .and_then(|p| p.body.clone())
+            .unwrap_or_else(|| exchange.body.clone());
+        let path = match prepared.and_then(|p| p.path.as_deref()) {
+            // The legacy SSE transport names its POST URL: absolute path as is.
+            Some(path) if path.starts_with('/') => path.to_string(),
+            Some(path) => format!("{}{}", endpoint.base_path(), path),
+            None => format!("{}{}", endpoint.base_path(), exchange.path),
+        };
+        let path = if path.is_empty() {
+            "/".to_string()
+        } else {
+            path
+        };
         let mut builder = http::Request::builder()
             .method(exchange.method.clone())
             .uri(path)
@@ -724,8 +860,13 @@ impl NetworkMcpClient {
                     &random_id().simple().to_string()[..16]
                 ),
             );
-        if !exchange.body.is_empty() {
+        if !body.is_empty() {
             builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(prepared) = prepared {
+            for (name, value) in &prepared.headers {
+                builder = builder.header(name, value);
+            }
         }
         if let Some(key) = &exchange.idempotency_key {
             builder = builder.header(cortex_proto::IDEMPOTENCY_KEY_HEADER, key);
@@ -739,7 +880,7 @@ impl NetworkMcpClient {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         builder
-            .body(Full::new(exchange.body.clone()))
+            .body(Full::new(body))
             .unwrap_or_else(|_| http::Request::new(Full::new(Bytes::new())))
     }
 
@@ -762,6 +903,10 @@ impl NetworkMcpClient {
             last_event_id,
             idempotent: true,
             max_attempts,
+            pin: None,
+            prepare: None,
+            stream_sse: false,
+            raw_client_errors: false,
         };
         match self.execute(service, &exchange).await? {
             (
@@ -772,7 +917,7 @@ impl NetworkMcpClient {
                     conn,
                 },
             ) => Ok((headers, body, conn)),
-            (state, Answer::Full { .. }) => Err(McpError::ResourceStream {
+            (state, _) => Err(McpError::ResourceStream {
                 service: service.name.clone(),
                 uri: uri.to_string(),
                 reason: format!("{} answered without a stream", state.endpoint.url),
@@ -903,6 +1048,10 @@ pub struct EndpointStatus {
 impl McpClient for NetworkMcpClient {
     async fn connect(&self, service: &str) -> Result<(), McpError> {
         let state = self.service_state(service)?;
+        // Standard MCP services (see `crate::mcp`): `ping` is the health check.
+        if crate::mcp::speaks_mcp(self, &state).await? {
+            return crate::mcp::ping(self, &state).await;
+        }
         self.execute(&state, &Exchange::get(Operation::Read("health"), "/health"))
             .await
             .map(|_| ())
@@ -930,6 +1079,10 @@ impl McpClient for NetworkMcpClient {
                     status: 400,
                 });
             }
+            // Standard MCP services: `tools/call` (see `crate::mcp`).
+            if crate::mcp::speaks_mcp(self, &state).await? {
+                return crate::mcp::call_tool(self, &state, tool, arguments).await;
+            }
             let body = serde_json::to_vec(&ToolRequest::envelope(arguments)).map_err(|e| {
                 McpError::Tool {
                     service: service.into(),
@@ -950,6 +1103,10 @@ impl McpClient for NetworkMcpClient {
                 last_event_id: None,
                 idempotent: true,
                 max_attempts: u32::MAX,
+                pin: None,
+                prepare: None,
+                stream_sse: false,
+                raw_client_errors: false,
             };
             let (state_ep, answer) = self.execute(&state, &exchange).await?;
             let Answer::Full { body, .. } = answer else {
@@ -987,6 +1144,10 @@ impl McpClient for NetworkMcpClient {
         let started = Instant::now();
         let outcome = async {
             let state = self.service_state(service)?;
+            // Standard MCP services: `resources/read` (see `crate::mcp`).
+            if crate::mcp::speaks_mcp(self, &state).await? {
+                return crate::mcp::read(self, &state, uri).await;
+            }
             let exchange = Exchange {
                 operation: Operation::Read(uri),
                 method: Method::GET,
@@ -997,6 +1158,10 @@ impl McpClient for NetworkMcpClient {
                 last_event_id: None,
                 idempotent: true,
                 max_attempts: u32::MAX,
+                pin: None,
+                prepare: None,
+                stream_sse: false,
+                raw_client_errors: false,
             };
             let (endpoint, answer) = self.execute(&state, &exchange).await?;
             let Answer::Full { headers, body } = answer else {
@@ -1035,6 +1200,10 @@ impl McpClient for NetworkMcpClient {
 
     async fn stream_resource(&self, service: &str, uri: &str) -> Result<EventStream, McpError> {
         let state = self.service_state(service)?;
+        // Standard MCP services: a subscription (see `crate::mcp`).
+        if crate::mcp::speaks_mcp(self, &state).await? {
+            return crate::mcp::stream(self, state, uri).await;
+        }
         let (_, body, conn) = self.open_stream(&state, uri, None, u32::MAX).await?;
         Ok(stream::resumable(
             self.clone(),
@@ -1047,6 +1216,8 @@ impl McpClient for NetworkMcpClient {
     }
 
     async fn close(&self) {
+        // MCP sessions end first (DELETE), while the pools are still open.
+        crate::mcp::close(self).await;
         self.inner.closed.store(true, Ordering::Release);
         let services: Vec<Arc<ServiceState>> =
             lock(&self.inner.services).drain().map(|(_, s)| s).collect();

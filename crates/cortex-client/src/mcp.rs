@@ -1,0 +1,393 @@
+//! Standard MCP (Streamable HTTP) for services whose discovery entry says
+//! `protocol = "mcp"` (or `"auto"` and no Cortex dialect answers).
+//!
+//! The same [`McpClient`](crate::McpClient) calls map to JSON-RPC:
+//! `call_tool` to `tools/call`, `read_resource` to `resources/read`,
+//! `stream_resource` to a subscription, `connect` to `ping`, `close` to
+//! DELETE of each session. Every message goes through
+//! [`NetworkMcpClient::execute`]: the same discovery, pool, breakers,
+//! retry budget and deadline as the Cortex dialect.
+//!
+//! # Layout
+//! - [`wire`]: JSON-RPC messages and what their answers mean.
+//! - [`rpc`]: one request over `execute`: sessions, SSE answers, resume,
+//!   expiry, cancellation.
+//! - [`session`]: opening a session, which finds the server's revision.
+//! - [`hub`]: a session's server-to-client event stream; the legacy
+//!   HTTP+SSE transport.
+//! - [`listen`]: resource streams.
+//!
+//! # Retry safety
+//! A `tools/call` is repeated after it may have run (HTTP 500, connection
+//! lost after sending) only when the tool's `annotations.idempotentHint` is
+//! true in `tools/list` (asked once per service and kept). Reads, listings,
+//! `ping` and the handshake are idempotent.
+//!
+//! # `protocol = "auto"`
+//! `GET {url}/tools` is asked once per service: a 2xx means the Cortex
+//! dialect (it is richer: idempotency keys on every tool, resumable
+//! resource streams); 400, 404 or 405 means MCP at `{url}`. Other failures
+//! are returned and nothing is remembered, so the next call asks again.
+
+mod hub;
+mod listen;
+mod rpc;
+mod session;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+use self::rpc::Call;
+use self::session::Session;
+use self::wire::Operation;
+use crate::api::{EventStream, Resource};
+use crate::error::McpError;
+use crate::network::{self, Exchange, NetworkMcpClient, ServiceState, lock};
+use cortex_discovery::{Endpoint, Protocol};
+
+/// Held while one call opens a session.
+type Gate = Arc<tokio::sync::Mutex<()>>;
+
+/// The MCP state of one client.
+#[derive(Default)]
+pub(crate) struct McpState {
+    /// Per service: whether it speaks MCP, once known.
+    dialects: Mutex<HashMap<String, bool>>,
+    /// Sessions per (service, endpoint URL).
+    sessions: Mutex<HashMap<(String, String), Arc<Session>>>,
+    /// One opener at a time per (service, endpoint URL).
+    gates: Mutex<HashMap<(String, String), Gate>>,
+    /// Per service: its tools, each with its `idempotentHint`.
+    tools: Mutex<HashMap<String, Arc<HashMap<String, bool>>>>,
+    /// Per service: the URI scheme its resources use, when it has one.
+    schemes: Mutex<HashMap<String, Option<String>>>,
+    /// JSON-RPC ids (0 is the handshake's).
+    next_id: AtomicU64,
+}
+
+impl McpState {
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn session(&self, service: &str, endpoint: &Endpoint) -> Option<Arc<Session>> {
+        lock(&self.sessions)
+            .get(&(service.to_string(), endpoint.url.clone()))
+            .cloned()
+    }
+
+    pub(crate) fn sessions_of(&self, service: &str) -> Vec<Arc<Session>> {
+        lock(&self.sessions)
+            .iter()
+            .filter(|((s, _), _)| s == service)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    pub(crate) fn insert(&self, service: &str, session: Arc<Session>) {
+        lock(&self.sessions).insert((service.to_string(), session.endpoint.url.clone()), session);
+    }
+
+    /// Drops `session` (if still current) so the next request opens another.
+    pub(crate) fn forget(&self, service: &str, session: &Arc<Session>) {
+        let mut sessions = lock(&self.sessions);
+        let key = (service.to_string(), session.endpoint.url.clone());
+        if sessions.get(&key).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            sessions.remove(&key);
+        }
+    }
+
+    pub(crate) fn gate(&self, service: &str, endpoint: &Endpoint) -> Gate {
+        lock(&self.gates)
+            .entry((service.to_string(), endpoint.url.clone()))
+            .or_default()
+            .clone()
+    }
+}
+
+/// Whether `service` speaks standard MCP (see the module docs for `auto`).
+/// A service discovery cannot resolve is left to the Cortex path, which
+/// reports it as usual.
+pub(crate) async fn speaks_mcp(
+    client: &NetworkMcpClient,
+    service: &ServiceState,
+) -> Result<bool, McpError> {
+    let mcp = &client.inner.mcp;
+    if let Some(known) = lock(&mcp.dialects).get(&service.name) {
+        return Ok(*known);
+    }
+    let Ok(set) = client.discovery().resolve(&service.name).await else {
+        return Ok(false);
+    };
+    let speaks = match set.endpoints.first().map(|e| e.protocol) {
+        None | Some(Protocol::Cortex) => false,
+        Some(Protocol::Mcp) => true,
+        Some(Protocol::Auto) => {
+            let mut probe = Exchange::get(network::Operation::Read("tools"), "/tools");
+            probe.max_attempts = 2;
+            match client.execute(service, &probe).await {
+                Ok(_) => false,
+                Err(error) if matches!(error.status(), Some(400 | 404 | 405)) => true,
+                Err(error) => return Err(error),
+            }
+        }
+    };
+    lock(&mcp.dialects).insert(service.name.clone(), speaks);
+    Ok(speaks)
+}
+
+/// `tools/call`; the result as a value (see [`wire::tool_value`]).
+pub(crate) async fn call_tool(
+    client: &NetworkMcpClient,
+    service: &Arc<ServiceState>,
+    tool: &str,
+    arguments: Value,
+) -> Result<Value, McpError> {
+    let tools = tools(client, service).await;
+    let idempotent = tools.get(tool).copied().unwrap_or(false);
+    let call = Call {
+        method: "tools/call",
+        params: json!({"name": tool, "arguments": arguments}),
+        op: Operation::Tool(tool),
+        idempotent,
+    };
+    let (_, result) = rpc::call(client, service, &call).await?;
+    match wire::tool_value(&service.name, tool, result) {
+        // Some servers (the Python SDK) answer an unknown tool with an
+        // `isError` result: a tool the listing lacks is not found.
+        Err(McpError::Tool { .. }) if !tools.is_empty() && !tools.contains_key(tool) => {
+            Err(McpError::ToolNotFound {
+                service: service.name.clone(),
+                tool: tool.into(),
+            })
+        }
+        outcome => outcome,
+    }
+}
+
+/// `resources/read` of `uri` (see [`resource_uri`]).
+pub(crate) async fn read(
+    client: &NetworkMcpClient,
+    service: &Arc<ServiceState>,
+    uri: &str,
+) -> Result<Resource, McpError> {
+    let uri = resource_uri(client, service, uri).await;
+    let call = Call {
+        method: "resources/read",
+        params: json!({"uri": uri}),
+        op: Operation::Read(&uri),
+        idempotent: true,
+    };
+    let (_, result) = rpc::call(client, service, &call).await?;
+    Ok(wire::resource(&result))
+}
+
+/// Streams updates of `uri` (see [`listen`]).
+pub(crate) async fn stream(
+    client: &NetworkMcpClient,
+    service: Arc<ServiceState>,
+    uri: &str,
+) -> Result<EventStream, McpError> {
+    let uri = resource_uri(client, &service, uri).await;
+    listen::stream(client, service, uri).await
+}
+
+/// `ping`: the health check.
+pub(crate) async fn ping(
+    client: &NetworkMcpClient,
+    service: &Arc<ServiceState>,
+) -> Result<(), McpError> {
+    let call = Call {
+        method: "ping",
+        params: Value::Null,
+        op: Operation::Other("ping"),
+        idempotent: true,
+    };
+    rpc::call(client, service, &call).await.map(|_| ())
+}
+
+/// Ends every session (DELETE where the server gave an id).
+pub(crate) async fn close(client: &NetworkMcpClient) {
+    let mcp = &client.inner.mcp;
+    let sessions: Vec<(String, Arc<Session>)> = lock(&mcp.sessions)
+        .drain()
+        .map(|((s, _), v)| (s, v))
+        .collect();
+    session::close_all(client, sessions).await;
+    lock(&mcp.dialects).clear();
+    lock(&mcp.tools).clear();
+    lock(&mcp.schemes).clear();
+}
+
+/// Every page of a listing (`tools/list`, `resources/list`, ...): the
+/// items under `key`.
+async fn list_all(
+    client: &NetworkMcpClient,
+    service: &Arc<ServiceState>,
+    method: &str,
+    key: &str,
+) -> Result<Vec<Value>, McpError> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let params = cursor
+            .as_ref()
+            .map_or(Value::Null, |c| json!({"cursor": c}));
+        let call = Call {
+            method,
+            params,
+            op: Operation::Other(method),
+            idempotent: true,
+        };
+        let (_, result) = rpc::call(client, service, &call).await?;
+        items.extend(
+            result
+                .get(key)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        cursor = result
+            .get("nextCursor")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    Ok(items)
+}
+
+/// The tools of `service`, each with whether it says it is idempotent;
+/// asked once (an unanswered listing counts as no tool known, and is asked
+/// again next time).
+async fn tools(
+    client: &NetworkMcpClient,
+    service: &Arc<ServiceState>,
+) -> Arc<HashMap<String, bool>> {
+    let mcp = &client.inner.mcp;
+    if let Some(known) = lock(&mcp.tools).get(&service.name) {
+        return known.clone();
+    }
+    let Ok(listed) = list_all(client, service, "tools/list", "tools").await else {
+        return Arc::default();
+    };
+    let tools: HashMap<String, bool> = listed
+        .iter()
+        .filter_map(|t| {
+            let name = t.get("name").and_then(Value::as_str)?.to_string();
+            Some((
+                name,
+                t.pointer("/annotations/idempotentHint")
+                    .and_then(Value::as_bool)
+                    == Some(true),
+            ))
+        })
+        .collect();
+    let tools = Arc::new(tools);
+    lock(&mcp.tools).insert(service.name.clone(), tools.clone());
+    tools
+}
+
+/// A URI as the server names its resources: as given when it has a scheme
+/// (`://`); otherwise under the scheme of the server's resource templates
+/// (or resources), asked once; as given when it has none.
+async fn resource_uri(client: &NetworkMcpClient, service: &Arc<ServiceState>, uri: &str) -> String {
+    if uri.contains("://") {
+        return uri.to_string();
+    }
+    let known = lock(&client.inner.mcp.schemes).get(&service.name).cloned();
+    let scheme = match known {
+        Some(scheme) => scheme,
+        None => {
+            let scheme_of = |items: Vec<Value>, key: &str| {
+                items.iter().find_map(|i| {
+                    i.get(key)
+                        .and_then(Value::as_str)
+                        .and_then(|u| u.split_once("://"))
+                        .map(|(s, _)| s.to_string())
+                })
+            };
+            let mut scheme = None;
+            if let Ok(templates) = list_all(
+                client,
+                service,
+                "resources/templates/list",
+                "resourceTemplates",
+            )
+            .await
+            {
+                scheme = scheme_of(templates, "uriTemplate");
+            }
+            if scheme.is_none()
+                && let Ok(resources) =
+                    list_all(client, service, "resources/list", "resources").await
+            {
+                scheme = scheme_of(resources, "uri");
+            }
+            lock(&client.inner.mcp.schemes).insert(service.name.clone(), scheme.clone());
+            scheme
+        }
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{}", uri.trim_start_matches('/')),
+        None => uri.to_string(),
+    }
+}
+
+impl NetworkMcpClient {
+    /// `tools/list` of an MCP service: every tool as the server describes it
+    /// (name, description, `inputSchema`, `annotations`, ...), all pages.
+    pub async fn mcp_tools(&self, service: &str) -> Result<Vec<Value>, McpError> {
+        let state = self.service_state(service)?;
+        list_all(self, &state, "tools/list", "tools").await
+    }
+
+    /// `resources/list` of an MCP service, all pages.
+    pub async fn mcp_resources(&self, service: &str) -> Result<Vec<Value>, McpError> {
+        let state = self.service_state(service)?;
+        list_all(self, &state, "resources/list", "resources").await
+    }
+
+    /// The open MCP sessions of `service`: per endpoint, the protocol
+    /// revision and transport agreed on.
+    pub fn mcp_sessions(&self, service: &str) -> Vec<McpSessionInfo> {
+        let mut out: Vec<McpSessionInfo> = self
+            .inner
+            .mcp
+            .sessions_of(service)
+            .iter()
+            .map(|s| {
+                let (version, transport) = match &s.era {
+                    session::Era::Streamable { version, .. } => {
+                        (version.clone(), "streamable-http")
+                    }
+                    session::Era::Modern => (wire::MODERN_VERSION.to_string(), "stateless"),
+                    session::Era::Sse { version, .. } => (version.clone(), "http+sse"),
+                };
+                McpSessionInfo {
+                    endpoint: s.endpoint.url.clone(),
+                    version,
+                    transport,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        out
+    }
+}
+
+/// One open MCP session, as [`NetworkMcpClient::mcp_sessions`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpSessionInfo {
+    /// The endpoint's URL.
+    pub endpoint: String,
+    /// The protocol revision agreed on (`2026-07-28`: stateless).
+    pub version: String,
+    /// `streamable-http`, `stateless` (2026-07-28) or `http+sse` (2024-11-05).
+    pub transport: &'static str,
+}

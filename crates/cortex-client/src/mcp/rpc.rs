@@ -1,0 +1,493 @@
+//! One JSON-RPC exchange over the pooled HTTP machinery.
+//!
+//! [`call`] sends a request through [`NetworkMcpClient::execute`], so it is
+//! retried, balanced and broken exactly like a Cortex call. The session of
+//! the endpoint that `execute` picks supplies the headers and the body (the
+//! shape differs between eras); an endpoint without one answers
+//! `Unprepared`, and the session is opened there before trying again. A 404
+//! on a request that carried a session id means the server forgot the
+//! session: it is opened again once and the request repeated.
+//!
+//! An answer is JSON, or an SSE stream carrying the reply after any
+//! notifications. A stream that ends before the reply is resumed with a GET
+//! carrying `Last-Event-ID`, after the server's `retry:` advice. When the
+//! deadline passes first, the server is told with `notifications/cancelled`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cortex_proto::sse::Decoder;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::session::{Era, Session};
+use super::wire::{self, Operation, Reply};
+use crate::error::McpError;
+use crate::network::{self, Answer, Exchange, NetworkMcpClient, Prepared, ServiceState};
+use crate::pool::PooledConn;
+use cortex_discovery::Endpoint;
+
+pub(crate) const ACCEPT: &str = "application/json, text/event-stream";
+
+/// One request.
+#[derive(Debug, Clone)]
+pub(crate) struct Call<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) params: Value,
+    /// What it is about, for errors and metrics.
+    pub(crate) op: Operation<'a>,
+    /// Repeating it after it may have run is safe.
+    pub(crate) idempotent: bool,
+}
+
+/// Sends `call` to `service` through the session of whichever endpoint
+/// `execute` chooses; returns that session and the result.
+pub(crate) async fn call(
+    client: &NetworkMcpClient,
+    service: &Arc<ServiceState>,
+    call: &Call<'_>,
+) -> Result<(Arc<Session>, Value), McpError> {
+    let mcp = &client.inner.mcp;
+    let id = mcp.next_id();
+    let deadline = Instant::now() + service.config.request_timeout;
+    let mut renewed = false;
+    // Each turn either answers or opens one session (at most one per
+    // endpoint) or renews one once: bounded.
+    for _ in 0..8 {
+        let prepare = |endpoint: &Endpoint| {
+            mcp.session(&service.name, endpoint)
+                .map(|session| session.prepare(call.method, &call.params, Some(id)))
+        };
+        let mut exchange = Exchange::mcp(
+            net_op(&call.op),
+            Method::POST,
+            Bytes::new(),
+            ACCEPT,
+            call.idempotent,
+        );
+        exchange.prepare = Some(&prepare);
+        let (state, answer) = match client.execute(service, &exchange).await {
+            Ok(answer) => answer,
+            Err(error @ McpError::Timeout { .. }) => {
+                // The request may be running somewhere: tell every session.
+                for session in mcp.sessions_of(&service.name) {
+                    cancel(client, service, &session, id);
+                }
+                return Err(error);
+            }
+            Err(error) => return Err(error),
+        };
+        let endpoint = state.endpoint.clone();
+        if let Answer::Unprepared = answer {
+            super::session::open(client, service, &endpoint).await?;
+            continue;
+        }
+        let Some(session) = mcp.session(&service.name, &endpoint) else {
+            continue; // closed meanwhile: open it again
+        };
+        match answer {
+            Answer::Rejected { status, .. }
+                if status == StatusCode::NOT_FOUND && session.has_id() && !renewed =>
+            {
+                tracing::info!(service = %service.name, endpoint = %endpoint.url, "MCP session expired; opening a new one");
+                mcp.forget(&service.name, &session);
+                renewed = true;
+                continue;
+            }
+            answer => {
+                let reply =
+                    read_answer(client, service, &session, call, id, answer, deadline).await?;
+                return match reply {
+                    Reply::Result(result) => Ok((session, result)),
+                    error => Err(wire::error(&service.name, &call.op, error)),
+                };
+            }
+        }
+    }
+    Err(failure(
+        &service.name,
+        &call.op,
+        "",
+        "no endpoint kept an MCP session".into(),
+    ))
+}
+
+/// POSTs one message to `endpoint` with fixed `prepared` headers and body
+/// (a handshake, a notification, an answer to the server); returns the raw
+/// answer. Retried like any exchange, on that endpoint only.
+pub(crate) async fn post(
+    client: &NetworkMcpClient,
+    service: &ServiceState,
+    endpoint: &Endpoint,
+    op: network::Operation<'_>,
+    prepared: Prepared,
+) -> Result<Answer, McpError> {
+    let message = Message {
+        method: Method::POST,
+        op,
+        accept: ACCEPT,
+        last_event_id: None,
+    };
+    send(client, service, endpoint, prepared, message).await
+}
+
+/// GETs the event stream of `endpoint` (`stream` names it in metrics),
+/// after `last_event_id` when given.
+pub(crate) async fn get(
+    client: &NetworkMcpClient,
+    service: &ServiceState,
+    endpoint: &Endpoint,
+    stream: &str,
+    prepared: Prepared,
+    last_event_id: Option<String>,
+) -> Result<Answer, McpError> {
+    let op = network::Operation::Stream(stream);
+    let message = Message {
+        method: Method::GET,
+        op,
+        accept: "text/event-stream",
+        last_event_id,
+    };
+    send(client, service, endpoint, prepared, message).await
+}
+
+/// DELETEs the session of `endpoint`.
+pub(crate) async fn delete(
+    client: &NetworkMcpClient,
+    service: &ServiceState,
+    endpoint: &Endpoint,
+    prepared: Prepared,
+) -> Result<Answer, McpError> {
+    let op = network::Operation::Read("session");
+    let message = Message {
+        method: Method::DELETE,
+        op,
+        accept: ACCEPT,
+        last_event_id: None,
+    };
+    send(client, service, endpoint, prepared, message).await
+}
+
+struct Message<'a> {
+    method: Method,
+    op: network::Operation<'a>,
+    accept: &'static str,
+    last_event_id: Option<String>,
+}
+
+async fn send(
+    client: &NetworkMcpClient,
+    service: &ServiceState,
+    endpoint: &Endpoint,
+    prepared: Prepared,
+    message: Message<'_>,
+) -> Result<Answer, McpError> {
+    let prepare = move |_: &Endpoint| Some(prepared.clone());
+    let mut exchange = Exchange::mcp(
+        message.op,
+        message.method,
+        Bytes::new(),
+        message.accept,
+        true,
+    );
+    exchange.pin = Some(endpoint.clone());
+    exchange.prepare = Some(&prepare);
+    exchange.last_event_id = message.last_event_id;
+    client
+        .execute(service, &exchange)
+        .await
+        .map(|(_, answer)| answer)
+}
+
+/// The reply to `id` in an answer: its JSON body, its SSE stream (resumed
+/// when cut), or, on the legacy SSE transport, the session's stream.
+pub(crate) async fn read_answer(
+    client: &NetworkMcpClient,
+    service: &ServiceState,
+    session: &Session,
+    call: &Call<'_>,
+    id: u64,
+    answer: Answer,
+    deadline: Instant,
+) -> Result<Reply, McpError> {
+    let fail = |message: String| failure(&service.name, &call.op, &session.endpoint.url, message);
+    match answer {
+        // The legacy SSE transport answers 202; the reply comes on its stream.
+        Answer::Full { .. } if matches!(session.era, Era::Sse { .. }) => {
+            match session.await_reply(id, deadline).await {
+                Some(reply) => Ok(reply),
+                None if Instant::now() >= deadline => {
+                    cancel_one(client, service, session, id);
+                    Err(timeout(service, &call.op))
+                }
+                None => Err(fail(
+                    "the session's event stream ended before the reply".into(),
+                )),
+            }
+        }
+        Answer::Full { body, .. } => {
+            let message: Value = serde_json::from_slice(&body)
+                .map_err(|e| fail(format!("the answer is not JSON-RPC: {e}")))?;
+            let messages = match message {
+                Value::Array(items) => items,
+                one => vec![one],
+            };
+            messages
+                .iter()
+                .find_map(|m| wire::reply_to(m, id))
+                .ok_or_else(|| fail("the answer holds no reply to the request".into()))
+        }
+        Answer::Streaming { body, conn, .. } => {
+            read_stream(client, service, session, call, id, body, conn, deadline).await
+        }
+        Answer::Rejected { status, body, .. } => {
+            let reply = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|m| wire::parse_reply(&m));
+            Ok(reply.unwrap_or_else(|| Reply::Error {
+                code: 0,
+                message: format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&body)
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                ),
+                data: Value::Null,
+            }))
+        }
+        Answer::Unprepared => Err(fail("the endpoint had no session".into())),
+    }
+}
+
+/// Reads an SSE answer until the reply to `id`, resuming a cut stream.
+#[allow(clippy::too_many_arguments)]
+async fn read_stream(
+    client: &NetworkMcpClient,
+    service: &ServiceState,
+    session: &Session,
+    call: &Call<'_>,
+    id: u64,
+    mut body: Incoming,
+    mut conn: PooledConn,
+    deadline: Instant,
+) -> Result<Reply, McpError> {
+    let mut decoder = Decoder::new();
+    let mut resumes = 0;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                drop(conn); // closing the stream is the 2026-07-28 cancellation
+                cancel_one(client, service, session, id);
+                return Err(timeout(service, &call.op));
+            }
+            Ok(frame) => frame,
+        };
+        let data = match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+            // Ended (or cut) before the reply: resume after the last event.
+            Some(Err(_)) | None => {
+                let Some(last) = decoder
+                    .last_event_id()
+                    .filter(|id| !id.is_empty())
+                    .map(str::to_string)
+                else {
+                    return Err(failure(&service.name, &call.op, &session.endpoint.url, "the answer stream ended before the reply (and cannot be resumed: no event id)".into()));
+                };
+                resumes += 1;
+                if resumes > service.config.stream_max_reconnects {
+                    return Err(failure(
+                        &service.name,
+                        &call.op,
+                        &session.endpoint.url,
+                        format!(
+                            "gave up resuming the answer stream after {} attempt(s)",
+                            resumes - 1
+                        ),
+                    ));
+                }
+                // The server's `retry:` wins; our backoff otherwise.
+                let wait = decoder
+                    .retry()
+                    .map_or(service.config.initial_backoff, Duration::from_millis);
+                if Instant::now() + wait >= deadline {
+                    cancel_one(client, service, session, id);
+                    return Err(timeout(service, &call.op));
+                }
+                tokio::time::sleep(wait).await;
+                let answer = get(
+                    client,
+                    service,
+                    &session.endpoint,
+                    call.op.name(),
+                    session.prepare_get(),
+                    Some(last),
+                )
+                .await?;
+                let Answer::Streaming {
+                    body: next,
+                    conn: next_conn,
+                    ..
+                } = answer
+                else {
+                    return Err(failure(
+                        &service.name,
+                        &call.op,
+                        &session.endpoint.url,
+                        "the server did not resume the answer stream".into(),
+                    ));
+                };
+                (body, conn) = (next, next_conn);
+                continue;
+            }
+        };
+        let events = decoder.feed(&data).map_err(|e| {
+            failure(
+                &service.name,
+                &call.op,
+                &session.endpoint.url,
+                format!("bad SSE: {e}"),
+            )
+        })?;
+        for event in events {
+            let Ok(message) = serde_json::from_str::<Value>(&event.data) else {
+                continue; // a priming event (empty data) or a comment
+            };
+            if let Some(reply) = wire::reply_to(&message, id) {
+                finish(body, conn);
+                return Ok(reply);
+            }
+            session.on_server_message(client, service, &message);
+        }
+    }
+}
+
+/// After the reply: keep the connection when the server ends the stream
+/// at once (as it should), drop it otherwise.
+fn finish(mut body: Incoming, conn: PooledConn) {
+    tokio::spawn(async move {
+        let ended = tokio::time::timeout(Duration::from_millis(200), async {
+            while let Some(frame) = body.frame().await {
+                if frame.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        if let Ok(true) = ended {
+            conn.release();
+        }
+    });
+}
+
+/// Sends one notification (no reply expected) through `session`.
+pub(crate) async fn notify(
+    client: &NetworkMcpClient,
+    service: &ServiceState,
+    session: &Session,
+    method: &str,
+    params: Value,
+) -> Result<(), McpError> {
+    let prepared = session.prepare_notification(method, params);
+    match post(
+        client,
+        service,
+        &session.endpoint,
+        network::Operation::Read(method),
+        prepared,
+    )
+    .await?
+    {
+        Answer::Rejected { status, body, .. } => Err(failure(
+            &service.name,
+            &Operation::Other(method),
+            &session.endpoint.url,
+            format!("HTTP {status}: {}", String::from_utf8_lossy(&body)),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Tells the server that request `id` is abandoned (handshake eras only;
+/// the stateless revision cancels by closing the stream). Fire and forget.
+fn cancel_one(client: &NetworkMcpClient, service: &ServiceState, session: &Session, id: u64) {
+    if let Some(state) = client.inner.mcp.session(&service.name, &session.endpoint) {
+        cancel(client, service, &state, id);
+    }
+}
+
+fn cancel(client: &NetworkMcpClient, service: &ServiceState, session: &Arc<Session>, id: u64) {
+    if matches!(session.era, Era::Modern) {
+        return;
+    }
+    let (client, session) = (client.clone(), session.clone());
+    let Ok(service) = client.service_state(&service.name) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let params = json!({"requestId": id, "reason": "the client's request timeout passed"});
+        if let Err(error) = notify(
+            &client,
+            &service,
+            &session,
+            "notifications/cancelled",
+            params,
+        )
+        .await
+        {
+            tracing::debug!(%error, "notifications/cancelled was not delivered");
+        }
+    });
+}
+
+/// The error for a transport fault after the request was sent.
+pub(crate) fn failure(
+    service: &str,
+    op: &Operation<'_>,
+    endpoint: &str,
+    message: String,
+) -> McpError {
+    match op {
+        Operation::Read(uri) => McpError::ResourceRead {
+            service: service.into(),
+            uri: (*uri).into(),
+            endpoint: endpoint.into(),
+            attempts: 1,
+            status: 200,
+            message,
+        },
+        Operation::Tool(name) | Operation::Other(name) => McpError::ServiceCall {
+            service: service.into(),
+            tool: (*name).into(),
+            endpoint: endpoint.into(),
+            attempts: 1,
+            status: 200,
+            message,
+        },
+    }
+}
+
+fn timeout(service: &ServiceState, op: &Operation<'_>) -> McpError {
+    McpError::Timeout {
+        service: service.name.clone(),
+        operation: op.name().into(),
+        elapsed: service.config.request_timeout,
+        attempts: 1,
+    }
+}
+
+/// The network operation of an MCP call (metrics, and errors for 5xx).
+pub(crate) fn net_op<'a>(op: &Operation<'a>) -> network::Operation<'a> {
+    match *op {
+        Operation::Tool(name) => network::Operation::Tool(name),
+        Operation::Read(name) | Operation::Other(name) => network::Operation::Read(name),
+    }
+}

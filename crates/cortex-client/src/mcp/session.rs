@@ -1,0 +1,449 @@
+//! MCP sessions: one per (service, endpoint), opened on first use.
+//!
+//! Opening one finds out which MCP the endpoint speaks, in this order:
+//!
+//! 1. `initialize` offering 2025-11-25 (the server may counter with
+//!    2025-06-18, 2025-03-26 or 2024-11-05), then
+//!    `notifications/initialized`; `Mcp-Session-Id` and
+//!    `MCP-Protocol-Version` go with every later request.
+//! 2. When that is refused with an error only a stateless (2026-07-28)
+//!    server gives (`UnsupportedProtocolVersionError` listing 2026-07-28, a
+//!    header mismatch, or `initialize` being an unknown method), the
+//!    stateless revision: `server/discover`, then every request carries
+//!    `_meta` and the `Mcp-Method` / `Mcp-Name` headers, and no session.
+//! 3. When it is refused with 400, 404 or 405 otherwise, the legacy HTTP+SSE
+//!    transport (2024-11-05): a GET whose first event names the URL to POST
+//!    to; replies come back on that stream.
+//!
+//! Handshake first (not a stateless probe first, as the 2026-07-28 text
+//! allows) because every server deployed today answers it, and a probe that
+//! a legacy server answers with a lenient `{}` would be misread as modern.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::hub::Hub;
+use super::rpc::{self, Call};
+use super::wire::{self, HANDSHAKE_VERSIONS, MODERN_VERSION, Operation, Reply};
+use crate::error::McpError;
+use crate::network::{self, Answer, NetworkMcpClient, Prepared, ServiceState, lock};
+use cortex_discovery::Endpoint;
+
+/// How requests to one endpoint are shaped.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Era {
+    /// Streamable HTTP after a handshake (2025-03-26 to 2025-11-25).
+    Streamable { version: String, id: Option<String> },
+    /// The stateless revision 2026-07-28: no session at all.
+    Modern,
+    /// The HTTP+SSE transport of 2024-11-05: POST to `post_path`, replies on
+    /// the session's event stream.
+    Sse { version: String, post_path: String },
+}
+
+/// One endpoint's session.
+pub(crate) struct Session {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) era: Era,
+    /// What the server said it can do.
+    pub(crate) capabilities: Value,
+    /// Its server-to-client event stream, once open (for the SSE transport,
+    /// from the start: replies arrive there).
+    pub(crate) hub: Mutex<Option<Arc<Hub>>>,
+    /// Serializes opening the hub.
+    pub(crate) hub_gate: tokio::sync::Mutex<()>,
+}
+
+impl Session {
+    pub(crate) fn new(endpoint: Endpoint, era: Era, capabilities: Value) -> Self {
+        Self {
+            endpoint,
+            era,
+            capabilities,
+            hub: Mutex::new(None),
+            hub_gate: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Whether requests carry a session id (so a 404 means it expired).
+    pub(crate) fn has_id(&self) -> bool {
+        matches!(&self.era, Era::Streamable { id: Some(_), .. })
+    }
+
+    /// The headers and body of request `id` (a notification when `None`).
+    pub(crate) fn prepare(&self, method: &str, params: &Value, id: Option<u64>) -> Prepared {
+        let mut prepared = self.prepare_get();
+        let message = match (&self.era, id) {
+            (Era::Modern, Some(id)) => {
+                let name = params.get("name").or_else(|| params.get("uri"));
+                set(&mut prepared.headers, "mcp-method", method);
+                if let Some(name) = name.and_then(Value::as_str) {
+                    set(&mut prepared.headers, "mcp-name", &wire::header_safe(name));
+                }
+                wire::modern_request(id, method, params)
+            }
+            (_, Some(id)) => wire::request(id, method, params),
+            (_, None) => wire::notification(method, params.clone()),
+        };
+        if let (Era::Sse { post_path, .. }, Some(id)) = (&self.era, id) {
+            prepared.path = Some(post_path.clone());
+            if let Some(hub) = lock(&self.hub).as_ref() {
+                hub.expect(id);
+            }
+        } else if let Era::Sse { post_path, .. } = &self.era {
+            prepared.path = Some(post_path.clone());
+        }
+        prepared.body = Some(Bytes::from(message.to_string()));
+        prepared
+    }
+
+    /// A notification's headers and body.
+    pub(crate) fn prepare_notification(&self, method: &str, params: Value) -> Prepared {
+        self.prepare(method, &params, None)
+    }
+
+    /// The session's headers alone (GET, DELETE).
+    pub(crate) fn prepare_get(&self) -> Prepared {
+        let mut prepared = Prepared::default();
+        match &self.era {
+            Era::Streamable { version, id } => {
+                if let Some(id) = id {
+                    set(&mut prepared.headers, "mcp-session-id", id);
+                }
+                set(&mut prepared.headers, "mcp-protocol-version", version);
+            }
+            Era::Modern => set(
+                &mut prepared.headers,
+                "mcp-protocol-version",
+                MODERN_VERSION,
+            ),
+            Era::Sse { .. } => {}
+        }
+        prepared
+    }
+
+    /// Waits for the reply to `id` on the session's event stream (legacy
+    /// SSE transport); `None` when the deadline passes or the stream ends.
+    pub(crate) async fn await_reply(&self, id: u64, deadline: Instant) -> Option<Reply> {
+        let hub = lock(&self.hub).clone()?;
+        hub.reply(id, deadline).await
+    }
+
+    /// Answers what the server asks on a stream: `ping` with `{}`, anything
+    /// else (sampling, roots, elicitation: the client offers none) with
+    /// "method not found". Notifications need nothing.
+    pub(crate) fn on_server_message(
+        self: &Session,
+        client: &NetworkMcpClient,
+        service: &ServiceState,
+        message: &Value,
+    ) {
+        let (Some(method), Some(id)) = (
+            message.get("method").and_then(Value::as_str),
+            message.get("id"),
+        ) else {
+            return;
+        };
+        let answer = if method == "ping" {
+            json!({"jsonrpc": "2.0", "id": id, "result": {}})
+        } else {
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": wire::code::METHOD_NOT_FOUND, "message": format!("the client does not offer {method}")}})
+        };
+        let mut prepared = self.prepare_get();
+        if let Era::Sse { post_path, .. } = &self.era {
+            prepared.path = Some(post_path.clone());
+        }
+        prepared.body = Some(Bytes::from(answer.to_string()));
+        let (client, endpoint) = (client.clone(), self.endpoint.clone());
+        let Ok(service) = client.service_state(&service.name) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let sent = rpc::post(
+                &client,
+                &service,
+                &endpoint,
+                network::Operation::Read("reply"),
+                prepared,
+            )
+            .await;
+            if let Err(error) = sent {
+                tracing::debug!(%error, "answer to a server request was not delivered");
+            }
+        });
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// The session of `endpoint`, opened now unless another call just did.
+pub(crate) async fn open(
+    client: &NetworkMcpClient,
+    service: &Arc<ServiceState>,
+    endpoint: &Endpoint,
+) -> Result<Arc<Session>, McpError> {
+    let mcp = &client.inner.mcp;
+    let gate = mcp.gate(&service.name, endpoint);
+    let _open = gate.lock().await;
+    if let Some(session) = mcp.session(&service.name, endpoint) {
+        return Ok(session);
+    }
+    let session = handshake(client, service, endpoint).await?;
+    tracing::info!(service = %service.name, endpoint = %endpoint.url, era = ?session.era, "MCP session open");
+    mcp.insert(&service.name, session.clone());
+    Ok(session)
+}
+
+async fn handshake(
+    client: &NetworkMcpClient,
+    service: &Arc<ServiceState>,
+    endpoint: &Endpoint,
+) -> Result<Arc<Session>, McpError> {
+    let deadline = Instant::now() + service.config.request_timeout;
+    let offered = Session::new(
+        endpoint.clone(),
+        Era::Streamable {
+            version: HANDSHAKE_VERSIONS[0].into(),
+            id: None,
+        },
+        Value::Null,
+    );
+    let answer = initialize(client, service, &offered).await?;
+    let (answer, headers) = match answer {
+        Answer::Rejected { status, body, .. } => {
+            if wire::is_modern_error(&body) || unknown_method(&body) {
+                return modern(client, service, endpoint, deadline).await;
+            }
+            if matches!(status.as_u16(), 400 | 404 | 405) {
+                return super::hub::open_sse(client, service, endpoint).await;
+            }
+            let message: String = String::from_utf8_lossy(&body).chars().take(300).collect();
+            return Err(rpc::failure(
+                &service.name,
+                &Operation::Other("initialize"),
+                &endpoint.url,
+                format!("HTTP {status}: {message}"),
+            ));
+        }
+        Answer::Full { ref headers, .. } | Answer::Streaming { ref headers, .. } => {
+            let headers = headers.clone();
+            (answer, headers)
+        }
+        Answer::Unprepared => {
+            return Err(rpc::failure(
+                &service.name,
+                &Operation::Other("initialize"),
+                &endpoint.url,
+                "no session".into(),
+            ));
+        }
+    };
+    let id = headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let provisional = Session::new(
+        endpoint.clone(),
+        Era::Streamable {
+            version: HANDSHAKE_VERSIONS[0].into(),
+            id: id.clone(),
+        },
+        Value::Null,
+    );
+    let reply = rpc::read_answer(
+        client,
+        service,
+        &provisional,
+        &initialize_call(),
+        INITIALIZE_ID,
+        answer,
+        deadline,
+    )
+    .await?;
+    let result = match reply {
+        Reply::Result(result) => result,
+        Reply::Error { code, ref data, .. }
+            if wire::code::UNSUPPORTED_VERSION.contains(&code) && wire::supports_modern(data)
+                || code == wire::code::METHOD_NOT_FOUND =>
+        {
+            return modern(client, service, endpoint, deadline).await;
+        }
+        error => {
+            return Err(wire::error(
+                &service.name,
+                &Operation::Other("initialize"),
+                error,
+            ));
+        }
+    };
+    let session = agreed(&service.name, endpoint, &result, |version| {
+        Era::Streamable { version, id }
+    })?;
+    let session = Arc::new(session);
+    rpc::notify(
+        client,
+        service,
+        &session,
+        "notifications/initialized",
+        json!({}),
+    )
+    .await?;
+    Ok(session)
+}
+
+/// A session on the version the server chose, if the client speaks it.
+pub(crate) fn agreed(
+    service: &str,
+    endpoint: &Endpoint,
+    result: &Value,
+    era: impl FnOnce(String) -> Era,
+) -> Result<Session, McpError> {
+    let version = result
+        .get("protocolVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !HANDSHAKE_VERSIONS.contains(&version) {
+        return Err(McpError::ServiceCall {
+            service: service.into(),
+            tool: "initialize".into(),
+            endpoint: endpoint.url.clone(),
+            attempts: 1,
+            status: 200,
+            message: format!(
+                "the server chose protocol version `{version}`, which this client does not speak ({HANDSHAKE_VERSIONS:?})"
+            ),
+        });
+    }
+    let capabilities = result.get("capabilities").cloned().unwrap_or(Value::Null);
+    Ok(Session::new(
+        endpoint.clone(),
+        era(version.to_string()),
+        capabilities,
+    ))
+}
+
+/// The JSON-RPC id of every `initialize`: it goes alone on its exchange.
+pub(crate) const INITIALIZE_ID: u64 = 0;
+
+pub(crate) fn initialize_call() -> Call<'static> {
+    Call {
+        method: "initialize",
+        params: initialize_params(),
+        op: Operation::Other("initialize"),
+        idempotent: true,
+    }
+}
+
+pub(crate) fn initialize_params() -> Value {
+    json!({"protocolVersion": HANDSHAKE_VERSIONS[0], "capabilities": {}, "clientInfo": wire::client_info()})
+}
+
+/// Sends `initialize` through `session` (its era decides the shape).
+pub(crate) async fn initialize(
+    client: &NetworkMcpClient,
+    service: &ServiceState,
+    session: &Session,
+) -> Result<Answer, McpError> {
+    let prepared = session.prepare("initialize", &initialize_params(), Some(INITIALIZE_ID));
+    rpc::post(
+        client,
+        service,
+        &session.endpoint,
+        network::Operation::Read("initialize"),
+        prepared,
+    )
+    .await
+}
+
+/// Whether a rejected `initialize` says the method does not exist (a
+/// stateless server).
+fn unknown_method(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|m| wire::parse_reply(&m))
+        .is_some_and(|r| {
+            matches!(
+                r,
+                Reply::Error {
+                    code: wire::code::METHOD_NOT_FOUND,
+                    ..
+                }
+            )
+        })
+}
+
+/// The stateless revision: `server/discover` confirms it.
+async fn modern(
+    client: &NetworkMcpClient,
+    service: &ServiceState,
+    endpoint: &Endpoint,
+    deadline: Instant,
+) -> Result<Arc<Session>, McpError> {
+    let session = Session::new(endpoint.clone(), Era::Modern, Value::Null);
+    let id = client.inner.mcp.next_id();
+    let call = Call {
+        method: "server/discover",
+        params: json!({}),
+        op: Operation::Other("server/discover"),
+        idempotent: true,
+    };
+    let prepared = session.prepare(call.method, &call.params, Some(id));
+    let answer = rpc::post(
+        client,
+        service,
+        endpoint,
+        network::Operation::Read("server/discover"),
+        prepared,
+    )
+    .await?;
+    match rpc::read_answer(client, service, &session, &call, id, answer, deadline).await? {
+        Reply::Result(result) if wire::supports_modern(&result) => {
+            let capabilities = result.get("capabilities").cloned().unwrap_or(Value::Null);
+            Ok(Arc::new(Session::new(
+                endpoint.clone(),
+                Era::Modern,
+                capabilities,
+            )))
+        }
+        Reply::Result(result) => Err(rpc::failure(
+            &service.name,
+            &call.op,
+            &endpoint.url,
+            format!("server/discover lists no version this client speaks: {result}"),
+        )),
+        error => Err(wire::error(&service.name, &call.op, error)),
+    }
+}
+
+/// Ends every session of the client: DELETE where the server gave an id,
+/// and the event streams closed.
+pub(crate) async fn close_all(client: &NetworkMcpClient, sessions: Vec<(String, Arc<Session>)>) {
+    let mut by_service: HashMap<String, Vec<Arc<Session>>> = HashMap::new();
+    for (service, session) in sessions {
+        by_service.entry(service).or_default().push(session);
+    }
+    for (service, sessions) in by_service {
+        let Ok(state) = client.service_state(&service) else {
+            continue;
+        };
+        for session in sessions {
+            if let Some(hub) = lock(&session.hub).take() {
+                hub.stop();
+            }
+            if session.has_id() {
+                let answer =
+                    rpc::delete(client, &state, &session.endpoint, session.prepare_get()).await;
+                tracing::debug!(endpoint = %session.endpoint.url, ok = answer.is_ok(), "MCP session deleted");
+            }
+        }
+    }
+}

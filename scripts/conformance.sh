@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# The official MCP conformance suite (npm @modelcontextprotocol/conformance)
+# against Cortex.
+#
+#   scripts/conformance.sh server [--url URL] [--scenario NAME]...
+#       Server scenarios against a memory service started here with
+#       `cargo run --release -p cortex-cli -- serve memory --port <free> --db <tmp>`
+#       (or against URL, an MCP endpoint already running).
+#   scripts/conformance.sh client [--scenario NAME]...
+#       Client scenarios (default: initialize, tools_call, sse-retry) against
+#       the network client, as crates/cortex-client/examples/conformance_client.rs.
+#
+# Tools go to ./.tools (gitignored): node 22 (npm package `node@22`) and the
+# suite, pinned below. Each scenario runs on its own; the script reads the
+# suite's "Passed: N/M, F failed, W warnings" line of each and fails unless
+# every applicable scenario passed all its checks (N = M > 0). Scenarios
+# judged not applicable (see docs/mcp.md) still run, and are reported, but do
+# not fail the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TOOLS="$ROOT/.tools"
+CONFORMANCE_VERSION="${CONFORMANCE_VERSION:-0.1.16}"
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "conformance: $*"; exit 1; }
+
+install_tools() {
+  local bin="$TOOLS/node_modules/.bin"
+  local have=""
+  if [ -f "$TOOLS/node_modules/@modelcontextprotocol/conformance/package.json" ]; then
+    have=$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' \
+      "$TOOLS/node_modules/@modelcontextprotocol/conformance/package.json" | head -1)
+  fi
+  if [ ! -x "$bin/node" ] || [ ! -x "$bin/conformance" ] || [ "$have" != "$CONFORMANCE_VERSION" ]; then
+    command -v npm >/dev/null 2>&1 || die "npm is needed to install node@22 and the suite"
+    log "installing node@22 and @modelcontextprotocol/conformance@$CONFORMANCE_VERSION into .tools/"
+    mkdir -p "$TOOLS"
+    npm install --prefix "$TOOLS" --no-audit --no-fund --loglevel=error \
+      "node@22" "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION" >&2
+  fi
+  export PATH="$bin:$PATH"
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]')
+  [ "$major" -ge 22 ] || die "node $(node --version) found; the suite needs node >= 22"
+}
+
+# Scenario -> why it does not apply to the memory service (docs/mcp.md has
+# the full reasons). Everything else must pass.
+declare -A NOT_APPLICABLE=(
+  [logging-set-level]="no logging capability: the kit sends no log messages to clients"
+  [completion-complete]="no completion capability (no prompts; no completable template arguments)"
+  [tools-call-simple-text]="fixture tool test_simple_text of the suite's reference server"
+  [tools-call-image]="fixture tool test_image_content; memory tools return JSON"
+  [tools-call-audio]="fixture tool test_audio_content; memory tools return JSON"
+  [tools-call-embedded-resource]="fixture tool test_embedded_resource"
+  [tools-call-mixed-content]="fixture tool test_multiple_content_types"
+  [tools-call-with-logging]="fixture tool test_tool_with_logging; no logging capability"
+  [tools-call-error]="fixture tool test_error_handling (isError itself is tested in tests/mcp_server.rs)"
+  [tools-call-with-progress]="fixture tool test_tool_with_progress; no progress notifications"
+  [tools-call-sampling]="fixture tool; the kit never asks the client for sampling"
+  [tools-call-elicitation]="fixture tool; the kit never asks the client for elicitation"
+  [elicitation-sep1034-defaults]="fixture tool; no elicitation"
+  [elicitation-sep1330-enums]="fixture tool; no elicitation"
+  [json-schema-2020-12]="fixture tool json_schema_2020_12_tool (schemas are passed through verbatim)"
+  [server-sse-polling]="fixture tool test_reconnection; POST answers are JSON, not SSE"
+  [resources-read-text]="fixture resource test://static-text"
+  [resources-read-binary]="fixture resource test://static-binary; memory resources are JSON text"
+  [resources-templates-read]="fixture template test://template/{id}/data"
+  [resources-subscribe]="fixture resource test://watched-resource (unknown here: -32002)"
+  [resources-unsubscribe]="subscribes to the fixture test://watched-resource first"
+  [prompts-list]="no prompts capability"
+  [prompts-get-simple]="no prompts capability"
+  [prompts-get-with-args]="no prompts capability"
+  [prompts-get-embedded-resource]="no prompts capability"
+  [prompts-get-with-image]="no prompts capability"
+)
+
+free_port() {
+  node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
+}
+
+SERVER_PID=""
+WORK_DIR=""
+cleanup() {
+  local status=$?
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  if [ -n "$WORK_DIR" ]; then rm -rf "$WORK_DIR"; fi
+  exit "$status"
+}
+trap cleanup EXIT
+
+start_memory() {
+  log "building cortex-cli (release)"
+  cargo build --release -q -p cortex-cli >&2
+  WORK_DIR=$(mktemp -d)
+  local port
+  port=$(free_port)
+  cargo run --release -q -p cortex-cli -- serve memory --port "$port" --db "$WORK_DIR/memory.sqlite3" \
+    >"$WORK_DIR/server.log" 2>&1 &
+  SERVER_PID=$!
+  local health="http://127.0.0.1:$port/health"
+  for _ in $(seq 1 300); do
+    if node -e 'fetch(process.argv[1]).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))' "$health" 2>/dev/null; then
+      URL="http://127.0.0.1:$port/mcp"
+      log "memory service up at $URL"
+      return
+    fi
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK_DIR/server.log" >&2; die "the memory service exited"; }
+    sleep 0.2
+  done
+  cat "$WORK_DIR/server.log" >&2
+  die "the memory service did not become healthy"
+}
+
+server() {
+  URL=""
+  local scenarios=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --url) URL="$2"; shift 2 ;;
+      --scenario) scenarios+=("$2"); shift 2 ;;
+      *) die "unknown option for server: $1" ;;
+    esac
+  done
+  install_tools
+  if [ ${#scenarios[@]} -eq 0 ]; then
+    mapfile -t scenarios < <(conformance list --server | sed -n 's/^  - \([^ ]*\).*/\1/p')
+  fi
+  [ ${#scenarios[@]} -gt 0 ] || die "the suite listed no server scenarios"
+  [ -n "$URL" ] || start_memory
+
+  local out="$ROOT/target/conformance/server"
+  rm -rf "$out" && mkdir -p "$out"
+  local failed=() na_report=() passed_total=0 checks_total=0 applicable=0
+  for scenario in "${scenarios[@]}"; do
+    local file="$out/$scenario.txt"
+    # The suite's exit code is not trusted alone: its summary line is read.
+    conformance server --url "$URL" --scenario "$scenario" >"$file" 2>&1 || true
+    local summary
+    summary=$(grep -Eo 'Passed: [0-9]+/[0-9]+, [0-9]+ failed, [0-9]+ warnings' "$file" | tail -1 || true)
+    local passed=0 total=0 nfailed=0 warnings=0
+    if [[ "$summary" =~ Passed:\ ([0-9]+)/([0-9]+),\ ([0-9]+)\ failed,\ ([0-9]+)\ warnings ]]; then
+      passed=${BASH_REMATCH[1]}; total=${BASH_REMATCH[2]}
+      nfailed=${BASH_REMATCH[3]}; warnings=${BASH_REMATCH[4]}
+    fi
+    if [ -n "${NOT_APPLICABLE[$scenario]:-}" ]; then
+      na_report+=("$(printf '  %-30s %s  (%s)' "$scenario" "${summary:-no summary}" "${NOT_APPLICABLE[$scenario]}")")
+      continue
+    fi
+    applicable=$((applicable + 1))
+    passed_total=$((passed_total + passed))
+    checks_total=$((checks_total + total))
+    if [ -z "$summary" ] || [ "$total" -eq 0 ] || [ "$passed" -ne "$total" ] || [ "$nfailed" -ne 0 ]; then
+      failed+=("$scenario")
+      printf 'FAIL %-30s %s\n' "$scenario" "${summary:-no summary line (see $file)}"
+    else
+      printf 'pass %-30s %s\n' "$scenario" "$summary"
+    fi
+  done
+  if [ ${#na_report[@]} -gt 0 ]; then
+    printf '\nnot applicable (run, not counted):\n'
+    printf '%s\n' "${na_report[@]}"
+  fi
+  printf '\nserver conformance: %d applicable scenarios, checks Passed: %d/%d; %d scenario(s) failed; outputs in %s\n' \
+    "$applicable" "$passed_total" "$checks_total" "${#failed[@]}" "$out"
+  [ "$applicable" -gt 0 ] && [ "$checks_total" -gt 0 ] || die "no applicable scenario ran any check"
+  [ ${#failed[@]} -eq 0 ] || die "failed: ${failed[*]}"
+}
+
+# Client scenarios (`conformance list --client`) that apply to an MCP client
+# without OAuth or elicitation: the network client has neither (docs/mcp.md).
+CLIENT_SCENARIOS=(initialize tools_call sse-retry)
+
+client() {
+  local scenarios=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --scenario) scenarios+=("$2"); shift 2 ;;
+      *) die "unknown option for client: $1" ;;
+    esac
+  done
+  [ ${#scenarios[@]} -gt 0 ] || scenarios=("${CLIENT_SCENARIOS[@]}")
+  install_tools
+  log "building the conformance client (crates/cortex-client/examples/conformance_client.rs)"
+  cargo build -q -p cortex-client --example conformance_client >&2
+  local bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/conformance_client"
+  [ -x "$bin" ] || die "no conformance client at $bin"
+
+  local out="$ROOT/target/conformance/client"
+  rm -rf "$out" && mkdir -p "$out"
+  local failed=() passed_total=0 checks_total=0
+  for scenario in "${scenarios[@]}"; do
+    local file="$out/$scenario.txt"
+    # The runner appends the server URL to the command; its exit code is
+    # not trusted alone: its summary line is read.
+    conformance client --command "$bin" --scenario "$scenario" -o "$out/$scenario" >"$file" 2>&1 || true
+    local summary passed=0 total=0 nfailed=0
+    summary=$(grep -Eo 'Passed: [0-9]+/[0-9]+, [0-9]+ failed, [0-9]+ warnings' "$file" | tail -1 || true)
+    if [[ "$summary" =~ Passed:\ ([0-9]+)/([0-9]+),\ ([0-9]+)\ failed ]]; then
+      passed=${BASH_REMATCH[1]}; total=${BASH_REMATCH[2]}; nfailed=${BASH_REMATCH[3]}
+    fi
+    passed_total=$((passed_total + passed))
+    checks_total=$((checks_total + total))
+    if [ -z "$summary" ] || [ "$total" -eq 0 ] || [ "$passed" -ne "$total" ] || [ "$nfailed" -ne 0 ]; then
+      failed+=("$scenario")
+      printf 'FAIL %-30s %s\n' "$scenario" "${summary:-no summary line (see $file)}"
+    else
+      printf 'pass %-30s %s\n' "$scenario" "$summary"
+    fi
+  done
+  printf '\nclient conformance: %d scenarios, checks Passed: %d/%d; %d scenario(s) failed; outputs in %s\n' \
+    "${#scenarios[@]}" "$passed_total" "$checks_total" "${#failed[@]}" "$out"
+  [ "$checks_total" -gt 0 ] || die "no client scenario ran any check"
+  [ ${#failed[@]} -eq 0 ] || die "failed: ${failed[*]}"
+}
+
+case "${1:-}" in
+  server) shift; server "$@" ;;
+  client) shift; client "$@" ;;
+  *) log "usage: $0 server [--url URL] [--scenario NAME]... | client [--scenario NAME]..."; exit 2 ;;
+esac
