@@ -193,6 +193,21 @@ impl McpError {
         }
     }
 
+    /// Arguments that are not a JSON object, refused before anything is sent.
+    pub(crate) fn arguments_not_an_object(service: &str, tool: &str, arguments: &Value) -> Self {
+        Self::Tool {
+            service: service.into(),
+            operation: tool.into(),
+            code: ErrorCode::InvalidArguments,
+            message: format!(
+                "arguments must be a JSON object, got {}",
+                cortex_proto::envelope::json_type(arguments)
+            ),
+            details: Value::Null,
+            status: 400,
+        }
+    }
+
     /// A short, stable name of the variant, for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {

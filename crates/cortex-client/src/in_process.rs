@@ -149,17 +149,7 @@ impl McpClient for InProcessMcpClient {
     ) -> Result<Value, McpError> {
         let registry = self.service(service)?;
         let Value::Object(arguments) = arguments else {
-            return Err(McpError::Tool {
-                service: service.into(),
-                operation: tool.into(),
-                code: ErrorCode::InvalidArguments,
-                message: format!(
-                    "arguments must be a JSON object, got {}",
-                    cortex_proto::envelope::json_type(&arguments)
-                ),
-                details: Value::Null,
-                status: 400,
-            });
+            return Err(McpError::arguments_not_an_object(service, tool, &arguments));
         };
         registry
             .call_tool(Self::context(), tool, arguments)

@@ -1067,17 +1067,7 @@ impl McpClient for NetworkMcpClient {
         let outcome = async {
             let state = self.service_state(service)?;
             if !arguments.is_object() {
-                return Err(McpError::Tool {
-                    service: service.into(),
-                    operation: tool.into(),
-                    code: ErrorCode::InvalidArguments,
-                    message: format!(
-                        "arguments must be a JSON object, got {}",
-                        cortex_proto::envelope::json_type(&arguments)
-                    ),
-                    details: Value::Null,
-                    status: 400,
-                });
+                return Err(McpError::arguments_not_an_object(service, tool, &arguments));
             }
             // Standard MCP services: `tools/call` (see `crate::mcp`).
             if crate::mcp::speaks_mcp(self, &state).await? {

@@ -227,13 +227,7 @@ fn limit_schema(description: &str) -> Value {
 }
 
 fn check_user_id(user_id: &str) -> Result<(), ServiceError> {
-    if user_id.is_empty() || user_id.contains('/') {
-        return Err(ServiceError::invalid_argument(
-            "user_id",
-            "must be non-empty and contain no `/`",
-        ));
-    }
-    Ok(())
+    cortex_service::check_segment_id("user_id", user_id)
 }
 
 fn user_id_arg(args: &Map<String, Value>) -> Result<String, ServiceError> {

@@ -98,13 +98,7 @@ fn user_id_schema() -> Value {
 }
 
 fn check_user_id(user_id: &str) -> Result<(), ServiceError> {
-    if user_id.is_empty() || user_id.contains('/') {
-        return Err(ServiceError::invalid_argument(
-            "user_id",
-            "must be non-empty and contain no `/`",
-        ));
-    }
-    Ok(())
+    cortex_service::check_segment_id("user_id", user_id)
 }
 
 fn optional_string(

@@ -54,7 +54,7 @@ pub mod server;
 pub use error::ServiceError;
 pub use idempotency::{IdempotencyStore, InMemoryIdempotencyStore};
 pub use mcp::McpConfig;
-pub use pattern::Params;
+pub use pattern::{Params, check_segment_id};
 pub use registry::{
     BuildError, CallContext, EventStream, Resource, ResourceContent, Service, ServiceBuilder, Tool,
 };

@@ -109,6 +109,18 @@ pub fn split_uri(raw: &str) -> Result<Vec<String>, ServiceError> {
         .collect()
 }
 
+/// Checks an id that must fit in one URI segment (a user id in
+/// `history/{user_id}`): non-empty and without `/`. The error names `field`.
+pub fn check_segment_id(field: &str, value: &str) -> Result<(), ServiceError> {
+    if value.is_empty() || value.contains('/') {
+        return Err(ServiceError::invalid_argument(
+            field,
+            "must be non-empty and contain no `/`",
+        ));
+    }
+    Ok(())
+}
+
 /// The parameters a URI bound in a pattern.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Params(HashMap<String, String>);
