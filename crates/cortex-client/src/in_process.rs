@@ -19,6 +19,8 @@ use crate::error::McpError;
 #[derive(Default)]
 pub struct InProcessMcpClient {
     services: RwLock<HashMap<String, Service>>,
+    /// Set by `close`: later calls fail with `Closed`, as over the network.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for InProcessMcpClient {
@@ -42,6 +44,9 @@ impl InProcessMcpClient {
     }
 
     fn service(&self, name: &str) -> Result<Service, McpError> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(McpError::Closed);
+        }
         self.services
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -116,11 +121,6 @@ impl Operation<'_> {
     }
 }
 
-fn encode_segments(uri: &str) -> String {
-    // The registry takes the URI as it would arrive on the wire.
-    uri.trim_start_matches('/').replace(' ', "%20")
-}
-
 #[async_trait]
 impl McpClient for InProcessMcpClient {
     async fn connect(&self, service: &str) -> Result<(), McpError> {
@@ -160,7 +160,7 @@ impl McpClient for InProcessMcpClient {
     async fn read_resource(&self, service: &str, uri: &str) -> Result<Resource, McpError> {
         let registry = self.service(service)?;
         match registry
-            .read_resource(Self::context(), &encode_segments(uri))
+            .read_resource(Self::context(), &crate::network::encode_uri(uri))
             .await
         {
             Ok(ResourceContent::Json(content)) => Ok(Resource {
@@ -178,7 +178,7 @@ impl McpClient for InProcessMcpClient {
     async fn stream_resource(&self, service: &str, uri: &str) -> Result<EventStream, McpError> {
         let registry = self.service(service)?;
         let events = registry
-            .stream_resource(Self::context(), &encode_segments(uri), None)
+            .stream_resource(Self::context(), &crate::network::encode_uri(uri), None)
             .await
             .map_err(|e| map_error(service, Operation::Resource(uri), e))?;
         let service = service.to_string();
@@ -196,6 +196,8 @@ impl McpClient for InProcessMcpClient {
     }
 
     async fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         self.services
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -1002,7 +1002,7 @@ fn error_for(
 
 /// Percent-encodes what may not stand in a URI path, keeping `/` (segment
 /// separators) and `%` (already-encoded octets).
-fn encode_uri(uri: &str) -> String {
+pub(crate) fn encode_uri(uri: &str) -> String {
     const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
         .add(b' ')
         .add(b'"')

@@ -263,3 +263,16 @@ both!(
         );
     }
 );
+
+both!(raw_uris_are_encoded_the_same_way, |client: Arc<
+    dyn McpClient,
+>| async move {
+    // A URI written by hand, with characters that may not stand in a path.
+    store(&client, "ann smith?", "hello").await;
+    let history = client
+        .read_resource("memory", "history/ann smith?")
+        .await
+        .unwrap();
+    assert_eq!(history.content[0]["content"], "hello");
+    assert_eq!(history.content[0]["user_id"], "ann smith?");
+});

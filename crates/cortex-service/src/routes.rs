@@ -225,7 +225,7 @@ fn event_stream_response(events: crate::registry::EventStream, state: &AppState)
     let advice = stream::once(async move {
         Ok::<_, std::io::Error>(Bytes::from(format!("retry: {retry_ms}\n\n")))
     });
-    let frames = KeepAlive::new(events, keep_alive).map(|item| {
+    let frames = with_keep_alives(events, keep_alive).map(|item| {
         let text = match item {
             Frame::Event(Ok(event)) => sse::encode(&event)
                 .unwrap_or_else(|e| error_frame(&ServiceError::internal(e.to_string()))),
@@ -269,20 +269,18 @@ enum Frame {
 
 /// Interleaves keep-alive comments into an event stream whenever it has been
 /// silent for `every`; ends when the events end.
-struct KeepAlive;
-
-impl KeepAlive {
-    #[allow(clippy::new_ret_no_self)]
-    fn new(events: crate::registry::EventStream, every: Duration) -> BoxStream<'static, Frame> {
-        stream::unfold(events, move |mut events| async move {
-            match tokio::time::timeout(every, events.next()).await {
-                Ok(Some(item)) => Some((Frame::Event(item), events)),
-                Ok(None) => None,
-                Err(_) => Some((Frame::KeepAlive, events)),
-            }
-        })
-        .boxed()
-    }
+fn with_keep_alives(
+    events: crate::registry::EventStream,
+    every: Duration,
+) -> BoxStream<'static, Frame> {
+    stream::unfold(events, move |mut events| async move {
+        match tokio::time::timeout(every, events.next()).await {
+            Ok(Some(item)) => Some((Frame::Event(item), events)),
+            Ok(None) => None,
+            Err(_) => Some((Frame::KeepAlive, events)),
+        }
+    })
+    .boxed()
 }
 
 async fn list_tools(State(state): State<AppState>) -> axum::Json<ToolList> {
