@@ -44,6 +44,7 @@ use cortex_resilience::breaker::{BreakerConfig, CircuitBreaker};
 use cortex_resilience::budget::RetryBudget;
 use cortex_service::{IdempotencyStore, Service, ServiceConfig, ServiceError, Tool};
 use cortex_test_support::TestServer;
+use cortex_test_support::stats::percentile;
 use futures::future::BoxFuture;
 use http::{HeaderValue, Method, Request, header};
 use http_body_util::{BodyExt, Full};
@@ -180,15 +181,6 @@ impl Stats {
     fn rate(&self) -> f64 {
         self.count as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
-}
-
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 fn us(d: Duration) -> String {

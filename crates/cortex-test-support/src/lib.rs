@@ -8,6 +8,7 @@
 
 pub mod etcd;
 pub mod proxy;
+pub mod stats;
 
 /// A memory service on loopback with its SQLite file in a temporary
 /// directory (removed when the returned guard drops).
