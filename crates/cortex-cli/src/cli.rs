@@ -40,7 +40,7 @@ pub(crate) struct Cli {
     )]
     pub(crate) services: Vec<ServiceUrl>,
     /// How client commands find services: env (NAME_SERVICE_URL variables),
-    /// file:PATH (TOML, reloaded on change), dns:DOMAIN[@HOST:PORT] (SRV
+    /// file:PATH (TOML, reloaded on change), `dns:DOMAIN[@HOST:PORT]` (SRV
     /// records _NAME._tcp.DOMAIN) or etcd://HOST:PORT/PREFIX.
     #[arg(
         long,

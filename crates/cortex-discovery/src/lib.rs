@@ -14,7 +14,9 @@
 //! - [`endpoint`]: [`Endpoint`], [`Protocol`], [`EndpointSet`].
 //! - [`registry`]: [`Registry`], versioned sets with watchers.
 //! - [`static_map`]: [`StaticDiscovery`]: the embedded default, from code and env vars.
-//! - [`file`]: [`FileDiscovery`]: a TOML file, reloaded when it changes.
+//! - [`file`](mod@file): [`FileDiscovery`]: a TOML file, reloaded when it changes.
+//! - [`dns`]: [`DnsSrvDiscovery`]: DNS SRV records, refreshed per TTL.
+//! - [`etcd`]: [`EtcdDiscovery`] and [`EtcdRegistration`]: a watched etcd prefix, and leases.
 //! - [`balance`]: [`Balancer`]: power of two choices or round robin.
 //! - [`health`]: [`HealthChecked`]: active checks and passive ejection around any backend.
 //!

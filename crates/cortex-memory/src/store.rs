@@ -9,7 +9,7 @@
 //!   never contend for the lock, so "database is locked" cannot happen between
 //!   our own writers.
 //! * **Group commit.** The writer takes the first queued request, then drains
-//!   whatever else is already waiting (up to [`WRITE_BATCH_MAX`]) and runs the
+//!   whatever else is already waiting (up to `WRITE_BATCH_MAX`, 256) and runs the
 //!   whole batch inside one `BEGIN IMMEDIATE … COMMIT`. With
 //!   `synchronous=FULL` every commit costs an fsync, so under load N concurrent
 //!   inserts cost one fsync instead of N, while an idle store still commits a

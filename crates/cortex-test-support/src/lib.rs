@@ -5,6 +5,7 @@
 //! - [`SseReader`]: reads a real SSE response with the project's decoder.
 //! - [`proxy::TcpProxy`]: counts connections and injects faults on the wire.
 //! - [`etcd::Etcd`]: a real etcd server on loopback.
+//! - [`stats::percentile`]: shared by the benchmarks.
 
 pub mod etcd;
 pub mod proxy;
