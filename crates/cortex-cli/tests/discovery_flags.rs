@@ -77,3 +77,48 @@ fn etcd_down_at_start_is_unavailable_and_named() {
     assert_eq!(code, 4, "{stderr}");
     assert!(stderr.contains(&format!("127.0.0.1:{dead}")), "{stderr}");
 }
+
+#[test]
+fn registering_in_a_dead_etcd_is_unavailable_and_named() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.sqlite3");
+    let register = format!("etcd://127.0.0.1:{dead}");
+    let (code, _, stderr) = cortex(&[
+        "serve",
+        "memory",
+        "--port",
+        "0",
+        "--db",
+        db.to_str().unwrap(),
+        "--register",
+        &register,
+    ]);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains("--register") && stderr.contains(&format!("127.0.0.1:{dead}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_register_url_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.sqlite3");
+    let (code, _, stderr) = cortex(&[
+        "serve",
+        "memory",
+        "--port",
+        "0",
+        "--db",
+        db.to_str().unwrap(),
+        "--register",
+        "http://x",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--register"), "{stderr}");
+}
