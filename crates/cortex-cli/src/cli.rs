@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use cortex_client::DiscoverySpec;
 
 use crate::exit::EXIT_CODES_HELP;
 
@@ -19,8 +20,9 @@ use crate::exit::EXIT_CODES_HELP;
                   Client commands find services through discovery: --service NAME=URL, \
                   else NAME_SERVICE_URL (MEMORY_SERVICE_URL, COGNITION_SERVICE_URL), \
                   else memory at http://localhost:9000 and cognition at \
-                  http://localhost:9100. Client settings come from --config FILE (TOML), \
-                  overlaid with CORTEX_CLIENT_* variables.",
+                  http://localhost:9100; --discovery (or CORTEX_DISCOVERY, or the config \
+                  file's `discovery` key) chooses another backend. Client settings come \
+                  from --config FILE (TOML), overlaid with CORTEX_CLIENT_* variables.",
     after_long_help = EXIT_CODES_HELP
 )]
 pub(crate) struct Cli {
@@ -41,18 +43,19 @@ pub(crate) struct Cli {
     pub(crate) services: Vec<ServiceUrl>,
     /// How client commands find services: env (NAME_SERVICE_URL variables),
     /// file:PATH (TOML, reloaded on change), `dns:DOMAIN[@HOST:PORT]` (SRV
-    /// records _NAME._tcp.DOMAIN) or etcd://HOST:PORT/PREFIX.
+    /// records _NAME._tcp.DOMAIN) or etcd://HOST:PORT/PREFIX. Wins over the
+    /// config file's `discovery` key; without either, env.
     #[arg(
         long,
         global = true,
         env = "CORTEX_DISCOVERY",
         value_name = "SPEC",
-        default_value = "env",
-        value_parser = crate::discovery_spec::parse
+        value_parser = DiscoverySpec::parse
     )]
-    pub(crate) discovery: crate::discovery_spec::DiscoverySpec,
-    /// Client configuration file (TOML, the options of cortex_client::ClientConfig);
-    /// CORTEX_CLIENT_* variables override it.
+    pub(crate) discovery: Option<DiscoverySpec>,
+    /// Client configuration file (TOML, the options of cortex_client::ClientConfig,
+    /// and `discovery = "SPEC"`, used when neither --discovery nor
+    /// CORTEX_DISCOVERY is set); CORTEX_CLIENT_* variables override its options.
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     #[command(subcommand)]

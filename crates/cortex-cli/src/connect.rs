@@ -3,18 +3,23 @@
 //!
 //! - Settings: `--config FILE` (TOML) or the defaults, overlaid with
 //!   `CORTEX_CLIENT_*` variables (`ClientConfig::with_env`).
-//! - Discovery: `--discovery SPEC` (see [`crate::discovery_spec`]; the
-//!   default is the library's embedded one, `NAME_SERVICE_URL` variables
-//!   with memory at `http://localhost:9000` and cognition at
-//!   `http://localhost:9100`), with each `--service NAME=URL` flag in front.
+//! - Discovery: a [`DiscoverySpec`] (the library's parser and builder), from
+//!   `--discovery SPEC`, else `CORTEX_DISCOVERY` (clap reads both), else the
+//!   config file's `discovery` key, else `env` (`NAME_SERVICE_URL`
+//!   variables with memory at `http://localhost:9000` and cognition at
+//!   `http://localhost:9100`); each `--service NAME=URL` flag goes in front
+//!   of the backend ([`Layered`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cortex_client::{ClientConfig, Endpoint, NetworkMcpClient, ServiceDiscovery, StaticDiscovery};
+use async_trait::async_trait;
+use cortex_client::{
+    ClientConfig, DiscoveryError, DiscoverySpec, Endpoint, EndpointSet, NetworkMcpClient,
+    ServiceDiscovery, StaticDiscovery,
+};
 
 use crate::cli::ServiceUrl;
-use crate::discovery_spec::DiscoverySpec;
 use crate::exit::Failure;
 
 /// The global flags that shape a client.
@@ -22,7 +27,8 @@ use crate::exit::Failure;
 pub(crate) struct ClientFlags {
     pub(crate) services: Vec<ServiceUrl>,
     pub(crate) config: Option<PathBuf>,
-    pub(crate) discovery: DiscoverySpec,
+    /// `--discovery` or `CORTEX_DISCOVERY`; `None` defers to the config file.
+    pub(crate) discovery: Option<DiscoverySpec>,
 }
 
 /// A client ready to use, with the names discovery knows.
@@ -36,7 +42,8 @@ pub(crate) struct Target {
 
 impl ClientFlags {
     /// The client settings: the file (or the defaults) with the environment
-    /// on top. An invalid setting is a usage error naming it.
+    /// on top. An invalid setting (`discovery` included) is a usage error
+    /// naming it.
     pub(crate) fn config(&self) -> Result<ClientConfig, Failure> {
         let base = match &self.config {
             Some(path) => {
@@ -44,27 +51,46 @@ impl ClientFlags {
             }
             None => ClientConfig::default(),
         };
-        base.with_env(std::env::vars())
+        // Lossy, so a non-Unicode variable is an invalid value, not a panic.
+        let vars = std::env::vars_os().map(|(name, value)| {
+            (
+                name.to_string_lossy().into_owned(),
+                value.to_string_lossy().into_owned(),
+            )
+        });
+        base.with_env(vars)
             .map_err(|e| Failure::usage(e.to_string()))
     }
 
-    /// Discovery from `--discovery` with the `--service` flags in front,
+    /// The backend to use: `--discovery` (or `CORTEX_DISCOVERY`), else the
+    /// config file's `discovery`, else `env`.
+    fn spec(&self, config: &ClientConfig) -> DiscoverySpec {
+        self.discovery
+            .clone()
+            .or_else(|| config.discovery.clone())
+            .unwrap_or_default()
+    }
+
+    /// Discovery from [`Self::spec`] with the `--service` flags in front,
     /// and the names it knows. A backend that cannot start (a missing
     /// file, etcd down) is an `unavailable` failure naming it.
-    pub(crate) async fn discovery(
+    async fn discovery(
         &self,
+        config: &ClientConfig,
     ) -> Result<(Arc<dyn ServiceDiscovery>, Vec<String>), Failure> {
         let overrides = StaticDiscovery::new();
         for flag in &self.services {
             overrides.register(&flag.name, flag.urls.iter().map(Endpoint::new).collect());
         }
-        let (discovery, mut names) =
-            self.discovery.build(overrides).await.map_err(|e| {
+        let (backend, mut names) =
+            self.spec(config).build().await.map_err(|e| {
                 Failure::new(crate::exit::Code::Unavailable, format!("discovery: {e}"))
             })?;
+        names.extend(overrides.registry().names());
         // The two Cortex services first, then the others alphabetically.
         names.sort_by_key(|name| (name != "memory", name != "cognition", name.clone()));
-        Ok((discovery, names))
+        names.dedup();
+        Ok((Arc::new(Layered { overrides, backend }), names))
     }
 
     /// A client over [`Self::config`] (changed by `adjust`) and
@@ -74,7 +100,7 @@ impl ClientFlags {
         adjust: impl FnOnce(ClientConfig) -> ClientConfig,
     ) -> Result<Target, Failure> {
         let config = adjust(self.config()?);
-        let (discovery, names) = self.discovery().await?;
+        let (discovery, names) = self.discovery(&config).await?;
         let client = NetworkMcpClient::builder(discovery.clone())
             .config(config)
             .user_agent(concat!("cortex-cli/", env!("CARGO_PKG_VERSION")))
@@ -84,5 +110,21 @@ impl ClientFlags {
             discovery,
             names,
         })
+    }
+}
+
+/// The `--service` overrides in front of a backend.
+struct Layered {
+    overrides: StaticDiscovery,
+    backend: Arc<dyn ServiceDiscovery>,
+}
+
+#[async_trait]
+impl ServiceDiscovery for Layered {
+    async fn resolve(&self, service: &str) -> Result<Arc<EndpointSet>, DiscoveryError> {
+        match self.overrides.resolve(service).await {
+            Ok(set) => Ok(set),
+            Err(_) => self.backend.resolve(service).await,
+        }
     }
 }

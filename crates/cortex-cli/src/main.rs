@@ -11,7 +11,6 @@ mod cli;
 mod client_cmds;
 mod connect;
 mod demo;
-mod discovery_spec;
 mod exit;
 mod input;
 mod output;

@@ -23,10 +23,40 @@
 //!
 //! Every source validates the result ([`ClientConfig::validate`]).
 //!
+//! # Discovery
+//! The optional [`ClientConfig::discovery`] says which discovery backend the
+//! program should build, as a [`DiscoverySpec`] (`env`, `file:PATH`,
+//! `dns:DOMAIN[@HOST:PORT]`, `etcd://HOST:PORT/PREFIX`); it is parsed when
+//! the file is loaded, so a bad value is an error naming `discovery`. The
+//! client does not build it itself: [`DiscoverySpec::build`] does, and its
+//! result goes to [`NetworkMcpClient::builder`](crate::NetworkMcpClient::builder).
+//! It is one choice for the whole client, so `[services.<name>]` tables
+//! cannot set it, and there is no `CORTEX_CLIENT_DISCOVERY` variable (it is
+//! rejected, with a message saying where discovery is set): the `cortex`
+//! command's `--discovery` flag and `CORTEX_DISCOVERY` variable are the ways
+//! to choose it outside the file, and they win over it. A relative `file:`
+//! path read by [`ClientConfig::from_file`] is relative to the config file's
+//! directory.
+//!
+//! ```no_run
+//! use cortex_client::{ClientConfig, NetworkMcpClient};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ClientConfig::from_file("client.toml".as_ref())?;
+//! // Without a `discovery` key: `env`, the embedded default.
+//! let (discovery, _names) = config.discovery.clone().unwrap_or_default().build().await?;
+//! let client = NetworkMcpClient::builder(discovery).config(config).build()?;
+//! # drop(client);
+//! # Ok(()) }
+//! ```
+//!
 //! # File format
 //! All options, with their defaults:
 //!
 //! ```toml
+//! # Discovery (no default: the program decides; the cortex command uses env)
+//! # discovery = "etcd://127.0.0.1:2379/cortex"   # or env, file:services.toml, dns:service.consul
+//!
 //! # Connection pool
 //! max_connections = 10        # max concurrent connections per endpoint
 //! idle_timeout = 60           # s, an idle connection is closed after this
@@ -55,7 +85,7 @@
 //! stream_max_reconnects = 10
 //! stream_max_backoff = 60     # s
 //!
-//! # Per-service overrides: any option above, for one service.
+//! # Per-service overrides: any option above but discovery, for one service.
 //! # [services.memory]
 //! # max_connections = 4
 //! # request_timeout = 2.5
@@ -108,6 +138,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use cortex_discovery::DiscoverySpec;
+
 /// The prefix of the environment variables read by [`ClientConfig::with_env`].
 pub const ENV_PREFIX: &str = "CORTEX_CLIENT_";
 
@@ -158,6 +190,10 @@ pub struct ClientConfig {
     pub retry_budget_window: Duration,
     /// Longest `Retry-After` honoured; longer ones are capped to this. Default 60 s; no recommended range.
     pub retry_after_cap: Duration,
+    /// Which discovery backend to build (see [the module docs](self#discovery)).
+    /// Default none: the program decides (the `cortex` command uses `env`).
+    /// One choice for the whole client: [`ServiceOverrides`] cannot set it.
+    pub discovery: Option<DiscoverySpec>,
     /// Per-service overrides by service name (see [`ClientConfig::for_service`]). Default empty.
     pub services: BTreeMap<String, ServiceOverrides>,
 }
@@ -185,6 +221,7 @@ impl Default for ClientConfig {
             retry_budget_min_per_sec: 10,
             retry_budget_window: Duration::from_secs(10),
             retry_after_cap: Duration::from_secs(60),
+            discovery: None,
             services: BTreeMap::new(),
         }
     }
@@ -339,8 +376,9 @@ impl ClientConfig {
     }
 
     /// Parses and validates a TOML configuration: keys are the option names,
-    /// durations are seconds (integer or float), `[services.<name>]` tables
-    /// hold per-service overrides, and unset options keep their defaults.
+    /// durations are seconds (integer or float), `discovery` is a
+    /// [`DiscoverySpec`] string, `[services.<name>]` tables hold per-service
+    /// overrides, and unset options keep their defaults.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
         let table: toml::Table = text
             .parse()
@@ -348,6 +386,10 @@ impl ClientConfig {
         let mut config = Self::default();
         let mut base = ServiceOverrides::default();
         for (key, value) in &table {
+            if key == DISCOVERY {
+                config.discovery = Some(discovery_spec(value)?);
+                continue;
+            }
             if key != "services" {
                 base.set(key, &Raw::Toml(value), key)?;
                 continue;
@@ -371,6 +413,13 @@ impl ClientConfig {
                 };
                 let mut overrides = ServiceOverrides::default();
                 for (key, value) in options {
+                    if key == DISCOVERY {
+                        return Err(ConfigError::invalid(
+                            format!("{prefix}.{key}"),
+                            "discovery is chosen once for the whole client and cannot be set \
+                             per service; set `discovery` at the top of the file",
+                        ));
+                    }
                     overrides.set(key, &Raw::Toml(value), &format!("{prefix}.{key}"))?;
                 }
                 config.services.insert(service.clone(), overrides);
@@ -383,17 +432,26 @@ impl ClientConfig {
 
     /// Reads, parses and validates a TOML file (see
     /// [`ClientConfig::from_toml_str`]); read and syntax errors name the path.
+    /// A relative path in `discovery = "file:PATH"` is taken relative to the
+    /// directory of this file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        Self::from_toml_str(&text).map_err(|e| match e {
+        let mut config = Self::from_toml_str(&text).map_err(|e| match e {
             ConfigError::Parse(message) => {
                 ConfigError::Parse(format!("{}: {message}", path.display()))
             }
             other => other,
-        })
+        })?;
+        if let Some(DiscoverySpec::File(services)) = &mut config.discovery
+            && services.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            *services = dir.join(&*services);
+        }
+        Ok(config)
     }
 
     /// Overlays `CORTEX_CLIENT_<OPTION>` variables from `vars` (the option
@@ -401,7 +459,8 @@ impl ClientConfig {
     /// as `true`/`false`/`1`/`0`) and validates the result. Variables
     /// without the prefix are ignored; an unknown `CORTEX_CLIENT_*` name is
     /// rejected, and an unparsable or out-of-range value is an error naming
-    /// the variable. Services and their overrides are kept.
+    /// the variable. Services, their overrides and `discovery` are kept;
+    /// `CORTEX_CLIENT_DISCOVERY` is rejected (see [the module docs](self#discovery)).
     pub fn with_env(
         mut self,
         vars: impl IntoIterator<Item = (String, String)>,
@@ -419,6 +478,14 @@ impl ClientConfig {
             let option = suffix.to_ascii_lowercase();
             if suffix != option.to_ascii_uppercase() {
                 return Err(ConfigError::Unknown(name.clone()));
+            }
+            if option == DISCOVERY {
+                return Err(ConfigError::invalid(
+                    name.clone(),
+                    "discovery is not read from CORTEX_CLIENT_* variables: set `discovery` \
+                     in the config file or in code (the cortex command also takes \
+                     --discovery or CORTEX_DISCOVERY)",
+                ));
             }
             overlay.set(&option, &Raw::Env(value), name)?;
             set_by.insert(option, name);
@@ -449,7 +516,7 @@ impl ClientConfig {
 
     /// The effective settings of `service`: the base with the service's
     /// overrides applied (the base alone for a service without overrides),
-    /// and `services` empty.
+    /// `discovery` as in the base, and `services` empty.
     pub fn for_service(&self, service: &str) -> ClientConfig {
         let mut config = self.without_services();
         if let Some(overrides) = self.services.get(service) {
@@ -481,6 +548,7 @@ impl ClientConfig {
             retry_budget_min_per_sec,
             retry_budget_window,
             retry_after_cap,
+            ref discovery,
             services: _,
         } = *self;
         ClientConfig {
@@ -504,6 +572,7 @@ impl ClientConfig {
             retry_budget_min_per_sec,
             retry_budget_window,
             retry_after_cap,
+            discovery: discovery.clone(),
             services: BTreeMap::new(),
         }
     }
@@ -587,6 +656,12 @@ impl ClientConfigBuilder {
         retry_budget_window: Duration,
         retry_after_cap: Duration,
     );
+
+    /// Sets [`ClientConfig::discovery`].
+    pub fn discovery(mut self, spec: DiscoverySpec) -> Self {
+        self.config.discovery = Some(spec);
+        self
+    }
 
     /// Sets the overrides of the service `name`, replacing any set before.
     pub fn service(mut self, name: impl Into<String>, overrides: ServiceOverrides) -> Self {
@@ -708,6 +783,21 @@ impl Raw<'_> {
                 _ => Err(format!("expected true, false, 1 or 0, got {text:?}")),
             },
         }
+    }
+}
+
+/// The name of the `discovery` option.
+const DISCOVERY: &str = "discovery";
+
+/// The `discovery` key's value: a [`DiscoverySpec`] string.
+fn discovery_spec(value: &toml::Value) -> Result<DiscoverySpec, ConfigError> {
+    let invalid = |reason: String| ConfigError::invalid(DISCOVERY, reason);
+    match value {
+        toml::Value::String(text) => DiscoverySpec::parse(text).map_err(|e| invalid(e.to_string())),
+        other => Err(invalid(format!(
+            "expected a string such as \"etcd://127.0.0.1:2379/cortex\", got {}",
+            describe(other)
+        ))),
     }
 }
 

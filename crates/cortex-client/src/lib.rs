@@ -9,7 +9,8 @@
 //! - [`api`]: the [`McpClient`] trait, [`Resource`], [`StreamEvent`].
 //! - [`error`]: [`McpError`], what every call can fail with.
 //! - [`config`]: [`ClientConfig`]: the seed's nine options and ours, from code, TOML and env.
-//! - [`discovery`]: names to endpoints ([`ServiceDiscovery`], [`StaticDiscovery`]).
+//! - [`discovery`]: names to endpoints ([`ServiceDiscovery`], [`StaticDiscovery`];
+//!   [`DiscoverySpec`] names a backend in one string, as the config file's `discovery` key).
 //! - [`network`]: [`NetworkMcpClient`]: retries, breakers, deadlines over the pool.
 //! - `mcp`: standard MCP (Streamable HTTP, the stateless 2026-07-28
 //!   revision, the legacy HTTP+SSE transport) for services whose discovery
@@ -55,7 +56,8 @@ pub use api::{EventStream, McpClient, Resource, StreamEvent};
 pub use config::{ClientConfig, ConfigError};
 pub use cortex_discovery::Balancer;
 pub use cortex_discovery::{
-    DiscoveryError, Endpoint, EndpointSet, ServiceDiscovery, StaticDiscovery,
+    DiscoveryError, DiscoverySpec, DiscoverySpecError, Endpoint, EndpointSet, ServiceDiscovery,
+    StaticDiscovery,
 };
 pub use error::McpError;
 pub use in_process::InProcessMcpClient;

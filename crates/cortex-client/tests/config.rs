@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cortex_client::config::{ClientConfigBuilder, ServiceOverrides};
-use cortex_client::{ClientConfig, ConfigError};
+use cortex_client::{ClientConfig, ConfigError, DiscoverySpec};
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
@@ -742,6 +742,155 @@ fn service_overrides_serde_uses_seconds_and_denies_unknown_fields() {
         serde_json::from_str::<ServiceOverrides>("{}").unwrap(),
         ServiceOverrides::default()
     );
+}
+
+// --------------------------------------------------------------- discovery
+
+#[test]
+fn discovery_is_unset_by_default_and_kept_per_service() {
+    assert_eq!(ClientConfig::default().discovery, None);
+    assert_eq!(ClientConfig::from_toml_str("").unwrap().discovery, None);
+    let spec: DiscoverySpec = "etcd://127.0.0.1:2379/cortex".parse().unwrap();
+    let c = ClientConfig::builder()
+        .discovery(spec.clone())
+        .service("memory", ServiceOverrides::default())
+        .build()
+        .unwrap();
+    assert_eq!(c.discovery, Some(spec.clone()));
+    assert_eq!(c.for_service("memory").discovery, Some(spec.clone()));
+    assert_eq!(c.for_service("other").discovery, Some(spec));
+}
+
+/// The commented `discovery` line of the documented example is valid.
+#[test]
+fn documented_discovery_example_parses() {
+    let source = include_str!("../src/config.rs");
+    let line = source
+        .lines()
+        .find_map(|l| l.strip_prefix("//! # discovery = "))
+        .unwrap();
+    let c = ClientConfig::from_toml_str(&format!("discovery = {line}")).unwrap();
+    assert_eq!(
+        c.discovery,
+        Some(DiscoverySpec::Etcd("etcd://127.0.0.1:2379/cortex".into()))
+    );
+}
+
+#[test]
+fn toml_discovery_takes_every_form() {
+    for (text, expected) in [
+        ("env", DiscoverySpec::Env),
+        (
+            "file:services.toml",
+            DiscoverySpec::File("services.toml".into()),
+        ),
+        (
+            "dns:service.consul@127.0.0.1:8600",
+            DiscoverySpec::Dns {
+                domain: "service.consul".into(),
+                nameserver: Some("127.0.0.1:8600".parse().unwrap()),
+            },
+        ),
+        ("dns:service.consul", "dns:service.consul".parse().unwrap()),
+        (
+            "etcd://127.0.0.1:2379/cortex",
+            DiscoverySpec::Etcd("etcd://127.0.0.1:2379/cortex".into()),
+        ),
+    ] {
+        let c =
+            ClientConfig::from_toml_str(&format!("discovery = \"{text}\"\nmax_connections = 4\n"))
+                .unwrap();
+        assert_eq!(c.discovery.as_ref(), Some(&expected), "{text}");
+        assert_eq!(c.discovery.unwrap().to_string(), text);
+        assert_eq!(c.max_connections, 4, "the other options are still read");
+    }
+}
+
+#[test]
+fn toml_invalid_discovery_names_the_option() {
+    for (value, needle) in [
+        ("\"zookeeper://x\"", "`zookeeper://x` is not a discovery"),
+        ("\"\"", "is not a discovery"),
+        ("\"file:\"", "needs a path"),
+        ("\"dns:x@nowhere\"", "`nowhere` is not HOST:PORT"),
+        ("\"etcd://\"", "`etcd://` is not a discovery"),
+        ("3", "expected a string"),
+        ("[\"env\"]", "expected a string"),
+    ] {
+        let result = ClientConfig::from_toml_str(&format!("discovery = {value}"));
+        let message = result.clone().unwrap_err().to_string();
+        assert_eq!(invalid_option(result), "discovery", "{message}");
+        assert!(message.contains(needle), "{value}: {message}");
+        if value.starts_with('"') {
+            assert!(
+                message.contains("env, file:PATH, dns:DOMAIN"),
+                "the accepted forms are listed: {message}"
+            );
+        }
+    }
+}
+
+#[test]
+fn discovery_cannot_be_set_per_service() {
+    let result = ClientConfig::from_toml_str("[services.memory]\ndiscovery = \"env\"\n");
+    let message = result.clone().unwrap_err().to_string();
+    assert_eq!(
+        invalid_option(result),
+        "services.memory.discovery",
+        "{message}"
+    );
+    assert!(message.contains("whole client"), "{message}");
+    assert!(
+        serde_json::from_str::<ServiceOverrides>(r#"{"discovery": "env"}"#).is_err(),
+        "not a service override in serde either"
+    );
+}
+
+#[test]
+fn discovery_is_not_read_from_the_environment() {
+    let result =
+        ClientConfig::default().with_env(env(&[("CORTEX_CLIENT_DISCOVERY", "file:services.toml")]));
+    let message = result.clone().unwrap_err().to_string();
+    assert_eq!(
+        invalid_option(result),
+        "CORTEX_CLIENT_DISCOVERY",
+        "{message}"
+    );
+    assert!(message.contains("`discovery`"), "{message}");
+    assert!(message.contains("CORTEX_DISCOVERY"), "{message}");
+
+    // The file's choice survives the environment overlay.
+    let c = ClientConfig::from_toml_str("discovery = \"dns:service.consul\"")
+        .unwrap()
+        .with_env(env(&[("CORTEX_CLIENT_MAX_CONNECTIONS", "4")]))
+        .unwrap();
+    assert_eq!(c.discovery, Some("dns:service.consul".parse().unwrap()));
+    assert_eq!(c.max_connections, 4);
+}
+
+#[test]
+fn from_file_resolves_a_relative_discovery_file_next_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let read = |text: &str| {
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, text).unwrap();
+        ClientConfig::from_file(&path).unwrap().discovery
+    };
+    assert_eq!(
+        read("discovery = \"file:services.toml\""),
+        Some(DiscoverySpec::File(dir.path().join("services.toml")))
+    );
+    assert_eq!(
+        read("discovery = \"file:/etc/cortex/services.toml\""),
+        Some(DiscoverySpec::File("/etc/cortex/services.toml".into()))
+    );
+    assert_eq!(read("discovery = \"env\""), Some(DiscoverySpec::Env));
+
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "discovery = \"consul://x\"\n").unwrap();
+    let result = ClientConfig::from_file(&path);
+    let message = result.clone().unwrap_err().to_string();
+    assert_eq!(invalid_option(result), "discovery", "{message}");
 }
 
 // ---------------------------------------------------------------- warnings

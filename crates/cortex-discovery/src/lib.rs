@@ -19,6 +19,8 @@
 //! - [`etcd`]: [`EtcdDiscovery`] and [`EtcdRegistration`]: a watched etcd prefix, and leases.
 //! - [`balance`]: [`Balancer`]: power of two choices or round robin.
 //! - [`health`]: [`HealthChecked`]: active checks and passive ejection around any backend.
+//! - [`spec`]: [`DiscoverySpec`]: a backend named by one string (`env`, `file:PATH`,
+//!   `dns:DOMAIN`, `etcd://…`), parsed and built the same way by every program.
 //!
 //! # Example
 //! ```
@@ -37,6 +39,7 @@ pub mod etcd;
 pub mod file;
 pub mod health;
 pub mod registry;
+pub mod spec;
 pub mod static_map;
 
 use std::sync::Arc;
@@ -51,6 +54,7 @@ pub use etcd::{EtcdConfig, EtcdDiscovery, EtcdRegistration};
 pub use file::FileDiscovery;
 pub use health::{HealthChecked, HealthConfig};
 pub use registry::Registry;
+pub use spec::{DiscoverySpec, DiscoverySpecError};
 pub use static_map::StaticDiscovery;
 
 /// Why discovery could not answer.
