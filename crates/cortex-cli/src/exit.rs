@@ -150,7 +150,7 @@ pub(crate) fn code_for(error: &McpError) -> Code {
         | McpError::Connection { .. }
         | McpError::Timeout { .. }
         | McpError::PoolTimeout { .. } => Code::Unavailable,
-        McpError::Config(_) => Code::Usage,
+        McpError::Config(_) | McpError::InvalidRequest { .. } => Code::Usage,
         _ => Code::Other,
     }
 }

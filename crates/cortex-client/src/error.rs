@@ -156,6 +156,17 @@ pub enum McpError {
         /// The cap that was reached.
         max_connections: usize,
     },
+    /// The request could not be put into HTTP form (a header value such as
+    /// a token or a resume id with characters HTTP forbids); nothing was sent.
+    #[error("cannot send `{operation}` to service `{service}`: {reason}")]
+    InvalidRequest {
+        /// The service.
+        service: String,
+        /// The tool or resource.
+        operation: String,
+        /// What could not be encoded.
+        reason: String,
+    },
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -222,6 +233,7 @@ impl McpError {
             Self::Connection { .. } => "connection",
             Self::Timeout { .. } => "timeout",
             Self::PoolTimeout { .. } => "pool_timeout",
+            Self::InvalidRequest { .. } => "invalid_request",
             Self::Config(_) => "config",
             Self::Closed => "closed",
         }

@@ -129,7 +129,9 @@ pub(crate) async fn speaks_mcp(
         Some(Protocol::Auto) => {
             let mut probe = Exchange::get(network::Operation::Read("tools"), "/tools");
             probe.max_attempts = 2;
-            match client.execute(service, &probe).await {
+            // Boxed: asked once per service, so its state should not
+            // weigh on every call's future.
+            match Box::pin(client.execute(service, &probe)).await {
                 Ok(_) => false,
                 Err(error) if matches!(error.status(), Some(400 | 404 | 405)) => true,
                 Err(error) => return Err(error),

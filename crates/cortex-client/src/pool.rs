@@ -126,10 +126,25 @@ impl EndpointPool {
         self: &Arc<Self>,
         deadline: Instant,
     ) -> Result<PooledConn, AcquireError> {
+        // The common case, an idle connection, takes no wake-up
+        // registration and no timer; the rest is boxed so that its state
+        // (dialling, waiting) does not weigh on every call's future.
+        if let Some(sender) = self.take_idle().await {
+            return Ok(self.checked_out(sender));
+        }
+        Box::pin(self.dial_or_wait(deadline)).await
+    }
+
+    /// No idle connection: dial one if a slot is free, else wait for a
+    /// connection or a slot until `deadline`.
+    async fn dial_or_wait(self: &Arc<Self>, deadline: Instant) -> Result<PooledConn, AcquireError> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return self.dial(slot).await.map(|sender| self.checked_out(sender));
+        }
         let started = Instant::now();
         loop {
-            // Register for wake-ups before looking, so a connection returned
-            // between the look and the wait is not missed.
+            // Register for wake-ups before looking again, so a connection
+            // returned between the look and the wait is not missed.
             let returned = self.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
@@ -164,9 +179,18 @@ impl EndpointPool {
                 continue; // dropping it closes the socket and frees its slot
             }
             let mut sender = idle.sender;
-            // An idle HTTP/1 connection is ready at once unless the peer
-            // closed it; don't wait on one that is not.
-            match tokio::time::timeout(Duration::from_millis(50), sender.ready()).await {
+            // An idle HTTP/1 connection is normally ready at once: check
+            // without a timer first.
+            match futures::FutureExt::now_or_never(sender.ready()) {
+                Some(Ok(())) => return Some(sender),
+                Some(Err(_)) => continue,
+                None => {}
+            }
+            // Its driver may not have noticed the last answer's end yet;
+            // give it a moment, but don't wait on a connection the peer
+            // closed.
+            let wait = tokio::time::timeout(Duration::from_millis(50), sender.ready());
+            match Box::pin(wait).await {
                 Ok(Ok(())) => return Some(sender),
                 _ => continue,
             }

@@ -144,3 +144,40 @@ async fn a_silent_stream_is_noticed_and_resumed_after_the_last_event() {
         "two silent peers noticed, two reconnects"
     );
 }
+
+/// A token HTTP cannot carry (a line break) is a typed error naming it, and
+/// nothing reaches the service: no request with a missing or cut header.
+#[tokio::test]
+async fn a_token_http_cannot_carry_is_refused_before_sending() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let service = Service::builder("counter", "0")
+        .tool(Tool::new(
+            "count",
+            "Counts its calls.",
+            json!({"type": "object"}),
+            move |_, _| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async { Ok(json!({})) }
+            },
+        ))
+        .build()
+        .unwrap();
+    let server = TestServer::start(service, ServiceConfig::default()).await;
+    let discovery = Arc::new(StaticDiscovery::new().with("counter", server.url("")));
+    let client = NetworkMcpClient::builder(discovery)
+        .token_provider(Arc::new(StaticToken("s3cret\r\nX-Injected: 1".into())))
+        .build()
+        .unwrap();
+    let error = client
+        .call_tool("counter", "count", json!({}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, cortex_client::McpError::InvalidRequest { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("bearer token"), "{error}");
+    assert!(!error.is_retryable());
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
+}
