@@ -30,6 +30,26 @@ pub struct CallContext {
     pub headers: HeaderMap,
 }
 
+impl CallContext {
+    /// The context of a request: its id, its `Idempotency-Key` if it sent a
+    /// non-empty one, and its headers (credentials and tracing, for
+    /// propagation).
+    pub fn from_headers(headers: HeaderMap) -> Self {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .map(str::to_string)
+        };
+        Self {
+            request_id: text(cortex_proto::REQUEST_ID_HEADER).unwrap_or_default(),
+            idempotency_key: text(cortex_proto::IDEMPOTENCY_KEY_HEADER).filter(|k| !k.is_empty()),
+            headers,
+        }
+    }
+}
+
 /// A live stream of events, as a resource's stream handler returns it.
 pub type EventStream = BoxStream<'static, Result<Event, ServiceError>>;
 

@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use cortex_proto::envelope::ToolRequest;
 use cortex_proto::listing::{Health, ResourceList, ToolList};
 use cortex_proto::sse::{self, Event};
-use cortex_proto::{ErrorCode, IDEMPOTENCY_KEY_HEADER, LAST_EVENT_ID_HEADER, REQUEST_ID_HEADER};
+use cortex_proto::{ErrorCode, LAST_EVENT_ID_HEADER, REQUEST_ID_HEADER};
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use serde_json::{Value, json};
@@ -74,21 +74,36 @@ pub fn router(service: Service, config: ServiceConfig, signals: ShutdownSignals)
 /// Echoes `X-Request-ID`, generating one when the caller sent none, and runs
 /// the request inside a span that carries it.
 async fn request_id(mut request: Request, next: Next) -> Response {
-    let id = request
+    // The caller's id when it is usable (kept as is: no copy), else a new one.
+    let given = request
         .headers()
         .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 200)
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-    request
-        .headers_mut()
-        .insert(REQUEST_ID_HEADER, value.clone());
+        .filter(|v| !v.is_empty() && v.len() <= 200 && v.to_str().is_ok())
+        .cloned();
+    let value = match given {
+        Some(value) => value,
+        None => {
+            let value = generated_request_id();
+            request
+                .headers_mut()
+                .insert(REQUEST_ID_HEADER, value.clone());
+            value
+        }
+    };
+    let id = value.to_str().unwrap_or_default();
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
     let mut response = tracing::Instrument::instrument(next.run(request), span).await;
     response.headers_mut().insert(REQUEST_ID_HEADER, value);
     response
+}
+
+/// A request id for a caller that sent none: a random UUID from a
+/// user-space generator (not worth a system call per request).
+fn generated_request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    let mut text = [0u8; 36];
+    id.hyphenated().encode_lower(&mut text);
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// Races a call against the end of the grace period, so a call that runs too
@@ -106,20 +121,6 @@ async fn cut_off_after_grace(
     }
 }
 
-fn context(headers: &HeaderMap) -> CallContext {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    CallContext {
-        request_id: text(REQUEST_ID_HEADER).unwrap_or_default(),
-        idempotency_key: text(IDEMPOTENCY_KEY_HEADER).filter(|k| !k.is_empty()),
-        headers: headers.clone(),
-    }
-}
-
 async fn call_tool(
     State(state): State<AppState>,
     Path(tool): Path<String>,
@@ -134,14 +135,18 @@ async fn call_tool(
             ServiceError::invalid_request(format!("request body is not valid JSON: {e}"))
         })?
     };
-    let request =
-        ToolRequest::from_body(value).map_err(|e| ServiceError::invalid_request(e.to_string()))?;
-    let ctx = context(&headers);
-    let result = state
-        .service
-        .call_tool(ctx, &tool, request.arguments.clone())
-        .await?;
-    Ok(axum::Json(request.respond(result)).into_response())
+    let ToolRequest {
+        arguments,
+        enveloped,
+    } = ToolRequest::from_body(value).map_err(|e| ServiceError::invalid_request(e.to_string()))?;
+    let ctx = CallContext::from_headers(headers);
+    let result = state.service.call_tool(ctx, &tool, arguments).await?;
+    let answer = if enveloped {
+        cortex_proto::envelope::wrap_result(result)
+    } else {
+        result
+    };
+    Ok(axum::Json(answer).into_response())
 }
 
 fn body_error(rejection: BytesRejection, limit: usize) -> ServiceError {
@@ -196,12 +201,13 @@ async fn read_resource(
         .strip_prefix("/resource/")
         .unwrap_or_default()
         .to_string();
-    let ctx = context(&headers);
-    if wants_event_stream(&headers) {
-        let last = headers
-            .get(LAST_EVENT_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+    let stream = wants_event_stream(&headers);
+    let last = headers
+        .get(LAST_EVENT_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let ctx = CallContext::from_headers(headers);
+    if stream {
         let events = state.service.stream_resource(ctx, &uri, last).await?;
         return Ok(event_stream_response(events, &state));
     }

@@ -9,8 +9,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any};
+use cortex_proto::LAST_EVENT_ID_HEADER;
 use cortex_proto::sse::{self, Event};
-use cortex_proto::{IDEMPOTENCY_KEY_HEADER, LAST_EVENT_ID_HEADER, REQUEST_ID_HEADER};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream};
@@ -164,20 +164,6 @@ pub(crate) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a 
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-}
-
-/// The call context of a request: its id, credentials and tracing headers
-/// (for propagation), and its `Idempotency-Key` if it sent one.
-pub(crate) fn context(headers: &HeaderMap) -> CallContext {
-    CallContext {
-        request_id: header_text(headers, REQUEST_ID_HEADER)
-            .unwrap_or_default()
-            .to_string(),
-        idempotency_key: header_text(headers, IDEMPOTENCY_KEY_HEADER)
-            .filter(|k| !k.is_empty())
-            .map(str::to_string),
-        headers: headers.clone(),
-    }
 }
 
 /// True unless `Accept` is present and rules `media` out.
@@ -465,7 +451,7 @@ async fn session_post(
     body: Value,
 ) -> Response {
     let call = Call {
-        ctx: context(headers),
+        ctx: CallContext::from_headers(headers.clone()),
         session: Some(session),
         structured: revision.has_structured_content(),
     };

@@ -9,13 +9,14 @@ use serde_json::{Map, Value, json};
 use tokio::task::AbortHandle;
 
 use super::dispatch::{Call, Shared};
-use super::http::{self, context, header_text};
+use super::http::{self, header_text};
 use super::jsonrpc::{
     self, HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, Message, RpcError,
     UNSUPPORTED_PROTOCOL_VERSION,
 };
 use super::outbox::Outbox;
 use super::{SESSION_VERSIONS, STATELESS_VERSION};
+use crate::CallContext;
 
 /// The `_meta` key carrying a request's protocol version.
 pub(crate) const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
@@ -145,7 +146,7 @@ pub(crate) async fn post(mcp: &Arc<Shared>, headers: &HeaderMap, body: Value) ->
         return mismatch(&id, message);
     }
     let call = Call {
-        ctx: context(headers),
+        ctx: CallContext::from_headers(headers.clone()),
         session: None,
         structured: true,
     };
