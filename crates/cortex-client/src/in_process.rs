@@ -63,7 +63,15 @@ impl InProcessMcpClient {
             request_id: uuid::Uuid::new_v4().to_string(),
             // Every call runs once here; a key still makes a repeat replay.
             idempotency_key: None,
-            headers: Default::default(),
+            // As the network client would send it: a forwarded caller's
+            // credentials (see `crate::forward`).
+            headers: crate::forward::forwarded()
+                .map(|value| {
+                    let mut headers = http::HeaderMap::new();
+                    headers.insert(http::header::AUTHORIZATION, value);
+                    headers
+                })
+                .unwrap_or_default(),
         }
     }
 }

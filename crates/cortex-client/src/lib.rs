@@ -12,6 +12,7 @@
 //! - [`discovery`]: names to endpoints ([`ServiceDiscovery`], [`StaticDiscovery`];
 //!   [`DiscoverySpec`] names a backend in one string, as the config file's `discovery` key).
 //! - [`network`]: [`NetworkMcpClient`]: retries, breakers, deadlines over the pool.
+//! - [`forward`]: [`with_authorization`], a caller's credentials on the calls made for it.
 //! - `mcp`: standard MCP (Streamable HTTP, the stateless 2026-07-28
 //!   revision, the legacy HTTP+SSE transport) for services whose discovery
 //!   entry says `protocol = "mcp"` (or `"auto"`), over the same machinery.
@@ -43,6 +44,7 @@ pub mod config;
 /// Service discovery, re-exported from `cortex-discovery`.
 pub use cortex_discovery as discovery;
 pub mod error;
+pub mod forward;
 pub mod in_process;
 mod introspect;
 mod mcp;
@@ -60,6 +62,7 @@ pub use cortex_discovery::{
     StaticDiscovery,
 };
 pub use error::McpError;
+pub use forward::with_authorization;
 pub use in_process::InProcessMcpClient;
 pub use mcp::McpSessionInfo;
 pub use network::{

@@ -889,7 +889,10 @@ impl NetworkMcpClient {
                 text("Last-Event-ID", id)?,
             );
         }
-        if let Some(tokens) = &self.inner.tokens
+        // A caller's credentials forwarded for this work win over our own.
+        if let Some(authorization) = crate::forward::forwarded() {
+            headers.insert(header::AUTHORIZATION, authorization);
+        } else if let Some(tokens) = &self.inner.tokens
             && let Some(token) = tokens.token().await
         {
             headers.insert(

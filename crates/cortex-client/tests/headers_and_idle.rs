@@ -181,3 +181,38 @@ async fn a_token_http_cannot_carry_is_refused_before_sending() {
     assert!(!error.is_retryable());
     assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
 }
+
+/// Work wrapped in `with_authorization` reaches services as its caller:
+/// over the network in place of the client's own token, and in process in
+/// the callee's context; outside the scope the client's own token is back.
+#[tokio::test]
+async fn a_forwarded_authorization_replaces_the_clients_token() {
+    let server = TestServer::start(headers_service(), ServiceConfig::default()).await;
+    let discovery = Arc::new(StaticDiscovery::new().with("mirror", server.url("")));
+    let network = NetworkMcpClient::builder(discovery)
+        .token_provider(Arc::new(StaticToken("own".into())))
+        .build()
+        .unwrap();
+    let in_process = cortex_client::InProcessMcpClient::new();
+    in_process.register(headers_service());
+    let caller = http::HeaderValue::from_static("Bearer caller");
+
+    for client in [&network as &dyn McpClient, &in_process] {
+        let seen = cortex_client::with_authorization(Some(caller.clone()), async {
+            client.call_tool("mirror", "headers", json!({})).await
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen["authorization"], "Bearer caller");
+    }
+    let seen = network
+        .call_tool("mirror", "headers", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(seen["authorization"], "Bearer own");
+    let seen = in_process
+        .call_tool("mirror", "headers", json!({}))
+        .await
+        .unwrap();
+    assert!(seen["authorization"].is_null());
+}

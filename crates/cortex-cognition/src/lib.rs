@@ -82,12 +82,11 @@
 //!
 //! # Authorization
 //!
-//! Not yet: the caller's token is not forwarded. DESIGN §6 asks cognition
-//! to read memory with the caller's token; the
-//! [`McpClient`] trait has no per-call headers yet,
-//! so memory is read with whatever token the client itself was built with
-//! (its `TokenProvider`). TODO: forward `CallContext::headers`'
-//! `Authorization` once the client can carry it per call.
+//! Memory is read as the caller: every handler runs inside
+//! [`cortex_client::with_authorization`] with the caller's `Authorization`
+//! header, so each request to memory made for that call carries it instead
+//! of the client's own token (its `TokenProvider`), which is used only for
+//! callers that sent none.
 //!
 //! # Example
 //! ```no_run

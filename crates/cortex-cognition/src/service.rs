@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use cortex_service::{Params, Resource, ResourceContent, ServiceError, Tool};
+use cortex_service::{CallContext, Params, Resource, ResourceContent, ServiceError, Tool};
 use serde_json::{Map, Value, json};
 
 use crate::entities::{self, EntityCounter};
@@ -300,9 +300,9 @@ pub(crate) fn get_context(cognition: Cognition) -> Tool {
         "The items of a user's memory most relevant to a query (or the newest), for an agent's context. \
          When memory is down it answers within its deadline with `degraded: true`, an empty context and a `reason`.",
         schema,
-        move |_ctx, args| {
+        move |ctx, args| {
             let cognition = cognition.clone();
-            async move {
+            as_caller(&ctx, async move {
                 let request = ContextRequest {
                     user_id: user_id_arg(&args)?,
                     query: string_arg(&args, "query")?,
@@ -310,7 +310,7 @@ pub(crate) fn get_context(cognition: Cognition) -> Tool {
                     limit: limit_arg(&args, cognition.config.default_limit)?,
                 };
                 cognition.context(request).await
-            }
+            })
         },
     )
     .read_only()
@@ -330,9 +330,9 @@ pub(crate) fn analyze_conversation(cognition: Cognition) -> Tool {
         "Statistics of one conversation: message count, first and last timestamps, average length in characters, \
          and the ten most frequent terms (stop words removed). 404 when the conversation has no items.",
         schema,
-        move |_ctx, args| {
+        move |ctx, args| {
             let cognition = cognition.clone();
-            async move {
+            as_caller(&ctx, async move {
                 let user_id = user_id_arg(&args)?;
                 let conversation_id = string_arg(&args, "conversation_id")?
                     .filter(|c| !c.is_empty())
@@ -363,7 +363,7 @@ pub(crate) fn analyze_conversation(cognition: Cognition) -> Tool {
                     "average_length": stats.average_length,
                     "top_terms": stats.top_terms,
                 }))
-            }
+            })
         },
     )
     .read_only()
@@ -383,9 +383,9 @@ pub(crate) fn extract_entities(cognition: Cognition) -> Tool {
         "Finds e-mail addresses, http(s) URLs, @mentions, #hashtags and capitalised multi-word names, by simple rules, \
          in `text` or in the newest items of `user_id`. Ordered by count, then text.",
         schema,
-        move |_ctx, args| {
+        move |ctx, args| {
             let cognition = cognition.clone();
-            async move {
+            as_caller(&ctx, async move {
                 let text = string_arg(&args, "text")?;
                 let has_user = args.get("user_id").is_some_and(|v| !v.is_null());
                 match (text, has_user) {
@@ -423,7 +423,7 @@ pub(crate) fn extract_entities(cognition: Cognition) -> Tool {
                         }))
                     }
                 }
-            }
+            })
         },
     )
     .read_only()
@@ -443,9 +443,9 @@ pub(crate) fn summarize_history(cognition: Cognition) -> Tool {
         "Extractive statistics of a user's newest items (no model): item and conversation counts, first and last \
          timestamps, the ten most frequent terms, and one plain sentence built from those numbers.",
         schema,
-        move |_ctx, args| {
+        move |ctx, args| {
             let cognition = cognition.clone();
-            async move {
+            as_caller(&ctx, async move {
                 let user_id = user_id_arg(&args)?;
                 let limit = limit_arg(&args, SUMMARY_DEFAULT_LIMIT)?;
                 let items = cognition
@@ -462,10 +462,20 @@ pub(crate) fn summarize_history(cognition: Cognition) -> Tool {
                     "top_terms": stats.top_terms,
                     "summary": summary,
                 }))
-            }
+            })
         },
     )
     .read_only()
+}
+
+/// Runs a handler's work as its caller: memory is read with the caller's
+/// `Authorization` when it sent one (else with cognition's own token).
+fn as_caller<F: std::future::Future>(
+    ctx: &CallContext,
+    work: F,
+) -> impl std::future::Future<Output = F::Output> + use<F> {
+    let authorization = ctx.headers.get("authorization").cloned();
+    cortex_client::with_authorization(authorization, work)
 }
 
 // ---- resources -------------------------------------------------------------
@@ -474,9 +484,9 @@ pub(crate) fn context_resource(cognition: Cognition) -> Resource {
     Resource::new(
         "context/{user_id}",
         "get_context with its defaults: the newest default_limit items of a user.",
-        move |_ctx, params| {
+        move |ctx, params| {
             let cognition = cognition.clone();
-            async move {
+            as_caller(&ctx, async move {
                 let request = ContextRequest {
                     user_id: user_param(&params)?,
                     query: None,
@@ -484,7 +494,7 @@ pub(crate) fn context_resource(cognition: Cognition) -> Resource {
                     limit: cognition.config.default_limit,
                 };
                 cognition.context(request).await.map(ResourceContent::Json)
-            }
+            })
         },
     )
 }
@@ -493,9 +503,9 @@ pub(crate) fn context_query_resource(cognition: Cognition) -> Resource {
     Resource::new(
         "context/{user_id}/query/{query}",
         "get_context for a query (percent-encoded in the URI), default limit.",
-        move |_ctx, params| {
+        move |ctx, params| {
             let cognition = cognition.clone();
-            async move {
+            as_caller(&ctx, async move {
                 let request = ContextRequest {
                     user_id: user_param(&params)?,
                     query: Some(params.get("query")?.to_string()),
@@ -503,7 +513,7 @@ pub(crate) fn context_query_resource(cognition: Cognition) -> Resource {
                     limit: cognition.config.default_limit,
                 };
                 cognition.context(request).await.map(ResourceContent::Json)
-            }
+            })
         },
     )
 }

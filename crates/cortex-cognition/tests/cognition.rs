@@ -840,3 +840,67 @@ async fn the_service_lists_its_tools_and_resources() {
     let text = resources.to_string();
     assert!(text.contains("context/{user_id}/query/{query}"), "{text}");
 }
+
+/// A stand-in memory that records the `Authorization` of every read.
+fn recording_memory(seen: Arc<std::sync::Mutex<Vec<Option<String>>>>) -> Service {
+    Service::builder("memory", "0")
+        .resource(Resource::new(
+            "history/{user_id}/limit/{n}",
+            "records who asked",
+            move |ctx, _params| {
+                let authorization = ctx
+                    .headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                seen.lock().unwrap().push(authorization);
+                async { Ok(ResourceContent::Json(json!([]))) }
+            },
+        ))
+        .build()
+        .unwrap()
+}
+
+/// Cognition reads memory as its caller: the caller's token when it sent
+/// one, for tools and resources alike; its own token otherwise.
+#[tokio::test]
+async fn memory_is_read_with_the_callers_token() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let memory = TestServer::start(recording_memory(seen.clone()), ServiceConfig::default()).await;
+    let discovery = Arc::new(StaticDiscovery::new().with("memory", memory.url("")));
+    let client = NetworkMcpClient::builder(discovery)
+        .config(client_config(Duration::from_secs(1)))
+        .token_provider(Arc::new(cortex_client::StaticToken("cognition-own".into())))
+        .build()
+        .unwrap();
+    let service = cortex_cognition::build(Arc::new(client), CognitionConfig::default()).unwrap();
+    let cognition = TestServer::start(service, ServiceConfig::default()).await;
+    let http = reqwest::Client::new();
+
+    let response = http
+        .post(cognition.url("/tool/get_context"))
+        .bearer_auth("caller-1")
+        .json(&json!({"user_id": "u1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = http
+        .get(cognition.url("/resource/context/u1"))
+        .bearer_auth("caller-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, _) = call(&http, &cognition, "get_context", json!({"user_id": "u1"})).await;
+    assert_eq!(status, 200);
+
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            Some("Bearer caller-1".to_string()),
+            Some("Bearer caller-2".to_string()),
+            Some("Bearer cognition-own".to_string()),
+        ]
+    );
+}

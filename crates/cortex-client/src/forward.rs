@@ -1,0 +1,52 @@
+//! Forwarding a caller's credentials.
+//!
+//! A service that calls other services on behalf of its caller (cognition
+//! reading memory) should reach them as that caller, not as itself. Wrapping
+//! the work done for one request in [`with_authorization`] makes every
+//! request a client sends while it runs carry the caller's `Authorization`
+//! header, as received, in place of the client's own token. Both clients
+//! honour it: the network client sends the header, the in-process client
+//! puts it in the callee's `CallContext`.
+//!
+//! ```no_run
+//! # async fn handler(client: &cortex_client::NetworkMcpClient, caller: &http::HeaderMap)
+//! # -> Result<(), cortex_client::McpError> {
+//! use cortex_client::McpClient;
+//! let authorization = caller.get(http::header::AUTHORIZATION).cloned();
+//! let history = cortex_client::with_authorization(authorization, async {
+//!     client.read_resource("memory", "history/u1").await
+//! })
+//! .await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+
+use http::HeaderValue;
+
+tokio::task_local! {
+    static AUTHORIZATION: HeaderValue;
+}
+
+/// Runs `future` so that every request a Cortex client makes while it runs
+/// carries `authorization` (a caller's `Authorization` header value) instead
+/// of the client's own token. With `None` the future runs unchanged (an
+/// enclosing scope, if any, still applies).
+///
+/// The scope covers the requests made while `future` is polled: a resource
+/// stream opened inside it and read outside reconnects with the client's
+/// own token.
+pub async fn with_authorization<F: Future>(
+    authorization: Option<HeaderValue>,
+    future: F,
+) -> F::Output {
+    match authorization {
+        Some(value) => AUTHORIZATION.scope(value, future).await,
+        None => future.await,
+    }
+}
+
+/// The `Authorization` forwarded in the current task, if any.
+pub(crate) fn forwarded() -> Option<HeaderValue> {
+    AUTHORIZATION.try_with(Clone::clone).ok()
+}
