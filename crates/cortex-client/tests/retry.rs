@@ -19,10 +19,10 @@ use tokio::sync::watch;
 
 /// Serves the memory service behind a layer that answers 503 to the first
 /// `failures` attempts of every call (attempts share an Idempotency-Key),
-/// with a `Retry-After` header when `retry_after` is set.
+/// with a `Retry-After` header made by `retry_after` when it is set.
 async fn flaky_memory(
     failures: usize,
-    retry_after: Option<&'static str>,
+    retry_after: Option<fn() -> String>,
 ) -> (
     String,
     tempfile::TempDir,
@@ -60,7 +60,7 @@ async fn flaky_memory(
                         if let Some(value) = retry_after {
                             response
                                 .headers_mut()
-                                .insert("retry-after", value.parse().unwrap());
+                                .insert("retry-after", value().parse().unwrap());
                         }
                         return response;
                     }
@@ -171,7 +171,7 @@ async fn the_retry_budget_stops_retries_from_multiplying_load() {
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let (url, _dir, _) = flaky_memory(1, Some("1")).await;
+    let (url, _dir, _) = flaky_memory(1, Some(|| "1".into())).await;
     let config = common::fast_config()
         .max_retries(2)
         .failure_threshold(1_000_000)
@@ -195,9 +195,41 @@ async fn retry_after_is_honoured() {
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
 }
 
+/// The other form of `Retry-After`: an HTTP date, here 3 s ahead when the
+/// 503 is sent (dates have whole seconds, so the wait is between 2 and 3 s).
+#[tokio::test]
+async fn retry_after_as_an_http_date_is_honoured() {
+    let in_three_seconds =
+        || httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3));
+    let (url, _dir, seen) = flaky_memory(1, Some(in_three_seconds)).await;
+    let config = common::fast_config()
+        .max_retries(2)
+        .failure_threshold(1_000_000)
+        .build()
+        .unwrap();
+    let client = common::client_for(&url, config);
+    let started = std::time::Instant::now();
+    client
+        .call_tool(
+            "memory",
+            "store_input",
+            json!({"user_id": "u1", "input_data": {"content": "x"}}),
+        )
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1_900),
+        "waited only {elapsed:?}, Retry-After named a date 3 s ahead"
+    );
+    assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
+    let attempts: Vec<usize> = seen.lock().unwrap().values().copied().collect();
+    assert_eq!(attempts, vec![2], "one refused attempt, one that stored");
+}
+
 #[tokio::test]
 async fn retry_after_longer_than_the_deadline_gives_up_at_once() {
-    let (url, _dir, _) = flaky_memory(1, Some("120")).await;
+    let (url, _dir, _) = flaky_memory(1, Some(|| "120".into())).await;
     let config = common::fast_config()
         .max_retries(2)
         .request_timeout(Duration::from_secs(2))
