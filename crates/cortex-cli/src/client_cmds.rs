@@ -255,33 +255,83 @@ pub(crate) async fn health(
     }
 }
 
+/// One replica of a service, as `status` found it.
+struct Replica {
+    checked: Checked,
+    /// The endpoint's URL; `None` when discovery gave none to check.
+    endpoint: Option<String>,
+}
+
+/// Checks every endpoint of each of `services` on its own (through its own
+/// pool and breaker); a service without endpoints gets one row saying why.
+async fn check_replicas(target: &crate::connect::Target, services: &[String]) -> Vec<Replica> {
+    let mut replicas = Vec::new();
+    for service in services {
+        let endpoints = match target.discovery.resolve(service).await {
+            Ok(set) if !set.endpoints.is_empty() => set.endpoints.clone(),
+            _ => {
+                let started = Instant::now();
+                let outcome = target.client.health(service).await;
+                replicas.push(Replica {
+                    checked: Checked {
+                        service: service.clone(),
+                        endpoints: Vec::new(),
+                        latency: started.elapsed(),
+                        outcome,
+                    },
+                    endpoint: None,
+                });
+                continue;
+            }
+        };
+        for endpoint in &endpoints {
+            let started = Instant::now();
+            let outcome = target.client.health_at(service, endpoint).await;
+            replicas.push(Replica {
+                checked: Checked {
+                    service: service.clone(),
+                    endpoints: vec![endpoint.url.clone()],
+                    latency: started.elapsed(),
+                    outcome,
+                },
+                endpoint: Some(endpoint.url.clone()),
+            });
+        }
+    }
+    replicas
+}
+
+/// `status`: one row per replica of every known service: its health,
+/// version, breaker and the latency of its health check. Exits 0 whatever
+/// it finds.
 pub(crate) async fn status(flags: &ClientFlags, json: bool) -> Result<(), Failure> {
     let target = flags.connect(|c| c).await?;
-    let checked = check_all(&target, &target.names).await;
+    let replicas = check_replicas(&target, &target.names).await;
     let endpoints = target.client.endpoint_status();
-    let breaker_of = |service: &str| -> String {
-        let states: Vec<String> = endpoints
+    let breaker_of = |service: &str, url: Option<&str>| -> String {
+        endpoints
             .iter()
-            .filter(|e| e.service == service)
-            .map(|e| match e.breaker_retry_after {
-                Some(left) if e.breaker == BreakerState::Open => {
-                    format!("open ({} left)", output::duration(left))
-                }
-                _ => e.breaker.to_string(),
-            })
-            .collect();
-        if states.is_empty() {
-            "-".into()
-        } else {
-            states.join(",")
-        }
+            .find(|e| e.service == service && Some(e.url.as_str()) == url)
+            .map_or_else(
+                || "-".to_string(),
+                |e| match e.breaker_retry_after {
+                    Some(left) if e.breaker == BreakerState::Open => {
+                        format!("open ({} left)", output::duration(left))
+                    }
+                    _ => e.breaker.to_string(),
+                },
+            )
     };
     if json {
-        let list = checked
+        let list = replicas
             .iter()
-            .map(|c| {
-                let mut value = c.to_json();
-                value["breaker"] = json!(breaker_of(&c.service));
+            .map(|r| {
+                let mut value = r.checked.to_json();
+                if let Some(object) = value.as_object_mut() {
+                    object.remove("endpoints");
+                }
+                value["endpoint"] = json!(r.endpoint);
+                value["breaker"] = json!(breaker_of(&r.checked.service, r.endpoint.as_deref()));
                 value
             })
             .collect();
@@ -289,13 +339,14 @@ pub(crate) async fn status(flags: &ClientFlags, json: bool) -> Result<(), Failur
     }
     let mut rows = vec![vec![
         "SERVICE".to_string(),
-        "ENDPOINTS".to_string(),
+        "ENDPOINT".to_string(),
         "HEALTH".to_string(),
         "VERSION".to_string(),
         "BREAKER".to_string(),
         "LATENCY".to_string(),
     ]];
-    for c in &checked {
+    for r in &replicas {
+        let c = &r.checked;
         let version = match &c.outcome {
             Ok((_, health)) if !health.version.is_empty() => health.version.clone(),
             _ => "-".into(),
@@ -306,10 +357,10 @@ pub(crate) async fn status(flags: &ClientFlags, json: bool) -> Result<(), Failur
         };
         rows.push(vec![
             c.service.clone(),
-            c.endpoints.join(","),
+            r.endpoint.clone().unwrap_or_else(|| "-".into()),
             state,
             version,
-            breaker_of(&c.service),
+            breaker_of(&c.service, r.endpoint.as_deref()),
             output::duration(c.latency),
         ]);
     }

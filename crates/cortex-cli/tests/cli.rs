@@ -430,6 +430,7 @@ fn call_read_stream_tools_resources_health_status_and_bench() {
     );
     let status = up.run(&["--json", "status"]).ok().json();
     assert_eq!(status[0]["service"], "memory");
+    assert_eq!(status[0]["endpoint"], up.memory.as_str());
     assert_eq!(status[0]["breaker"], "closed");
     assert!(status[1]["latency_ms"].as_f64().unwrap() > 0.0);
 
@@ -538,6 +539,28 @@ fn every_error_exit_code_for_real() {
     // `status` reports a dead service and still succeeds.
     let status = run(&["--service", &dead, "status"], None).ok();
     assert!(status.stdout.contains("unreachable"), "{status:?}");
+    // ... one row per replica: a live one and a dead one of the same service.
+    let dead_url = dead.trim_start_matches("memory=");
+    let replicas = format!("memory={},{dead_url}", up.memory);
+    let status = run(&["--service", &replicas, "--json", "status"], None)
+        .ok()
+        .json();
+    let mut rows: Vec<(String, bool)> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["service"] == "memory")
+        .map(|row| {
+            (
+                row["endpoint"].as_str().unwrap().to_string(),
+                row["healthy"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    let mut expected = vec![(up.memory.clone(), true), (dead_url.to_string(), false)];
+    expected.sort();
+    assert_eq!(rows, expected, "{status}");
 
     // 5: the service refused the call.
     up.run(&["call", "memory", "store_input", r#"{"user_id":"u1"}"#])

@@ -15,17 +15,19 @@ use tokio::time::Instant;
 use crate::api::EventStream;
 use crate::error::McpError;
 use crate::network::{Answer, Exchange, NetworkMcpClient, Operation};
+use cortex_discovery::Endpoint;
 
 impl NetworkMcpClient {
     /// `GET /tools` of `service`: every tool with its description and the
     /// JSON Schema of its arguments. Retried like a read.
     pub async fn list_tools(&self, service: &str) -> Result<ToolList, McpError> {
-        self.get_json(service, "tools", "/tools", u32::MAX).await
+        self.get_json(service, "tools", "/tools", u32::MAX, None)
+            .await
     }
 
     /// `GET /resources` of `service`: every resource pattern.
     pub async fn list_resources(&self, service: &str) -> Result<ResourceList, McpError> {
-        self.get_json(service, "resources", "/resources", u32::MAX)
+        self.get_json(service, "resources", "/resources", u32::MAX, None)
             .await
     }
 
@@ -34,8 +36,27 @@ impl NetworkMcpClient {
     /// `200` and `healthy`, or `503` and `unhealthy` with the failing
     /// checks. An unreachable service (or an open circuit) is an error.
     pub async fn health(&self, service: &str) -> Result<(u16, Health), McpError> {
+        self.health_of(service, None).await
+    }
+
+    /// As [`Self::health`], of one endpoint (one replica) of `service`,
+    /// through that endpoint's pool and breaker. An endpoint discovery no
+    /// longer lists is [`McpError::ServiceNotFound`].
+    pub async fn health_at(
+        &self,
+        service: &str,
+        endpoint: &Endpoint,
+    ) -> Result<(u16, Health), McpError> {
+        self.health_of(service, Some(endpoint)).await
+    }
+
+    async fn health_of(
+        &self,
+        service: &str,
+        endpoint: Option<&Endpoint>,
+    ) -> Result<(u16, Health), McpError> {
         match self
-            .get_json::<Health>(service, "health", "/health", 1)
+            .get_json::<Health>(service, "health", "/health", 1, endpoint)
             .await
         {
             Ok(health) => Ok((200, health)),
@@ -92,12 +113,14 @@ impl NetworkMcpClient {
         operation: &str,
         path: &str,
         max_attempts: u32,
+        pin: Option<&Endpoint>,
     ) -> Result<T, McpError> {
         let started = Instant::now();
         let outcome = async {
             let state = self.service_state(service)?;
             let mut exchange = Exchange::get(Operation::Read(operation), path);
             exchange.max_attempts = max_attempts;
+            exchange.pin = pin.cloned();
             let (endpoint, answer) = self.execute(&state, &exchange).await?;
             let not_json = |message: String| McpError::ResourceRead {
                 service: service.into(),

@@ -368,3 +368,21 @@ async fn metrics_count_calls_errors_and_retries() {
         "{text}"
     );
 }
+
+/// A replica's health is asked of that replica alone; one discovery does
+/// not list is `ServiceNotFound` naming it, and nothing is sent elsewhere.
+#[tokio::test]
+async fn health_of_one_replica_and_of_an_unlisted_one() {
+    let (server, _) = faulty_server().await;
+    let client = client(&server.url(""), common::fast_config().build().unwrap());
+    let listed = cortex_client::Endpoint::new(server.url(""));
+    let (status, health) = client.health_at("faulty", &listed).await.unwrap();
+    assert_eq!((status, health.status.as_str()), (200, "healthy"));
+
+    let unlisted = cortex_client::Endpoint::new("http://127.0.0.1:9");
+    let error = client.health_at("faulty", &unlisted).await.unwrap_err();
+    assert!(
+        matches!(&error, McpError::ServiceNotFound { reason, .. } if reason.contains("127.0.0.1:9")),
+        "{error}"
+    );
+}
