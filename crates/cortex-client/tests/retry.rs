@@ -169,15 +169,15 @@ async fn the_retry_budget_stops_retries_from_multiplying_load() {
     assert!(attempts > 200, "some retries were still allowed");
 }
 
-#[tokio::test]
-async fn retry_after_is_honoured() {
-    let (url, _dir, _) = flaky_memory(1, Some(|| "1".into())).await;
+/// How long one `store_input` through `url` takes, retries included (it
+/// must succeed).
+async fn time_one_store(url: &str) -> Duration {
     let config = common::fast_config()
         .max_retries(2)
         .failure_threshold(1_000_000)
         .build()
         .unwrap();
-    let client = common::client_for(&url, config);
+    let client = common::client_for(url, config);
     let started = std::time::Instant::now();
     client
         .call_tool(
@@ -187,7 +187,13 @@ async fn retry_after_is_honoured() {
         )
         .await
         .unwrap();
-    let elapsed = started.elapsed();
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let (url, _dir, _) = flaky_memory(1, Some(|| "1".into())).await;
+    let elapsed = time_one_store(&url).await;
     assert!(
         elapsed >= Duration::from_millis(950),
         "waited only {elapsed:?}, Retry-After said 1 s"
@@ -202,22 +208,7 @@ async fn retry_after_as_an_http_date_is_honoured() {
     let in_three_seconds =
         || httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3));
     let (url, _dir, seen) = flaky_memory(1, Some(in_three_seconds)).await;
-    let config = common::fast_config()
-        .max_retries(2)
-        .failure_threshold(1_000_000)
-        .build()
-        .unwrap();
-    let client = common::client_for(&url, config);
-    let started = std::time::Instant::now();
-    client
-        .call_tool(
-            "memory",
-            "store_input",
-            json!({"user_id": "u1", "input_data": {"content": "x"}}),
-        )
-        .await
-        .unwrap();
-    let elapsed = started.elapsed();
+    let elapsed = time_one_store(&url).await;
     assert!(
         elapsed >= Duration::from_millis(1_900),
         "waited only {elapsed:?}, Retry-After named a date 3 s ahead"
