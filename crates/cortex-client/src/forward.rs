@@ -25,13 +25,14 @@ use std::future::Future;
 use http::HeaderValue;
 
 tokio::task_local! {
-    static AUTHORIZATION: HeaderValue;
+    static AUTHORIZATION: Option<HeaderValue>;
 }
 
 /// Runs `future` so that every request a Cortex client makes while it runs
 /// carries `authorization` (a caller's `Authorization` header value) instead
-/// of the client's own token. With `None` the future runs unchanged (an
-/// enclosing scope, if any, still applies).
+/// of the client's own token. With `None` the requests carry the client's
+/// own token, even inside an enclosing scope: what is passed is what is
+/// sent.
 ///
 /// The scope covers the requests made while `future` is polled: a resource
 /// stream opened inside it and read outside reconnects with the client's
@@ -40,13 +41,16 @@ pub async fn with_authorization<F: Future>(
     authorization: Option<HeaderValue>,
     future: F,
 ) -> F::Output {
-    match authorization {
-        Some(value) => AUTHORIZATION.scope(value, future).await,
-        None => future.await,
-    }
+    AUTHORIZATION.scope(authorization, future).await
+}
+
+/// Runs `future` as the client itself: for what the client opens once and
+/// shares between callers (sessions, shared streams, cached listings).
+pub(crate) async fn as_client<F: Future>(future: F) -> F::Output {
+    AUTHORIZATION.scope(None, future).await
 }
 
 /// The `Authorization` forwarded in the current task, if any.
 pub(crate) fn forwarded() -> Option<HeaderValue> {
-    AUTHORIZATION.try_with(Clone::clone).ok()
+    AUTHORIZATION.try_with(Clone::clone).ok().flatten()
 }

@@ -159,18 +159,20 @@ impl McpClient for InProcessMcpClient {
         let Value::Object(arguments) = arguments else {
             return Err(McpError::arguments_not_an_object(service, tool, &arguments));
         };
-        registry
-            .call_tool(Self::context(), tool, arguments)
+        // The callee runs as itself, as a remote one would: its own calls
+        // do not carry our caller's credentials unless it forwards them.
+        let ctx = Self::context();
+        crate::forward::as_client(registry.call_tool(ctx, tool, arguments))
             .await
             .map_err(|e| map_error(service, Operation::Tool(tool), e))
     }
 
     async fn read_resource(&self, service: &str, uri: &str) -> Result<Resource, McpError> {
         let registry = self.service(service)?;
-        match registry
-            .read_resource(Self::context(), &crate::network::encode_uri(uri))
-            .await
-        {
+        let ctx = Self::context();
+        let encoded = crate::network::encode_uri(uri);
+        let read = registry.read_resource(ctx, &encoded);
+        match crate::forward::as_client(read).await {
             Ok(ResourceContent::Json(content)) => Ok(Resource {
                 content,
                 mime_type: "application/json".into(),
@@ -185,8 +187,10 @@ impl McpClient for InProcessMcpClient {
 
     async fn stream_resource(&self, service: &str, uri: &str) -> Result<EventStream, McpError> {
         let registry = self.service(service)?;
-        let events = registry
-            .stream_resource(Self::context(), &crate::network::encode_uri(uri), None)
+        let ctx = Self::context();
+        let encoded = crate::network::encode_uri(uri);
+        let open = registry.stream_resource(ctx, &encoded, None);
+        let events = crate::forward::as_client(open)
             .await
             .map_err(|e| map_error(service, Operation::Resource(uri), e))?;
         let service = service.to_string();

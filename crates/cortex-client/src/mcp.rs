@@ -131,7 +131,8 @@ pub(crate) async fn speaks_mcp(
             probe.max_attempts = 2;
             // Boxed: asked once per service, so its state should not
             // weigh on every call's future.
-            match Box::pin(client.execute(service, &probe)).await {
+            // Cached for every caller: probed as the client.
+            match Box::pin(crate::forward::as_client(client.execute(service, &probe))).await {
                 Ok(_) => false,
                 Err(error) if matches!(error.status(), Some(400 | 404 | 405)) => true,
                 Err(error) => return Err(error),
@@ -275,7 +276,9 @@ async fn tools(
     if let Some(known) = lock(&mcp.tools).get(&service.name) {
         return known.clone();
     }
-    let Ok(listed) = list_all(client, service, "tools/list", "tools").await else {
+    // Cached for every caller: listed as the client.
+    let listing = list_all(client, service, "tools/list", "tools");
+    let Ok(listed) = crate::forward::as_client(listing).await else {
         return Arc::default();
     };
     let tools: HashMap<String, bool> = listed
@@ -305,34 +308,38 @@ async fn resource_uri(client: &NetworkMcpClient, service: &Arc<ServiceState>, ur
     let known = lock(&client.inner.mcp.schemes).get(&service.name).cloned();
     let scheme = match known {
         Some(scheme) => scheme,
+        // Cached for every caller: asked as the client.
         None => {
-            let scheme_of = |items: Vec<Value>, key: &str| {
-                items.iter().find_map(|i| {
-                    i.get(key)
-                        .and_then(Value::as_str)
-                        .and_then(|u| u.split_once("://"))
-                        .map(|(s, _)| s.to_string())
-                })
-            };
-            let mut scheme = None;
-            if let Ok(templates) = list_all(
-                client,
-                service,
-                "resources/templates/list",
-                "resourceTemplates",
-            )
+            crate::forward::as_client(async {
+                let scheme_of = |items: Vec<Value>, key: &str| {
+                    items.iter().find_map(|i| {
+                        i.get(key)
+                            .and_then(Value::as_str)
+                            .and_then(|u| u.split_once("://"))
+                            .map(|(s, _)| s.to_string())
+                    })
+                };
+                let mut scheme = None;
+                if let Ok(templates) = list_all(
+                    client,
+                    service,
+                    "resources/templates/list",
+                    "resourceTemplates",
+                )
+                .await
+                {
+                    scheme = scheme_of(templates, "uriTemplate");
+                }
+                if scheme.is_none()
+                    && let Ok(resources) =
+                        list_all(client, service, "resources/list", "resources").await
+                {
+                    scheme = scheme_of(resources, "uri");
+                }
+                lock(&client.inner.mcp.schemes).insert(service.name.clone(), scheme.clone());
+                scheme
+            })
             .await
-            {
-                scheme = scheme_of(templates, "uriTemplate");
-            }
-            if scheme.is_none()
-                && let Ok(resources) =
-                    list_all(client, service, "resources/list", "resources").await
-            {
-                scheme = scheme_of(resources, "uri");
-            }
-            lock(&client.inner.mcp.schemes).insert(service.name.clone(), scheme.clone());
-            scheme
         }
     };
     match scheme {

@@ -51,7 +51,9 @@ use cortex_discovery::{Balancer, CallOutcome, DiscoveryError, Endpoint, ServiceD
 /// out-of-memory.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Supplies the bearer token sent with every request.
+/// Supplies the bearer token sent with every request, except those made
+/// for a caller inside [`crate::with_authorization`], which carry the
+/// caller's header instead.
 #[async_trait]
 pub trait TokenProvider: Send + Sync + 'static {
     /// The token, or `None` to send no `Authorization` header.
@@ -645,6 +647,19 @@ impl NetworkMcpClient {
             attempts: attempt,
         };
 
+        // Built before a connection is taken: a slow token provider does not
+        // hold a pool slot, and a request that cannot be built costs none.
+        let request = match self.request(&state, exchange, prepared.as_ref(), ids).await {
+            Ok(request) => request,
+            Err(reason) => {
+                permit.ignore();
+                return Err(never(McpError::InvalidRequest {
+                    service: service.name.clone(),
+                    operation: exchange.operation.name().to_string(),
+                    reason,
+                }));
+            }
+        };
         let pool_deadline = deadline.min(Instant::now() + service.config.pool_timeout);
         let mut conn = match state.pool.acquire(pool_deadline).await {
             Ok(conn) => conn,
@@ -669,17 +684,6 @@ impl NetworkMcpClient {
             }
         };
 
-        let request = match self.request(&state, exchange, prepared.as_ref(), ids).await {
-            Ok(request) => request,
-            Err(reason) => {
-                permit.ignore();
-                return Err(never(McpError::InvalidRequest {
-                    service: service.name.clone(),
-                    operation: exchange.operation.name().to_string(),
-                    reason,
-                }));
-            }
-        };
         let response = match tokio::time::timeout_at(deadline, conn.send(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(SendError::NotSent(reason))) => {
@@ -839,6 +843,7 @@ impl NetworkMcpClient {
         let path = match prepared.and_then(|p| p.path.as_deref()) {
             // The legacy SSE transport names its POST URL: absolute path as is.
             Some(path) if path.starts_with('/') => http::Uri::try_from(path),
+            Some("") if base.is_empty() => Ok(http::Uri::from_static("/")),
             Some(path) => http::Uri::try_from(format!("{base}{path}")),
             None if base.is_empty() && exchange.path.is_empty() => Ok(http::Uri::from_static("/")),
             None if base.is_empty() => http::Uri::try_from(exchange.path.as_str()),
@@ -1039,9 +1044,6 @@ pub(crate) fn encode_uri(uri: &str) -> String {
     percent_encoding::utf8_percent_encode(uri.trim_start_matches('/'), PATH).to_string()
 }
 
-/// A random (version 4) UUID from a fast user-space generator: ids and
-/// idempotency keys need uniqueness, not secrecy, and the operating
-/// system's generator costs a system call (about a microsecond) per id.
 /// The ids one call sends on every attempt (W3C trace context: the trace id
 /// is the call's, the span id is new per attempt).
 pub(crate) struct CallIds {
@@ -1089,6 +1091,9 @@ fn hex_header(bytes: &[u8]) -> HeaderValue {
     HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// A random (version 4) UUID from a fast user-space generator: ids and
+/// idempotency keys need uniqueness, not secrecy, and the operating
+/// system's generator costs a system call (about a microsecond) per id.
 pub(crate) fn random_id() -> uuid::Uuid {
     uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid()
 }

@@ -216,3 +216,61 @@ async fn a_forwarded_authorization_replaces_the_clients_token() {
         .unwrap();
     assert!(seen["authorization"].is_null());
 }
+
+/// An in-process callee runs as itself, as a remote one would: it is told
+/// who its caller is (in its context), but its own calls carry its own
+/// token unless it forwards the caller's. An inner `None` scope also means
+/// the client's own token.
+#[tokio::test]
+async fn an_in_process_callee_does_not_inherit_its_callers_token() {
+    let server = TestServer::start(headers_service(), ServiceConfig::default()).await;
+    let discovery = Arc::new(StaticDiscovery::new().with("mirror", server.url("")));
+    let network = NetworkMcpClient::builder(discovery)
+        .token_provider(Arc::new(StaticToken("own".into())))
+        .build()
+        .unwrap();
+    let onward = network.clone();
+    let relay = Service::builder("relay", "0")
+        .tool(Tool::new(
+            "relay",
+            "Calls the mirror and says who called it.",
+            json!({"type": "object"}),
+            move |ctx, _| {
+                let onward = onward.clone();
+                async move {
+                    let told = ctx
+                        .headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let mirror = onward
+                        .call_tool("mirror", "headers", json!({}))
+                        .await
+                        .map_err(|e| cortex_service::ServiceError::internal(e.to_string()))?;
+                    Ok(json!({"told": told, "sent": mirror["authorization"]}))
+                }
+            },
+        ))
+        .build()
+        .unwrap();
+    let in_process = cortex_client::InProcessMcpClient::new();
+    in_process.register(relay);
+    let caller = http::HeaderValue::from_static("Bearer caller");
+
+    let seen = cortex_client::with_authorization(Some(caller.clone()), async {
+        in_process.call_tool("relay", "relay", json!({})).await
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen, json!({"told": "Bearer caller", "sent": "Bearer own"}));
+
+    let inner = cortex_client::with_authorization(Some(caller), async {
+        cortex_client::with_authorization(None, async {
+            network.call_tool("mirror", "headers", json!({})).await
+        })
+        .await
+    })
+    .await
+    .unwrap();
+    assert_eq!(inner["authorization"], "Bearer own");
+}

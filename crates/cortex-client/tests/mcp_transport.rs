@@ -28,6 +28,8 @@ struct Script {
     calls: Mutex<Vec<String>>,
     /// Notifications and DELETEs received, with their params.
     received: Mutex<Vec<(String, Value)>>,
+    /// Every message's method with the `Authorization` it came with.
+    authorization: Mutex<Vec<(String, Option<String>)>>,
 }
 
 type Shared = Arc<Script>;
@@ -39,6 +41,17 @@ async fn mcp(
 ) -> Response {
     let method = message["method"].as_str().unwrap_or_default().to_string();
     let id = message["id"].clone();
+    script
+        .authorization
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((
+            method.clone(),
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        ));
     let session = headers
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
@@ -239,4 +252,61 @@ async fn close_deletes_the_session() {
         client.call_tool("svc", "echo", json!({})).await,
         Err(McpError::Closed)
     ));
+}
+
+/// A call made for a caller carries the caller's `Authorization`, but the
+/// session it opens on the way, and the tool listing the client caches,
+/// belong to the client and are asked with its own token: a later caller
+/// must not use a session or listing opened as someone else.
+#[tokio::test]
+async fn a_forwarded_caller_token_never_opens_the_shared_session() {
+    let (script, url) = serve().await;
+    let discovery = StaticDiscovery::new();
+    discovery.register(
+        "svc",
+        vec![Endpoint::new(&url).with_protocol(Protocol::Mcp)],
+    );
+    let client = NetworkMcpClient::builder(Arc::new(discovery))
+        .token_provider(Arc::new(cortex_client::StaticToken("own".into())))
+        .build()
+        .unwrap_or_else(|e| panic!("client: {e}"));
+    let caller = axum::http::HeaderValue::from_static("Bearer caller");
+    // `connect` pings: the session is opened on the caller's first request.
+    let (connected, answer) = cortex_client::with_authorization(Some(caller), async {
+        let connected = client.connect("svc").await;
+        (connected, client.call_tool("svc", "echo", json!({})).await)
+    })
+    .await;
+    assert!(connected.is_ok(), "{connected:?}");
+    assert_eq!(answer.ok(), Some(json!("echo ok")));
+
+    let seen = script
+        .authorization
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let of = |method: &str| -> Vec<Option<String>> {
+        seen.iter()
+            .filter(|(m, _)| m == method)
+            .map(|(_, a)| a.clone())
+            .collect()
+    };
+    let own = Some("Bearer own".to_string());
+    assert_eq!(of("initialize"), vec![own.clone()], "{seen:?}");
+    assert_eq!(
+        of("notifications/initialized"),
+        vec![own.clone()],
+        "{seen:?}"
+    );
+    assert_eq!(of("tools/list"), vec![own], "{seen:?}");
+    assert_eq!(
+        of("ping"),
+        vec![Some("Bearer caller".to_string())],
+        "{seen:?}"
+    );
+    assert_eq!(
+        of("tools/call"),
+        vec![Some("Bearer caller".to_string())],
+        "{seen:?}"
+    );
 }

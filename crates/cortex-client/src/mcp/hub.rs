@@ -255,14 +255,15 @@ pub(crate) async fn hub_of(
     if let Some(hub) = lock(&session.hub).clone().filter(|h| !h.is_closed()) {
         return Ok(hub);
     }
-    let answer = rpc::get(
+    // Shared by every subscriber of the session: opened as the client.
+    let answer = crate::forward::as_client(rpc::get(
         client,
         service,
         &session.endpoint,
         "events",
         session.prepare_get(),
         None,
-    )
+    ))
     .await?;
     let Answer::Streaming { body, conn, .. } = answer else {
         return Err(rpc::failure(

@@ -197,7 +197,9 @@ pub(crate) async fn open(
     if let Some(session) = mcp.session(&service.name, endpoint) {
         return Ok(session);
     }
-    let session = handshake(client, service, endpoint).await?;
+    // Shared by every caller: opened as the client, never as the caller
+    // whose call happened to open it.
+    let session = crate::forward::as_client(handshake(client, service, endpoint)).await?;
     tracing::info!(service = %service.name, endpoint = %endpoint.url, era = ?session.era, "MCP session open");
     mcp.insert(&service.name, session.clone());
     Ok(session)
