@@ -871,7 +871,7 @@ async fn pieces(n: usize) -> Vec<(&'static str, f64)> {
     out.push((
         "encode body: json!{item_id} + envelope + to_vec + path format",
         time_ns(n, || {
-            let body = serde_json::to_vec(&ToolRequest::envelope(json!({"item_id": 1})));
+            let body = ToolRequest::encode_envelope(&json!({"item_id": 1}));
             black_box(body.ok());
             black_box(format!("/tool/{}", black_box("get_item")));
         }),

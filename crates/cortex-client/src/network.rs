@@ -469,17 +469,32 @@ impl NetworkMcpClient {
         let deadline = started + service.config.request_timeout;
         let ids = CallIds::new();
         service.budget.deposit();
+        // Endpoints that failed this call: a retry prefers the others.
+        // Recorded only on failure, so a call that succeeds at once keeps
+        // no list.
         let mut tried: Vec<Endpoint> = Vec::new();
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
+            let mut attempted = None;
             let failure = match self
-                .attempt(service, exchange, &mut tried, deadline, attempt, &ids)
+                .attempt(
+                    service,
+                    exchange,
+                    &tried,
+                    &mut attempted,
+                    deadline,
+                    attempt,
+                    &ids,
+                )
                 .await
             {
                 Ok(answer) => return Ok(answer),
                 Err(failure) => failure,
             };
+            if let Some(state) = attempted {
+                tried.push(state.endpoint.clone());
+            }
             let retryable = match failure.retry {
                 Retry::Always => true,
                 Retry::IfIdempotent => exchange.idempotent,
@@ -515,7 +530,8 @@ impl NetworkMcpClient {
         &self,
         service: &ServiceState,
         exchange: &Exchange<'_>,
-        tried: &mut Vec<Endpoint>,
+        tried: &[Endpoint],
+        attempted: &mut Option<Arc<EndpointState>>,
         deadline: Instant,
         attempt: u32,
         ids: &CallIds,
@@ -609,7 +625,7 @@ impl NetworkMcpClient {
                 retry_after,
             }));
         };
-        tried.push(state.endpoint.clone());
+        *attempted = Some(state.clone());
         let prepared = match exchange.prepare {
             Some(prepare) => match prepare(&state.endpoint) {
                 Some(prepared) => Some(prepared),
@@ -1028,20 +1044,34 @@ fn error_for(
     }
 }
 
+/// What may not stand in a URI path segment list: `/` (segment separators)
+/// and `%` (already-encoded octets) are kept.
+const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
 /// Percent-encodes what may not stand in a URI path, keeping `/` (segment
 /// separators) and `%` (already-encoded octets).
 pub(crate) fn encode_uri(uri: &str) -> String {
-    const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
-        .add(b' ')
-        .add(b'"')
-        .add(b'#')
-        .add(b'<')
-        .add(b'>')
-        .add(b'?')
-        .add(b'`')
-        .add(b'{')
-        .add(b'}');
     percent_encoding::utf8_percent_encode(uri.trim_start_matches('/'), PATH).to_string()
+}
+
+/// `/tool/{tool}`: the name is one segment, so a `/` in it is encoded too.
+/// One allocation, sized for the common case.
+fn tool_path(tool: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &PATH.add(b'/');
+    let tool = tool.trim_start_matches('/');
+    let mut path = String::with_capacity("/tool/".len() + tool.len());
+    path.push_str("/tool/");
+    path.extend(percent_encoding::utf8_percent_encode(tool, SEGMENT));
+    path
 }
 
 /// The ids one call sends on every attempt (W3C trace context: the trace id
@@ -1150,20 +1180,18 @@ impl McpClient for NetworkMcpClient {
                 // Cortex call's future too (it was 4x its size).
                 return Box::pin(crate::mcp::call_tool(self, &state, tool, arguments)).await;
             }
-            let body = serde_json::to_vec(&ToolRequest::envelope(arguments)).map_err(|e| {
-                McpError::Tool {
-                    service: service.into(),
-                    operation: tool.into(),
-                    code: ErrorCode::InvalidArguments,
-                    message: format!("arguments cannot be encoded: {e}"),
-                    details: Value::Null,
-                    status: 400,
-                }
+            let body = ToolRequest::encode_envelope(&arguments).map_err(|e| McpError::Tool {
+                service: service.into(),
+                operation: tool.into(),
+                code: ErrorCode::InvalidArguments,
+                message: format!("arguments cannot be encoded: {e}"),
+                details: Value::Null,
+                status: 400,
             })?;
             let exchange = Exchange {
                 operation: Operation::Tool(tool),
                 method: Method::POST,
-                path: format!("/tool/{}", encode_uri(tool).replace('/', "%2F")),
+                path: tool_path(tool),
                 body: Bytes::from(body),
                 accept: "application/json",
                 idempotency_key: Some(idempotency_key()),
@@ -1333,6 +1361,21 @@ fn decode_resource(mime_type: &str, body: &[u8]) -> Result<Resource, String> {
         mime_type: mime_type.to_string(),
     })
 }
+#[cfg(test)]
+mod paths {
+    use super::*;
+
+    #[test]
+    fn a_tool_name_is_one_encoded_segment() {
+        assert_eq!(tool_path("get_item"), "/tool/get_item");
+        assert_eq!(tool_path("a/b c?"), "/tool/a%2Fb%20c%3F");
+        assert_eq!(tool_path("/lead"), "/tool/lead");
+        assert_eq!(tool_path("ünï"), "/tool/%C3%BCn%C3%AF");
+        // A resource URI keeps its segments.
+        assert_eq!(encode_uri("history/u 1/limit/5"), "history/u%201/limit/5");
+    }
+}
+
 #[cfg(test)]
 mod future_size {
     use super::*;

@@ -31,6 +31,10 @@ pub fn order<'e>(
     turn: &AtomicUsize,
     load: impl Fn(&Endpoint) -> usize,
 ) -> Vec<&'e Endpoint> {
+    // One endpoint: nothing to rank (the common case of a single replica).
+    if let [only] = endpoints {
+        return vec![only];
+    }
     let (mut fresh, retried): (Vec<&Endpoint>, Vec<&Endpoint>) =
         endpoints.iter().partition(|e| !tried.contains(e));
     match balancer {

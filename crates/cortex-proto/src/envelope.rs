@@ -52,11 +52,14 @@ impl ToolRequest {
         }
     }
 
-    /// The envelope form of `arguments`, as our client sends it.
-    pub fn envelope(arguments: Value) -> Value {
-        let mut map = Map::new();
-        map.insert("arguments".into(), arguments);
-        Value::Object(map)
+    /// The envelope form of `arguments` (`{"arguments": ...}`), encoded, as
+    /// our client sends it; written straight from the borrowed arguments.
+    pub fn encode_envelope(arguments: &Value) -> Result<Vec<u8>, serde_json::Error> {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            arguments: &'a Value,
+        }
+        serde_json::to_vec(&Envelope { arguments })
     }
 
     /// The response body for `result`, mirroring the request's shape.

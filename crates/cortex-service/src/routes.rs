@@ -135,18 +135,13 @@ async fn call_tool(
             ServiceError::invalid_request(format!("request body is not valid JSON: {e}"))
         })?
     };
-    let ToolRequest {
-        arguments,
-        enveloped,
-    } = ToolRequest::from_body(value).map_err(|e| ServiceError::invalid_request(e.to_string()))?;
+    let mut request =
+        ToolRequest::from_body(value).map_err(|e| ServiceError::invalid_request(e.to_string()))?;
     let ctx = CallContext::from_headers(headers);
+    // Taken, not copied: only the request's shape is needed afterwards.
+    let arguments = std::mem::take(&mut request.arguments);
     let result = state.service.call_tool(ctx, &tool, arguments).await?;
-    let answer = if enveloped {
-        cortex_proto::envelope::wrap_result(result)
-    } else {
-        result
-    };
-    Ok(axum::Json(answer).into_response())
+    Ok(axum::Json(request.respond(result)).into_response())
 }
 
 fn body_error(rejection: BytesRejection, limit: usize) -> ServiceError {
