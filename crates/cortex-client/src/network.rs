@@ -700,7 +700,11 @@ impl NetworkMcpClient {
             }
         };
 
-        let response = match tokio::time::timeout_at(deadline, conn.send(request)).await {
+        // One timer for the whole exchange (sending, then reading the
+        // answer), armed once rather than once per phase.
+        let expiry = tokio::time::sleep_until(deadline);
+        tokio::pin!(expiry);
+        let response = match within(expiry.as_mut(), conn.send(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(SendError::NotSent(reason))) => {
                 permit.failure();
@@ -750,8 +754,8 @@ impl NetworkMcpClient {
                     },
                 ));
             }
-            return match tokio::time::timeout_at(
-                deadline,
+            return match within(
+                expiry.as_mut(),
                 Limited::new(body, MAX_RESPONSE_BYTES).collect(),
             )
             .await
@@ -774,12 +778,7 @@ impl NetworkMcpClient {
             };
         }
         // An error answer: read its (small) body for the message.
-        let body = match tokio::time::timeout_at(
-            deadline,
-            Limited::new(body, 1024 * 1024).collect(),
-        )
-        .await
-        {
+        let body = match within(expiry.as_mut(), Limited::new(body, 1024 * 1024).collect()).await {
             Ok(Ok(collected)) => {
                 conn.release();
                 collected.to_bytes()
@@ -967,6 +966,19 @@ impl NetworkMcpClient {
                 reason: format!("{} answered without a stream", state.endpoint.url),
             }),
         }
+    }
+}
+
+/// `work`'s output, or `Err(())` when `expiry` comes first; unlike
+/// `tokio::time::timeout`, one `Sleep` can bound several steps.
+async fn within<F: std::future::Future>(
+    expiry: std::pin::Pin<&mut tokio::time::Sleep>,
+    work: F,
+) -> Result<F::Output, ()> {
+    tokio::select! {
+        biased;
+        output = work => Ok(output),
+        () = expiry => Err(()),
     }
 }
 
