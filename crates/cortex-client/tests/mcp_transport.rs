@@ -310,3 +310,56 @@ async fn a_forwarded_caller_token_never_opens_the_shared_session() {
         "{seen:?}"
     );
 }
+
+/// Opens a stream of `uri`, retrying briefly while the server still counts
+/// subscriptions that dropped streams gave back (the unsubscribe is sent
+/// from a task); gives up after about two seconds.
+async fn open_stream(client: &NetworkMcpClient, uri: &str) -> cortex_client::EventStream {
+    let mut last = None;
+    for _ in 0..100 {
+        match client.stream_resource("svc", uri).await {
+            Ok(stream) => return stream,
+            Err(error) => last = Some(error),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no stream of {uri}: {last:?}");
+}
+
+/// Servers cap the subscriptions a session may hold (ours: 2 here). Streams
+/// that are dropped give theirs back, so a client can stream any number of
+/// resources over time; a URI streamed twice stays subscribed until its
+/// last stream is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_resource_streams_give_their_subscriptions_back() {
+    let mut config = cortex_service::ServiceConfig::default();
+    config.mcp.max_subscriptions = 2;
+    let (server, _dir) = cortex_test_support::start_memory(config).await;
+    let client = client(&server.url("/mcp"), Duration::from_secs(5));
+
+    for user in ["a", "b", "c", "d", "e"] {
+        let stream = open_stream(&client, &format!("history/{user}/stream")).await;
+        drop(stream);
+    }
+
+    // Two streams of one URI; dropping one leaves the other subscribed.
+    let first = open_stream(&client, "history/u1/stream").await;
+    let mut second = open_stream(&client, "history/u1/stream").await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stored = client
+        .call_tool(
+            "svc",
+            "store_input",
+            json!({"user_id": "u1", "input_data": {"content": "still listening"}}),
+        )
+        .await;
+    assert!(stored.is_ok(), "{stored:?}");
+    let event = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::StreamExt::next(&mut second),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no update on the remaining stream"));
+    assert!(matches!(event, Some(Ok(_))), "{event:?}");
+}

@@ -8,7 +8,8 @@
 //! - Handshake eras: `resources/subscribe` on the session, whose GET event
 //!   stream (one per session, shared by every subscription: see [`super::hub`])
 //!   carries the updates. If the server forgets the session, or the stream
-//!   cannot be resumed, the resource stream ends with an error.
+//!   cannot be resumed, the resource stream ends with an error. The last
+//!   stream of a URI to be dropped unsubscribes (see [`Subscription`]).
 //! - Stateless revision: a `subscriptions/listen` request per stream; its
 //!   answer is the stream. Not resumable by design: when cut it is asked
 //!   again (updates in the gap are lost, as the revision says).
@@ -33,8 +34,68 @@ use crate::error::McpError;
 use crate::network::{self, Answer, NetworkMcpClient, ServiceState};
 
 enum Source {
-    Hub(broadcast::Receiver<HubEvent>),
+    Hub {
+        events: broadcast::Receiver<HubEvent>,
+        /// Kept for its drop: the stream's hold on the subscription.
+        _held: Subscription,
+    },
     Listen(Option<Box<Reader>>, Arc<Session>),
+}
+
+/// A `resources/subscribe` held by one stream. Dropped with the stream: the
+/// last stream of a URI sends `resources/unsubscribe`, from a task (a drop
+/// cannot wait), as the client and on the session it subscribed on (never
+/// opening a new one for it).
+struct Subscription {
+    client: NetworkMcpClient,
+    service: Arc<ServiceState>,
+    session: Arc<Session>,
+    uri: String,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if !self.session.release(&self.uri) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime left: the session ends with the client
+        };
+        let (client, service, session, uri) = (
+            self.client.clone(),
+            self.service.clone(),
+            self.session.clone(),
+            std::mem::take(&mut self.uri),
+        );
+        runtime.spawn(crate::forward::as_client(async move {
+            unsubscribe(&client, &service, &session, &uri).await;
+        }));
+    }
+}
+
+/// Drops the server's subscription to `uri`; if a new stream of it started
+/// meanwhile, subscribes again so that stream is not left deaf.
+async fn unsubscribe(
+    client: &NetworkMcpClient,
+    service: &ServiceState,
+    session: &Session,
+    uri: &str,
+) {
+    for method in ["resources/unsubscribe", "resources/subscribe"] {
+        if method == "resources/subscribe" && !session.is_held(uri) {
+            return;
+        }
+        let id = client.inner.mcp.next_id();
+        let prepared = session.prepare(method, &json!({"uri": uri}), Some(id));
+        let op = network::Operation::Read(uri);
+        if let Err(error) = rpc::post(client, service, &session.endpoint, op, prepared).await {
+            tracing::debug!(%error, uri, method, "could not update the subscription");
+            return;
+        }
+        if !session.is_held(uri) {
+            return;
+        }
+    }
 }
 
 struct Streaming {
@@ -95,7 +156,17 @@ pub(crate) async fn stream(
             idempotent: true,
         };
         let (session, _) = rpc::call(client, &service, &call).await?;
-        Source::Hub(hub_of(client, &service, &session).await?.subscribe())
+        session.hold(&uri);
+        let subscription = Subscription {
+            client: client.clone(),
+            service: service.clone(),
+            session: session.clone(),
+            uri: uri.clone(),
+        };
+        Source::Hub {
+            events: hub_of(client, &service, &session).await?.subscribe(),
+            _held: subscription,
+        }
     };
     let state = Streaming {
         client: client.clone(),
@@ -146,7 +217,7 @@ impl Streaming {
         };
         loop {
             match &mut self.source {
-                Source::Hub(events) => match events.recv().await {
+                Source::Hub { events, .. } => match events.recv().await {
                     Ok(HubEvent::Updated { id, params }) if matches(&params) => {
                         return Ok((id, params));
                     }

@@ -57,6 +57,10 @@ pub(crate) struct Session {
     pub(crate) hub: Mutex<Option<Arc<Hub>>>,
     /// Serializes opening the hub.
     pub(crate) hub_gate: tokio::sync::Mutex<()>,
+    /// Resource streams open per subscribed URI: the subscription is
+    /// dropped on the server when the last one ends (servers cap how many a
+    /// session may hold).
+    subscribers: Mutex<HashMap<String, usize>>,
 }
 
 impl Session {
@@ -67,7 +71,34 @@ impl Session {
             capabilities,
             hub: Mutex::new(None),
             hub_gate: tokio::sync::Mutex::new(()),
+            subscribers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// One more stream of `uri`.
+    pub(crate) fn hold(&self, uri: &str) {
+        *lock(&self.subscribers).entry(uri.to_string()).or_default() += 1;
+    }
+
+    /// One stream of `uri` fewer; true when it was the last.
+    pub(crate) fn release(&self, uri: &str) -> bool {
+        let mut subscribers = lock(&self.subscribers);
+        match subscribers.get_mut(uri) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                subscribers.remove(uri);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a stream of `uri` is open.
+    pub(crate) fn is_held(&self, uri: &str) -> bool {
+        lock(&self.subscribers).contains_key(uri)
     }
 
     /// Whether requests carry a session id (so a 404 means it expired).
