@@ -42,14 +42,19 @@ fn headers_service() -> Service {
         .unwrap()
 }
 
+/// A network client reaching `server` as `service`, with a fixed token.
+fn client_with_token(server: &TestServer, service: &str, token: &str) -> NetworkMcpClient {
+    let discovery = Arc::new(StaticDiscovery::new().with(service, server.url("")));
+    NetworkMcpClient::builder(discovery)
+        .token_provider(Arc::new(StaticToken(token.into())))
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn every_call_carries_token_ids_trace_context_key_and_user_agent() {
     let server = TestServer::start(headers_service(), ServiceConfig::default()).await;
-    let discovery = Arc::new(StaticDiscovery::new().with("mirror", server.url("")));
-    let client = NetworkMcpClient::builder(discovery)
-        .token_provider(Arc::new(StaticToken("s3cret".into())))
-        .build()
-        .unwrap();
+    let client = client_with_token(&server, "mirror", "s3cret");
     let first = client
         .call_tool("mirror", "headers", json!({}))
         .await
@@ -164,11 +169,7 @@ async fn a_token_http_cannot_carry_is_refused_before_sending() {
         .build()
         .unwrap();
     let server = TestServer::start(service, ServiceConfig::default()).await;
-    let discovery = Arc::new(StaticDiscovery::new().with("counter", server.url("")));
-    let client = NetworkMcpClient::builder(discovery)
-        .token_provider(Arc::new(StaticToken("s3cret\r\nX-Injected: 1".into())))
-        .build()
-        .unwrap();
+    let client = client_with_token(&server, "counter", "s3cret\r\nX-Injected: 1");
     let error = client
         .call_tool("counter", "count", json!({}))
         .await
@@ -188,11 +189,7 @@ async fn a_token_http_cannot_carry_is_refused_before_sending() {
 #[tokio::test]
 async fn a_forwarded_authorization_replaces_the_clients_token() {
     let server = TestServer::start(headers_service(), ServiceConfig::default()).await;
-    let discovery = Arc::new(StaticDiscovery::new().with("mirror", server.url("")));
-    let network = NetworkMcpClient::builder(discovery)
-        .token_provider(Arc::new(StaticToken("own".into())))
-        .build()
-        .unwrap();
+    let network = client_with_token(&server, "mirror", "own");
     let in_process = cortex_client::InProcessMcpClient::new();
     in_process.register(headers_service());
     let caller = http::HeaderValue::from_static("Bearer caller");
@@ -224,11 +221,7 @@ async fn a_forwarded_authorization_replaces_the_clients_token() {
 #[tokio::test]
 async fn an_in_process_callee_does_not_inherit_its_callers_token() {
     let server = TestServer::start(headers_service(), ServiceConfig::default()).await;
-    let discovery = Arc::new(StaticDiscovery::new().with("mirror", server.url("")));
-    let network = NetworkMcpClient::builder(discovery)
-        .token_provider(Arc::new(StaticToken("own".into())))
-        .build()
-        .unwrap();
+    let network = client_with_token(&server, "mirror", "own");
     let onward = network.clone();
     let relay = Service::builder("relay", "0")
         .tool(Tool::new(
