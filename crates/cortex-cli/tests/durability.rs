@@ -1,30 +1,18 @@
 //! An acknowledged `store_input` survives `kill -9` of the service process.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Child, Command};
 
 use serde_json::{Value, json};
 
 /// Starts `cortex serve memory` on a free port and returns it with its URL.
 fn start(db: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cortex"))
-        .args(["serve", "memory", "--port", "0", "--db"])
-        .arg(db)
-        .env_remove("DATABASE_URL")
-        .env_remove("PORT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    let (child, url) = common::serve_memory(&["--port", "0"], db);
     assert!(
         url.starts_with("http://127.0.0.1:"),
-        "unexpected ready line: {line:?}"
+        "unexpected URL: {url}"
     );
     (child, url)
 }

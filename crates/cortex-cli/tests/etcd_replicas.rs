@@ -5,8 +5,9 @@
 //! it is started again it registers and takes traffic.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -29,10 +30,8 @@ impl Replica {
             "etcd://{}/cortex-test",
             etcd.url().trim_start_matches("http://")
         );
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cortex"))
-            .args([
-                "serve",
-                "memory",
+        let (child, url) = common::serve_memory(
+            &[
                 "--host",
                 ip,
                 "--port",
@@ -41,24 +40,10 @@ impl Replica {
                 &register,
                 "--register-ttl",
                 "2",
-                "--db",
-            ])
-            .arg(db)
-            .env_remove("DATABASE_URL")
-            .env_remove("PORT")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line.trim().rsplit(' ').next().unwrap().to_string();
-        assert!(
-            url.starts_with(&format!("http://{ip}:")),
-            "ready line: {line:?}"
+            ],
+            db,
         );
+        assert!(url.starts_with(&format!("http://{ip}:")), "URL: {url:?}");
         Self { child, url }
     }
 

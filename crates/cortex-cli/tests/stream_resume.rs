@@ -2,8 +2,9 @@
 //! consumer receives every stored item exactly once, in order.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,26 +13,13 @@ use futures::StreamExt;
 use serde_json::json;
 
 fn start(db: &std::path::Path, port: u16) -> (Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cortex"))
-        .args(["serve", "memory", "--port", &port.to_string(), "--db"])
-        .arg(db)
-        .env_remove("DATABASE_URL")
-        .env_remove("PORT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
+    let (child, url) = common::serve_memory(&["--port", &port.to_string()], db);
+    let port = url
         .rsplit(':')
         .next()
         .unwrap()
         .parse()
-        .unwrap_or_else(|_| panic!("ready line: {line:?}"));
+        .unwrap_or_else(|_| panic!("URL: {url:?}"));
     (child, port)
 }
 

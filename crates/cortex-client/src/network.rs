@@ -238,7 +238,8 @@ pub(crate) struct Prepared {
 }
 
 impl<'a> Exchange<'a> {
-    /// A plain GET of `path` (for listings and health), retried like a read.
+    /// A plain GET of `path` (for listings and health), retried like a read;
+    /// every other exchange starts from it and changes what differs.
     pub(crate) fn get(operation: Operation<'a>, path: impl Into<String>) -> Self {
         Self {
             operation,
@@ -269,19 +270,14 @@ impl<'a> Exchange<'a> {
         idempotent: bool,
     ) -> Self {
         Self {
-            operation,
             method,
             path: String::new(),
             body,
             accept,
-            idempotency_key: None,
-            last_event_id: None,
             idempotent,
-            max_attempts: u32::MAX,
-            pin: None,
-            prepare: None,
             stream_sse: true,
             raw_client_errors: true,
+            ..Self::get(operation, String::new())
         }
     }
 }
@@ -937,19 +933,13 @@ impl NetworkMcpClient {
         max_attempts: u32,
     ) -> Result<(HeaderMap, Incoming, PooledConn), McpError> {
         let exchange = Exchange {
-            operation: Operation::Stream(uri),
-            method: Method::GET,
-            path: format!("/resource/{}", encode_uri(uri)),
-            body: Bytes::new(),
             accept: "text/event-stream",
-            idempotency_key: None,
             last_event_id,
-            idempotent: true,
             max_attempts,
-            pin: None,
-            prepare: None,
-            stream_sse: false,
-            raw_client_errors: false,
+            ..Exchange::get(
+                Operation::Stream(uri),
+                format!("/resource/{}", encode_uri(uri)),
+            )
         };
         match self.execute(service, &exchange).await? {
             (
@@ -1201,19 +1191,10 @@ impl McpClient for NetworkMcpClient {
                 status: 400,
             })?;
             let exchange = Exchange {
-                operation: Operation::Tool(tool),
                 method: Method::POST,
-                path: tool_path(tool),
                 body: Bytes::from(body),
-                accept: "application/json",
                 idempotency_key: Some(idempotency_key()),
-                last_event_id: None,
-                idempotent: true,
-                max_attempts: u32::MAX,
-                pin: None,
-                prepare: None,
-                stream_sse: false,
-                raw_client_errors: false,
+                ..Exchange::get(Operation::Tool(tool), tool_path(tool))
             };
             let (state_ep, answer) = self.execute(&state, &exchange).await?;
             let Answer::Full { body, .. } = answer else {
@@ -1256,19 +1237,11 @@ impl McpClient for NetworkMcpClient {
                 return Box::pin(crate::mcp::read(self, &state, uri)).await;
             }
             let exchange = Exchange {
-                operation: Operation::Read(uri),
-                method: Method::GET,
-                path: format!("/resource/{}", encode_uri(uri)),
-                body: Bytes::new(),
                 accept: "application/json, text/event-stream;q=0.5, */*;q=0.1",
-                idempotency_key: None,
-                last_event_id: None,
-                idempotent: true,
-                max_attempts: u32::MAX,
-                pin: None,
-                prepare: None,
-                stream_sse: false,
-                raw_client_errors: false,
+                ..Exchange::get(
+                    Operation::Read(uri),
+                    format!("/resource/{}", encode_uri(uri)),
+                )
             };
             let (endpoint, answer) = self.execute(&state, &exchange).await?;
             let Answer::Full { headers, body } = answer else {
