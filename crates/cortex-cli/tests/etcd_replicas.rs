@@ -157,13 +157,7 @@ async fn etcd_registered_replicas_one_dies_no_call_fails() {
         replicas[1].kill(); // SIGKILL: its lease is not revoked, it expires
     };
     let (results, ()) = tokio::join!(calls, kill);
-    let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(
-        failures.is_empty(),
-        "{} of 5000 calls failed; first: {}",
-        failures.len(),
-        failures[0]
-    );
+    cortex_test_support::assert_none_failed(&results);
 
     // The dead replica leaves discovery within its lease TTL (2 s) + 1 s.
     wait_for(

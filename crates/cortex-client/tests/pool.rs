@@ -44,13 +44,7 @@ async fn two_thousand_calls_at_concurrency_64_never_open_more_than_4_connections
         .buffer_unordered(64)
         .collect()
         .await;
-    let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(
-        failures.is_empty(),
-        "{} failed, first: {}",
-        failures.len(),
-        failures[0]
-    );
+    cortex_test_support::assert_none_failed(&results);
     assert!(
         proxy.max_open() <= 4,
         "the service saw {} connections at once",

@@ -116,13 +116,7 @@ async fn run_story(discovery: Arc<HealthChecked<Arc<FileDiscovery>>>, replicas: 
         (served_at_death, ejected, served_at_rebirth)
     };
     let (results, (served_at_death, ejected, served_at_rebirth)) = tokio::join!(calls, story);
-    let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(
-        failures.is_empty(),
-        "{} of 5000 calls failed; first: {}",
-        failures.len(),
-        failures[0]
-    );
+    cortex_test_support::assert_none_failed(&results);
     assert!(ejected, "the dead replica was ejected");
     assert!(served_at_death > 0, "replica two served before it died");
     assert!(

@@ -106,13 +106,7 @@ async fn a_thousand_calls_through_two_503s_each_store_exactly_a_thousand_items()
         .buffer_unordered(32)
         .collect()
         .await;
-    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} calls failed; first: {}",
-        failed.len(),
-        failed[0]
-    );
+    cortex_test_support::assert_none_failed(&results);
     let history = client.read_resource("memory", "history/u1").await.unwrap();
     assert_eq!(
         history.content.as_array().unwrap().len(),

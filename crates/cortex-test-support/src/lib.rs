@@ -219,3 +219,16 @@ pub fn json_of(event: &Event) -> serde_json::Value {
     serde_json::from_str(&event.data)
         .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {}", event.data))
 }
+
+/// Asserts that every one of many calls succeeded; otherwise panics saying
+/// how many of how many failed, and the first error.
+pub fn assert_none_failed<T, E: std::fmt::Display>(results: &[Result<T, E>]) {
+    let failures: Vec<&E> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    if let Some(first) = failures.first() {
+        panic!(
+            "{} of {} calls failed; first: {first}",
+            failures.len(),
+            results.len()
+        );
+    }
+}
