@@ -255,16 +255,11 @@ pub(crate) async fn health(
     }
 }
 
-/// One replica of a service, as `status` found it.
-struct Replica {
-    checked: Checked,
-    /// The endpoint's URL; `None` when discovery gave none to check.
-    endpoint: Option<String>,
-}
-
 /// Checks every endpoint of each of `services` on its own (through its own
-/// pool and breaker); a service without endpoints gets one row saying why.
-async fn check_replicas(target: &crate::connect::Target, services: &[String]) -> Vec<Replica> {
+/// pool and breaker): one [`Checked`] per endpoint, with that endpoint
+/// alone in `endpoints`; a service without endpoints gets one with none,
+/// saying why.
+async fn check_replicas(target: &crate::connect::Target, services: &[String]) -> Vec<Checked> {
     let mut replicas = Vec::new();
     for service in services {
         let endpoints = match target.discovery.resolve(service).await {
@@ -272,14 +267,11 @@ async fn check_replicas(target: &crate::connect::Target, services: &[String]) ->
             _ => {
                 let started = Instant::now();
                 let outcome = target.client.health(service).await;
-                replicas.push(Replica {
-                    checked: Checked {
-                        service: service.clone(),
-                        endpoints: Vec::new(),
-                        latency: started.elapsed(),
-                        outcome,
-                    },
-                    endpoint: None,
+                replicas.push(Checked {
+                    service: service.clone(),
+                    endpoints: Vec::new(),
+                    latency: started.elapsed(),
+                    outcome,
                 });
                 continue;
             }
@@ -287,14 +279,11 @@ async fn check_replicas(target: &crate::connect::Target, services: &[String]) ->
         for endpoint in &endpoints {
             let started = Instant::now();
             let outcome = target.client.health_at(service, endpoint).await;
-            replicas.push(Replica {
-                checked: Checked {
-                    service: service.clone(),
-                    endpoints: vec![endpoint.url.clone()],
-                    latency: started.elapsed(),
-                    outcome,
-                },
-                endpoint: Some(endpoint.url.clone()),
+            replicas.push(Checked {
+                service: service.clone(),
+                endpoints: vec![endpoint.url.clone()],
+                latency: started.elapsed(),
+                outcome,
             });
         }
     }
@@ -325,13 +314,14 @@ pub(crate) async fn status(flags: &ClientFlags, json: bool) -> Result<(), Failur
     if json {
         let list = replicas
             .iter()
-            .map(|r| {
-                let mut value = r.checked.to_json();
+            .map(|c| {
+                let endpoint = c.endpoints.first();
+                let mut value = c.to_json();
                 if let Some(object) = value.as_object_mut() {
                     object.remove("endpoints");
                 }
-                value["endpoint"] = json!(r.endpoint);
-                value["breaker"] = json!(breaker_of(&r.checked.service, r.endpoint.as_deref()));
+                value["endpoint"] = json!(endpoint);
+                value["breaker"] = json!(breaker_of(&c.service, endpoint.map(String::as_str)));
                 value
             })
             .collect();
@@ -345,8 +335,8 @@ pub(crate) async fn status(flags: &ClientFlags, json: bool) -> Result<(), Failur
         "BREAKER".to_string(),
         "LATENCY".to_string(),
     ]];
-    for r in &replicas {
-        let c = &r.checked;
+    for c in &replicas {
+        let endpoint = c.endpoints.first().map(String::as_str);
         let version = match &c.outcome {
             Ok((_, health)) if !health.version.is_empty() => health.version.clone(),
             _ => "-".into(),
@@ -357,10 +347,10 @@ pub(crate) async fn status(flags: &ClientFlags, json: bool) -> Result<(), Failur
         };
         rows.push(vec![
             c.service.clone(),
-            r.endpoint.clone().unwrap_or_else(|| "-".into()),
+            endpoint.unwrap_or("-").to_string(),
             state,
             version,
-            breaker_of(&c.service, r.endpoint.as_deref()),
+            breaker_of(&c.service, endpoint),
             output::duration(c.latency),
         ]);
     }

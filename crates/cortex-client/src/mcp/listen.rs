@@ -81,20 +81,20 @@ async fn unsubscribe(
     session: &Session,
     uri: &str,
 ) {
-    for method in ["resources/unsubscribe", "resources/subscribe"] {
-        if method == "resources/subscribe" && !session.is_held(uri) {
-            return;
-        }
+    let update = |method: &'static str| {
         let id = client.inner.mcp.next_id();
         let prepared = session.prepare(method, &json!({"uri": uri}), Some(id));
-        let op = network::Operation::Read(uri);
-        if let Err(error) = rpc::post(client, service, &session.endpoint, op, prepared).await {
-            tracing::debug!(%error, uri, method, "could not update the subscription");
-            return;
+        async move {
+            let op = network::Operation::Read(uri);
+            let outcome = rpc::post(client, service, &session.endpoint, op, prepared).await;
+            if let Err(error) = &outcome {
+                tracing::debug!(%error, uri, method, "could not update the subscription");
+            }
+            outcome.is_ok()
         }
-        if !session.is_held(uri) {
-            return;
-        }
+    };
+    if update("resources/unsubscribe").await && session.is_held(uri) {
+        update("resources/subscribe").await;
     }
 }
 
