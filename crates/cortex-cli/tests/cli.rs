@@ -562,6 +562,10 @@ fn every_error_exit_code_for_real() {
     expected.sort();
     assert_eq!(rows, expected, "{status}");
 
+    // 2 as well: a resume id HTTP cannot carry is refused before sending.
+    up.run(&["stream", "memory", "history/u1/stream", "--from", "bad\nid"])
+        .fails(2, "Last-Event-ID");
+
     // 5: the service refused the call.
     up.run(&["call", "memory", "store_input", r#"{"user_id":"u1"}"#])
         .fails(5, "invalid_arguments");
