@@ -116,6 +116,26 @@ start_memory() {
   die "the memory service did not become healthy"
 }
 
+# Judges one scenario by the summary line in its output FILE ("Passed: N/M,
+# F failed, W warnings"), not by the runner's exit code: it passes only
+# with M > 0, N = M and F = 0. Adds to the caller's passed_total,
+# checks_total and failed, and prints one line.
+judge() {
+  local scenario="$1" file="$2" summary passed=0 total=0 nfailed=0
+  summary=$(grep -Eo 'Passed: [0-9]+/[0-9]+, [0-9]+ failed, [0-9]+ warnings' "$file" | tail -1 || true)
+  if [[ "$summary" =~ Passed:\ ([0-9]+)/([0-9]+),\ ([0-9]+)\ failed ]]; then
+    passed=${BASH_REMATCH[1]}; total=${BASH_REMATCH[2]}; nfailed=${BASH_REMATCH[3]}
+  fi
+  passed_total=$((passed_total + passed))
+  checks_total=$((checks_total + total))
+  if [ -z "$summary" ] || [ "$total" -eq 0 ] || [ "$passed" -ne "$total" ] || [ "$nfailed" -ne 0 ]; then
+    failed+=("$scenario")
+    printf 'FAIL %-30s %s\n' "$scenario" "${summary:-no summary line (see $file)}"
+  else
+    printf 'pass %-30s %s\n' "$scenario" "$summary"
+  fi
+}
+
 server() {
   URL=""
   local scenarios=()
@@ -140,26 +160,14 @@ server() {
     local file="$out/$scenario.txt"
     # The suite's exit code is not trusted alone: its summary line is read.
     conformance server --url "$URL" --scenario "$scenario" >"$file" 2>&1 || true
-    local summary
-    summary=$(grep -Eo 'Passed: [0-9]+/[0-9]+, [0-9]+ failed, [0-9]+ warnings' "$file" | tail -1 || true)
-    local passed=0 total=0 nfailed=0 warnings=0
-    if [[ "$summary" =~ Passed:\ ([0-9]+)/([0-9]+),\ ([0-9]+)\ failed,\ ([0-9]+)\ warnings ]]; then
-      passed=${BASH_REMATCH[1]}; total=${BASH_REMATCH[2]}
-      nfailed=${BASH_REMATCH[3]}; warnings=${BASH_REMATCH[4]}
-    fi
     if [ -n "${NOT_APPLICABLE[$scenario]:-}" ]; then
+      local summary
+      summary=$(grep -Eo 'Passed: [0-9]+/[0-9]+, [0-9]+ failed, [0-9]+ warnings' "$file" | tail -1 || true)
       na_report+=("$(printf '  %-30s %s  (%s)' "$scenario" "${summary:-no summary}" "${NOT_APPLICABLE[$scenario]}")")
       continue
     fi
     applicable=$((applicable + 1))
-    passed_total=$((passed_total + passed))
-    checks_total=$((checks_total + total))
-    if [ -z "$summary" ] || [ "$total" -eq 0 ] || [ "$passed" -ne "$total" ] || [ "$nfailed" -ne 0 ]; then
-      failed+=("$scenario")
-      printf 'FAIL %-30s %s\n' "$scenario" "${summary:-no summary line (see $file)}"
-    else
-      printf 'pass %-30s %s\n' "$scenario" "$summary"
-    fi
+    judge "$scenario" "$file"
   done
   if [ ${#na_report[@]} -gt 0 ]; then
     printf '\nnot applicable (run, not counted):\n'
@@ -198,19 +206,7 @@ client() {
     # The runner appends the server URL to the command; its exit code is
     # not trusted alone: its summary line is read.
     conformance client --command "$bin" --scenario "$scenario" -o "$out/$scenario" >"$file" 2>&1 || true
-    local summary passed=0 total=0 nfailed=0
-    summary=$(grep -Eo 'Passed: [0-9]+/[0-9]+, [0-9]+ failed, [0-9]+ warnings' "$file" | tail -1 || true)
-    if [[ "$summary" =~ Passed:\ ([0-9]+)/([0-9]+),\ ([0-9]+)\ failed ]]; then
-      passed=${BASH_REMATCH[1]}; total=${BASH_REMATCH[2]}; nfailed=${BASH_REMATCH[3]}
-    fi
-    passed_total=$((passed_total + passed))
-    checks_total=$((checks_total + total))
-    if [ -z "$summary" ] || [ "$total" -eq 0 ] || [ "$passed" -ne "$total" ] || [ "$nfailed" -ne 0 ]; then
-      failed+=("$scenario")
-      printf 'FAIL %-30s %s\n' "$scenario" "${summary:-no summary line (see $file)}"
-    else
-      printf 'pass %-30s %s\n' "$scenario" "$summary"
-    fi
+    judge "$scenario" "$file"
   done
   printf '\nclient conformance: %d scenarios, checks Passed: %d/%d; %d scenario(s) failed; outputs in %s\n' \
     "${#scenarios[@]}" "$passed_total" "$checks_total" "${#failed[@]}" "$out"
