@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and the tests need, when missing:
-#   protoc (building etcd-client), etcd (discovery tests run a real etcd).
+#   protoc (building the `etcd` feature's etcd client; the default build
+#   needs none), etcd (discovery tests run a real etcd).
 # Debian/Ubuntu only; run as root or with sudo available.
 set -euo pipefail
 

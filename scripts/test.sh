@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 # Third-party MCP servers for the interop tests (npm and PyPI, into .tools/).
 ./scripts/install-interop.sh
-cargo test --workspace --locked "$@"
+# --all-features: etcd discovery too (it needs protoc, installed above).
+cargo test --workspace --all-features --locked "$@"

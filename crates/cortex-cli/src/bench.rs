@@ -26,7 +26,10 @@ struct Tally {
 }
 
 pub(crate) async fn run(args: BenchArgs, flags: &ClientFlags, json: bool) -> Result<(), Failure> {
-    let arguments = crate::input::arguments(args.args.as_deref())?;
+    let mut words = crate::words::Words::new("bench", args.words, flags.url_service());
+    let service = words.service()?;
+    let tool = words.required("TOOL")?;
+    let arg_words = crate::input::ArgWords::parse(&words.rest())?;
     let concurrency = usize::try_from(args.concurrency).unwrap_or(usize::MAX);
     // Enough connections for every worker: measure the service, not a
     // pool queue.
@@ -36,6 +39,7 @@ pub(crate) async fn run(args: BenchArgs, flags: &ClientFlags, json: bool) -> Res
             config
         })
         .await?;
+    let arguments = crate::client_cmds::arguments_for(&target, &service, &tool, arg_words).await?;
     let client = Arc::new(target.client);
 
     let bar = if json || !std::io::stderr().is_terminal() {
@@ -54,8 +58,7 @@ pub(crate) async fn run(args: BenchArgs, flags: &ClientFlags, json: bool) -> Res
     let workers: Vec<_> = (0..args.concurrency.min(args.calls))
         .map(|_| {
             let (client, next, bar) = (client.clone(), next.clone(), bar.clone());
-            let (service, tool, arguments) =
-                (args.service.clone(), args.tool.clone(), arguments.clone());
+            let (service, tool, arguments) = (service.clone(), tool.clone(), arguments.clone());
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 while next.fetch_add(1, Ordering::Relaxed) < calls {
@@ -111,8 +114,8 @@ pub(crate) async fn run(args: BenchArgs, flags: &ClientFlags, json: bool) -> Res
             .collect();
         output::json(
             &json!({
-                "service": args.service,
-                "tool": args.tool,
+                "service": service,
+                "tool": tool,
                 "calls": args.calls,
                 "concurrency": args.concurrency,
                 "ok": tally.ok.len(),
@@ -128,8 +131,8 @@ pub(crate) async fn run(args: BenchArgs, flags: &ClientFlags, json: bool) -> Res
         line(format!(
             "{} calls of {}.{} in {} with concurrency {}: {:.0} calls/s",
             args.calls,
-            args.service,
-            args.tool,
+            service,
+            tool,
             output::duration(elapsed),
             args.concurrency,
             rate

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use cortex_client::DiscoverySpec;
+use cortex_client::discovery::Protocol;
+use cortex_client::{DiscoverySpec, Endpoint};
 
 use crate::exit::EXIT_CODES_HELP;
 
@@ -17,6 +18,8 @@ use crate::exit::EXIT_CODES_HELP;
                   and talks to them.\n\n\
                   Start here: `cortex demo` shows the whole system in one process; \
                   `cortex up` runs it for real use.\n\n\
+                  Any MCP server: `cortex --url http://HOST:PORT/mcp tools`, then \
+                  `cortex --url … call TOOL key=value …` (with --url, leave SERVICE out).\n\n\
                   Client commands find services through discovery: --service NAME=URL, \
                   else NAME_SERVICE_URL (MEMORY_SERVICE_URL, COGNITION_SERVICE_URL), \
                   else memory at http://localhost:9000 and cognition at \
@@ -33,7 +36,9 @@ pub(crate) struct Cli {
     #[arg(long, global = true)]
     pub(crate) json: bool,
     /// Where a service answers, as NAME=URL (repeatable; comma-separated URLs
-    /// are replicas). Wins over NAME_SERVICE_URL.
+    /// are replicas). Wins over NAME_SERVICE_URL. `mcp+http://…` says the
+    /// service speaks standard MCP, `auto+http://…` finds out; plain
+    /// http:// is the Cortex dialect.
     #[arg(
         long = "service",
         global = true,
@@ -53,6 +58,12 @@ pub(crate) struct Cli {
         value_parser = DiscoverySpec::parse
     )]
     pub(crate) discovery: Option<DiscoverySpec>,
+    /// Talk to the server at URL instead of a named service, and leave
+    /// SERVICE out of the command: `cortex --url http://127.0.0.1:3001/mcp
+    /// tools`. Plain http:// finds out whether it speaks MCP or the Cortex
+    /// dialect; `mcp+http://` or `cortex+http://` says which.
+    #[arg(long, global = true, value_name = "URL", value_parser = parse_url)]
+    pub(crate) url: Option<Endpoint>,
     /// Client configuration file (TOML, the options of cortex_client::ClientConfig,
     /// and `discovery = "SPEC"`, used when neither --discovery nor
     /// CORTEX_DISCOVERY is set); CORTEX_CLIENT_* variables override its options.
@@ -66,7 +77,13 @@ pub(crate) struct Cli {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ServiceUrl {
     pub(crate) name: String,
-    pub(crate) urls: Vec<String>,
+    pub(crate) endpoints: Vec<Endpoint>,
+}
+
+/// `--url URL`: plain http:// is `auto` here, since the user did not say.
+fn parse_url(raw: &str) -> Result<Endpoint, String> {
+    let (endpoint, named) = Endpoint::parse(raw)?;
+    Ok(endpoint.with_protocol(named.unwrap_or(Protocol::Auto)))
 }
 
 fn parse_service(raw: &str) -> Result<ServiceUrl, String> {
@@ -77,21 +94,18 @@ fn parse_service(raw: &str) -> Result<ServiceUrl, String> {
     if name.is_empty() {
         return Err(format!("`{raw}` has no service name before `=`"));
     }
-    let urls: Vec<String> = urls
+    let endpoints = urls
         .split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
-        .map(str::to_string)
-        .collect();
-    if urls.is_empty() {
+        .map(|url| Endpoint::parse(url).map(|(endpoint, _)| endpoint))
+        .collect::<Result<Vec<_>, _>>()?;
+    if endpoints.is_empty() {
         return Err(format!("`{raw}` has no URL after `=`"));
-    }
-    if let Some(bad) = urls.iter().find(|u| !u.starts_with("http://")) {
-        return Err(format!("`{bad}`: only http:// URLs are supported"));
     }
     Ok(ServiceUrl {
         name: name.to_string(),
-        urls,
+        endpoints,
     })
 }
 
@@ -116,39 +130,67 @@ pub(crate) enum Command {
     Demo,
     /// Call a tool and print its result.
     ///
-    /// ARGS is a JSON object, `@FILE` to read it from a file, or `-` to read
-    /// it from stdin; without ARGS the tool gets `{}`.
+    /// Arguments, as httpie takes them: `key=value` pairs, typed by the
+    /// tool's input schema (a number, a boolean or a string as the schema
+    /// says); `key:=JSON` for raw JSON; `a.b=value` for a nested field.
+    /// Or one JSON object, `@FILE`, or `-` for stdin, optionally followed
+    /// by pairs that override its fields. Without arguments, piped stdin
+    /// is read (when it is not a terminal); otherwise the tool gets `{}`.
+    /// Files and stdin are capped at 8 MiB.
+    ///
+    /// Example: cortex call memory store_input user_id=u1 input_data.content=hi
+    ///
+    /// Example: cortex call memory get_item item_id=1
     ///
     /// Example: cortex call memory store_input '{"user_id":"u1","input_data":{"content":"hi"}}'
+    ///
+    /// Example: cortex --url http://127.0.0.1:3001/mcp call echo message=hello
+    #[command(
+        override_usage = "cortex call SERVICE TOOL [ARG]...\n       cortex --url URL call TOOL [ARG]..."
+    )]
     Call(CallArgs),
     /// Read a resource and print it.
     ///
     /// Example: cortex read memory history/u1/limit/5
+    ///
+    /// Example: cortex --url http://127.0.0.1:3001/mcp read demo://resource/static/document/architecture.md
+    #[command(override_usage = "cortex read SERVICE URI\n       cortex --url URL read URI")]
     Read(ReadArgs),
     /// Stream a resource: one line per event (`#ID EVENT DATA`) until Ctrl-C.
     ///
     /// The stream resumes after faults without losing or repeating events.
+    /// Over MCP it is a subscription: one event per update of the resource.
     ///
     /// Example: cortex stream memory history/u1/stream --from 10 --count 5
+    #[command(
+        override_usage = "cortex stream SERVICE URI [OPTIONS]\n       cortex --url URL stream URI [OPTIONS]"
+    )]
     Stream(StreamArgs),
-    /// List a service's tools with their descriptions.
+    /// List a service's tools with their parameters; with TOOL, that tool's
+    /// parameters in full (name, type, required, description).
     ///
     /// Example: cortex tools memory
-    Tools(ServiceArg),
+    ///
+    /// Example: cortex tools memory store_input
+    #[command(override_usage = "cortex tools SERVICE [TOOL]\n       cortex --url URL tools [TOOL]")]
+    Tools(ToolsArgs),
     /// List a service's resources (URI patterns) with their descriptions.
     ///
     /// Example: cortex resources memory
+    #[command(override_usage = "cortex resources SERVICE\n       cortex --url URL resources")]
     Resources(ServiceArg),
-    /// Check health: of SERVICE, or of every known service.
+    /// Check health: of SERVICE, or of every known service. Over MCP the
+    /// check is a `ping`.
     ///
     /// Exits 0 when every service checked is healthy, 4 when one is
     /// unhealthy or unreachable.
     ///
     /// Example: cortex health memory
+    #[command(override_usage = "cortex health [SERVICE]\n       cortex --url URL health")]
     Health(HealthArgs),
-    /// Each known service: endpoints, version, health, breaker state and the
-    /// latency this process saw. Exits 0 once it has reported, whatever the
-    /// services' state.
+    /// Each known service (or the --url server): endpoints, version, health,
+    /// breaker state and the latency this process saw. Exits 0 once it has
+    /// reported, whatever the services' state.
     Status,
     /// Call a tool many times concurrently and report calls/s, latency
     /// percentiles and errors by type.
@@ -156,7 +198,10 @@ pub(crate) enum Command {
     /// Exits 0 when every call succeeded; otherwise with the code of the
     /// most frequent error.
     ///
-    /// Example: cortex bench memory get_item '{"item_id":1}' --calls 5000 --concurrency 16
+    /// Example: cortex bench memory get_item item_id=1 --calls 5000 --concurrency 16
+    #[command(
+        override_usage = "cortex bench SERVICE TOOL [ARG]... [OPTIONS]\n       cortex --url URL bench TOOL [ARG]... [OPTIONS]"
+    )]
     Bench(BenchArgs),
     /// Run one service until Ctrl-C or SIGTERM.
     ///
@@ -164,6 +209,20 @@ pub(crate) enum Command {
     ///
     /// Example: MEMORY_SERVICE_URL=http://127.0.0.1:9000 cortex serve cognition --port 9100
     Serve(ServeArgs),
+    /// Print a shell completion script.
+    ///
+    /// Example (bash): cortex completions bash > ~/.local/share/bash-completion/completions/cortex
+    ///
+    /// Example (zsh): cortex completions zsh > ~/.zfunc/_cortex   (with `fpath+=~/.zfunc` before compinit)
+    ///
+    /// Example (fish): cortex completions fish > ~/.config/fish/completions/cortex.fish
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell.
+    pub(crate) shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -187,28 +246,26 @@ pub(crate) struct UpArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct CallArgs {
-    /// The service's name, such as `memory`.
-    pub(crate) service: String,
-    /// The tool, such as `store_input`.
-    pub(crate) tool: String,
-    /// Arguments: a JSON object, `@FILE`, or `-` for stdin (default `{}`).
-    pub(crate) args: Option<String>,
+    /// SERVICE (left out with --url), TOOL, then the arguments:
+    /// `key=value`, `key:=JSON`, a JSON object, `@FILE` or `-`.
+    #[arg(value_name = "ARG", required = true)]
+    pub(crate) words: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ReadArgs {
-    /// The service's name.
-    pub(crate) service: String,
-    /// The resource URI, such as `history/u1`.
-    pub(crate) uri: String,
+    /// SERVICE (left out with --url), then the resource URI, such as
+    /// `history/u1`.
+    #[arg(value_name = "ARG", required = true)]
+    pub(crate) words: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct StreamArgs {
-    /// The service's name.
-    pub(crate) service: String,
-    /// The resource URI, such as `history/u1/stream`.
-    pub(crate) uri: String,
+    /// SERVICE (left out with --url), then the resource URI, such as
+    /// `history/u1/stream`.
+    #[arg(value_name = "ARG", required = true)]
+    pub(crate) words: Vec<String>,
     /// Start after this event id (sent as Last-Event-ID).
     #[arg(long, value_name = "ID")]
     pub(crate) from: Option<String>,
@@ -219,24 +276,33 @@ pub(crate) struct StreamArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ServiceArg {
-    /// The service's name.
-    pub(crate) service: String,
+    /// The service's name (left out with --url).
+    #[arg(value_name = "SERVICE")]
+    pub(crate) words: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ToolsArgs {
+    /// SERVICE (left out with --url), then optionally one TOOL to describe
+    /// in full.
+    #[arg(value_name = "ARG")]
+    pub(crate) words: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct HealthArgs {
-    /// The service's name; every known service when omitted.
-    pub(crate) service: Option<String>,
+    /// The service's name; every known service when omitted (with --url,
+    /// the server at the URL).
+    #[arg(value_name = "SERVICE")]
+    pub(crate) words: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// The service's name.
-    pub(crate) service: String,
-    /// The tool to call.
-    pub(crate) tool: String,
-    /// Arguments: a JSON object, `@FILE`, or `-` for stdin (default `{}`).
-    pub(crate) args: Option<String>,
+    /// SERVICE (left out with --url), TOOL, then the arguments as for
+    /// `cortex call`.
+    #[arg(value_name = "ARG", required = true)]
+    pub(crate) words: Vec<String>,
     /// How many calls in all.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) calls: u64,
@@ -320,11 +386,18 @@ mod tests {
     #[test]
     fn service_flag() {
         assert_eq!(
-            parse_service("memory=http://a:1, http://b:2"),
+            parse_service("memory=http://a:1, mcp+http://b:2/mcp"),
             Ok(ServiceUrl {
                 name: "memory".into(),
-                urls: vec!["http://a:1".into(), "http://b:2".into()],
+                endpoints: vec![
+                    Endpoint::new("http://a:1"),
+                    Endpoint::new("http://b:2/mcp").with_protocol(Protocol::Mcp)
+                ],
             })
+        );
+        assert_eq!(
+            parse_url("http://h:1/mcp").map(|e| e.protocol),
+            Ok(Protocol::Auto)
         );
         assert!(parse_service("memory").is_err());
         assert!(parse_service("=http://a").is_err());

@@ -1,35 +1,78 @@
 //! The client commands: `call`, `read`, `stream`, `tools`, `resources`,
 //! `health` and `status`. Each one line of output per thing for people,
-//! or JSON with `--json`.
+//! or JSON with `--json`. None of them knows which dialect a service
+//! speaks: the client's listings, health and streams answer in one shape
+//! for the Cortex dialect and for standard MCP.
 
 use std::time::Instant;
 
-use cortex_client::{McpClient, ServiceDiscovery};
+use cortex_client::{McpClient, McpError, ServiceDiscovery};
 use cortex_resilience::breaker::BreakerState;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::cli::{CallArgs, HealthArgs, ReadArgs, ServiceArg, StreamArgs};
-use crate::connect::ClientFlags;
+use crate::cli::{CallArgs, HealthArgs, ReadArgs, ServiceArg, StreamArgs, ToolsArgs};
+use crate::connect::{ClientFlags, Target};
 use crate::exit::{Code, Failure, code_for};
+use crate::hints::explain;
+use crate::input::ArgWords;
 use crate::output::{self, line};
+use crate::words::Words;
 
 pub(crate) async fn call(args: CallArgs, flags: &ClientFlags, json: bool) -> Result<(), Failure> {
-    let arguments = crate::input::arguments(args.args.as_deref())?;
+    let mut words = Words::new("call", args.words, flags.url_service());
+    let service = words.service()?;
+    let tool = words.required("TOOL")?;
+    let arg_words = ArgWords::parse(&words.rest())?;
     let target = flags.connect(|c| c).await?;
-    let result = target
-        .client
-        .call_tool(&args.service, &args.tool, arguments)
-        .await?;
+    let arguments = arguments_for(&target, &service, &tool, arg_words).await?;
+    let result = target.client.call_tool(&service, &tool, arguments).await;
+    let result = match result {
+        Ok(result) => result,
+        Err(error) => return Err(explain(&target, error).await),
+    };
     output::json(&result, json)
 }
 
+/// The arguments `words` stand for, typed by the tool's input schema when
+/// a `key=value` pair needs it (one listing; without one, values stay
+/// strings and the service says what it expected).
+pub(crate) async fn arguments_for(
+    target: &Target,
+    service: &str,
+    tool: &str,
+    words: ArgWords,
+) -> Result<Value, Failure> {
+    let schema = if words.needs_schema() {
+        match target.client.list_tools(service).await {
+            Ok(list) => list
+                .tools
+                .into_iter()
+                .find(|t| t.name == tool)
+                .map(|t| t.input_schema),
+            // The service cannot be asked: the call will say why.
+            Err(McpError::ServiceNotFound { .. }) => None,
+            Err(error) if code_for(&error) == Code::Unavailable => {
+                return Err(explain(target, error).await);
+            }
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    words.build(schema.as_ref()).await
+}
+
 pub(crate) async fn read(args: ReadArgs, flags: &ClientFlags, json: bool) -> Result<(), Failure> {
+    let mut words = Words::new("read", args.words, flags.url_service());
+    let service = words.service()?;
+    let uri = words.required("URI")?;
+    words.done()?;
     let target = flags.connect(|c| c).await?;
-    let resource = target
-        .client
-        .read_resource(&args.service, &args.uri)
-        .await?;
+    let resource = match target.client.read_resource(&service, &uri).await {
+        Ok(resource) => resource,
+        Err(error) => return Err(explain(&target, error).await),
+    };
     match &resource.content {
         // Text that is not JSON: as it is.
         Value::String(text) if !json && !resource.mime_type.contains("json") => line(text),
@@ -42,11 +85,19 @@ pub(crate) async fn stream(
     flags: &ClientFlags,
     json: bool,
 ) -> Result<(), Failure> {
+    let mut words = Words::new("stream", args.words, flags.url_service());
+    let service = words.service()?;
+    let uri = words.required("URI")?;
+    words.done()?;
     let target = flags.connect(|c| c).await?;
-    let mut events = target
+    let mut events = match target
         .client
-        .stream_resource_from(&args.service, &args.uri, args.from)
-        .await?;
+        .stream_resource_from(&service, &uri, args.from)
+        .await
+    {
+        Ok(events) => events,
+        Err(error) => return Err(explain(&target, error).await),
+    };
     let stop = cortex_service::shutdown_signal();
     tokio::pin!(stop);
     let mut seen = 0u64;
@@ -74,24 +125,84 @@ pub(crate) async fn stream(
     Ok(())
 }
 
-pub(crate) async fn tools(
-    args: ServiceArg,
-    flags: &ClientFlags,
-    json: bool,
-) -> Result<(), Failure> {
+/// `tools SERVICE`: each tool with its parameters (`name*` is required)
+/// and description; `tools SERVICE TOOL`: one tool's parameters in full.
+pub(crate) async fn tools(args: ToolsArgs, flags: &ClientFlags, json: bool) -> Result<(), Failure> {
+    let mut words = Words::new("tools", args.words, flags.url_service());
+    let service = words.service()?;
+    let only = words.optional();
+    words.done()?;
     let target = flags.connect(|c| c).await?;
-    let list = target.client.list_tools(&args.service).await?;
+    let mut list = match target.client.list_tools(&service).await {
+        Ok(list) => list,
+        Err(error) => return Err(explain(&target, error).await),
+    };
+    if let Some(name) = &only {
+        list.tools.retain(|t| &t.name == name);
+        if list.tools.is_empty() {
+            let error = McpError::ToolNotFound {
+                service: service.clone(),
+                tool: name.clone(),
+            };
+            return Err(explain(&target, error).await);
+        }
+    }
     if json {
         return output::json(&serde_json::to_value(&list).unwrap_or(Value::Null), true);
     }
-    let mut rows = vec![vec!["TOOL".to_string(), "DESCRIPTION".to_string()]];
+    if let [tool] = list.tools.as_slice()
+        && only.is_some()
+    {
+        line(format!("{}  {}", tool.name, tool.description.trim()))?;
+        let mut rows = vec![vec![
+            "  PARAMETER".to_string(),
+            "TYPE".to_string(),
+            "REQUIRED".to_string(),
+            "DESCRIPTION".to_string(),
+        ]];
+        rows.extend(output::parameters(&tool.input_schema).into_iter().map(|p| {
+            vec![
+                format!("  {}", p.name),
+                p.kind,
+                if p.required { "yes" } else { "no" }.to_string(),
+                p.description,
+            ]
+        }));
+        return output::table(&rows);
+    }
+    let mut rows = vec![vec![
+        "TOOL".to_string(),
+        "DESCRIPTION".to_string(),
+        "PARAMETERS".to_string(),
+    ]];
     rows.extend(list.tools.iter().map(|tool| {
+        let parameters = output::parameters(&tool.input_schema)
+            .into_iter()
+            .map(|p| format!("{}{}:{}", p.name, if p.required { "*" } else { "" }, p.kind))
+            .collect::<Vec<_>>()
+            .join(" ");
         vec![
             tool.name.clone(),
             output::first_sentence(&tool.description).to_string(),
+            if parameters.is_empty() {
+                "-".into()
+            } else {
+                parameters
+            },
         ]
     }));
-    output::table(&rows)
+    output::table(&rows)?;
+    if !list.tools.is_empty() {
+        line(format!(
+            "(* required; `cortex tools {}TOOL` shows one tool's parameters in full)",
+            if flags.url.is_some() {
+                String::new()
+            } else {
+                format!("{service} ")
+            }
+        ))?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn resources(
@@ -99,8 +210,14 @@ pub(crate) async fn resources(
     flags: &ClientFlags,
     json: bool,
 ) -> Result<(), Failure> {
+    let mut words = Words::new("resources", args.words, flags.url_service());
+    let service = words.service()?;
+    words.done()?;
     let target = flags.connect(|c| c).await?;
-    let list = target.client.list_resources(&args.service).await?;
+    let list = match target.client.list_resources(&service).await {
+        Ok(list) => list,
+        Err(error) => return Err(explain(&target, error).await),
+    };
     if json {
         return output::json(&serde_json::to_value(&list).unwrap_or(Value::Null), true);
     }
@@ -181,7 +298,7 @@ impl Checked {
 }
 
 /// Checks the health of each of `services`, one after the other.
-async fn check_all(target: &crate::connect::Target, services: &[String]) -> Vec<Checked> {
+async fn check_all(target: &Target, services: &[String]) -> Vec<Checked> {
     let mut checked = Vec::new();
     for service in services {
         let endpoints = target
@@ -207,19 +324,22 @@ pub(crate) async fn health(
     flags: &ClientFlags,
     json: bool,
 ) -> Result<(), Failure> {
+    let mut words = Words::new("health", args.words, flags.url_service());
+    let asked = words.optional_service();
+    words.done()?;
     let target = flags.connect(|c| c).await?;
-    let services = match &args.service {
+    let services = match &asked {
         Some(service) => vec![service.clone()],
         None => target.names.clone(),
     };
     let checked = check_all(&target, &services).await;
     // A service asked for by name that does not exist: not found.
     if let [only] = checked.as_slice()
-        && args.service.is_some()
+        && asked.is_some()
         && let Err(error) = &only.outcome
         && code_for(error) == Code::NotFound
     {
-        return Err(error.clone().into());
+        return Err(explain(&target, error.clone()).await);
     }
     if json {
         output::json(
@@ -259,7 +379,7 @@ pub(crate) async fn health(
 /// pool and breaker): one [`Checked`] per endpoint, with that endpoint
 /// alone in `endpoints`; a service without endpoints gets one with none,
 /// saying why.
-async fn check_replicas(target: &crate::connect::Target, services: &[String]) -> Vec<Checked> {
+async fn check_replicas(target: &Target, services: &[String]) -> Vec<Checked> {
     let mut replicas = Vec::new();
     for service in services {
         let endpoints = match target.discovery.resolve(service).await {

@@ -7,13 +7,15 @@
 //!   `--discovery SPEC`, else `CORTEX_DISCOVERY` (clap reads both), else the
 //!   config file's `discovery` key, else `env` (`NAME_SERVICE_URL`
 //!   variables with memory at `http://localhost:9000` and cognition at
-//!   `http://localhost:9100`); each `--service NAME=URL` flag goes in front
-//!   of the backend ([`Layered`]).
+//!   `http://localhost:9100`); each `--service NAME=URL` flag, and the
+//!   `--url` server, go in front of the backend ([`Layered`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use cortex_client::discovery::{HealthChecked, HealthConfig};
 use cortex_client::{
     ClientConfig, DiscoveryError, DiscoverySpec, Endpoint, EndpointSet, NetworkMcpClient,
     ServiceDiscovery, StaticDiscovery,
@@ -29,6 +31,8 @@ pub(crate) struct ClientFlags {
     pub(crate) config: Option<PathBuf>,
     /// `--discovery` or `CORTEX_DISCOVERY`; `None` defers to the config file.
     pub(crate) discovery: Option<DiscoverySpec>,
+    /// `--url`: one server, which is then the only service.
+    pub(crate) url: Option<Endpoint>,
 }
 
 /// A client ready to use, with the names discovery knows.
@@ -36,11 +40,29 @@ pub(crate) struct Target {
     pub(crate) client: NetworkMcpClient,
     pub(crate) discovery: Arc<dyn ServiceDiscovery>,
     /// Every service name known here: memory, cognition, then the others
-    /// in alphabetical order.
+    /// in alphabetical order; with `--url`, that server alone.
     pub(crate) names: Vec<String>,
+    /// Whether the endpoint of a service is the built-in default (memory
+    /// at localhost:9000, cognition at localhost:9100): nothing the user
+    /// set chose it, so `cortex up` not running is the likely story when
+    /// it refuses connections.
+    defaults: Vec<String>,
+}
+
+impl Target {
+    /// Whether `service` is reached at its built-in default endpoint.
+    pub(crate) fn is_default(&self, service: &str) -> bool {
+        self.defaults.iter().any(|d| d == service)
+    }
 }
 
 impl ClientFlags {
+    /// The service name of the `--url` server: the URL itself, so messages
+    /// say where it is.
+    pub(crate) fn url_service(&self) -> Option<String> {
+        self.url.as_ref().map(|endpoint| endpoint.url.clone())
+    }
+
     /// The client settings: the file (or the defaults) with the environment
     /// on top. An invalid setting (`discovery` included) is a usage error
     /// naming it.
@@ -72,20 +94,36 @@ impl ClientFlags {
     }
 
     /// Discovery from [`Self::spec`] with the `--service` flags in front,
-    /// and the names it knows. A backend that cannot start (a missing
-    /// file, etcd down) is an `unavailable` failure naming it.
+    /// and the names it knows. A backend that does not answer (etcd down)
+    /// is an `unavailable` failure naming it; one configured wrong (a
+    /// missing file, a malformed `NAME_SERVICE_URL`, etcd in a build
+    /// without it) is a usage failure.
     async fn discovery(
         &self,
         config: &ClientConfig,
     ) -> Result<(Arc<dyn ServiceDiscovery>, Vec<String>), Failure> {
         let overrides = StaticDiscovery::new();
         for flag in &self.services {
-            overrides.register(&flag.name, flag.urls.iter().map(Endpoint::new).collect());
+            overrides.register(&flag.name, flag.endpoints.clone());
         }
-        let (backend, mut names) =
-            self.spec(config).build().await.map_err(|e| {
-                Failure::new(crate::exit::Code::Unavailable, format!("discovery: {e}"))
-            })?;
+        if let Some(endpoint) = &self.url {
+            overrides.register(&endpoint.url, vec![endpoint.clone()]);
+            // The server at the URL is the only service; no backend is
+            // asked, so a broken NAME_SERVICE_URL elsewhere does not matter.
+            let names = vec![endpoint.url.clone()];
+            let backend: Arc<dyn ServiceDiscovery> = Arc::new(StaticDiscovery::new());
+            return Ok((Arc::new(Layered { overrides, backend }), names));
+        }
+        let (backend, mut names) = self.spec(config).build().await.map_err(|e| {
+            // What the user configured wrong is a usage error; a backend
+            // that does not answer is unavailable.
+            let code = if e.is_config() {
+                crate::exit::Code::Usage
+            } else {
+                crate::exit::Code::Unavailable
+            };
+            Failure::new(code, format!("discovery: {e}"))
+        })?;
         names.extend(overrides.registry().names());
         // The two Cortex services first, then the others alphabetically.
         names.sort_by_key(|name| (name != "memory", name != "cognition", name.clone()));
@@ -99,8 +137,24 @@ impl ClientFlags {
         &self,
         adjust: impl FnOnce(ClientConfig) -> ClientConfig,
     ) -> Result<Target, Failure> {
+        self.connect_checked(adjust, None).await
+    }
+
+    /// As [`Self::connect`]; with `health`, discovery also checks the
+    /// services' health actively (for a long-running service's client: a
+    /// recovered dependency's open breaker half-opens at its first passing
+    /// check).
+    pub(crate) async fn connect_checked(
+        &self,
+        adjust: impl FnOnce(ClientConfig) -> ClientConfig,
+        health: Option<HealthConfig>,
+    ) -> Result<Target, Failure> {
         let config = adjust(self.config()?);
-        let (discovery, names) = self.discovery(&config).await?;
+        let defaults = self.defaults(&config);
+        let (mut discovery, names) = self.discovery(&config).await?;
+        if let Some(health) = health {
+            discovery = Arc::new(HealthChecked::new(discovery, health));
+        }
         let client = NetworkMcpClient::builder(discovery.clone())
             .config(config)
             .user_agent(concat!("cortex-cli/", env!("CARGO_PKG_VERSION")))
@@ -109,7 +163,44 @@ impl ClientFlags {
             client,
             discovery,
             names,
+            defaults,
         })
+    }
+
+    /// The services left at their built-in endpoints: discovery is `env`,
+    /// and neither a flag nor a variable names them.
+    fn defaults(&self, config: &ClientConfig) -> Vec<String> {
+        if self.url.is_some() || self.spec(config) != DiscoverySpec::Env {
+            return Vec::new();
+        }
+        ["memory", "cognition"]
+            .into_iter()
+            .filter(|name| {
+                let upper = name.to_ascii_uppercase();
+                !self.services.iter().any(|s| s.name == *name)
+                    && std::env::var_os(format!("{upper}_SERVICE_URL")).is_none()
+                    && std::env::var_os(format!("SERVICE_{upper}_URL")).is_none()
+            })
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Active health checks of `service` for a service's client (cognition's
+/// of memory). The interval bounds how long the client keeps failing after
+/// the service is back, so it follows the breaker's wait it cuts short: a
+/// tenth of the service's
+/// `reset_timeout` (from --config and the environment), kept between
+/// 200 ms and 2 s, so 2 s with the default 30 s. A `GET /health` on
+/// loopback every 2 s costs nothing noticeable; a check slower than the
+/// interval fails.
+pub(crate) fn health_checks(config: &ClientConfig, service: &str) -> HealthConfig {
+    let interval = (config.for_service(service).reset_timeout / 10)
+        .clamp(Duration::from_millis(200), Duration::from_secs(2));
+    HealthConfig {
+        interval,
+        timeout: interval,
+        ..HealthConfig::default()
     }
 }
 

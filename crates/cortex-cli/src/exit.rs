@@ -48,6 +48,9 @@ Errors are one line on stderr: `cortex: <message>`.";
 pub(crate) struct Failure {
     pub(crate) code: Code,
     pub(crate) message: String,
+    /// The client error's kind (`connection`, `tool_not_found`, …), when a
+    /// client error caused it.
+    pub(crate) kind: Option<&'static str>,
 }
 
 impl Failure {
@@ -55,6 +58,7 @@ impl Failure {
         Self {
             code,
             message: message.into(),
+            kind: None,
         }
     }
 
@@ -75,6 +79,26 @@ impl Failure {
     /// The process exit code.
     pub(crate) fn exit_code(&self) -> u8 {
         self.code as u8
+    }
+
+    /// The failure for `--json`: `{"error": {"exit_code", "code", "kind",
+    /// "message"}}`, where `code` names the exit code (`usage`,
+    /// `not_found`, `unavailable`, `tool_error`, `other`).
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let code = match self.code {
+            Code::Ok => "ok",
+            Code::Other => "other",
+            Code::Usage => "usage",
+            Code::NotFound => "not_found",
+            Code::Unavailable => "unavailable",
+            Code::ToolError => "tool_error",
+        };
+        serde_json::json!({"error": {
+            "exit_code": self.exit_code(),
+            "code": code,
+            "kind": self.kind,
+            "message": self.to_string(),
+        }})
     }
 }
 
@@ -98,7 +122,10 @@ impl From<McpError> for Failure {
             Some((head, tail)) if head == tail => head.to_string(),
             _ => text,
         };
-        Self::new(code_for(&error), text)
+        Self {
+            kind: Some(error.kind()),
+            ..Self::new(code_for(&error), text)
+        }
     }
 }
 

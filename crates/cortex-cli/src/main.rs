@@ -12,11 +12,13 @@ mod client_cmds;
 mod connect;
 mod demo;
 mod exit;
+mod hints;
 mod input;
 mod output;
 mod serve;
 mod system;
 mod up;
+mod words;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -30,8 +32,19 @@ use crate::exit::Failure;
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) => return clap_error(&error),
+        // `--json` is known only once parsing worked: look for it.
+        Err(error) => return clap_error(&error, std::env::args().any(|a| a == "--json")),
     };
+    if let Command::Completions(args) = &cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            args.shell,
+            &mut cli::Cli::command(),
+            "cortex",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
     init_tracing(&cli.command, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -47,6 +60,7 @@ fn main() -> ExitCode {
         services: cli.services,
         config: cli.config,
         discovery: cli.discovery,
+        url: cli.url,
     };
     let json = cli.json;
     let outcome = runtime.block_on(async move {
@@ -62,6 +76,7 @@ fn main() -> ExitCode {
             Command::Status => client_cmds::status(&flags, json).await,
             Command::Bench(args) => bench::run(args, &flags, json).await,
             Command::Serve(args) => serve::run(args, &flags).await,
+            Command::Completions(_) => Ok(()),
         }
     });
     // Do not wait for background tasks (a stream reader, an idle
@@ -69,13 +84,13 @@ fn main() -> ExitCode {
     runtime.shutdown_background();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => report(&failure),
+        Err(failure) => report(&failure, json),
     }
 }
 
 /// Help and version go out as clap writes them; a usage error becomes one
 /// line and exit 2.
-fn clap_error(error: &clap::Error) -> ExitCode {
+fn clap_error(error: &clap::Error, json: bool) -> ExitCode {
     use clap::error::ErrorKind;
     match error.kind() {
         ErrorKind::DisplayHelp
@@ -84,23 +99,31 @@ fn clap_error(error: &clap::Error) -> ExitCode {
             let _ = error.print();
             ExitCode::from(if error.use_stderr() { 2 } else { 0 })
         }
-        _ => report(&Failure::usage(exit::clap_line(
-            &error.render().to_string(),
-        ))),
+        _ => report(
+            &Failure::usage(exit::clap_line(&error.render().to_string())),
+            json,
+        ),
     }
 }
 
-fn report(failure: &Failure) -> ExitCode {
+/// One line on stderr: `cortex: MESSAGE`, or with `--json` one JSON
+/// object, `{"error": {"exit_code", "code", "kind", "message"}}`.
+fn report(failure: &Failure, json: bool) -> ExitCode {
     if !failure.message.is_empty() {
-        eprintln!("cortex: {failure}");
+        if json {
+            eprintln!("{}", failure.to_json());
+        } else {
+            eprintln!("cortex: {failure}");
+        }
     }
     ExitCode::from(failure.exit_code())
 }
 
-/// Logs go to stderr. Servers log at `info`; client commands and the demo
-/// only log errors, so their stderr holds just the one error line.
+/// Logs go to stderr. `cortex serve` logs at `info`, as a service does;
+/// everything else, `cortex up` included (it prints its own lines), only
+/// logs errors unless `-v`.
 fn init_tracing(command: &Command, verbose: u8) {
-    let quiet = !matches!(command, Command::Up(_) | Command::Serve(_));
+    let quiet = !matches!(command, Command::Serve(_));
     let default = match (verbose, quiet) {
         (0, true) => "error",
         (0, false) => "info",

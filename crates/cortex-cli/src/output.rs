@@ -61,20 +61,77 @@ pub(crate) fn table(rows: &[Vec<String>]) -> Result<(), Failure> {
 
 /// A duration for people: `850 µs`, `12.3 ms`, `1.25 s`.
 pub(crate) fn duration(d: Duration) -> String {
-    let micros = d.as_secs_f64() * 1e6;
-    // Thresholds where the rounded value would reach the next unit.
-    if micros < 999.5 {
-        format!("{micros:.0} µs")
-    } else if micros < 999_950.0 {
-        format!("{:.1} ms", micros / 1000.0)
-    } else {
-        format!("{:.2} s", micros / 1e6)
-    }
+    cortex_resilience::human::HumanDuration(d).to_string()
 }
 
 /// Milliseconds as a JSON number with microsecond precision.
 pub(crate) fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1000.0
+}
+
+/// One parameter of a tool, read from its input schema.
+pub(crate) struct Parameter {
+    pub(crate) name: String,
+    /// `string`, `integer`, `string|null`, `array<string>`, … or `any`.
+    pub(crate) kind: String,
+    pub(crate) required: bool,
+    /// Its first sentence.
+    pub(crate) description: String,
+}
+
+/// The top-level parameters of an input schema: required ones first, each
+/// group by name.
+pub(crate) fn parameters(schema: &Value) -> Vec<Parameter> {
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    let mut list: Vec<Parameter> = properties
+        .iter()
+        .map(|(name, property)| Parameter {
+            name: name.clone(),
+            kind: kind_of(property),
+            required: required.contains(&name.as_str()),
+            description: first_sentence(
+                property
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+            )
+            .to_string(),
+        })
+        .collect();
+    list.sort_by_key(|p| !p.required);
+    list
+}
+
+/// A property's type in a few characters.
+fn kind_of(schema: &Value) -> String {
+    let one = |t: &Value| -> String {
+        match t.as_str() {
+            Some("array") => match schema.get("items").map(kind_of) {
+                Some(items) if items != "any" => format!("array<{items}>"),
+                _ => "array".into(),
+            },
+            Some(name) => name.to_string(),
+            None => "any".into(),
+        }
+    };
+    match schema.get("type") {
+        Some(Value::Array(types)) => types.iter().map(one).collect::<Vec<_>>().join("|"),
+        Some(t) => one(t),
+        None => match schema.get("anyOf").or_else(|| schema.get("oneOf")) {
+            Some(Value::Array(options)) => {
+                options.iter().map(kind_of).collect::<Vec<_>>().join("|")
+            }
+            _ if schema.get("enum").is_some() => "enum".into(),
+            _ => "any".into(),
+        },
+    }
 }
 
 /// The first sentence of a description, for a table cell.
@@ -91,12 +148,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parameters_of_a_schema() {
+        let schema = serde_json::json!({"type": "object", "required": ["b"], "properties": {
+            "a": {"type": ["integer", "null"], "description": "First. More."},
+            "b": {"type": "array", "items": {"type": "string"}},
+            "c": {"anyOf": [{"type": "string"}, {"type": "number"}]},
+            "d": {},
+        }});
+        let listed: Vec<(String, String, bool, String)> = parameters(&schema)
+            .into_iter()
+            .map(|p| (p.name, p.kind, p.required, p.description))
+            .collect();
+        let row = |n: &str, k: &str, r: bool, d: &str| (n.into(), k.into(), r, d.into());
+        assert_eq!(
+            listed,
+            vec![
+                row("b", "array<string>", true, ""),
+                row("a", "integer|null", false, "First."),
+                row("c", "string|number", false, ""),
+                row("d", "any", false, ""),
+            ]
+        );
+    }
+
+    #[test]
     fn durations() {
-        assert_eq!(duration(Duration::from_micros(850)), "850 µs");
         assert_eq!(duration(Duration::from_micros(12_345)), "12.3 ms");
-        assert_eq!(duration(Duration::from_millis(1250)), "1.25 s");
-        assert_eq!(duration(Duration::from_micros(999_990)), "1.00 s");
-        assert_eq!(duration(Duration::from_nanos(999_700)), "1.0 ms");
         assert_eq!(first_sentence("One. Two."), "One.");
         assert_eq!(millis(Duration::from_micros(1_234_567)), 1234.567);
     }

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use cortex_client::discovery::{Endpoint, EtcdConfig, EtcdRegistration};
 use cortex_cognition::CognitionConfig;
 use cortex_service::{ServiceConfig, serve, shutdown_signal};
 
@@ -32,8 +31,10 @@ pub(crate) async fn run(args: ServeArgs, flags: &ClientFlags) -> Result<(), Fail
             system::memory_service(&path).await?
         }
         ServiceName::Cognition => {
-            // Memory is found through discovery, like any client's.
-            let target = flags.connect(|c| c).await?;
+            // Memory is found through discovery, like any client's, and its
+            // health checked actively so a recovered memory is used at once.
+            let health = crate::connect::health_checks(&flags.config()?, "memory");
+            let target = flags.connect_checked(|c| c, Some(health)).await?;
             let memory = cortex_client::ServiceDiscovery::resolve(&*target.discovery, "memory")
                 .await
                 .map(|set| {
@@ -70,12 +71,14 @@ pub(crate) async fn run(args: ServeArgs, flags: &ClientFlags) -> Result<(), Fail
 }
 
 /// Registers `name` at its advertised URL in the etcd at `url`.
+#[cfg(feature = "etcd")]
 async fn register(
     url: &str,
     name: &str,
     args: &ServeArgs,
     bound: std::net::SocketAddr,
-) -> Result<EtcdRegistration, Failure> {
+) -> Result<cortex_client::discovery::EtcdRegistration, Failure> {
+    use cortex_client::discovery::{Endpoint, EtcdConfig, EtcdRegistration};
     let config =
         EtcdConfig::from_url(url).map_err(|e| Failure::usage(format!("--register: {e}")))?;
     let advertise = args
@@ -92,4 +95,35 @@ async fn register(
         .map_err(|e| Failure::new(crate::exit::Code::Unavailable, format!("--register: {e}")))?;
     tracing::info!(service = name, endpoint = %endpoint.url, key = registration.key(), "registered in etcd");
     Ok(registration)
+}
+
+/// Without the `etcd` feature, `--register` says how to get it (after
+/// checking the URL, so a typo is still named first).
+#[cfg(not(feature = "etcd"))]
+async fn register(
+    url: &str,
+    _name: &str,
+    _args: &ServeArgs,
+    _bound: std::net::SocketAddr,
+) -> Result<Registration, Failure> {
+    cortex_client::discovery::EtcdConfig::from_url(url)
+        .map_err(|e| Failure::usage(format!("--register: {e}")))?;
+    Err(Failure::usage(format!(
+        "--register: {}",
+        cortex_client::DiscoveryError::NotBuiltIn {
+            what: "etcd registration".into(),
+            feature: "etcd",
+        }
+    )))
+}
+
+/// Stands for a registration in a build without etcd; never made.
+#[cfg(not(feature = "etcd"))]
+enum Registration {}
+
+#[cfg(not(feature = "etcd"))]
+impl Registration {
+    async fn deregister(self) -> Result<(), String> {
+        match self {}
+    }
 }

@@ -158,7 +158,8 @@ pub(crate) async fn wait_healthy(
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(Failure::other(format!(
-                    "{service} did not become healthy within {within:?}: {last}"
+                    "{service} did not become healthy within {}: {last}",
+                    crate::output::duration(within)
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

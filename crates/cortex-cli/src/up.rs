@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cortex_client::discovery::HealthChecked;
 use cortex_client::{NetworkMcpClient, StaticDiscovery};
 use cortex_cognition::CognitionConfig;
 use cortex_service::{ServiceConfig, shutdown_signal};
@@ -52,12 +53,19 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
         config.clone(),
     )?;
     // Cognition reads memory over the network, through the client, at the
-    // address just bound (with the client settings of --config and env).
-    let memory_client = NetworkMcpClient::builder(Arc::new(
+    // address just bound (with the client settings of --config and env),
+    // checking memory's health actively: when memory is back after an
+    // outage, the first passing check half-opens the client's open breaker,
+    // so cognition uses memory again at once instead of failing fast for the
+    // rest of `reset_timeout`.
+    let client_config = flags.config()?;
+    let memory_discovery = HealthChecked::new(
         StaticDiscovery::new().with("memory", memory.url()),
-    ))
-    .config(flags.config()?)
-    .build()?;
+        crate::connect::health_checks(&client_config, "memory"),
+    );
+    let memory_client = NetworkMcpClient::builder(Arc::new(memory_discovery))
+        .config(client_config)
+        .build()?;
     let cognition = Running::spawn(
         cognition_listener,
         system::cognition_service(memory_client, CognitionConfig::default())?,

@@ -2,105 +2,16 @@
 //! every documented exit code produced for real.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::{Run, cortex, free_port, run};
 use serde_json::Value;
-
-/// The binary with a clean environment: no discovery or client variables
-/// from the caller, no log filter, backtraces on (so a panic would show).
-fn cortex() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cortex"));
-    for (key, _) in std::env::vars() {
-        if key.ends_with("_SERVICE_URL")
-            || key.starts_with("CORTEX_CLIENT_")
-            || key.starts_with("SERVICE_")
-            || matches!(key.as_str(), "RUST_LOG" | "PORT" | "HOST" | "DATABASE_URL")
-        {
-            command.env_remove(key);
-        }
-    }
-    command.env("RUST_BACKTRACE", "1");
-    command
-}
-
-/// A port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// What one run printed, and how it ended.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl From<Output> for Run {
-    fn from(output: Output) -> Self {
-        Self {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-
-    /// Asserts success.
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "expected success: {self:?}");
-        self
-    }
-
-    /// Asserts exit `code` with exactly one clean error line on stderr
-    /// containing `needle`.
-    #[track_caller]
-    fn fails(self, code: i32, needle: &str) -> Self {
-        assert_eq!(self.code, code, "exit code: {self:?}");
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "one line on stderr: {self:?}");
-        assert!(lines[0].starts_with("cortex: "), "{self:?}");
-        assert!(lines[0].contains(needle), "expected {needle:?}: {self:?}");
-        let lower = self.stderr.to_lowercase();
-        assert!(
-            !lower.contains("panicked") && !lower.contains("backtrace"),
-            "{self:?}"
-        );
-        self
-    }
-}
-
-/// Runs `cortex ARGS` (with `stdin` when given) and waits.
-fn run(args: &[&str], stdin: Option<&str>) -> Run {
-    let mut child = cortex()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap().into()
-}
+use std::net::TcpListener;
 
 /// A process killed when the guard drops, with its stdout lines on a channel.
 struct Guard {
@@ -478,7 +389,7 @@ fn every_error_exit_code_for_real() {
         .fails(2, "JSON object");
     up.run(&["call", "--no-such-flag", "memory", "x"])
         .fails(2, "--no-such-flag");
-    up.run(&["call", "memory"]).fails(2, "<TOOL>");
+    up.run(&["call", "memory"]).fails(2, "missing TOOL");
     run(&["--service", "memory", "health"], None).fails(2, "NAME=URL");
     run(
         &["--config", "/no/such/client.toml", "health", "memory"],
@@ -617,7 +528,7 @@ fn serve_cognition_finds_memory_through_discovery_and_reports_it_down() {
     let health = flags(&["health", "cognition"]).fails(4, "cognition is unhealthy");
     assert!(health.stdout.contains("unhealthy"), "{health:?}");
     assert!(health.stdout.contains("memory:"), "{health:?}");
-    let health = flags(&["--json", "health", "cognition"]).fails(4, "unhealthy");
+    let health = flags(&["--json", "health", "cognition"]).fails_json(4, "unhealthy");
     assert_eq!(health.json()[0]["http_status"], 503);
 }
 

@@ -1,5 +1,6 @@
 //! The one client interface and the values it returns.
 
+use cortex_proto::listing::{Health, ResourceList, ToolList};
 use std::pin::Pin;
 
 use async_trait::async_trait;
@@ -71,6 +72,20 @@ pub trait McpClient: Send + Sync {
     /// by resuming after the last event, and only arrive as an item once
     /// reconnects are exhausted.
     async fn stream_resource(&self, service: &str, uri: &str) -> Result<EventStream, McpError>;
+
+    /// Every tool of `service`, sorted by name, with its description and
+    /// the JSON Schema of its arguments (`GET /tools`, or `tools/list` over
+    /// MCP).
+    async fn list_tools(&self, service: &str) -> Result<ToolList, McpError>;
+
+    /// Every resource pattern of `service` (`GET /resources`, or resource
+    /// templates and resources over MCP).
+    async fn list_resources(&self, service: &str) -> Result<ResourceList, McpError>;
+
+    /// The health of `service` now, asked once: `200` and `healthy`, or
+    /// `503` and `unhealthy` with the failing checks. Over MCP a `ping`
+    /// that answers is healthy. An unreachable service is an error.
+    async fn health(&self, service: &str) -> Result<(u16, Health), McpError>;
 
     /// Closes every connection; later calls fail with [`McpError::Closed`].
     async fn close(&self);

@@ -4,10 +4,16 @@
 //! how many attempts were made), and callers ask questions of it
 //! ([`McpError::is_retryable`], [`McpError::status`]) instead of matching
 //! strings.
+//!
+//! Discovery's errors ([`DiscoveryError`], [`DiscoverySpecError`]) convert
+//! into it, so one `?` serves a function that builds its discovery backend
+//! and then calls services.
 
 use std::time::Duration;
 
+use cortex_discovery::{DiscoveryError, DiscoverySpecError};
 use cortex_proto::ErrorCode;
+use cortex_resilience::human::HumanDuration;
 use serde_json::Value;
 
 use crate::config::ConfigError;
@@ -107,7 +113,10 @@ pub enum McpError {
         reason: String,
     },
     /// The circuit breaker of every endpoint of the service is open.
-    #[error("circuit open for service `{service}` ({endpoint}); next probe in {retry_after:?}")]
+    #[error(
+        "circuit open for service `{service}` ({endpoint}); next probe in {}",
+        HumanDuration(*retry_after)
+    )]
     CircuitOpen {
         /// The service.
         service: String,
@@ -130,7 +139,8 @@ pub enum McpError {
     },
     /// The operation ran out of time (its overall deadline, over all attempts).
     #[error(
-        "`{operation}` on service `{service}` timed out after {elapsed:?} ({attempts} attempt(s))"
+        "`{operation}` on service `{service}` timed out after {} ({attempts} attempt(s))",
+        HumanDuration(*elapsed)
     )]
     Timeout {
         /// The service.
@@ -144,7 +154,8 @@ pub enum McpError {
     },
     /// Every connection to the endpoint stayed busy for the whole wait.
     #[error(
-        "no connection to service `{service}` at {endpoint} became free within {waited:?} (max_connections = {max_connections})"
+        "no connection to service `{service}` at {endpoint} became free within {} (max_connections = {max_connections})",
+        HumanDuration(*waited)
     )]
     PoolTimeout {
         /// The service.
@@ -237,5 +248,160 @@ impl McpError {
             Self::Config(_) => "config",
             Self::Closed => "closed",
         }
+    }
+}
+
+/// The option that a discovery configuration error is about.
+const DISCOVERY_OPTION: &str = "discovery";
+
+/// The `endpoint` of a [`McpError::Connection`] that discovery's backend
+/// (etcd, a DNS server) failed.
+const DISCOVERY_BACKEND: &str = "the discovery backend";
+
+/// Discovery's errors as client errors, for `?` in code that builds a
+/// backend ([`DiscoverySpec::build`](cortex_discovery::DiscoverySpec::build))
+/// and then calls services:
+///
+/// | [`DiscoveryError`] | [`McpError`] |
+/// |---|---|
+/// | `Unknown` | [`ServiceNotFound`](McpError::ServiceNotFound) |
+/// | `Backend` (etcd down, ...) | [`Connection`](McpError::Connection), retryable; its endpoint is `the discovery backend` |
+/// | `NotReady` | [`Timeout`](McpError::Timeout) of `wait_for_services`, retryable |
+/// | `Config`, `NotBuiltIn` | [`Config`](McpError::Config): [`ConfigError::Invalid`] of the `discovery` option |
+///
+/// The message of the discovery error is kept whole in the result's.
+impl From<DiscoveryError> for McpError {
+    fn from(error: DiscoveryError) -> Self {
+        let message = error.to_string();
+        match error {
+            DiscoveryError::Unknown(service) => Self::ServiceNotFound {
+                service,
+                reason: message,
+            },
+            DiscoveryError::Backend { service, reason } => Self::Connection {
+                service,
+                endpoint: DISCOVERY_BACKEND.into(),
+                attempts: 1,
+                reason,
+            },
+            DiscoveryError::NotReady { missing, waited } => Self::Timeout {
+                service: missing.join(", "),
+                operation: "wait_for_services".into(),
+                elapsed: waited,
+                attempts: 1,
+            },
+            DiscoveryError::Config(reason) => Self::Config(ConfigError::Invalid {
+                option: DISCOVERY_OPTION.into(),
+                reason,
+            }),
+            // "etcd discovery is not built into this program; build it with
+            // the cargo feature `etcd` …": what the caller configured.
+            DiscoveryError::NotBuiltIn { .. } => Self::Config(ConfigError::Invalid {
+                option: DISCOVERY_OPTION.into(),
+                reason: message,
+            }),
+            // Kinds of failure added to discovery later.
+            other if other.is_config() => Self::Config(ConfigError::Invalid {
+                option: DISCOVERY_OPTION.into(),
+                reason: message,
+            }),
+            _ => Self::Connection {
+                service: DISCOVERY_OPTION.into(),
+                endpoint: DISCOVERY_BACKEND.into(),
+                attempts: 1,
+                reason: message,
+            },
+        }
+    }
+}
+
+/// A discovery spec that does not parse (`"consul://x".parse()?`) is an
+/// invalid `discovery` option: [`McpError::Config`].
+impl From<DiscoverySpecError> for McpError {
+    fn from(error: DiscoverySpecError) -> Self {
+        Self::Config(ConfigError::Invalid {
+            option: DISCOVERY_OPTION.into(),
+            reason: error.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use cortex_discovery::{DiscoveryError, DiscoverySpec};
+
+    use super::McpError;
+    use crate::config::ConfigError;
+
+    #[test]
+    fn discovery_errors_become_client_errors_with_their_message() {
+        let unknown: McpError = DiscoveryError::Unknown("search".into()).into();
+        assert!(
+            matches!(&unknown, McpError::ServiceNotFound { service, .. } if service == "search"),
+            "{unknown:?}"
+        );
+        assert_eq!(
+            unknown.to_string(),
+            "service `search` not found: no service named `search` is registered"
+        );
+        assert!(!unknown.is_retryable());
+
+        let down: McpError = DiscoveryError::Backend {
+            service: "memory".into(),
+            reason: "etcd at 127.0.0.1:2379: connection refused".into(),
+        }
+        .into();
+        assert!(
+            matches!(&down, McpError::Connection { service, reason, .. }
+                if service == "memory" && reason.contains("connection refused")),
+            "{down:?}"
+        );
+        assert!(down.is_retryable());
+
+        let late: McpError = DiscoveryError::NotReady {
+            missing: vec!["memory".into(), "cognition".into()],
+            waited: Duration::from_secs(2),
+        }
+        .into();
+        assert!(
+            matches!(&late, McpError::Timeout { service, elapsed, .. }
+                if service == "memory, cognition" && *elapsed == Duration::from_secs(2)),
+            "{late:?}"
+        );
+        assert!(late.is_retryable());
+
+        let bad: McpError = DiscoveryError::Config("etcd URL `etcd://`: no host".into()).into();
+        assert!(
+            matches!(&bad, McpError::Config(ConfigError::Invalid { option, reason })
+                if option == "discovery" && reason == "etcd URL `etcd://`: no host"),
+            "{bad:?}"
+        );
+
+        let missing: McpError = DiscoveryError::NotBuiltIn {
+            what: "etcd discovery".into(),
+            feature: "etcd",
+        }
+        .into();
+        assert!(
+            matches!(&missing, McpError::Config(ConfigError::Invalid { option, reason })
+                if option == "discovery" && reason.contains("cargo feature `etcd`")),
+            "{missing:?}"
+        );
+        assert!(!missing.is_retryable());
+    }
+
+    #[test]
+    fn a_spec_that_does_not_parse_is_a_config_error() {
+        let error: McpError = "consul://x"
+            .parse::<DiscoverySpec>()
+            .expect_err("not a spec")
+            .into();
+        assert!(
+            matches!(&error, McpError::Config(ConfigError::Invalid { option, reason })
+                if option == "discovery" && reason.contains("consul://x")),
+            "{error:?}"
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::sync::RwLock;
 
 use async_trait::async_trait;
 use cortex_proto::ErrorCode;
+use cortex_proto::listing::{Health, ResourceList, ToolList};
 use cortex_service::{CallContext, ResourceContent, Service, ServiceError};
 use futures::StreamExt;
 use serde_json::Value;
@@ -205,6 +206,22 @@ impl McpClient for InProcessMcpClient {
                 }),
             })
             .boxed())
+    }
+
+    async fn list_tools(&self, service: &str) -> Result<ToolList, McpError> {
+        Ok(ToolList {
+            tools: self.service(service)?.tools(),
+        })
+    }
+
+    async fn list_resources(&self, service: &str) -> Result<ResourceList, McpError> {
+        Ok(ResourceList {
+            resources: self.service(service)?.resources(),
+        })
+    }
+
+    async fn health(&self, service: &str) -> Result<(u16, Health), McpError> {
+        Ok(self.service(service)?.health().await)
     }
 
     async fn close(&self) {

@@ -1,12 +1,14 @@
-//! Asking a service about itself, for tools such as the `cortex` command:
-//! its tool and resource listings and its health, plus a resource stream
-//! that starts after a given event id.
+//! Asking a service about itself: its tool and resource listings and its
+//! health (the bodies of [`McpClient`](crate::McpClient)'s `list_tools`,
+//! `list_resources` and `health`), the health of one replica, and a
+//! resource stream that starts after a given event id.
 //!
-//! These are inherent methods of [`NetworkMcpClient`], not part of the
-//! [`McpClient`](crate::McpClient) trait: listings and health are
-//! properties of the Cortex HTTP dialect (`GET /tools`, `GET /resources`,
-//! `GET /health`), not of every MCP client. They share the client's
-//! discovery, breakers, pool and deadline like any call.
+//! Each speaks the service's dialect: the Cortex dialect's `GET /tools`,
+//! `GET /resources` and `GET /health`, or standard MCP's `tools/list`,
+//! `resources/list` with `resources/templates/list`, and `ping`, with the
+//! answers in one shape either way, so a program (the `cortex` command)
+//! needs no code per dialect. They share the client's discovery, breakers,
+//! pool and deadline like any call.
 
 use cortex_proto::listing::{Health, ResourceList, ToolList};
 use serde::de::DeserializeOwned;
@@ -18,15 +20,25 @@ use crate::network::{Answer, Exchange, NetworkMcpClient, Operation};
 use cortex_discovery::Endpoint;
 
 impl NetworkMcpClient {
-    /// `GET /tools` of `service`: every tool with its description and the
-    /// JSON Schema of its arguments. Retried like a read.
-    pub async fn list_tools(&self, service: &str) -> Result<ToolList, McpError> {
+    /// Every tool of `service` with its description and the JSON Schema
+    /// of its arguments (`GET /tools`, or `tools/list` over MCP, all
+    /// pages). Retried like a read.
+    pub(crate) async fn tools_of(&self, service: &str) -> Result<ToolList, McpError> {
+        let state = self.service_state(service)?;
+        if crate::mcp::speaks_mcp(self, &state).await? {
+            return Box::pin(crate::mcp::list_tools(self, &state)).await;
+        }
         self.get_json(service, "tools", "/tools", u32::MAX, None)
             .await
     }
 
-    /// `GET /resources` of `service`: every resource pattern.
-    pub async fn list_resources(&self, service: &str) -> Result<ResourceList, McpError> {
+    /// Every resource pattern of `service` (`GET /resources`, or over MCP
+    /// the resource templates then the resources, all pages).
+    pub(crate) async fn resources_of(&self, service: &str) -> Result<ResourceList, McpError> {
+        let state = self.service_state(service)?;
+        if crate::mcp::speaks_mcp(self, &state).await? {
+            return Box::pin(crate::mcp::list_resources(self, &state)).await;
+        }
         self.get_json(service, "resources", "/resources", u32::MAX, None)
             .await
     }
@@ -35,11 +47,12 @@ impl NetworkMcpClient {
     /// reports the state now). Returns the HTTP status with the body:
     /// `200` and `healthy`, or `503` and `unhealthy` with the failing
     /// checks. An unreachable service (or an open circuit) is an error.
-    pub async fn health(&self, service: &str) -> Result<(u16, Health), McpError> {
+    /// Over MCP it is a `ping`: `200` and `healthy` when it answers.
+    pub(crate) async fn health_now(&self, service: &str) -> Result<(u16, Health), McpError> {
         self.health_of(service, None).await
     }
 
-    /// As [`Self::health`], of one endpoint (one replica) of `service`,
+    /// As [`McpClient::health`](crate::McpClient::health), of one endpoint (one replica) of `service`,
     /// through that endpoint's pool and breaker. An endpoint discovery no
     /// longer lists is [`McpError::ServiceNotFound`].
     pub async fn health_at(
@@ -55,6 +68,10 @@ impl NetworkMcpClient {
         service: &str,
         endpoint: Option<&Endpoint>,
     ) -> Result<(u16, Health), McpError> {
+        let state = self.service_state(service)?;
+        if crate::mcp::speaks_mcp(self, &state).await? {
+            return Box::pin(crate::mcp::health(self, &state, endpoint)).await;
+        }
         match self
             .get_json::<Health>(service, "health", "/health", 1, endpoint)
             .await
@@ -85,6 +102,11 @@ impl NetworkMcpClient {
     /// `Last-Event-ID`), or from the start when `None`; otherwise as
     /// [`McpClient::stream_resource`](crate::McpClient::stream_resource).
     /// Reconnects before the first event resume from the same position.
+    ///
+    /// Over MCP a resource stream is a subscription, which has no event
+    /// ids to start after: with `None` it is
+    /// [`McpClient::stream_resource`](crate::McpClient::stream_resource);
+    /// with an id it is [`McpError::InvalidRequest`].
     pub async fn stream_resource_from(
         &self,
         service: &str,
@@ -92,6 +114,16 @@ impl NetworkMcpClient {
         last_event_id: Option<String>,
     ) -> Result<EventStream, McpError> {
         let state = self.service_state(service)?;
+        if crate::mcp::speaks_mcp(self, &state).await? {
+            if last_event_id.is_some() {
+                return Err(McpError::InvalidRequest {
+                    service: service.into(),
+                    operation: uri.into(),
+                    reason: "an MCP subscription cannot start after an event id".into(),
+                });
+            }
+            return crate::McpClient::stream_resource(self, service, uri).await;
+        }
         let (_, body, conn) = self
             .open_stream(&state, uri, last_event_id.clone(), u32::MAX)
             .await?;

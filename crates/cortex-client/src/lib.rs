@@ -72,3 +72,39 @@ pub use pool::PoolStats;
 pub use typed::{
     BatchCall, CognitionServiceClient, ContextQuery, MemoryServiceClient, StoreReceipt, call_batch,
 };
+
+/// `next`, `take`, `map` and the rest on an [`EventStream`], re-exported
+/// from `futures` so that reading a stream needs no dependency of its own:
+/// `use cortex_client::StreamExt;`, then `stream.next().await`.
+pub use futures::StreamExt;
+
+/// The README's Rust examples, compiled as doc tests
+/// (`cargo test -p cortex-client --doc`), so that they keep compiling.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod readme {
+    /// The README's "Using the client from Rust" shows
+    /// `examples/quickstart.rs` as it is, so the program a reader copies is
+    /// the one `cargo build --examples` builds.
+    #[test]
+    fn the_readme_shows_the_quickstart_example_as_it_is() {
+        let readme = include_str!("../../../README.md");
+        let example = include_str!("../examples/quickstart.rs");
+        let block = readme
+            .split_once("## Using the client from Rust")
+            .and_then(|(_, section)| section.split_once("```rust,no_run\n"))
+            .and_then(|(_, rest)| rest.split_once("\n```\n"))
+            .map(|(block, _)| format!("{block}\n"))
+            .unwrap_or_else(|| {
+                panic!("README.md: no ```rust,no_run block under \"## Using the client from Rust\"")
+            });
+        assert!(
+            block == example,
+            "the README's quickstart differs from crates/cortex-client/examples/quickstart.rs: \
+             copy the file into the README's ```rust,no_run block"
+        );
+    }
+}

@@ -48,6 +48,7 @@ use crate::api::{EventStream, Resource};
 use crate::error::McpError;
 use crate::network::{self, Exchange, NetworkMcpClient, ServiceState, lock};
 use cortex_discovery::{Endpoint, Protocol};
+use cortex_proto::listing::{Health, ResourceInfo, ResourceList, ToolInfo, ToolList};
 
 /// Held while one call opens a session.
 type Gate = Arc<tokio::sync::Mutex<()>>;
@@ -199,18 +200,123 @@ pub(crate) async fn stream(
     listen::stream(client, service, uri).await
 }
 
-/// `ping`: the health check.
+/// `ping`: the health check, of `pin` alone when given; the session it
+/// went through.
 pub(crate) async fn ping(
     client: &NetworkMcpClient,
     service: &Arc<ServiceState>,
-) -> Result<(), McpError> {
+    pin: Option<&Endpoint>,
+) -> Result<Arc<Session>, McpError> {
     let call = Call {
         method: "ping",
         params: Value::Null,
         op: Operation::Other("ping"),
         idempotent: true,
     };
-    rpc::call(client, service, &call).await.map(|_| ())
+    rpc::call_at(client, service, &call, pin)
+        .await
+        .map(|(session, _)| session)
+}
+
+/// Health over MCP: a `ping` that answers is healthy; the version is the
+/// one the server gave in its handshake.
+pub(crate) async fn health(
+    client: &NetworkMcpClient,
+    service: &Arc<ServiceState>,
+    pin: Option<&Endpoint>,
+) -> Result<(u16, Health), McpError> {
+    let session = ping(client, service, pin).await?;
+    Ok((
+        200,
+        Health {
+            status: "healthy".into(),
+            service: service.name.clone(),
+            version: session.server_version.clone(),
+            checks: serde_json::Map::new(),
+        },
+    ))
+}
+
+/// `tools/list`, every page, in the shape of the Cortex listing.
+pub(crate) async fn list_tools(
+    client: &NetworkMcpClient,
+    service: &Arc<ServiceState>,
+) -> Result<ToolList, McpError> {
+    let listed = list_all(client, service, "tools/list", "tools").await?;
+    let text = |v: &Value, key: &str| {
+        v.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut tools: Vec<ToolInfo> = listed
+        .iter()
+        .filter(|t| t.get("name").is_some_and(Value::is_string))
+        .map(|t| ToolInfo {
+            name: text(t, "name"),
+            description: text(t, "description"),
+            input_schema: t
+                .get("inputSchema")
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"})),
+            read_only: t
+                .pointer("/annotations/readOnlyHint")
+                .and_then(Value::as_bool)
+                == Some(true),
+        })
+        .collect();
+    tools.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(ToolList { tools })
+}
+
+/// `resources/list` and `resources/templates/list`, every page, in the
+/// shape of the Cortex listing. `streaming` says the server takes
+/// subscriptions (its `resources.subscribe` capability). A server that
+/// has no templates may answer that listing with a JSON-RPC error: no
+/// templates.
+pub(crate) async fn list_resources(
+    client: &NetworkMcpClient,
+    service: &Arc<ServiceState>,
+) -> Result<ResourceList, McpError> {
+    let resources = list_all(client, service, "resources/list", "resources").await?;
+    let templates = match list_all(
+        client,
+        service,
+        "resources/templates/list",
+        "resourceTemplates",
+    )
+    .await
+    {
+        Ok(templates) => templates,
+        Err(McpError::Tool { .. }) => Vec::new(),
+        Err(error) => return Err(error),
+    };
+    let subscribe = client
+        .inner
+        .mcp
+        .sessions_of(&service.name)
+        .iter()
+        .any(|s| s.capabilities.pointer("/resources/subscribe") == Some(&Value::Bool(true)));
+    let text = |v: &Value, key: &str| {
+        v.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let info = |item: &Value, key: &str| ResourceInfo {
+        uri_template: text(item, key),
+        description: text(item, "description"),
+        mime_type: text(item, "mimeType"),
+        streaming: subscribe,
+    };
+    Ok(ResourceList {
+        resources: templates
+            .iter()
+            .map(|t| info(t, "uriTemplate"))
+            .chain(resources.iter().map(|r| info(r, "uri")))
+            .filter(|r| !r.uri_template.is_empty())
+            .collect(),
+    })
 }
 
 /// Ends every session (DELETE where the server gave an id).

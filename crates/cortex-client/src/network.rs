@@ -20,15 +20,23 @@
 //! our services honour, so they count as idempotent; reads are GETs.
 //! Retries draw from a per-service budget so that they cannot multiply load
 //! during an outage.
+//!
+//! When the discovery runs active health checks (a
+//! [`HealthChecked`](cortex_discovery::HealthChecked)), the client observes
+//! them ([`ServiceDiscovery::observe_health`]): an endpoint that passes a
+//! check while its breaker is open gets its breaker half-open at once
+//! ([`CircuitBreaker::probe_now`]), so the next call probes it instead of
+//! failing fast for the rest of `reset_timeout`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use cortex_proto::envelope::{ToolRequest, unwrap_result};
+use cortex_proto::listing::{Health, ResourceList, ToolList};
 use cortex_proto::{ErrorCode, ErrorEnvelope};
 use cortex_resilience::backoff::{Backoff, Jitter, next_delay, parse_retry_after};
 use cortex_resilience::breaker::{BreakerConfig, CircuitBreaker};
@@ -45,7 +53,9 @@ use crate::error::McpError;
 use crate::metrics::Metrics;
 use crate::pool::{AcquireError, EndpointPool, PoolSettings, PoolStats, PooledConn, SendError};
 use crate::stream;
-use cortex_discovery::{Balancer, CallOutcome, DiscoveryError, Endpoint, ServiceDiscovery};
+use cortex_discovery::{
+    Balancer, CallOutcome, DiscoveryError, Endpoint, HealthObserver, ServiceDiscovery,
+};
 
 /// Largest response body read into memory; a bigger one is an error, not an
 /// out-of-memory.
@@ -128,19 +138,26 @@ impl NetworkMcpClientBuilder {
                 reason: "not a valid header value".into(),
             }
         })?;
-        Ok(NetworkMcpClient {
-            inner: Arc::new(Inner {
-                discovery: self.discovery,
-                config: self.config,
-                services: Mutex::new(HashMap::new()),
-                tokens: self.tokens,
-                balancer: self.balancer,
-                user_agent,
-                closed: AtomicBool::new(false),
-                metrics: Arc::new(Metrics::default()),
-                mcp: crate::mcp::McpState::default(),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            discovery: self.discovery,
+            config: self.config,
+            services: Mutex::new(HashMap::new()),
+            tokens: self.tokens,
+            balancer: self.balancer,
+            user_agent,
+            closed: AtomicBool::new(false),
+            metrics: Arc::new(Metrics::default()),
+            mcp: crate::mcp::McpState::default(),
+        });
+        // Passing health checks let open breakers probe at once. Held
+        // weakly: a dropped client is forgotten by its discovery.
+        let observer: Weak<dyn HealthObserver> = Arc::<Inner>::downgrade(&inner);
+        if inner.discovery.observe_health(observer) {
+            tracing::debug!(
+                "discovery runs active health checks: a passing one half-opens the endpoint's open breaker"
+            );
+        }
+        Ok(NetworkMcpClient { inner })
     }
 }
 
@@ -156,6 +173,32 @@ pub(crate) struct Inner {
     /// Standard MCP: sessions per (service, endpoint), dialects per service
     /// (see [`crate::mcp`]).
     pub(crate) mcp: crate::mcp::McpState,
+}
+
+impl HealthObserver for Inner {
+    /// `endpoint` of `service` answered its health check: if its breaker is
+    /// open, let the next call probe it now rather than after the rest of
+    /// `reset_timeout`. Not closed: the probe still has to succeed.
+    fn check_passed(&self, service: &str, endpoint: &Endpoint) {
+        let Some(state) = lock(&self.services).get(service).cloned() else {
+            return; // never called, or the client is closed
+        };
+        // The check tested the URL; a breaker belongs to the endpoint with it.
+        let matching: Vec<Arc<EndpointState>> = lock(&state.endpoints)
+            .values()
+            .filter(|e| e.endpoint.url == endpoint.url)
+            .cloned()
+            .collect();
+        for endpoint_state in matching {
+            if endpoint_state.breaker.probe_now() {
+                tracing::info!(
+                    service,
+                    endpoint = %endpoint.url,
+                    "endpoint passed a health check: its open circuit breaker is half-open now"
+                );
+            }
+        }
+    }
 }
 
 /// Per service: its effective config, retry machinery, and endpoints.
@@ -1157,7 +1200,9 @@ impl McpClient for NetworkMcpClient {
         let state = self.service_state(service)?;
         // Standard MCP services (see `crate::mcp`): `ping` is the health check.
         if crate::mcp::speaks_mcp(self, &state).await? {
-            return Box::pin(crate::mcp::ping(self, &state)).await;
+            return Box::pin(crate::mcp::ping(self, &state, None))
+                .await
+                .map(|_| ());
         }
         self.execute(&state, &Exchange::get(Operation::Read("health"), "/health"))
             .await
@@ -1293,6 +1338,18 @@ impl McpClient for NetworkMcpClient {
             body,
             conn,
         ))
+    }
+
+    async fn list_tools(&self, service: &str) -> Result<ToolList, McpError> {
+        self.tools_of(service).await
+    }
+
+    async fn list_resources(&self, service: &str) -> Result<ResourceList, McpError> {
+        self.resources_of(service).await
+    }
+
+    async fn health(&self, service: &str) -> Result<(u16, Health), McpError> {
+        self.health_now(service).await
     }
 
     async fn close(&self) {

@@ -215,8 +215,8 @@ impl EndpointPool {
             Ok(Err(error)) => return Err(AcquireError::Connect(error.to_string())),
             Err(_) => {
                 return Err(AcquireError::Connect(format!(
-                    "connect timed out after {:?}",
-                    self.settings.connect_timeout
+                    "connect timed out after {}",
+                    cortex_resilience::human::HumanDuration(self.settings.connect_timeout)
                 )));
             }
         };

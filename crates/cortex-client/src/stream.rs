@@ -114,7 +114,10 @@ impl State {
                 },
                 Ok(None) => Read::End,
                 Ok(Some(Err(error))) => Read::Lost(format!("connection lost: {error}")),
-                Err(_) => Read::Lost(format!("no data for {idle:?} (not even a keep-alive)")),
+                Err(_) => Read::Lost(format!(
+                    "no data for {} (not even a keep-alive)",
+                    cortex_resilience::human::HumanDuration(idle)
+                )),
             };
             match read {
                 Read::Chunk(data) => {

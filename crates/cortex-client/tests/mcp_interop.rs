@@ -4,16 +4,15 @@
 //!   reference server) in `streamableHttp` mode, and in `sse` mode (the
 //!   legacy HTTP+SSE transport of 2024-11-05);
 //! - a server on the official Python SDK (PyPI `mcp`, `MCPServer`, formerly
-//!   FastMCP): `tests/fixtures/mcp_python_server.py`, dual-era (handshake)
+//!   FastMCP): `cortex-test-support/fixtures/mcp_python_server.py`, dual-era (handshake)
 //!   and modern-only (the stateless 2026-07-28 revision);
 //! - the project's own memory service at `/mcp`.
 //!
 //! The third-party servers are installed by `scripts/install-interop.sh`
-//! into `.tools/`; a test whose server is missing FAILS and says so.
+//! into `.tools/`; a test whose server is missing FAILS and says so. Each
+//! listens on a port the system chooses and prints it (see `start`); what
+//! it writes on stdout and stderr is shown when its test fails.
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,94 +20,9 @@ use cortex_client::discovery::Protocol;
 use cortex_client::{
     ClientConfig, Endpoint, McpClient, McpError, NetworkMcpClient, StaticDiscovery,
 };
+use cortex_test_support::mcp_servers::{everything, python};
 use futures::StreamExt;
 use serde_json::{Value, json};
-
-fn tools_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools")
-}
-
-fn require(path: &Path) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/install-interop.sh (it installs the interop servers into .tools/)",
-        path.display()
-    );
-    path.to_path_buf()
-}
-
-/// A server process, killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("addr: {e}"))
-        .port()
-}
-
-/// Starts `command` and waits (at most 60 s) until its port accepts.
-fn start(mut command: Command, port: u16) -> Server {
-    let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
-    let mut server = Server { child, port };
-    for _ in 0..600 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return server;
-        }
-        if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("{command:?} exited with {status} before listening");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{command:?} did not listen on {port} within 60 s");
-}
-
-fn everything(mode: &str) -> Server {
-    let script = require(
-        &tools_dir()
-            .join("interop/node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
-    );
-    // Node 22 from .tools when the conformance suite installed it; the
-    // machine's node otherwise (the server needs node >= 18).
-    let node = tools_dir().join("node_modules/.bin/node");
-    let node = if node.exists() {
-        node
-    } else {
-        PathBuf::from("node")
-    };
-    let port = free_port();
-    let mut command = Command::new(node);
-    command.arg(script).arg(mode).env("PORT", port.to_string());
-    start(command, port)
-}
-
-fn python(modern_only: bool) -> Server {
-    let python = require(&tools_dir().join("venv/bin/python"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_python_server.py");
-    let port = free_port();
-    let mut command = Command::new(python);
-    command.arg(script).arg(port.to_string());
-    if modern_only {
-        command.arg("--modern-only");
-    }
-    start(command, port)
-}
 
 fn client(url: &str, protocol: Protocol) -> NetworkMcpClient {
     let discovery = StaticDiscovery::new();

@@ -84,6 +84,37 @@ both!(
     }
 );
 
+both!(
+    listings_and_health_are_the_same_through_both,
+    |client: Arc<dyn McpClient>| async move {
+        let tools = client.list_tools("memory").await.unwrap();
+        let names: Vec<&str> = tools.tools.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["delete_item", "get_item", "store_input", "update_item"]
+        );
+        let store = &tools.tools[2];
+        assert_eq!(
+            store.input_schema["required"],
+            json!(["user_id", "input_data"])
+        );
+        let resources = client.list_resources("memory").await.unwrap();
+        assert!(
+            resources
+                .resources
+                .iter()
+                .any(|r| r.uri_template == "history/{user_id}/stream" && r.streaming),
+            "{resources:?}"
+        );
+        let (status, health) = client.health("memory").await.unwrap();
+        assert_eq!((status, health.status.as_str()), (200, "healthy"));
+        assert_eq!(health.service, "memory");
+        assert_eq!(health.checks["database"], "ok");
+        let err = client.list_tools("nowhere").await.unwrap_err();
+        assert!(matches!(err, McpError::ServiceNotFound { .. }), "{err}");
+    }
+);
+
 both!(call_tool_returns_the_bare_result, |client: Arc<
     dyn McpClient,
 >| async move {

@@ -14,6 +14,7 @@
 //! Messages name what failed without internals (no endpoint addresses); the
 //! full client error is logged.
 
+use cortex_resilience::human::HumanDuration;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,12 +108,12 @@ fn unavailable_reason(error: &McpError) -> String {
         McpError::Timeout {
             elapsed, attempts, ..
         } => format!(
-            "no answer within {} ms ({attempts} attempt(s))",
-            elapsed.as_millis()
+            "no answer within {} ({attempts} attempt(s))",
+            HumanDuration(*elapsed)
         ),
         McpError::CircuitOpen { retry_after, .. } => format!(
-            "its circuit breaker is open (next probe in {} ms)",
-            retry_after.as_millis()
+            "its circuit breaker is open (next probe in {})",
+            HumanDuration(*retry_after)
         ),
         McpError::PoolTimeout { .. } => "no connection to it became free".into(),
         McpError::ServiceCall {
@@ -193,8 +194,8 @@ impl Memory {
                         "memory did not answer within the deadline"
                     );
                     return Err(MemoryFailure::Unavailable(format!(
-                        "no answer within {} ms",
-                        deadline.as_millis()
+                        "no answer within {}",
+                        HumanDuration(deadline)
                     )));
                 }
             },

@@ -101,6 +101,7 @@
 //! # }
 //! ```
 
+use cortex_resilience::human::HumanDuration;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -260,8 +261,9 @@ impl DnsSrvDiscovery {
         }
         if config.min_ttl > config.max_ttl {
             return Err(config_error(format!(
-                "min_ttl ({:?}) is above max_ttl ({:?})",
-                config.min_ttl, config.max_ttl
+                "min_ttl ({}) is above max_ttl ({})",
+                HumanDuration(config.min_ttl),
+                HumanDuration(config.max_ttl)
             )));
         }
         if config.query_timeout.is_zero() {
@@ -380,10 +382,10 @@ impl DnsSrvDiscovery {
             .await
             .map_err(|_| {
                 format!(
-                    "{} via {} timed out after {:?}",
+                    "{} via {} timed out after {}",
                     what(),
                     self.nameservers,
-                    self.query_timeout
+                    HumanDuration(self.query_timeout)
                 )
             })
     }

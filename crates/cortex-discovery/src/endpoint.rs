@@ -92,11 +92,105 @@ impl Endpoint {
         rest.find('/').map(|i| &rest[i..]).unwrap_or("")
     }
 
-    /// Checks that the URL can be dialled.
+    /// Parses a URL as people write it in `NAME_SERVICE_URL`, `--service`
+    /// or `--url`: `http://host[:port][/path]`, optionally naming its
+    /// protocol in the scheme (`mcp+http://`, `cortex+http://`,
+    /// `auto+http://`). Without one the protocol is `None`, for the caller's
+    /// default. The error says what is wrong and how to write it instead.
+    pub fn parse(raw: &str) -> Result<(Self, Option<Protocol>), String> {
+        let raw = raw.trim();
+        let (protocol, url) = match raw.split_once("+http") {
+            Some((name, rest)) if !name.contains(':') && !name.contains('/') => {
+                let protocol = name.parse::<Protocol>().map_err(|_| {
+                    format!("unknown protocol `{name}` in `{raw}` (write cortex+http://, mcp+http:// or auto+http://)")
+                })?;
+                (Some(protocol), format!("http{rest}"))
+            }
+            _ => (None, raw.to_string()),
+        };
+        // Before `new` drops trailing slashes: `http://` alone has no host.
+        if url
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.trim_matches('/').is_empty())
+        {
+            return Err(format!("`{raw}` has no host"));
+        }
+        let endpoint = Self::new(url).with_protocol(protocol.unwrap_or_default());
+        endpoint.validate()?;
+        Ok((endpoint, protocol))
+    }
+
+    /// Checks that the URL can be dialled: plain `http://`, a host, a port
+    /// in range, no credentials, query or fragment, and for the Cortex
+    /// dialect no path that is one of the service's own routes (a sign the
+    /// URL of a route was given instead of the service's base URL).
     pub fn validate(&self) -> Result<(), String> {
+        let url = &self.url;
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(format!("`{url}` has no scheme; write it as http://{url}"));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "http" => {}
+            "https" => {
+                return Err(format!(
+                    "`{url}`: https is not supported (this client speaks plain HTTP; TLS is not built in): use http://, or reach the service through a TLS-terminating proxy"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "`{url}`: unsupported scheme `{other}` (only http:// is supported)"
+                ));
+            }
+        }
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.is_empty() {
+            return Err(format!("`{url}` has no host"));
+        }
+        if authority.contains('@') {
+            return Err(format!(
+                "`{url}`: credentials in the URL are not supported (pass a token instead)"
+            ));
+        }
+        if rest.contains(['?', '#']) {
+            return Err(format!(
+                "`{url}`: a query or fragment where none is allowed"
+            ));
+        }
+        let host_end = if authority.starts_with('[') {
+            authority
+                .find(']')
+                .map(|i| i + 1)
+                .ok_or_else(|| format!("`{url}`: unclosed `[` around an IPv6 address"))?
+        } else {
+            authority.find(':').unwrap_or(authority.len())
+        };
+        if host_end == 0 {
+            return Err(format!("`{url}` has no host"));
+        }
+        if let Some(port) = authority[host_end..].strip_prefix(':') {
+            match port.parse::<u16>() {
+                Ok(p) if p > 0 => {}
+                _ => return Err(format!("`{url}`: bad port `{port}` (1 to 65535)")),
+            }
+        } else if host_end != authority.len() {
+            return Err(format!("`{url}`: junk after the host"));
+        }
+        if self.protocol == Protocol::Cortex {
+            let path = self.base_path();
+            let last = path.rsplit('/').next().unwrap_or_default();
+            let routes = ["/tool/", "/resource/"];
+            if matches!(last, "health" | "tools" | "resources")
+                || routes.iter().any(|r| path.contains(r))
+            {
+                let base = &url[..url.len() - path.len()];
+                return Err(format!(
+                    "`{url}`: a path where none is allowed (`{path}` is a route of the service); give the service's base URL, such as {base}"
+                ));
+            }
+        }
         self.authority()
             .map(|_| ())
-            .ok_or_else(|| format!("endpoint `{}` is not an http://host:port URL", self.url))
+            .ok_or_else(|| format!("`{url}` is not an http://host:port URL"))
     }
 }
 
@@ -132,6 +226,49 @@ mod tests {
             Some("[::1]:80")
         );
         assert_eq!("MCP".parse::<Protocol>(), Ok(Protocol::Mcp));
+    }
+
+    #[test]
+    fn parse_names_the_protocol_and_each_mistake() {
+        let (e, p) =
+            Endpoint::parse("mcp+http://127.0.0.1:3001/mcp").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (e.url.as_str(), e.protocol, p),
+            (
+                "http://127.0.0.1:3001/mcp",
+                Protocol::Mcp,
+                Some(Protocol::Mcp)
+            )
+        );
+        let (e, p) = Endpoint::parse(" http://h:1/ ").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((e.url.as_str(), p), ("http://h:1", None));
+        assert_eq!(
+            Endpoint::parse("auto+http://h").map(|(e, _)| e.protocol),
+            Ok(Protocol::Auto)
+        );
+        for (bad, says) in [
+            ("localhost:9000", "no scheme"),
+            ("https://h:1", "https is not supported"),
+            ("ftp://h", "unsupported scheme"),
+            ("http://h:99999", "bad port"),
+            ("http://h:0", "bad port"),
+            ("http://h:x", "bad port"),
+            ("http://", "no host"),
+            ("http://:80", "no host"),
+            ("http://u:p@h:1", "credentials"),
+            ("http://h:1/?a=b", "query or fragment"),
+            ("http://h:1/health", "a path where none is allowed"),
+            (
+                "http://h:1/tool/store_input",
+                "a path where none is allowed",
+            ),
+            ("grpc+http://h:1", "unknown protocol"),
+        ] {
+            let error = Endpoint::parse(bad).map(|_| ()).expect_err(bad);
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+        // A route-like path is fine where the dialect is MCP.
+        assert!(Endpoint::parse("mcp+http://h:1/tools").is_ok());
         assert!("grpc".parse::<Protocol>().is_err());
     }
 }

@@ -6,7 +6,10 @@
 //!   service resolved so far (timeout `timeout`). `unhealthy_threshold`
 //!   failures in a row mark an endpoint unhealthy; `healthy_threshold`
 //!   successes in a row mark it healthy again. New endpoints start healthy,
-//!   so a fresh replica takes traffic at once.
+//!   so a fresh replica takes traffic at once. Every passing check is told
+//!   to the [`HealthObserver`]s ([`ServiceDiscovery::observe_health`]): a
+//!   client lets an open circuit breaker of that endpoint probe at once, so
+//!   a recovered endpoint is used again within about one `interval`.
 //! - **Passive**: the client reports real calls ([`ServiceDiscovery::report`]).
 //!   `ejection_failures` failures in a row eject an endpoint for
 //!   `base_ejection` × the number of times it was ejected before (capped at
@@ -28,7 +31,7 @@ use tokio::time::Instant;
 
 use crate::endpoint::{Endpoint, EndpointSet};
 use crate::registry::Registry;
-use crate::{CallOutcome, DiscoveryError, ServiceDiscovery};
+use crate::{CallOutcome, DiscoveryError, HealthObserver, ServiceDiscovery};
 
 /// Thresholds and timings of health tracking.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +89,8 @@ struct Inner<D> {
     health: Mutex<HashMap<(String, String), EndpointHealth>>,
     /// Services whose checker runs.
     checked: Mutex<Vec<String>>,
+    /// Told of every passing check; dead ones are dropped as found.
+    observers: Mutex<Vec<Weak<dyn HealthObserver>>>,
     /// The filtered sets, versioned.
     filtered: Registry,
     /// Grows whenever an endpoint becomes usable or unusable, so a cached
@@ -127,6 +132,7 @@ impl<D: ServiceDiscovery> HealthChecked<D> {
                 config,
                 health: Mutex::new(HashMap::new()),
                 checked: Mutex::new(Vec::new()),
+                observers: Mutex::new(Vec::new()),
                 filtered: Registry::new(),
                 epoch: AtomicU64::new(0),
                 cache: Mutex::new(HashMap::new()),
@@ -168,10 +174,15 @@ async fn check_loop<D: ServiceDiscovery>(inner: Weak<Inner<D>>, service: String)
             let checks = set
                 .endpoints
                 .iter()
-                .map(|e| async move { (e.url.clone(), check(e, timeout).await) });
-            for (url, outcome) in futures::future::join_all(checks).await {
-                strong.record_check(&service, &url, outcome);
+                .map(|e| async move { (e, check(e, timeout).await) });
+            let mut passed = Vec::new();
+            for (endpoint, outcome) in futures::future::join_all(checks).await {
+                if outcome.is_ok() {
+                    passed.push(endpoint);
+                }
+                strong.record_check(&service, &endpoint.url, outcome);
             }
+            strong.notify_passed(&service, &passed);
         }
         drop(strong);
         tokio::time::sleep(interval).await;
@@ -212,10 +223,33 @@ pub async fn check(endpoint: &Endpoint, timeout: Duration) -> Result<(), String>
     };
     tokio::time::timeout(timeout, probe)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer within {}",
+                cortex_resilience::human::HumanDuration(timeout)
+            ))
+        })
 }
 
 impl<D> Inner<D> {
+    /// Tells every live observer which endpoints of `service` passed (outside
+    /// every lock of ours, so an observer may call back into discovery).
+    fn notify_passed(&self, service: &str, passed: &[&Endpoint]) {
+        if passed.is_empty() {
+            return;
+        }
+        let observers: Vec<Arc<dyn HealthObserver>> = {
+            let mut observers = self.observers.lock().unwrap_or_else(|p| p.into_inner());
+            observers.retain(|o| o.strong_count() > 0);
+            observers.iter().filter_map(Weak::upgrade).collect()
+        };
+        for observer in &observers {
+            for endpoint in passed {
+                observer.check_passed(service, endpoint);
+            }
+        }
+    }
+
     fn record_check(&self, service: &str, url: &str, outcome: Result<(), String>) {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let entry = health
@@ -316,6 +350,17 @@ impl<D: ServiceDiscovery> ServiceDiscovery for HealthChecked<D> {
         })
     }
 
+    fn observe_health(&self, observer: Weak<dyn HealthObserver>) -> bool {
+        let mut observers = self
+            .inner
+            .observers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        observers.retain(|o| o.strong_count() > 0);
+        observers.push(observer);
+        true
+    }
+
     fn report(&self, service: &str, endpoint: &Endpoint, outcome: CallOutcome) {
         let config = &self.inner.config;
         let mut health = self.inner.health.lock().unwrap_or_else(|p| p.into_inner());
@@ -344,6 +389,128 @@ impl<D: ServiceDiscovery> ServiceDiscovery for HealthChecked<D> {
                     tracing::warn!(service, endpoint = %endpoint.url, ejection = entry.ejections, ?time, "endpoint ejected after failed calls");
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StaticDiscovery;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Records what it is told.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<(String, String)>>);
+
+    impl HealthObserver for Seen {
+        fn check_passed(&self, service: &str, endpoint: &Endpoint) {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((service.to_string(), endpoint.url.clone()));
+        }
+    }
+
+    impl Seen {
+        fn urls(&self) -> Vec<String> {
+            let seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            seen.iter().map(|(_, url)| url.clone()).collect()
+        }
+    }
+
+    /// A loopback server answering every request `200 OK`.
+    async fn always_ok() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("addr: {e}"));
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn dead_url() -> String {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("addr: {e}"))
+            .port();
+        format!("http://127.0.0.1:{port}")
+    }
+
+    #[tokio::test]
+    async fn observers_hear_of_every_passing_check_and_only_while_they_live() {
+        let live = always_ok().await;
+        let dead = dead_url();
+        let backend = StaticDiscovery::new();
+        backend.register("svc", vec![Endpoint::new(&live), Endpoint::new(&dead)]);
+        let discovery = HealthChecked::new(
+            backend,
+            HealthConfig {
+                interval: Duration::from_millis(20),
+                timeout: Duration::from_millis(500),
+                ..HealthConfig::default()
+            },
+        );
+        let seen = Arc::new(Seen::default());
+        let observer: Weak<dyn HealthObserver> = Arc::<Seen>::downgrade(&seen);
+        assert!(discovery.observe_health(observer));
+        assert!(!StaticDiscovery::new().observe_health(Weak::<Seen>::new()));
+
+        // Resolving starts the checker of the service.
+        discovery
+            .resolve("svc")
+            .await
+            .unwrap_or_else(|e| panic!("resolve: {e}"));
+        let started = Instant::now();
+        while seen.urls().len() < 3 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no passing checks reported: {:?}",
+                seen.urls()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let urls = seen.urls();
+        assert!(urls.iter().all(|url| *url == live), "{urls:?}");
+        assert!(
+            seen.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .all(|(service, _)| service == "svc")
+        );
+
+        // A dropped observer is forgotten at the next passing check.
+        drop(seen);
+        let started = Instant::now();
+        while !discovery
+            .inner
+            .observers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never forgotten"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

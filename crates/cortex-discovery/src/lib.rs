@@ -16,9 +16,11 @@
 //! - [`static_map`]: [`StaticDiscovery`]: the embedded default, from code and env vars.
 //! - [`file`](mod@file): [`FileDiscovery`]: a TOML file, reloaded when it changes.
 //! - [`dns`]: [`DnsSrvDiscovery`]: DNS SRV records, refreshed per TTL.
-//! - [`etcd`]: [`EtcdDiscovery`] and [`EtcdRegistration`]: a watched etcd prefix, and leases.
+//! - [`etcd`]: `EtcdDiscovery` and `EtcdRegistration`: a watched etcd prefix, and
+//!   leases (with the `etcd` cargo feature; [`EtcdConfig`] is always here).
 //! - [`balance`]: [`Balancer`]: power of two choices or round robin.
-//! - [`health`]: [`HealthChecked`]: active checks and passive ejection around any backend.
+//! - [`health`]: [`HealthChecked`]: active checks and passive ejection around any
+//!   backend; a [`HealthObserver`] hears of every passing check.
 //! - [`spec`]: [`DiscoverySpec`]: a backend named by one string (`env`, `file:PATH`,
 //!   `dns:DOMAIN`, `etcd://…`), parsed and built the same way by every program.
 //!
@@ -26,7 +28,8 @@
 //! ```
 //! use cortex_discovery::{ServiceDiscovery, StaticDiscovery};
 //! # async fn run() {
-//! let discovery = StaticDiscovery::from_env([("MEMORY_SERVICE_URL".to_string(), "http://10.0.0.5:9000,http://10.0.0.6:9000".to_string())]);
+//! let vars = [("MEMORY_SERVICE_URL".to_string(), "http://10.0.0.5:9000,http://10.0.0.6:9000".to_string())];
+//! let discovery = StaticDiscovery::from_env(vars).unwrap();
 //! let set = discovery.resolve("memory").await.unwrap();
 //! assert_eq!(set.endpoints.len(), 2);
 //! # }
@@ -42,7 +45,7 @@ pub mod registry;
 pub mod spec;
 pub mod static_map;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -50,7 +53,9 @@ use async_trait::async_trait;
 pub use balance::Balancer;
 pub use dns::{DnsSrvConfig, DnsSrvDiscovery};
 pub use endpoint::{Endpoint, EndpointSet, Protocol};
-pub use etcd::{EtcdConfig, EtcdDiscovery, EtcdRegistration};
+pub use etcd::EtcdConfig;
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdDiscovery, EtcdRegistration};
 pub use file::FileDiscovery;
 pub use health::{HealthChecked, HealthConfig};
 pub use registry::Registry;
@@ -73,7 +78,11 @@ pub enum DiscoveryError {
         reason: String,
     },
     /// `wait_for_services` ran out of time.
-    #[error("services not ready after {waited:?}: {missing:?}")]
+    #[error(
+        "services not ready after {}: {}",
+        cortex_resilience::human::HumanDuration(*waited),
+        missing.join(", ")
+    )]
     NotReady {
         /// Services still without a healthy endpoint.
         missing: Vec<String>,
@@ -83,6 +92,39 @@ pub enum DiscoveryError {
     /// The discovery configuration is invalid.
     #[error("invalid discovery configuration: {0}")]
     Config(String),
+    /// An endpoint URL given in configuration cannot be used. The reason
+    /// names the offending URL (or value).
+    #[error("{origin}: {reason}")]
+    InvalidEndpoint {
+        /// Where it was given: an environment variable's name, a flag.
+        origin: String,
+        /// The value as given.
+        value: String,
+        /// What is wrong with it, and how to write it instead.
+        reason: String,
+    },
+    /// A backend this build leaves out (a cargo feature that is off).
+    #[error(
+        "{what} is not built into this program; build it with the cargo feature `{feature}` \
+         (for the command line: cargo install --path crates/cortex-cli --features {feature})"
+    )]
+    NotBuiltIn {
+        /// What was asked for.
+        what: String,
+        /// The cargo feature that brings it.
+        feature: &'static str,
+    },
+}
+
+impl DiscoveryError {
+    /// Whether the error is in what the caller configured (a bad URL, a
+    /// backend not built in), so that asking again cannot help.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Self::Config(_) | Self::NotBuiltIn { .. } | Self::InvalidEndpoint { .. }
+        )
+    }
 }
 
 /// How a real call to an endpoint went, for passive health.
@@ -93,6 +135,18 @@ pub enum CallOutcome {
     /// It failed in a way that is the endpoint's fault (connect error,
     /// timeout, 5xx).
     Failure,
+}
+
+/// Told of the active health checks a discovery runs
+/// ([`ServiceDiscovery::observe_health`]), so that a client can use a
+/// recovered endpoint again at once (its open circuit breaker lets a probe
+/// through) instead of waiting out its breaker's reset timeout.
+pub trait HealthObserver: Send + Sync + 'static {
+    /// `endpoint` of `service` has just passed an active health check.
+    ///
+    /// Called on the checker's task after every passing check, whatever the
+    /// endpoint's state before: it must be cheap and must not block.
+    fn check_passed(&self, service: &str, endpoint: &Endpoint);
 }
 
 /// Resolves service names to endpoint sets.
@@ -113,6 +167,14 @@ pub trait ServiceDiscovery: Send + Sync + 'static {
     /// Reports how a real call went, for passive ejection. Backends without
     /// health tracking ignore it.
     fn report(&self, _service: &str, _endpoint: &Endpoint, _outcome: CallOutcome) {}
+
+    /// Tells `observer` of every active health check that passes from now
+    /// on, for as long as it lives (it is held weakly, so a dropped observer
+    /// is forgotten). Returns whether this discovery runs active checks:
+    /// backends without them ignore the observer and return `false`.
+    fn observe_health(&self, _observer: Weak<dyn HealthObserver>) -> bool {
+        false
+    }
 
     /// Waits until every service in `names` is healthy, polling every 50 ms,
     /// at most `timeout`.
@@ -153,5 +215,8 @@ impl<T: ServiceDiscovery + ?Sized> ServiceDiscovery for Arc<T> {
     }
     fn report(&self, service: &str, endpoint: &Endpoint, outcome: CallOutcome) {
         (**self).report(service, endpoint, outcome);
+    }
+    fn observe_health(&self, observer: Weak<dyn HealthObserver>) -> bool {
+        (**self).observe_health(observer)
     }
 }

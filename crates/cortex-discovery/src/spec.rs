@@ -9,7 +9,7 @@
 //! | `env` (the default) | [`StaticDiscovery::from_env`]: `NAME_SERVICE_URL` variables; memory and cognition on localhost |
 //! | `file:PATH` | [`FileDiscovery`]: a TOML file, reloaded every second when it changes |
 //! | `dns:DOMAIN[@HOST:PORT]` | [`DnsSrvDiscovery`]: SRV records `_NAME._tcp.DOMAIN`, from the system resolver or the nameserver at HOST:PORT |
-//! | `etcd://HOST:PORT[,HOST:PORT][/PREFIX]` | [`EtcdDiscovery`]: etcd keys under PREFIX, watched (see [`EtcdConfig::from_url`]) |
+//! | `etcd://HOST:PORT[,HOST:PORT][/PREFIX]` | `EtcdDiscovery` (the `etcd` feature): etcd keys under PREFIX, watched (see [`EtcdConfig::from_url`]) |
 //!
 //! # Example
 //! ```
@@ -36,8 +36,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{
-    DiscoveryError, DnsSrvConfig, DnsSrvDiscovery, EtcdConfig, EtcdDiscovery, FileDiscovery,
-    ServiceDiscovery, StaticDiscovery,
+    DiscoveryError, DnsSrvConfig, DnsSrvDiscovery, EtcdConfig, FileDiscovery, ServiceDiscovery,
+    StaticDiscovery,
 };
 
 /// The accepted forms, for messages.
@@ -67,7 +67,7 @@ pub enum DiscoverySpec {
         /// One nameserver to ask instead of the system's.
         nameserver: Option<SocketAddr>,
     },
-    /// `etcd://…`: a watched etcd prefix ([`EtcdDiscovery`]); the URL as
+    /// `etcd://…`: a watched etcd prefix (`EtcdDiscovery`, with the `etcd` feature); the URL as
     /// given, already checked by [`EtcdConfig::from_url`].
     Etcd(String),
 }
@@ -181,7 +181,7 @@ impl DiscoverySpec {
     ) -> Result<(Arc<dyn ServiceDiscovery>, Vec<String>), DiscoveryError> {
         let (backend, mut names): (Arc<dyn ServiceDiscovery>, Vec<String>) = match self {
             Self::Env => {
-                let env = StaticDiscovery::from_env(vars);
+                let env = StaticDiscovery::from_env(vars)?;
                 let names = env.registry().names();
                 (Arc::new(env), names)
             }
@@ -198,16 +198,35 @@ impl DiscoverySpec {
                 })?;
                 (dns, vec!["memory".to_owned(), "cognition".to_owned()])
             }
-            Self::Etcd(url) => {
-                let etcd = EtcdDiscovery::connect(EtcdConfig::from_url(url)?).await?;
-                let names = etcd.registry().names();
-                (etcd, names)
-            }
+            Self::Etcd(url) => etcd_backend(url).await?,
         };
         names.sort();
         names.dedup();
         Ok((backend, names))
     }
+}
+
+/// The etcd backend at `url`, with the names it holds now.
+#[cfg(feature = "etcd")]
+async fn etcd_backend(
+    url: &str,
+) -> Result<(Arc<dyn ServiceDiscovery>, Vec<String>), DiscoveryError> {
+    let etcd = crate::EtcdDiscovery::connect(EtcdConfig::from_url(url)?).await?;
+    let names = etcd.registry().names();
+    Ok((etcd, names))
+}
+
+/// Without the `etcd` feature an `etcd://` spec still parses (so a config
+/// file stays valid everywhere), and building it says how to get etcd.
+#[cfg(not(feature = "etcd"))]
+async fn etcd_backend(
+    url: &str,
+) -> Result<(Arc<dyn ServiceDiscovery>, Vec<String>), DiscoveryError> {
+    EtcdConfig::from_url(url)?;
+    Err(DiscoveryError::NotBuiltIn {
+        what: format!("etcd discovery (`{url}`)"),
+        feature: "etcd",
+    })
 }
 
 impl FromStr for DiscoverySpec {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::endpoint::{Endpoint, EndpointSet};
+use crate::endpoint::{Endpoint, EndpointSet, Protocol};
 use crate::registry::Registry;
 use crate::{DiscoveryError, ServiceDiscovery};
 
@@ -49,49 +49,92 @@ impl StaticDiscovery {
     ///   `http://localhost:9100`);
     /// - any `NAME_SERVICE_URL` as service `name` (lower case);
     /// - `SERVICE_NAME_URL`, the spelling some Cortex documents use, as an
-    ///   alias; `NAME_SERVICE_URL` wins when both are set.
+    ///   alias; `NAME_SERVICE_URL` wins when both are set;
+    /// - `NAME_SERVICE_PROTOCOL` (`cortex`, `mcp` or `auto`) for the
+    ///   protocol of a URL that does not name one in its scheme
+    ///   (`mcp+http://…`, see [`Endpoint::parse`]); default `cortex`.
     ///
-    /// A comma-separated value lists replicas. Values that are not
-    /// `http://` URLs are skipped with a warning, not trusted.
-    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+    /// A comma-separated value lists replicas. A value that cannot be used
+    /// (no scheme, a bad port, `https`, a route's path, an unknown
+    /// protocol) is [`DiscoveryError::InvalidEndpoint`] naming the variable
+    /// and the value: a typo must not turn into "no endpoint" later.
+    pub fn from_env(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, DiscoveryError> {
         let discovery = Self::new()
             .with("memory", "http://localhost:9000")
             .with("cognition", "http://localhost:9100");
         let mut primary = Vec::new();
         let mut alias = Vec::new();
+        let mut protocols = std::collections::HashMap::new();
         for (key, value) in vars {
             if let Some(name) = key.strip_suffix("_SERVICE_URL").filter(|n| !n.is_empty()) {
-                primary.push((name.to_ascii_lowercase(), value));
+                primary.push((name.to_ascii_lowercase(), key, value));
             } else if let Some(name) = key
                 .strip_prefix("SERVICE_")
                 .and_then(|k| k.strip_suffix("_URL"))
                 .filter(|n| !n.is_empty())
             {
-                alias.push((name.to_ascii_lowercase(), value));
+                alias.push((name.to_ascii_lowercase(), key, value));
+            } else if let Some(name) = key
+                .strip_suffix("_SERVICE_PROTOCOL")
+                .filter(|n| !n.is_empty())
+            {
+                let protocol = value.trim().parse::<Protocol>().map_err(|reason| {
+                    DiscoveryError::InvalidEndpoint {
+                        origin: key.clone(),
+                        value: value.clone(),
+                        reason,
+                    }
+                })?;
+                protocols.insert(name.to_ascii_lowercase(), protocol);
             }
         }
-        let primary_names: Vec<String> = primary.iter().map(|(n, _)| n.clone()).collect();
-        for (name, value) in alias
+        let primary_names: Vec<String> = primary.iter().map(|(n, _, _)| n.clone()).collect();
+        for (name, key, value) in alias
             .into_iter()
-            .filter(|(n, _)| !primary_names.contains(n))
+            .filter(|(n, _, _)| !primary_names.contains(n))
             .chain(primary)
         {
-            let endpoints: Vec<Endpoint> = value
-                .split(',')
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .map(Endpoint::new)
-                .filter(|e| match e.validate() {
-                    Ok(()) => true,
-                    Err(reason) => {
-                        tracing::warn!(service = %name, %reason, "ignoring endpoint from the environment");
-                        false
+            let mut endpoints = Vec::new();
+            for url in value.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                let invalid = |reason: String| DiscoveryError::InvalidEndpoint {
+                    origin: key.clone(),
+                    value: value.clone(),
+                    reason,
+                };
+                let (endpoint, named) = Endpoint::parse(url).map_err(&invalid)?;
+                let endpoint = match named.or_else(|| protocols.get(&name).copied()) {
+                    Some(protocol) => {
+                        let endpoint = endpoint.with_protocol(protocol);
+                        endpoint.validate().map_err(&invalid)?;
+                        endpoint
                     }
-                })
-                .collect();
+                    None => endpoint,
+                };
+                endpoints.push(endpoint);
+            }
+            if endpoints.is_empty() {
+                return Err(DiscoveryError::InvalidEndpoint {
+                    reason: format!("no URL in `{value}` (unset the variable for the default)"),
+                    origin: key,
+                    value,
+                });
+            }
             discovery.register(&name, endpoints);
         }
-        discovery
+        // A protocol for a default service (memory, cognition) applies too.
+        for (name, protocol) in protocols {
+            if let Some(set) = discovery.registry.current(&name) {
+                let endpoints = set
+                    .endpoints
+                    .iter()
+                    .map(|e| e.clone().with_protocol(protocol))
+                    .collect();
+                discovery.register(&name, endpoints);
+            }
+        }
+        Ok(discovery)
     }
 }
 
@@ -116,7 +159,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn env_defaults_replicas_aliases_and_bad_values() {
+    async fn env_defaults_replicas_aliases_and_protocols() {
         let d = StaticDiscovery::from_env(vars(&[
             (
                 "MEMORY_SERVICE_URL",
@@ -124,23 +167,67 @@ mod tests {
             ),
             ("SERVICE_SEARCH_URL", "http://127.0.0.1:7"),
             ("SERVICE_MEMORY_URL", "http://ignored:1"),
-            ("AUDIT_SERVICE_URL", "not a url"),
+            ("EVERYTHING_SERVICE_URL", "mcp+http://127.0.0.1:3001/mcp"),
+            ("TIME_SERVICE_URL", "http://127.0.0.1:3002/mcp"),
+            ("TIME_SERVICE_PROTOCOL", "auto"),
+            ("COGNITION_SERVICE_PROTOCOL", "mcp"),
             ("PATH", "/bin"),
-        ]));
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
         let memory = d.resolve("memory").await.map(|s| s.endpoints.len());
         assert_eq!(memory, Ok(2), "the primary spelling wins over the alias");
         let cognition = d.resolve("cognition").await.map(|s| s.endpoints.clone());
-        assert_eq!(cognition, Ok(vec![Endpoint::new("http://localhost:9100")]));
-        assert_eq!(d.resolve("search").await.map(|s| s.endpoints.len()), Ok(1));
         assert_eq!(
-            d.resolve("audit").await.map(|s| s.endpoints.len()),
-            Ok(0),
-            "bad values skipped"
+            cognition,
+            Ok(vec![
+                Endpoint::new("http://localhost:9100").with_protocol(Protocol::Mcp)
+            ])
         );
+        assert_eq!(d.resolve("search").await.map(|s| s.endpoints.len()), Ok(1));
+        let protocol = |set: Result<Arc<EndpointSet>, _>| set.map(|s| s.endpoints[0].protocol);
+        assert_eq!(protocol(d.resolve("everything").await), Ok(Protocol::Mcp));
+        assert_eq!(protocol(d.resolve("time").await), Ok(Protocol::Auto));
         assert_eq!(
             d.resolve("nope").await,
             Err(DiscoveryError::Unknown("nope".into()))
         );
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable_and_the_value() {
+        for (key, value, says) in [
+            ("AUDIT_SERVICE_URL", "not a url", "no scheme"),
+            (
+                "MEMORY_SERVICE_URL",
+                "localhost:9000",
+                "write it as http://localhost:9000",
+            ),
+            ("MEMORY_SERVICE_URL", "http://localhost:90000", "bad port"),
+            (
+                "MEMORY_SERVICE_URL",
+                "https://memory.example",
+                "https is not supported",
+            ),
+            (
+                "MEMORY_SERVICE_URL",
+                "http://localhost:9000/health",
+                "a path where none is allowed",
+            ),
+            ("MEMORY_SERVICE_URL", " , ", "no URL in"),
+            ("MEMORY_SERVICE_PROTOCOL", "grpc", "unknown protocol"),
+        ] {
+            let error = StaticDiscovery::from_env(vars(&[(key, value)]))
+                .map(|_| ())
+                .expect_err(value);
+            let text = error.to_string();
+            assert!(
+                error.is_config()
+                    && text.contains(key)
+                    && text.contains(value)
+                    && text.contains(says),
+                "{key}={value}: {text}"
+            );
+        }
     }
 
     #[tokio::test]

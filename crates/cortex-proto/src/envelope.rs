@@ -169,12 +169,79 @@ impl ErrorEnvelope {
                 let text = text.trim();
                 if text.is_empty() {
                     format!("HTTP {status}")
+                } else if let Some(summary) = html_summary(text) {
+                    format!("HTTP {status} with an HTML page: {summary}")
                 } else {
                     text.chars().take(512).collect()
                 }
             });
         Self::new(code, message)
     }
+}
+
+/// The gist of an HTML error page (a proxy's or a web framework's): the
+/// text of its body, else its title, on one line and at most 160
+/// characters; `None` when `text` is not HTML. A whole page in an error
+/// line helps nobody.
+pub fn html_summary(text: &str) -> Option<String> {
+    let lower = text.trim_start().to_ascii_lowercase();
+    if !(lower.starts_with("<!doctype html")
+        || lower.starts_with("<html")
+        || lower.starts_with("<head")
+        || lower.starts_with("<body"))
+    {
+        return None;
+    }
+    let section = |name: &str| -> Option<&str> {
+        let open = lower.find(&format!("<{name}"))?;
+        let start = open + lower[open..].find('>')? + 1;
+        let end = lower[start..]
+            .find(&format!("</{name}"))
+            .map_or(lower.len(), |i| start + i);
+        text.get(start..end)
+    };
+    let mut summary = section("body").map(visible_text).unwrap_or_default();
+    if summary.is_empty() {
+        summary = section("title").map(visible_text).unwrap_or_default();
+    }
+    if summary.is_empty() {
+        summary = "(no text)".into();
+    }
+    if summary.chars().count() > 160 {
+        summary = summary.chars().take(159).collect::<String>() + "…";
+    }
+    Some(summary)
+}
+
+/// The text of an HTML fragment: tags, scripts and styles dropped, the
+/// common entities decoded, white space collapsed.
+fn visible_text(html: &str) -> String {
+    let mut out = String::new();
+    let mut rest = html;
+    while let Some(open) = rest.find('<') {
+        out.push_str(&rest[..open]);
+        out.push(' ');
+        let tag = rest[open + 1..].to_ascii_lowercase();
+        let skip_to = ["script", "style"]
+            .iter()
+            .find(|t| tag.starts_with(*t))
+            .and_then(|t| tag.find(&format!("</{t}")))
+            .map_or(0, |i| i + open + 1);
+        let from = open.max(skip_to);
+        rest = match rest[from..].find('>') {
+            Some(close) => &rest[from + close + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    let out = out
+        .replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&");
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn text_of(value: &Value) -> String {
@@ -195,5 +262,47 @@ pub fn code_for_status(status: u16) -> ErrorCode {
         503 => ErrorCode::Unavailable,
         500 => ErrorCode::ToolExecutionError,
         _ => ErrorCode::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_error_pages_are_summarised() {
+        // Express, as the official MCP servers answer an unknown path.
+        let express = b"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Error</title>\n</head>\n<body>\n<pre>Cannot GET /mcp/tools</pre>\n</body>\n</html>\n";
+        let envelope = ErrorEnvelope::from_response(404, express);
+        assert_eq!(
+            envelope.error.message,
+            "HTTP 404 with an HTML page: Cannot GET /mcp/tools"
+        );
+        assert_eq!(envelope.error.code, ErrorCode::ResourceNotFound);
+        // nginx: no script or style text, entities decoded.
+        let nginx = "<html><head><title>502 Bad Gateway</title><style>body{x:1}</style></head><body><script>var a = '<b>';</script><center><h1>502 Bad Gateway</h1></center><hr><center>nginx &amp; co</center></body></html>";
+        assert_eq!(
+            html_summary(nginx).as_deref(),
+            Some("502 Bad Gateway nginx & co")
+        );
+        // A title alone; a long body is cut.
+        assert_eq!(
+            html_summary("<html><head><title> Down </title></head></html>").as_deref(),
+            Some("Down")
+        );
+        let long = format!("<html><body>{}</body></html>", "word ".repeat(100));
+        let summary = html_summary(&long).unwrap_or_default();
+        assert!(
+            summary.chars().count() == 160 && summary.ends_with('…'),
+            "{summary}"
+        );
+        // Not HTML: untouched.
+        assert_eq!(html_summary("plain failure"), None);
+        assert_eq!(
+            ErrorEnvelope::from_response(500, b"plain failure")
+                .error
+                .message,
+            "plain failure"
+        );
     }
 }

@@ -57,7 +57,11 @@ pub enum InvalidBackoff {
         factor: f64,
     },
     /// `max` was below `initial`.
-    #[error("invalid backoff: `max` ({max:?}) must be >= `initial` ({initial:?})")]
+    #[error(
+        "invalid backoff: `max` ({}) must be >= `initial` ({})",
+        crate::human::HumanDuration(*max),
+        crate::human::HumanDuration(*initial)
+    )]
     Max {
         /// The configured initial delay.
         initial: Duration,

@@ -10,6 +10,11 @@
 //!   moves the breaker to **HalfOpen**, which admits at most
 //!   `half_open_max_calls` *concurrent* probes. A probe success closes the
 //!   breaker; a probe failure re-opens it for a fresh `reset_timeout`.
+//! - **Early probe**: when something outside the breaker has seen the
+//!   endpoint recover (an active health check passed),
+//!   [`CircuitBreaker::probe_now`] moves an Open breaker to HalfOpen at once,
+//!   without waiting out the rest of `reset_timeout`. It does not close it:
+//!   a real call must still succeed as a probe.
 //!
 //! Every admitted call holds a [`BreakerPermit`] and reports one
 //! [`Outcome`]: [`success`](BreakerPermit::success),
@@ -137,7 +142,7 @@ pub enum Outcome {
 
 /// A call refused by the breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("circuit breaker is {state}; retry after {retry_after:?}")]
+#[error("circuit breaker is {state}; retry after {}", crate::human::HumanDuration(*retry_after))]
 pub struct Rejected {
     /// While [`Open`](BreakerState::Open): the time left until a probe is
     /// allowed. While [`HalfOpen`](BreakerState::HalfOpen) with every probe
@@ -300,6 +305,28 @@ impl CircuitBreaker {
             probe,
             settled: false,
         })
+    }
+
+    /// Lets the next call probe now: an Open breaker moves to HalfOpen at
+    /// once instead of waiting out the rest of `reset_timeout`, and the next
+    /// [`try_acquire`](Self::try_acquire) is admitted as a probe (at most
+    /// `half_open_max_calls` at a time, as always). For a caller that knows
+    /// the endpoint has recovered, such as an active health check that just
+    /// passed. The probe still decides: a success closes the breaker, a
+    /// failure re-opens it for a full `reset_timeout`.
+    ///
+    /// A Closed or HalfOpen breaker is left as it is. Returns whether the
+    /// breaker moved; the move is a transition like any other (a new
+    /// generation, counted in [`BreakerStats::half_opened_total`], logged,
+    /// reported to the listener).
+    pub fn probe_now(&self) -> bool {
+        let inner = &*self.inner;
+        let mut core = inner.lock();
+        if !matches!(core.phase, Phase::Open { .. }) {
+            return false;
+        }
+        inner.transition(&mut core, Phase::HalfOpen { in_flight: 0 });
+        true
     }
 
     /// The current state. Reading it never causes a transition: an Open

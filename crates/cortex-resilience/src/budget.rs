@@ -57,7 +57,7 @@ const MAX_RATIO: f32 = 1000.0;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InvalidBudget {
     /// `window` was outside `1s..=60s`.
-    #[error("invalid retry budget: `window` must be between 1s and 60s (got {window:?})")]
+    #[error("invalid retry budget: `window` must be between 1 s and 60 s (got {})", crate::human::HumanDuration(*window))]
     Window {
         /// The rejected value.
         window: Duration,

@@ -213,6 +213,80 @@ async fn a_probe_failure_reopens_for_a_full_reset_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn probe_now_half_opens_an_open_breaker_at_once() {
+    let reset = Duration::from_secs(30);
+    let seen: Arc<Mutex<Vec<Transition>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let b = CircuitBreaker::new("api.early", BreakerConfig::try_new(1, reset, 2).unwrap())
+        .with_listener(move |_, t| sink.lock().unwrap().push(t));
+
+    // Closed: nothing to do.
+    assert!(!b.probe_now());
+    assert_eq!(b.state(), Closed);
+
+    let slow = b.try_acquire().unwrap(); // admitted while Closed
+    fail(&b, 1);
+    advance(Duration::from_secs(1)).await; // 29 s of the reset timeout left
+    assert_eq!(rejected(&b).retry_after, Duration::from_secs(29));
+    assert!(b.probe_now());
+    assert_eq!(b.state(), HalfOpen);
+    assert_eq!(b.retry_after(), None);
+    // Already half-open: a second signal changes nothing.
+    assert!(!b.probe_now());
+    // An outcome from before the move is stale: it neither closes nor re-opens.
+    slow.success();
+    assert_eq!(b.state(), HalfOpen);
+
+    // Probes as usual: at most `half_open_max_calls` at a time, and a
+    // failure re-opens for a full reset timeout...
+    let first = b.try_acquire().unwrap();
+    let second = b.try_acquire().unwrap();
+    assert!(first.is_probe() && second.is_probe());
+    assert_eq!(rejected(&b).state, HalfOpen);
+    drop(second);
+    first.failure();
+    assert_eq!(b.state(), Open);
+    assert_eq!(b.retry_after(), Some(reset));
+    // ...and after another early signal, a success closes.
+    assert!(b.probe_now());
+    b.try_acquire().unwrap().success();
+    assert_eq!(b.state(), Closed);
+    assert!(!b.probe_now());
+
+    let s = b.stats();
+    assert_eq!(
+        (s.opened_total, s.half_opened_total, s.closed_total),
+        (2, 2, 1)
+    );
+    assert_eq!(s.stale_outcomes_total, 1);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            Transition {
+                from: Closed,
+                to: Open
+            },
+            Transition {
+                from: Open,
+                to: HalfOpen
+            },
+            Transition {
+                from: HalfOpen,
+                to: Open
+            },
+            Transition {
+                from: Open,
+                to: HalfOpen
+            },
+            Transition {
+                from: HalfOpen,
+                to: Closed
+            },
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_dropped_or_ignored_probe_releases_its_slot() {
     let b = due_for_probe(1, Duration::from_secs(5), 1).await;
     drop(b.try_acquire().unwrap());
@@ -481,6 +555,15 @@ impl Model {
         }
     }
 
+    /// An early probe: Open moves to HalfOpen with no probe in flight.
+    fn probe_now(&mut self) -> bool {
+        if !matches!(self.phase, ModelPhase::Open { .. }) {
+            return false;
+        }
+        self.enter(ModelPhase::HalfOpen { in_flight: 0 });
+        true
+    }
+
     fn retry_after(&self, now: u64) -> Option<u64> {
         match self.phase {
             ModelPhase::Open { until } => Some(until.saturating_sub(now)),
@@ -495,6 +578,7 @@ enum Op {
     Complete(usize, Outcome),
     Drop(usize),
     Advance(u64),
+    ProbeNow,
 }
 
 fn ops(reset: u64) -> impl Strategy<Value = Vec<Op>> {
@@ -508,6 +592,7 @@ fn ops(reset: u64) -> impl Strategy<Value = Vec<Op>> {
         4 => (any::<usize>(), outcome).prop_map(|(i, o)| Op::Complete(i, o)),
         1 => any::<usize>().prop_map(Op::Drop),
         2 => (0..2 * reset).prop_map(Op::Advance),
+        1 => Just(Op::ProbeNow),
     ];
     proptest::collection::vec(op, 1..150)
 }
@@ -563,6 +648,7 @@ async fn run_against_model(
                 advance(ms(d)).await;
                 now += d;
             }
+            Op::ProbeNow => prop_assert_eq!(b.probe_now(), model.probe_now(), "step {}", step),
         }
         prop_assert_eq!(b.state(), model.state(), "step {}", step);
         prop_assert_eq!(b.retry_after(), model.retry_after(now).map(ms));

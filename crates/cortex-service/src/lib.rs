@@ -20,6 +20,7 @@
 //! - [`routes`]: the axum routes of the dialect.
 //! - [`mcp`]: standard MCP (Streamable HTTP) at `/mcp`, from the same registry.
 //! - [`server`]: [`serve`] with graceful shutdown.
+//! - [`config`]: [`ServiceConfig`] and [`McpConfig`]: limits and timings.
 //!
 //! # Example
 //! ```no_run
@@ -43,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod config;
 pub mod error;
 pub mod idempotency;
 pub mod mcp;
@@ -51,11 +53,11 @@ pub mod registry;
 pub mod routes;
 pub mod server;
 
+pub use config::{McpConfig, ServiceConfig};
 pub use error::ServiceError;
 pub use idempotency::{IdempotencyStore, InMemoryIdempotencyStore};
-pub use mcp::McpConfig;
 pub use pattern::{Params, check_segment_id};
 pub use registry::{
     BuildError, CallContext, EventStream, Resource, ResourceContent, Service, ServiceBuilder, Tool,
 };
-pub use server::{ServiceConfig, serve, shutdown_signal};
+pub use server::{serve, shutdown_signal};

@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use cortex_proto::ErrorCode;
-use cortex_proto::listing::{ResourceInfo, ToolInfo};
+use cortex_proto::listing::{Health, ResourceInfo, ToolInfo};
 use cortex_proto::sse::Event;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -339,6 +339,25 @@ impl Service {
     /// The service's version.
     pub fn version(&self) -> &str {
         &self.inner.version
+    }
+
+    /// Runs the health checks: `200` and `healthy`, or `503` and
+    /// `unhealthy`, with each check's `ok` or failure (the body of `GET
+    /// /health`).
+    pub async fn health(&self) -> (u16, Health) {
+        let results = self.check_health().await;
+        let healthy = results.iter().all(|(_, r)| r.is_ok());
+        let checks = results
+            .into_iter()
+            .map(|(name, r)| (name, Value::String(r.err().unwrap_or_else(|| "ok".into()))))
+            .collect();
+        let body = Health {
+            status: if healthy { "healthy" } else { "unhealthy" }.into(),
+            service: self.name().into(),
+            version: self.version().into(),
+            checks,
+        };
+        (if healthy { 200 } else { 503 }, body)
     }
 
     /// Every tool, sorted by name.

@@ -15,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cortex_proto::envelope::ToolRequest;
-use cortex_proto::listing::{Health, ResourceList, ToolList};
+use cortex_proto::listing::{ResourceList, ToolList};
 use cortex_proto::sse::{self, Event};
 use cortex_proto::{ErrorCode, LAST_EVENT_ID_HEADER, REQUEST_ID_HEADER};
 use futures::StreamExt;
@@ -23,9 +23,9 @@ use futures::stream::{self, BoxStream};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use crate::config::ServiceConfig;
 use crate::error::ServiceError;
 use crate::registry::{CallContext, ResourceContent, Service};
-use crate::server::ServiceConfig;
 
 #[derive(Clone)]
 struct AppState {
@@ -297,23 +297,8 @@ async fn list_resources(State(state): State<AppState>) -> axum::Json<ResourceLis
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    let results = state.service.check_health().await;
-    let healthy = results.iter().all(|(_, r)| r.is_ok());
-    let checks = results
-        .into_iter()
-        .map(|(name, r)| (name, Value::String(r.err().unwrap_or_else(|| "ok".into()))))
-        .collect();
-    let body = Health {
-        status: if healthy { "healthy" } else { "unhealthy" }.into(),
-        service: state.service.name().into(),
-        version: state.service.version().into(),
-        checks,
-    };
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let (status, body) = state.service.health().await;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     (status, axum::Json(body)).into_response()
 }
 

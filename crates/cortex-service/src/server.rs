@@ -1,42 +1,14 @@
 //! Running a service: the listener and the shutdown signal belong to the caller.
 
 use std::future::Future;
-use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::config::ServiceConfig;
 use crate::registry::Service;
 use crate::routes::{ShutdownSignals, router};
-
-/// Limits and timings of the HTTP front of a service.
-#[derive(Debug, Clone)]
-pub struct ServiceConfig {
-    /// Largest request body accepted; larger gets 413 `payload_too_large`.
-    pub max_body_bytes: usize,
-    /// A silent stream gets a `: keep-alive` comment this often, so proxies
-    /// and the client's idle timeout can tell a quiet stream from a dead one.
-    pub keep_alive: Duration,
-    /// How long in-flight calls may run after shutdown starts.
-    pub grace_period: Duration,
-    /// Reconnect advice sent as `retry:` at the start of every stream.
-    pub stream_retry: Duration,
-    /// Standard MCP at `/mcp`: sessions, origins, buffers.
-    pub mcp: crate::mcp::McpConfig,
-}
-
-impl Default for ServiceConfig {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 1024 * 1024,
-            keep_alive: Duration::from_secs(15),
-            grace_period: Duration::from_secs(10),
-            stream_retry: Duration::from_millis(1000),
-            mcp: crate::mcp::McpConfig::default(),
-        }
-    }
-}
 
 /// Serves `service` on `listener` until `shutdown` resolves, then stops
 /// accepting, ends open streams, and lets in-flight calls finish for up to

@@ -4,10 +4,14 @@
 //!   stopped through the same shutdown future production uses.
 //! - [`SseReader`]: reads a real SSE response with the project's decoder.
 //! - [`proxy::TcpProxy`]: counts connections and injects faults on the wire.
-//! - [`etcd::Etcd`]: a real etcd server on loopback.
+//! - `etcd::Etcd`: a real etcd server on loopback (with the `etcd` feature).
+//! - [`mcp_servers`]: third-party MCP servers (server-everything, a Python
+//!   SDK server) as processes on loopback, for interop tests.
 //! - [`stats::percentile`]: shared by the benchmarks.
 
+#[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod mcp_servers;
 pub mod proxy;
 pub mod stats;
 

@@ -1,10 +1,13 @@
-//! Running the built `cortex` binary as a memory service, for the tests
-//! that kill and restart it.
+//! Running the built `cortex` binary: one command and what it printed, or
+//! a memory service for the tests that kill and restart it.
 #![allow(clippy::unwrap_used, dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
 
 /// Starts `cortex serve memory ARGS --db DB` (environment defaults removed)
 /// and waits for its ready line; returns the process and the URL it printed.
@@ -35,4 +38,114 @@ pub(crate) fn serve_memory(args: &[&str], db: &Path) -> (Child, String) {
         "unexpected ready line: {line:?}"
     );
     (child, url)
+}
+
+/// The binary with a clean environment: no discovery or client variables
+/// from the caller, no log filter, backtraces on (so a panic would show).
+pub(crate) fn cortex() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cortex"));
+    for (key, _) in std::env::vars() {
+        if key.ends_with("_SERVICE_URL")
+            || key.starts_with("CORTEX_CLIENT_")
+            || key.starts_with("SERVICE_")
+            || matches!(key.as_str(), "RUST_LOG" | "PORT" | "HOST" | "DATABASE_URL")
+        {
+            command.env_remove(key);
+        }
+    }
+    command.env("RUST_BACKTRACE", "1");
+    command
+}
+
+/// A port nothing listens on (bound, then released).
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What one run printed, and how it ended.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts success.
+    #[track_caller]
+    pub(crate) fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "expected success: {self:?}");
+        self
+    }
+
+    /// Asserts exit `code` with exactly one clean error line on stderr
+    /// containing `needle`.
+    #[track_caller]
+    pub(crate) fn fails(self, code: i32, needle: &str) -> Self {
+        assert_eq!(self.code, code, "exit code: {self:?}");
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line on stderr: {self:?}");
+        assert!(lines[0].starts_with("cortex: "), "{self:?}");
+        assert!(lines[0].contains(needle), "expected {needle:?}: {self:?}");
+        let lower = self.stderr.to_lowercase();
+        assert!(
+            !lower.contains("panicked") && !lower.contains("backtrace"),
+            "{self:?}"
+        );
+        self
+    }
+
+    /// As [`Self::fails`] with `--json`: stderr is one JSON object,
+    /// `{"error": {"exit_code", "code", "kind", "message"}}`.
+    pub(crate) fn fails_json(self, code: i32, needle: &str) -> Self {
+        assert_eq!(self.code, code, "exit code: {self:?}");
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line on stderr: {self:?}");
+        let error: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(error["error"]["exit_code"], code, "{self:?}");
+        assert!(error["error"]["code"].is_string(), "{self:?}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "expected {needle:?}: {self:?}");
+        self
+    }
+}
+
+/// Runs `cortex ARGS` (with `stdin` when given) and waits.
+pub(crate) fn run(args: &[&str], stdin: Option<&str>) -> Run {
+    let mut child = cortex()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        // A command that stops reading (input over its cap) closes the pipe.
+        match input.write_all(text.as_bytes()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            outcome => outcome.unwrap(),
+        }
+    }
+    drop(input);
+    child.wait_with_output().unwrap().into()
 }

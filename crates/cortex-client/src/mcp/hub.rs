@@ -179,7 +179,10 @@ async fn run(
             }
             Ok(Some(Err(error))) => format!("connection lost: {error}"),
             Ok(None) => "the server ended the stream".into(),
-            Err(_) => format!("no data for {idle:?}"),
+            Err(_) => format!(
+                "no data for {}",
+                cortex_resilience::human::HumanDuration(idle)
+            ),
         };
         let session = lock(&hub.session).upgrade();
         let (Some(client), Some(session), true) = (
@@ -339,7 +342,7 @@ pub(crate) async fn open_sse(
             version: HANDSHAKE_VERSIONS[0].into(),
             post_path: post_path.clone(),
         },
-        Value::Null,
+        &Value::Null,
     ));
     let hub = Hub::start(
         client,

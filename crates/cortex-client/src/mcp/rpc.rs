@@ -51,6 +51,16 @@ pub(crate) async fn call(
     service: &Arc<ServiceState>,
     call: &Call<'_>,
 ) -> Result<(Arc<Session>, Value), McpError> {
+    call_at(client, service, call, None).await
+}
+
+/// As [`call`], on `pin` alone when given (one replica's health check).
+pub(crate) async fn call_at(
+    client: &NetworkMcpClient,
+    service: &Arc<ServiceState>,
+    call: &Call<'_>,
+    pin: Option<&Endpoint>,
+) -> Result<(Arc<Session>, Value), McpError> {
     let mcp = &client.inner.mcp;
     let id = mcp.next_id();
     let deadline = Instant::now() + service.config.request_timeout;
@@ -70,6 +80,7 @@ pub(crate) async fn call(
             call.idempotent,
         );
         exchange.prepare = Some(&prepare);
+        exchange.pin = pin.cloned();
         let (state, answer) = match client.execute(service, &exchange).await {
             Ok(answer) => answer,
             Err(error @ McpError::Timeout { .. }) => {

@@ -52,6 +52,8 @@ pub(crate) struct Session {
     pub(crate) era: Era,
     /// What the server said it can do.
     pub(crate) capabilities: Value,
+    /// The server's version (`serverInfo.version`), when it said.
+    pub(crate) server_version: String,
     /// Its server-to-client event stream, once open (for the SSE transport,
     /// from the start: replies arrive there).
     pub(crate) hub: Mutex<Option<Arc<Hub>>>,
@@ -64,11 +66,21 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(endpoint: Endpoint, era: Era, capabilities: Value) -> Self {
+    /// A session whose handshake answered `handshake` (the `initialize`
+    /// or `server/discover` result; `Null` before one).
+    pub(crate) fn new(endpoint: Endpoint, era: Era, handshake: &Value) -> Self {
         Self {
             endpoint,
             era,
-            capabilities,
+            capabilities: handshake
+                .get("capabilities")
+                .cloned()
+                .unwrap_or(Value::Null),
+            server_version: handshake
+                .pointer("/serverInfo/version")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
             hub: Mutex::new(None),
             hub_gate: tokio::sync::Mutex::new(()),
             subscribers: Mutex::new(HashMap::new()),
@@ -248,7 +260,7 @@ async fn handshake(
             version: HANDSHAKE_VERSIONS[0].into(),
             id: None,
         },
-        Value::Null,
+        &Value::Null,
     );
     let answer = initialize(client, service, &offered).await?;
     let (answer, headers) = match answer {
@@ -290,7 +302,7 @@ async fn handshake(
             version: HANDSHAKE_VERSIONS[0].into(),
             id: id.clone(),
         },
-        Value::Null,
+        &Value::Null,
     );
     let reply = rpc::read_answer(
         client,
@@ -356,11 +368,10 @@ pub(crate) fn agreed(
             ),
         });
     }
-    let capabilities = result.get("capabilities").cloned().unwrap_or(Value::Null);
     Ok(Session::new(
         endpoint.clone(),
         era(version.to_string()),
-        capabilities,
+        result,
     ))
 }
 
@@ -421,7 +432,7 @@ async fn modern(
     endpoint: &Endpoint,
     deadline: Instant,
 ) -> Result<Arc<Session>, McpError> {
-    let session = Session::new(endpoint.clone(), Era::Modern, Value::Null);
+    let session = Session::new(endpoint.clone(), Era::Modern, &Value::Null);
     let id = client.inner.mcp.next_id();
     let call = Call {
         method: "server/discover",
@@ -439,14 +450,11 @@ async fn modern(
     )
     .await?;
     match rpc::read_answer(client, service, &session, &call, id, answer, deadline).await? {
-        Reply::Result(result) if wire::supports_modern(&result) => {
-            let capabilities = result.get("capabilities").cloned().unwrap_or(Value::Null);
-            Ok(Arc::new(Session::new(
-                endpoint.clone(),
-                Era::Modern,
-                capabilities,
-            )))
-        }
+        Reply::Result(result) if wire::supports_modern(&result) => Ok(Arc::new(Session::new(
+            endpoint.clone(),
+            Era::Modern,
+            &result,
+        ))),
         Reply::Result(result) => Err(rpc::failure(
             &service.name,
             &call.op,

@@ -15,9 +15,9 @@ use super::outbox::Outbox;
 use super::resources::{LIVE_META_KEY, ResourceIndex};
 use super::session::{Session, Sessions};
 use super::stateless::HeaderParams;
+use crate::config::ServiceConfig;
 use crate::error::ServiceError;
 use crate::registry::{CallContext, EventStream, ResourceContent, Service};
-use crate::server::ServiceConfig;
 
 /// Everything the endpoint shares between requests.
 pub(crate) struct Shared {

@@ -25,8 +25,8 @@ use super::jsonrpc::{
 use super::outbox::Outbox;
 use super::session::{Revision, Session};
 use super::stateless;
+use crate::config::ServiceConfig;
 use crate::registry::{CallContext, Service};
-use crate::server::ServiceConfig;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";

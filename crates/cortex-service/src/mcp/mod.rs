@@ -45,13 +45,11 @@ mod resources;
 mod session;
 mod stateless;
 
-use std::time::Duration;
-
 use axum::Router;
 use tokio::sync::watch;
 
+use crate::config::ServiceConfig;
 use crate::registry::Service;
-use crate::server::ServiceConfig;
 
 pub use resources::uri_scheme;
 
@@ -65,50 +63,7 @@ pub const SESSION_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26
 /// The stateless revision served beside the session-based ones.
 pub const STATELESS_VERSION: &str = "2026-07-28";
 
-/// Limits and policy of the MCP endpoint; part of [`ServiceConfig`].
-#[derive(Debug, Clone)]
-pub struct McpConfig {
-    /// Serve `/mcp` at all.
-    pub enabled: bool,
-    /// A session unused for this long (and with no open stream) is ended;
-    /// its id then gets 404, which tells the client to initialize again.
-    pub session_ttl: Duration,
-    /// Sessions open at once; an `initialize` beyond gets 503.
-    pub max_sessions: usize,
-    /// Browser origins allowed besides loopback ones (`http://localhost:*`,
-    /// `http://127.0.0.1:*`, `http://[::1]:*`), exact `scheme://host[:port]`
-    /// strings; `"*"` allows every origin. A request with another `Origin`
-    /// gets 403. Requests without `Origin` (not from a browser) are allowed.
-    pub allowed_origins: Vec<String>,
-    /// Notifications kept per session (or per `subscriptions/listen`
-    /// stream) for a reader that is slow or reconnecting; when full, the
-    /// oldest is dropped, with a log line.
-    pub notification_buffer: usize,
-    /// Resource subscriptions per session (or per `subscriptions/listen`).
-    pub max_subscriptions: usize,
-    /// Tool calls of one JSON-RPC batch run at most this many at a time.
-    pub batch_concurrency: usize,
-    /// How long a stateless (2026-07-28) client may cache `tools/list`,
-    /// `resources/list`, `resources/templates/list` and `server/discover`
-    /// (`ttlMs`, with `cacheScope: "public"`: the registry is the same for
-    /// every caller and fixed while the process runs).
-    pub list_cache_ttl: Duration,
-}
-
-impl Default for McpConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            session_ttl: Duration::from_secs(30 * 60),
-            max_sessions: 10_000,
-            allowed_origins: Vec::new(),
-            notification_buffer: 256,
-            max_subscriptions: 64,
-            batch_concurrency: 8,
-            list_cache_ttl: Duration::from_secs(60),
-        }
-    }
-}
+pub use crate::config::McpConfig;
 
 /// Mounts `/mcp` on `router` (unless [`McpConfig::enabled`] is false).
 /// Streams and subscriptions end when `stopping` turns true.
