@@ -516,20 +516,17 @@ fn show_event(event: &StreamEvent) -> String {
 /// The gist of an error, for one narrated line.
 fn short(error: &McpError) -> String {
     match error {
+        error if error.is_refused() => "connection refused".into(),
+        McpError::Connection { reason, .. } if !error.is_connect() || reason.contains("closed") => {
+            "its kept-alive connection was closed by the shutdown".into()
+        }
         McpError::Connection { reason, .. } => {
-            let reason = reason.to_lowercase();
-            if reason.contains("refused") {
-                "connection refused".into()
-            } else if reason.contains("closed") || reason.contains("lost") {
-                "its kept-alive connection was closed by the shutdown".into()
-            } else {
-                // "… (os error 104)": the words are enough.
-                reason
-                    .split(" (os error")
-                    .next()
-                    .unwrap_or_default()
-                    .to_string()
-            }
+            // "… (os error 104)": the words are enough.
+            reason
+                .split(" (os error")
+                .next()
+                .unwrap_or_default()
+                .to_string()
         }
         McpError::CircuitOpen { retry_after, .. } => format!(
             "circuit open, next probe in {}",

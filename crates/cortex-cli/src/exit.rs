@@ -175,6 +175,7 @@ pub(crate) fn code_for(error: &McpError) -> Code {
         McpError::ResourceStream { .. }
         | McpError::CircuitOpen { .. }
         | McpError::Connection { .. }
+        | McpError::Discovery { .. }
         | McpError::Timeout { .. }
         | McpError::PoolTimeout { .. } => Code::Unavailable,
         McpError::Config(_) | McpError::InvalidRequest { .. } => Code::Usage,

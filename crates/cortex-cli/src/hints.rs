@@ -48,11 +48,8 @@ pub(crate) async fn explain(target: &Target, error: McpError) -> Failure {
             }
         }
         McpError::Connection {
-            service,
-            endpoint,
-            reason,
-            ..
-        } if target.is_default(service) && refused(reason) => format!(
+            service, endpoint, ..
+        } if target.is_default(service) && error.is_refused() => format!(
             "; is `cortex up` running? ({service} defaults to {endpoint}; set {}_SERVICE_URL or --service {service}=URL for another place)",
             service.to_ascii_uppercase()
         ),
@@ -61,13 +58,6 @@ pub(crate) async fn explain(target: &Target, error: McpError) -> Failure {
     let mut failure = Failure::from(error);
     failure.message.push_str(&hint);
     failure
-}
-
-/// Whether an I/O failure's text says the connection was refused.
-// The client keeps only the text of the cause today; a typed
-// `is_refused()` on the error is the better question to ask once it has one.
-fn refused(reason: &str) -> bool {
-    reason.to_ascii_lowercase().contains("refused")
 }
 
 /// "; did you mean `x`? known: a, b, c", or "; known: a, b" when nothing

@@ -1,14 +1,23 @@
 //! What a client call can fail with.
 //!
 //! Every error names what failed (service, tool or resource, endpoint, and
-//! how many attempts were made), and callers ask questions of it
-//! ([`McpError::is_retryable`], [`McpError::status`]) instead of matching
-//! strings.
+//! how many attempts were made), keeps the cause it came from
+//! ([`std::error::Error::source`]: the I/O or HTTP error underneath), and
+//! callers ask questions of it instead of matching strings:
+//! [`McpError::is_retryable`], [`McpError::is_connect`],
+//! [`McpError::is_refused`], [`McpError::is_timeout`],
+//! [`McpError::is_not_found`], [`McpError::status`], [`McpError::attempts`].
+//!
+//! One classifier, [`McpError::retry`], says whether repeating what failed
+//! is safe and may help; the client's retry loop and `is_retryable` both
+//! ask it, so they cannot disagree.
 //!
 //! Discovery's errors ([`DiscoveryError`], [`DiscoverySpecError`]) convert
 //! into it, so one `?` serves a function that builds its discovery backend
 //! and then calls services.
 
+use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cortex_discovery::{DiscoveryError, DiscoverySpecError};
@@ -17,6 +26,74 @@ use cortex_resilience::human::HumanDuration;
 use serde_json::Value;
 
 use crate::config::ConfigError;
+
+/// The error underneath a client error (an I/O or HTTP failure), shared so
+/// that [`McpError`] stays `Clone`. [`McpError`]'s `source()` is the error
+/// itself (an `std::io::Error` can be downcast from it), not this wrapper:
+/// the wrapper derefs to it and is not an error of its own.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Cause {
+    /// Wraps `error`.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(error))
+    }
+}
+
+impl From<Box<dyn std::error::Error + Send + Sync + 'static>> for Cause {
+    fn from(error: Box<dyn std::error::Error + Send + Sync + 'static>) -> Self {
+        Self(Arc::from(error))
+    }
+}
+
+impl std::ops::Deref for Cause {
+    type Target = dyn std::error::Error + Send + Sync + 'static;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+/// Whether repeating a failed operation is safe and may help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Retry {
+    /// Not without changing the request (or the configuration).
+    Never,
+    /// Only if repeating the operation is safe: it may have run (HTTP 500,
+    /// a connection lost or a deadline passed after the request was sent).
+    IfIdempotent,
+    /// Yes: nothing was done (nothing sent, 408, 429, 502, 503, 504,
+    /// discovery had no endpoint for a moment).
+    Always,
+    /// Yes, once the service's circuit breaker lets a probe through (see
+    /// [`McpError::CircuitOpen`]'s `retry_after`); not at once.
+    Later,
+}
+
+impl Retry {
+    /// What an HTTP error status says: the seed's retryable statuses, a 500
+    /// only for an operation that is safe to repeat.
+    pub fn for_status(status: u16) -> Self {
+        match status {
+            408 | 429 | 502 | 503 | 504 => Self::Always,
+            500 => Self::IfIdempotent,
+            _ => Self::Never,
+        }
+    }
+}
 
 /// A failed client operation.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -29,6 +106,19 @@ pub enum McpError {
         service: String,
         /// What discovery said.
         reason: String,
+    },
+    /// Discovery knows the service but could not give an endpoint to call
+    /// now: its backend failed, it lists no endpoint, or the one endpoint
+    /// a call was bound to (an MCP session's) is no longer listed.
+    #[error("discovery gave no endpoint for service `{service}`: {reason}")]
+    Discovery {
+        /// The service.
+        service: String,
+        /// Why.
+        reason: String,
+        /// The discovery backend's error, when there is one.
+        #[source]
+        cause: Option<Cause>,
     },
     /// The service has no such tool.
     #[error("tool `{tool}` not found on service `{service}`")]
@@ -132,6 +222,12 @@ pub enum McpError {
         service: String,
         /// The endpoint of the last attempt.
         endpoint: String,
+        /// The request may have reached the service before the connection
+        /// failed (so repeating it is safe only if it is idempotent).
+        sent: bool,
+        /// The I/O or HTTP error underneath, when there is one.
+        #[source]
+        cause: Option<Cause>,
         /// Attempts made.
         attempts: u32,
         /// The underlying I/O failure.
@@ -187,21 +283,91 @@ pub enum McpError {
 }
 
 impl McpError {
-    /// True when trying again later may succeed: the failure was the
-    /// network's or the service's, not the request's.
-    pub fn is_retryable(&self) -> bool {
+    /// Whether repeating what failed is safe and may help: the one
+    /// classifier behind both the client's retry loop and
+    /// [`Self::is_retryable`].
+    pub fn retry(&self) -> Retry {
         match self {
             Self::ServiceCall { status, .. } | Self::ResourceRead { status, .. } => {
-                matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+                Retry::for_status(*status)
             }
-            Self::Connection { .. }
-            | Self::Timeout { .. }
-            | Self::PoolTimeout { .. }
-            | Self::CircuitOpen { .. }
-            | Self::ResourceStream { .. } => true,
-            Self::Tool { code, .. } => *code == ErrorCode::Unavailable,
-            _ => false,
+            Self::Tool { code, .. } if *code == ErrorCode::Unavailable => Retry::Always,
+            Self::Connection { sent: false, .. } | Self::PoolTimeout { .. } => Retry::Always,
+            // It may have run; and a timeout has used up its call's deadline.
+            Self::Connection { sent: true, .. } | Self::Timeout { .. } => Retry::IfIdempotent,
+            Self::Discovery { .. } | Self::ResourceStream { .. } => Retry::Always,
+            Self::CircuitOpen { .. } => Retry::Later,
+            _ => Retry::Never,
         }
+    }
+
+    /// True when trying again later may succeed: the failure was the
+    /// network's, discovery's or the service's, not the request's
+    /// (anything but [`Retry::Never`] from [`Self::retry`]).
+    pub fn is_retryable(&self) -> bool {
+        self.retry() != Retry::Never
+    }
+
+    /// No connection could be made to the service, or the request could
+    /// not be written: nothing reached it.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connection { sent: false, .. })
+    }
+
+    /// The service's host refused the connection (nothing listens there:
+    /// a service that is not running, a wrong port).
+    pub fn is_refused(&self) -> bool {
+        self.io_kind() == Some(std::io::ErrorKind::ConnectionRefused)
+    }
+
+    /// A deadline passed: the call's, the pool's wait for a connection, or
+    /// the connect timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. } | Self::PoolTimeout { .. })
+            || self.io_kind() == Some(std::io::ErrorKind::TimedOut)
+    }
+
+    /// The service, tool or resource does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Self::ServiceNotFound { .. }
+                | Self::ToolNotFound { .. }
+                | Self::ResourceNotFound { .. }
+        )
+    }
+
+    /// Every endpoint's circuit breaker is open: the call failed fast.
+    pub fn is_circuit_open(&self) -> bool {
+        matches!(self, Self::CircuitOpen { .. })
+    }
+
+    /// Discovery could not give an endpoint (not: the service is unknown).
+    pub fn is_discovery(&self) -> bool {
+        matches!(self, Self::Discovery { .. })
+    }
+
+    /// How many attempts were made, where the error counts them.
+    pub fn attempts(&self) -> Option<u32> {
+        match self {
+            Self::ServiceCall { attempts, .. }
+            | Self::ResourceRead { attempts, .. }
+            | Self::Connection { attempts, .. }
+            | Self::Timeout { attempts, .. } => Some(*attempts),
+            _ => None,
+        }
+    }
+
+    /// The kind of the first I/O error in the chain of causes.
+    fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        let mut cause = self.source();
+        while let Some(error) = cause {
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                return Some(io.kind());
+            }
+            cause = error.source();
+        }
+        None
     }
 
     /// The HTTP status behind the error, when a service answered.
@@ -234,6 +400,7 @@ impl McpError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::ServiceNotFound { .. } => "service_not_found",
+            Self::Discovery { .. } => "discovery",
             Self::ToolNotFound { .. } => "tool_not_found",
             Self::ResourceNotFound { .. } => "resource_not_found",
             Self::Tool { .. } => "tool_error",
@@ -254,10 +421,6 @@ impl McpError {
 /// The option that a discovery configuration error is about.
 const DISCOVERY_OPTION: &str = "discovery";
 
-/// The `endpoint` of a [`McpError::Connection`] that discovery's backend
-/// (etcd, a DNS server) failed.
-const DISCOVERY_BACKEND: &str = "the discovery backend";
-
 /// Discovery's errors as client errors, for `?` in code that builds a
 /// backend ([`DiscoverySpec::build`](cortex_discovery::DiscoverySpec::build))
 /// and then calls services:
@@ -265,7 +428,7 @@ const DISCOVERY_BACKEND: &str = "the discovery backend";
 /// | [`DiscoveryError`] | [`McpError`] |
 /// |---|---|
 /// | `Unknown` | [`ServiceNotFound`](McpError::ServiceNotFound) |
-/// | `Backend` (etcd down, ...) | [`Connection`](McpError::Connection), retryable; its endpoint is `the discovery backend` |
+/// | `Backend` (etcd down, ...), or a kind added later that is not configuration | [`Discovery`](McpError::Discovery), retryable, with the discovery error as its source |
 /// | `NotReady` | [`Timeout`](McpError::Timeout) of `wait_for_services`, retryable |
 /// | `Config`, `NotBuiltIn` | [`Config`](McpError::Config): [`ConfigError::Invalid`] of the `discovery` option |
 ///
@@ -278,11 +441,10 @@ impl From<DiscoveryError> for McpError {
                 service,
                 reason: message,
             },
-            DiscoveryError::Backend { service, reason } => Self::Connection {
-                service,
-                endpoint: DISCOVERY_BACKEND.into(),
-                attempts: 1,
-                reason,
+            DiscoveryError::Backend { ref service, .. } => Self::Discovery {
+                service: service.clone(),
+                reason: message,
+                cause: Some(Cause::new(error)),
             },
             DiscoveryError::NotReady { missing, waited } => Self::Timeout {
                 service: missing.join(", "),
@@ -305,11 +467,10 @@ impl From<DiscoveryError> for McpError {
                 option: DISCOVERY_OPTION.into(),
                 reason: message,
             }),
-            _ => Self::Connection {
+            other => Self::Discovery {
                 service: DISCOVERY_OPTION.into(),
-                endpoint: DISCOVERY_BACKEND.into(),
-                attempts: 1,
                 reason: message,
+                cause: Some(Cause::new(other)),
             },
         }
     }
@@ -328,6 +489,7 @@ impl From<DiscoverySpecError> for McpError {
 
 #[cfg(test)]
 mod tests {
+    use std::error::Error as _;
     use std::time::Duration;
 
     use cortex_discovery::{DiscoveryError, DiscoverySpec};
@@ -354,10 +516,11 @@ mod tests {
         }
         .into();
         assert!(
-            matches!(&down, McpError::Connection { service, reason, .. }
+            matches!(&down, McpError::Discovery { service, reason, .. }
                 if service == "memory" && reason.contains("connection refused")),
             "{down:?}"
         );
+        assert!(down.is_discovery() && down.source().is_some());
         assert!(down.is_retryable());
 
         let late: McpError = DiscoveryError::NotReady {

@@ -144,6 +144,8 @@ impl McpClient for InProcessMcpClient {
             Some(reason) => Err(McpError::Connection {
                 service: service.name().into(),
                 endpoint: "in-process".into(),
+                sent: false,
+                cause: None,
                 attempts: 1,
                 reason,
             }),

@@ -54,7 +54,7 @@ impl NetworkMcpClient {
 
     /// As [`McpClient::health`](crate::McpClient::health), of one endpoint (one replica) of `service`,
     /// through that endpoint's pool and breaker. An endpoint discovery no
-    /// longer lists is [`McpError::ServiceNotFound`].
+    /// longer lists is [`McpError::Discovery`].
     pub async fn health_at(
         &self,
         service: &str,

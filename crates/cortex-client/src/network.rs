@@ -49,7 +49,7 @@ use tokio::time::Instant;
 
 use crate::api::{EventStream, McpClient, Resource};
 use crate::config::ClientConfig;
-use crate::error::McpError;
+use crate::error::{Cause, McpError, Retry};
 use crate::metrics::Metrics;
 use crate::pool::{AcquireError, EndpointPool, PoolSettings, PoolStats, PooledConn, SendError};
 use crate::stream;
@@ -342,18 +342,23 @@ pub(crate) enum Answer {
     Rejected { status: StatusCode, body: Bytes },
 }
 
-/// How one failed attempt may continue.
+/// One failed attempt. Whether the call goes on is the error's
+/// classification ([`McpError::retry`]), with one rule of the call's own:
+/// once an answer has started, the call is never repeated.
 struct AttemptFailure {
     error: McpError,
-    retry: Retry,
     retry_after: Option<Duration>,
+    answer_started: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    Never,
-    Always,
-    IfIdempotent,
+impl From<McpError> for AttemptFailure {
+    fn from(error: McpError) -> Self {
+        Self {
+            error,
+            retry_after: None,
+            answer_started: false,
+        }
+    }
 }
 
 impl NetworkMcpClient {
@@ -534,11 +539,13 @@ impl NetworkMcpClient {
             if let Some(state) = attempted {
                 tried.push(state.endpoint.clone());
             }
-            let retryable = match failure.retry {
-                Retry::Always => true,
-                Retry::IfIdempotent => exchange.idempotent,
-                Retry::Never => false,
-            };
+            let retryable = !failure.answer_started
+                && match failure.error.retry() {
+                    Retry::Always => true,
+                    Retry::IfIdempotent => exchange.idempotent,
+                    // An open breaker's wait is longer than a backoff.
+                    Retry::Later | Retry::Never => false,
+                };
             if !retryable || attempt >= exchange.max_attempts.min(service.config.max_retries + 1) {
                 return Err(failure.error);
             }
@@ -575,10 +582,12 @@ impl NetworkMcpClient {
         attempt: u32,
         ids: &CallIds,
     ) -> Result<(Arc<EndpointState>, Answer), AttemptFailure> {
-        let never = |error| AttemptFailure {
-            error,
-            retry: Retry::Never,
-            retry_after: None,
+        let discovery_error = |reason: String, cause: Option<Cause>| {
+            AttemptFailure::from(McpError::Discovery {
+                service: service.name.clone(),
+                reason,
+                cause,
+            })
         };
         let set = self
             .inner
@@ -586,28 +595,14 @@ impl NetworkMcpClient {
             .resolve(&service.name)
             .await
             .map_err(|e| match e {
-                DiscoveryError::Unknown(_) => never(McpError::ServiceNotFound {
+                DiscoveryError::Unknown(_) => AttemptFailure::from(McpError::ServiceNotFound {
                     service: service.name.clone(),
                     reason: e.to_string(),
                 }),
-                other => AttemptFailure {
-                    error: McpError::ServiceNotFound {
-                        service: service.name.clone(),
-                        reason: other.to_string(),
-                    },
-                    retry: Retry::Always,
-                    retry_after: None,
-                },
+                other => discovery_error(other.to_string(), Some(Cause::new(other))),
             })?;
         if set.endpoints.is_empty() {
-            return Err(AttemptFailure {
-                error: McpError::ServiceNotFound {
-                    service: service.name.clone(),
-                    reason: "discovery lists no endpoint".into(),
-                },
-                retry: Retry::Always,
-                retry_after: None,
-            });
+            return Err(discovery_error("it lists none now".into(), None));
         }
         // An MCP session pins its exchanges to its endpoint.
         let pinned: Vec<Endpoint>;
@@ -620,10 +615,10 @@ impl NetworkMcpClient {
                     .cloned()
                     .collect();
                 if pinned.is_empty() {
-                    return Err(never(McpError::ServiceNotFound {
-                        service: service.name.clone(),
-                        reason: format!("endpoint {} is no longer listed", pin.url),
-                    }));
+                    return Err(discovery_error(
+                        format!("endpoint {} is no longer listed", pin.url),
+                        None,
+                    ));
                 }
                 &pinned[..]
             }
@@ -633,12 +628,9 @@ impl NetworkMcpClient {
         let mut refused: Option<(Arc<EndpointState>, Duration)> = None;
         let mut chosen = None;
         for endpoint in order {
-            let state = self.endpoint_state(service, endpoint).map_err(|reason| {
-                never(McpError::ServiceNotFound {
-                    service: service.name.clone(),
-                    reason,
-                })
-            })?;
+            let state = self
+                .endpoint_state(service, endpoint)
+                .map_err(|reason| discovery_error(reason, None))?;
             match state.breaker.try_acquire() {
                 Ok(permit) => {
                     chosen = Some((state, permit));
@@ -658,7 +650,7 @@ impl NetworkMcpClient {
             let (state, retry_after) = refused
                 .map(|(s, d)| (s.endpoint.url.clone(), d))
                 .unwrap_or_default();
-            return Err(never(McpError::CircuitOpen {
+            return Err(AttemptFailure::from(McpError::CircuitOpen {
                 service: service.name.clone(),
                 endpoint: state,
                 retry_after,
@@ -681,17 +673,15 @@ impl NetworkMcpClient {
                 .discovery
                 .report(&service.name, &state.endpoint, outcome)
         };
-        let failure = |error: McpError, retry, retry_after| AttemptFailure {
-            error,
-            retry,
-            retry_after,
-        };
-        let connection_error = |reason: String| McpError::Connection {
-            service: service.name.clone(),
-            endpoint: url.clone(),
-            attempts: attempt,
-            reason,
-        };
+        let connection_error =
+            |reason: String, sent: bool, cause: Option<Cause>| McpError::Connection {
+                service: service.name.clone(),
+                endpoint: url.clone(),
+                sent,
+                cause,
+                attempts: attempt,
+                reason,
+            };
         let timeout_error = || McpError::Timeout {
             service: service.name.clone(),
             operation: exchange.operation.name().to_string(),
@@ -708,7 +698,7 @@ impl NetworkMcpClient {
             Ok(request) => request,
             Err(reason) => {
                 permit.ignore();
-                return Err(never(McpError::InvalidRequest {
+                return Err(AttemptFailure::from(McpError::InvalidRequest {
                     service: service.name.clone(),
                     operation: exchange.operation.name().to_string(),
                     reason,
@@ -730,12 +720,13 @@ impl NetworkMcpClient {
                         max_connections: service.config.max_connections,
                     }
                 };
-                return Err(failure(error, Retry::Always, None));
+                return Err(AttemptFailure::from(error));
             }
-            Err(AcquireError::Connect(reason)) => {
+            Err(AcquireError::Connect(cause)) => {
                 permit.failure();
                 report(CallOutcome::Failure);
-                return Err(failure(connection_error(reason), Retry::Always, None));
+                let error = connection_error(cause.to_string(), false, Some(cause));
+                return Err(AttemptFailure::from(error));
             }
         };
 
@@ -745,29 +736,29 @@ impl NetworkMcpClient {
         tokio::pin!(expiry);
         let response = match within(expiry.as_mut(), conn.send(request)).await {
             Ok(Ok(response)) => response,
-            Ok(Err(SendError::NotSent(reason))) => {
+            Ok(Err(SendError::NotSent(cause))) => {
                 permit.failure();
                 report(CallOutcome::Failure);
-                return Err(failure(connection_error(reason), Retry::Always, None));
+                let error = connection_error(cause.to_string(), false, Some(Cause::new(cause)));
+                return Err(AttemptFailure::from(error));
             }
             Ok(Err(SendError::Closed)) => {
                 permit.ignore();
-                return Err(failure(
-                    connection_error("connection closed".into()),
-                    Retry::Always,
-                    None,
-                ));
+                let error = connection_error("connection closed".into(), false, None);
+                return Err(AttemptFailure::from(error));
             }
-            Ok(Err(SendError::MaybeSent(reason))) => {
+            Ok(Err(SendError::MaybeSent(cause))) => {
                 permit.failure();
                 report(CallOutcome::Failure);
-                let reason = format!("connection lost after the request was sent: {reason}");
-                return Err(failure(connection_error(reason), Retry::IfIdempotent, None));
+                let reason = format!("connection lost after the request was sent: {cause}");
+                let error = connection_error(reason, true, Some(Cause::new(cause)));
+                return Err(AttemptFailure::from(error));
             }
+            // The call's deadline: no time is left for another attempt.
             Err(_) => {
                 permit.failure();
                 report(CallOutcome::Failure);
-                return Err(failure(timeout_error(), Retry::Never, None));
+                return Err(AttemptFailure::from(timeout_error()));
             }
         };
         let (parts, body) = response.into_parts();
@@ -810,10 +801,21 @@ impl NetworkMcpClient {
                     ))
                 }
                 // The answer started: never repeat the call (it ran).
-                Ok(Err(error)) => Err(never(connection_error(format!(
-                    "reading the answer failed: {error}"
-                )))),
-                Err(_) => Err(never(timeout_error())),
+                Ok(Err(error)) => {
+                    let reason = format!("reading the answer failed: {error}");
+                    Err(AttemptFailure {
+                        answer_started: true,
+                        ..AttemptFailure::from(connection_error(
+                            reason,
+                            true,
+                            Some(Cause::from(error)),
+                        ))
+                    })
+                }
+                Err(_) => Err(AttemptFailure {
+                    answer_started: true,
+                    ..AttemptFailure::from(timeout_error())
+                }),
             };
         }
         // An error answer: read its (small) body for the message.
@@ -837,8 +839,7 @@ impl NetworkMcpClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         let envelope = ErrorEnvelope::from_response(status.as_u16(), &body);
-        let (outcome_is_failure, retry) = classify(status);
-        if outcome_is_failure {
+        if is_health_failure(status) {
             permit.failure();
             report(CallOutcome::Failure);
         } else {
@@ -852,7 +853,10 @@ impl NetworkMcpClient {
             status,
             envelope,
         );
-        Err(failure(error, retry, retry_after))
+        Err(AttemptFailure {
+            retry_after,
+            ..AttemptFailure::from(error)
+        })
     }
 
     /// The endpoints to try, best first: ones this call has not tried yet
@@ -1015,16 +1019,12 @@ async fn within<F: std::future::Future>(
     }
 }
 
-/// Whether a status is the endpoint's fault (a breaker failure), and whether
-/// it may be retried.
-fn classify(status: StatusCode) -> (bool, Retry) {
-    match status.as_u16() {
-        408 => (false, Retry::Always),
-        429 | 502 | 503 | 504 => (true, Retry::Always),
-        500 => (true, Retry::IfIdempotent),
-        s if s >= 500 => (true, Retry::Never),
-        _ => (false, Retry::Never),
-    }
+/// Whether an error status counts against the endpoint's health (its
+/// breaker and passive ejection): a 5xx or a 429. A 408 or another 4xx is
+/// the request's fault, not the endpoint's. Whether the call is repeated
+/// is another question, answered by [`McpError::retry`].
+fn is_health_failure(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 /// The error for a non-2xx answer.

@@ -41,8 +41,9 @@ pub(crate) struct PoolSettings {
 pub(crate) enum AcquireError {
     /// Every slot stayed busy until the deadline.
     PoolTimeout { waited: Duration },
-    /// Dialling failed (refused, unreachable, DNS, connect timeout).
-    Connect(String),
+    /// Dialling failed (refused, unreachable, DNS, connect timeout, the
+    /// HTTP handshake): the error underneath.
+    Connect(crate::error::Cause),
 }
 
 /// What the pool looks like now, for metrics.
@@ -212,19 +213,23 @@ impl EndpointPool {
         let connect = tokio::net::TcpStream::connect(self.authority.as_str());
         let stream = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(AcquireError::Connect(error.to_string())),
+            Ok(Err(error)) => return Err(AcquireError::Connect(crate::error::Cause::new(error))),
             Err(_) => {
-                return Err(AcquireError::Connect(format!(
-                    "connect timed out after {}",
-                    cortex_resilience::human::HumanDuration(self.settings.connect_timeout)
-                )));
+                let timed_out = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "connect timed out after {}",
+                        cortex_resilience::human::HumanDuration(self.settings.connect_timeout)
+                    ),
+                );
+                return Err(AcquireError::Connect(crate::error::Cause::new(timed_out)));
             }
         };
         // Small requests and answers: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| AcquireError::Connect(format!("HTTP handshake failed: {e}")))?;
+            .map_err(|e| AcquireError::Connect(crate::error::Cause::new(e)))?;
         self.dialed_total.fetch_add(1, Ordering::Relaxed);
         let open = self.open.clone();
         open.fetch_add(1, Ordering::Relaxed);
@@ -305,17 +310,14 @@ impl PooledConn {
     ) -> Result<http::Response<Incoming>, SendError> {
         let sender = self.sender.as_mut().ok_or(SendError::Closed)?;
         // Nothing is written until the connection is ready.
-        sender
-            .ready()
-            .await
-            .map_err(|e| SendError::NotSent(e.to_string()))?;
+        sender.ready().await.map_err(SendError::NotSent)?;
         sender.send_request(request).await.map_err(|error| {
             // hyper cancels a request it never dispatched (the connection
             // closed first); anything else may have reached the service.
             if error.is_canceled() {
-                SendError::NotSent(error.to_string())
+                SendError::NotSent(error)
             } else {
-                SendError::MaybeSent(error.to_string())
+                SendError::MaybeSent(error)
             }
         })
     }
@@ -340,9 +342,9 @@ impl Drop for PooledConn {
 #[derive(Debug)]
 pub(crate) enum SendError {
     /// Failed before the request was written: safe to retry anywhere.
-    NotSent(String),
+    NotSent(hyper::Error),
     /// Failed after the request may have reached the service.
-    MaybeSent(String),
+    MaybeSent(hyper::Error),
     /// The connection was already given up.
     Closed,
 }
@@ -350,7 +352,7 @@ pub(crate) enum SendError {
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::NotSent(reason) | Self::MaybeSent(reason) => f.write_str(reason),
+            Self::NotSent(error) | Self::MaybeSent(error) => write!(f, "{error}"),
             Self::Closed => f.write_str("connection already closed"),
         }
     }

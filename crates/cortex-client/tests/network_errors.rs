@@ -370,7 +370,7 @@ async fn metrics_count_calls_errors_and_retries() {
 }
 
 /// A replica's health is asked of that replica alone; one discovery does
-/// not list is `ServiceNotFound` naming it, and nothing is sent elsewhere.
+/// not list is a `Discovery` error naming it, and nothing is sent elsewhere.
 #[tokio::test]
 async fn health_of_one_replica_and_of_an_unlisted_one() {
     let (server, _) = faulty_server().await;
@@ -382,7 +382,7 @@ async fn health_of_one_replica_and_of_an_unlisted_one() {
     let unlisted = cortex_client::Endpoint::new("http://127.0.0.1:9");
     let error = client.health_at("faulty", &unlisted).await.unwrap_err();
     assert!(
-        matches!(&error, McpError::ServiceNotFound { reason, .. } if reason.contains("127.0.0.1:9")),
+        matches!(&error, McpError::Discovery { reason, .. } if reason.contains("127.0.0.1:9")),
         "{error}"
     );
 }

@@ -123,6 +123,7 @@ fn unavailable_reason(error: &McpError) -> String {
             status, message, ..
         } => format!("HTTP {status}: {message}"),
         McpError::Tool { message, .. } => message.clone(),
+        McpError::Discovery { .. } => "discovery has no endpoint for it now".into(),
         other => other.kind().replace('_', " "),
     }
 }
