@@ -92,19 +92,16 @@
 //! ```
 //!
 //! # Validation
-//! Hard limits (a value outside is an error naming the option and the allowed
-//! range): `max_connections` 1..=10000; `idle_timeout` > 0 and at most one
-//! day; `failure_threshold` and `half_open_max_calls` ≥ 1; `max_retries` ≤ 100;
-//! `reset_timeout`, `initial_backoff`, `request_timeout`, `connect_timeout`,
-//! `pool_timeout`, `stream_idle_timeout` and `stream_max_backoff` > 0;
-//! `backoff_factor` finite and ≥ 1; `max_backoff` ≥ `initial_backoff`;
-//! `retry_budget_ratio` finite in 0..=1000; `retry_budget_window` 1..=60 s.
+//! Each field's documentation gives its default, its recommended range and
+//! its hard limit, all from the one declaration of the options in this file.
+//! A value outside a hard limit is an error naming the option and the
+//! allowed range (`max_backoff` must also be at least `initial_backoff`).
 //! Seconds in files and the environment must be finite and not negative.
 //! Each service's overrides are checked as applied to the base.
 //!
-//! The seed's recommended ranges (in each field's documentation) are advice:
-//! a valid configuration with values outside them is accepted, and each such
-//! value is logged once per validation with [`tracing::warn!`].
+//! The seed's recommended ranges are advice: a valid configuration with
+//! values outside them is accepted, and each such value is logged once per
+//! validation with [`tracing::warn!`].
 //!
 //! # Example
 //! ```
@@ -146,155 +143,251 @@ pub const ENV_PREFIX: &str = "CORTEX_CLIENT_";
 /// The longest `idle_timeout` accepted: one day.
 const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The client's settings. Values are in seconds in files and the environment
-/// (as in the seed) and [`Duration`] in code.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClientConfig {
-    /// Max concurrent connections per endpoint. Default 10; recommended 5–20.
-    pub max_connections: usize,
-    /// An idle pooled connection is closed after this. Default 60 s; recommended 30–120 s.
-    pub idle_timeout: Duration,
-    /// Consecutive failures before the circuit opens. Default 5; recommended 3–10.
-    pub failure_threshold: u32,
-    /// Time before an open circuit lets a probe through. Default 30 s; recommended 10–60 s.
-    pub reset_timeout: Duration,
-    /// Max concurrent probes while the circuit is half-open. Default 1; recommended 1–3.
-    pub half_open_max_calls: u32,
-    /// Max retry attempts after the first attempt. Default 3; recommended 2–5.
-    pub max_retries: u32,
-    /// Backoff before the first retry. Default 0.1 s; recommended 0.1–1.0 s.
-    pub initial_backoff: Duration,
-    /// Multiplier of the backoff after each retry. Default 2.0; recommended 1.5–3.0.
-    pub backoff_factor: f64,
-    /// Cap of the retry backoff. Default 10 s; recommended 5–30 s.
-    pub max_backoff: Duration,
-    /// Overall deadline of one call over all its attempts. Default 30 s; no recommended range (> 0).
-    pub request_timeout: Duration,
-    /// Deadline to establish a connection. Default 5 s; no recommended range (> 0).
-    pub connect_timeout: Duration,
-    /// Max wait for a free pooled connection. Default 5 s; no recommended range (> 0).
-    pub pool_timeout: Duration,
-    /// A stream without any byte (keep-alives included) for this long is dead. Default 45 s (3× the 15 s keep-alive); no recommended range (> 0).
-    pub stream_idle_timeout: Duration,
-    /// Max reconnects of a resource stream before it fails (the seed's `stream_with_reconnect`). Default 10; no recommended range.
-    pub stream_max_reconnects: u32,
-    /// Cap of the stream reconnect backoff, `min(2^n s, cap)` (the seed's 60). Default 60 s; no recommended range (> 0).
-    pub stream_max_backoff: Duration,
-    /// Full jitter: each backoff is drawn uniformly from zero to its computed value. Default true.
-    pub jitter: bool,
-    /// Retries allowed per recent request by the retry budget. Default 0.2; no recommended range (0–1000).
-    pub retry_budget_ratio: f64,
-    /// Retries per second the retry budget always allows. Default 10; no recommended range.
-    pub retry_budget_min_per_sec: u32,
-    /// Window over which the retry budget counts requests. Default 10 s; no recommended range (1–60 s).
-    pub retry_budget_window: Duration,
-    /// Longest `Retry-After` honoured; longer ones are capped to this. Default 60 s; no recommended range.
-    pub retry_after_cap: Duration,
-    /// Which discovery backend to build (see [the module docs](self#discovery)).
-    /// Default none: the program decides (the `cortex` command uses `env`).
-    /// One choice for the whole client: [`ServiceOverrides`] cannot set it.
-    pub discovery: Option<DiscoverySpec>,
-    /// Per-service overrides by service name (see [`ClientConfig::for_service`]). Default empty.
-    pub services: BTreeMap<String, ServiceOverrides>,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        Self {
-            max_connections: 10,
-            idle_timeout: Duration::from_secs(60),
-            failure_threshold: 5,
-            reset_timeout: Duration::from_secs(30),
-            half_open_max_calls: 1,
-            max_retries: 3,
-            initial_backoff: Duration::from_millis(100),
-            backoff_factor: 2.0,
-            max_backoff: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
-            pool_timeout: Duration::from_secs(5),
-            stream_idle_timeout: Duration::from_secs(45),
-            stream_max_reconnects: 10,
-            stream_max_backoff: Duration::from_secs(60),
-            jitter: true,
-            retry_budget_ratio: 0.2,
-            retry_budget_min_per_sec: 10,
-            retry_budget_window: Duration::from_secs(10),
-            retry_after_cap: Duration::from_secs(60),
-            discovery: None,
-            services: BTreeMap::new(),
-        }
-    }
-}
-
-/// Options set for one named service; `None` keeps the base value.
+/// Every option of [`ClientConfig`], declared once. `define_options!` makes
+/// from it the fields and their documentation, [`Default`], the builder's
+/// setters, the TOML keys (top level and `[services.<name>]`), the
+/// `CORTEX_CLIENT_*` variables, [`ServiceOverrides`] and its serde form, the
+/// hard limits and the recommended-range warnings. A row reads:
 ///
-/// In serialized form durations are seconds (integer or float), and unknown
-/// fields are rejected.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceOverrides {
-    /// Overrides [`ClientConfig::max_connections`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<usize>,
-    /// Overrides [`ClientConfig::idle_timeout`].
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
-    pub idle_timeout: Option<Duration>,
-    /// Overrides [`ClientConfig::failure_threshold`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_threshold: Option<u32>,
-    /// Overrides [`ClientConfig::reset_timeout`].
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
-    pub reset_timeout: Option<Duration>,
-    /// Overrides [`ClientConfig::half_open_max_calls`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub half_open_max_calls: Option<u32>,
-    /// Overrides [`ClientConfig::max_retries`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<u32>,
-    /// Overrides [`ClientConfig::initial_backoff`].
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
-    pub initial_backoff: Option<Duration>,
-    /// Overrides [`ClientConfig::backoff_factor`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backoff_factor: Option<f64>,
-    /// Overrides [`ClientConfig::max_backoff`].
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
-    pub max_backoff: Option<Duration>,
-    /// Overrides [`ClientConfig::request_timeout`].
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
-    pub request_timeout: Option<Duration>,
-    /// Overrides [`ClientConfig::connect_timeout`].
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
-    pub connect_timeout: Option<Duration>,
-    /// Overrides [`ClientConfig::pool_timeout`].
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
-    pub pool_timeout: Option<Duration>,
-    /// Overrides [`ClientConfig::stream_idle_timeout`].
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
-    pub stream_idle_timeout: Option<Duration>,
-    /// Overrides [`ClientConfig::stream_max_reconnects`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream_max_reconnects: Option<u32>,
-    /// Overrides [`ClientConfig::stream_max_backoff`].
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
-    pub stream_max_backoff: Option<Duration>,
-    /// Overrides [`ClientConfig::jitter`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jitter: Option<bool>,
-    /// Overrides [`ClientConfig::retry_budget_ratio`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_budget_ratio: Option<f64>,
-    /// Overrides [`ClientConfig::retry_budget_min_per_sec`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_budget_min_per_sec: Option<u32>,
-    /// Overrides [`ClientConfig::retry_budget_window`].
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
-    pub retry_budget_window: Option<Duration>,
-    /// Overrides [`ClientConfig::retry_after_cap`].
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
-    pub retry_after_cap: Option<Duration>,
+/// ```text
+/// /// Description.
+/// name: Type = DEFAULT [s]
+///     [, recommended LOW..=HIGH [s]]            (a warning outside)
+///     [, valid |v[, c]| CHECK => "must be …" [+ DETAIL]];
+/// ```
+///
+/// `s` marks seconds (a [`Duration`] in code). `CHECK` sees the value as
+/// `v` and, for limits that involve another option, the whole config as
+/// `c`; the error is `"must be …" + DETAIL + ", got VALUE"`. Limits are
+/// checked in row order, so the first failing row is the one reported.
+///
+/// `discovery` and `services` are not rows: neither can be overridden per
+/// service nor set from a variable, so they are written by hand.
+macro_rules! client_options {
+    ($then:ident) => {
+        $then! {
+            /// Max concurrent connections per endpoint.
+            max_connections: usize = 10, recommended 5..=20,
+                valid |v| (1..=10_000).contains(v) => "must be between 1 and 10000";
+            /// An idle pooled connection is closed after this.
+            idle_timeout: Duration = 60 s, recommended 30..=120 s,
+                valid |v| !v.is_zero() && *v <= MAX_IDLE_TIMEOUT
+                    => "must be greater than 0 s and at most 86400 s (one day)";
+            /// Consecutive failures before the circuit opens.
+            failure_threshold: u32 = 5, recommended 3..=10,
+                valid |v| *v >= 1 => "must be at least 1";
+            /// Time before an open circuit lets a probe through.
+            reset_timeout: Duration = 30 s, recommended 10..=60 s,
+                valid |v| !v.is_zero() => "must be greater than 0 s";
+            /// Max concurrent probes while the circuit is half-open.
+            half_open_max_calls: u32 = 1, recommended 1..=3,
+                valid |v| *v >= 1 => "must be at least 1";
+            /// Max retry attempts after the first attempt.
+            max_retries: u32 = 3, recommended 2..=5,
+                valid |v| *v <= 100 => "must be between 0 and 100";
+            /// Backoff before the first retry.
+            initial_backoff: Duration = 0.1 s, recommended 0.1..=1.0 s,
+                valid |v| !v.is_zero() => "must be greater than 0 s";
+            /// Multiplier of the backoff after each retry.
+            backoff_factor: f64 = 2.0, recommended 1.5..=3.0,
+                valid |v| v.is_finite() && *v >= 1.0 => "must be a finite number of at least 1.0";
+            /// Cap of the retry backoff.
+            max_backoff: Duration = 10 s, recommended 5.0..=30.0 s,
+                valid |v, c| *v >= c.initial_backoff
+                    => "must be at least initial_backoff" + format!(" ({})", secs(c.initial_backoff));
+            /// Overall deadline of one call over all its attempts.
+            request_timeout: Duration = 30 s,
+                valid |v| !v.is_zero() => "must be greater than 0 s";
+            /// Deadline to establish a connection.
+            connect_timeout: Duration = 5 s,
+                valid |v| !v.is_zero() => "must be greater than 0 s";
+            /// Max wait for a free pooled connection.
+            pool_timeout: Duration = 5 s,
+                valid |v| !v.is_zero() => "must be greater than 0 s";
+            /// A stream without any byte (keep-alives included) for this long is
+            /// dead: the default is 3× the 15 s keep-alive.
+            stream_idle_timeout: Duration = 45 s,
+                valid |v| !v.is_zero() => "must be greater than 0 s";
+            /// Max reconnects of a resource stream before it fails (the seed's
+            /// `stream_with_reconnect`).
+            stream_max_reconnects: u32 = 10;
+            /// Cap of the stream reconnect backoff, `min(2^n s, cap)` (the seed's 60).
+            stream_max_backoff: Duration = 60 s,
+                valid |v| !v.is_zero() => "must be greater than 0 s";
+            /// Full jitter: each backoff is drawn uniformly from zero to its computed value.
+            jitter: bool = true;
+            /// Retries allowed per recent request by the retry budget.
+            retry_budget_ratio: f64 = 0.2,
+                valid |v| v.is_finite() && (0.0..=1000.0).contains(v)
+                    => "must be a finite number between 0 and 1000";
+            /// Retries per second the retry budget always allows.
+            retry_budget_min_per_sec: u32 = 10;
+            /// Window over which the retry budget counts requests.
+            retry_budget_window: Duration = 10 s,
+                valid |v| (Duration::from_secs(1)..=Duration::from_secs(60)).contains(v)
+                    => "must be between 1 s and 60 s";
+            /// Longest `Retry-After` honoured; longer ones are capped to this.
+            retry_after_cap: Duration = 60 s;
+        }
+    };
 }
+
+/// A value written in the table: a literal, or a literal number of seconds
+/// (`60 s`, `0.1 s`).
+macro_rules! declared {
+    ($value:literal) => {
+        $value
+    };
+    ($value:literal s) => {
+        Seconds::seconds($value)
+    };
+}
+
+/// Makes everything that lists the options from the rows of
+/// `client_options!` (see there).
+macro_rules! define_options {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident: $ty:ty = $default:literal $($unit:ident)?
+        $(, recommended $low:literal ..= $high:literal $($range_unit:ident)?)?
+        $(, valid |$v:ident $(, $c:ident)?| $ok:expr => $requirement:literal $(+ $detail:expr)?)?
+        ;
+    )*) => {
+        /// The client's settings. Values are in seconds in files and the environment
+        /// (as in the seed) and [`Duration`] in code.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct ClientConfig {
+            $(
+                $(#[doc = $doc])*
+                #[doc = ""]
+                #[doc = concat!(
+                    "Default: ", stringify!($default) $(, " ", stringify!($unit))?, "."
+                    $(, " Recommended: ", stringify!($low), "–", stringify!($high)
+                        $(, " ", stringify!($range_unit))?, ".")?
+                    $(, " Limit: ", $requirement, ".")?
+                )]
+                pub $name: $ty,
+            )*
+            /// Which discovery backend to build (see [the module docs](self#discovery)).
+            /// Default none: the program decides (the `cortex` command uses `env`).
+            /// One choice for the whole client: [`ServiceOverrides`] cannot set it.
+            pub discovery: Option<DiscoverySpec>,
+            /// Per-service overrides by service name (see [`ClientConfig::for_service`]). Default empty.
+            pub services: BTreeMap<String, ServiceOverrides>,
+        }
+
+        impl Default for ClientConfig {
+            fn default() -> Self {
+                Self {
+                    $($name: declared!($default $($unit)?),)*
+                    discovery: None,
+                    services: BTreeMap::new(),
+                }
+            }
+        }
+
+        /// Options set for one named service; `None` keeps the base value.
+        ///
+        /// In serialized form durations are seconds (integer or float), and unknown
+        /// fields are rejected.
+        #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct ServiceOverrides {
+            $(
+                #[doc = concat!("Overrides [`ClientConfig::", stringify!($name), "`].")]
+                #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_value")]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        impl ClientConfigBuilder {
+            $(
+                #[doc = concat!("Sets [`ClientConfig::", stringify!($name), "`].")]
+                pub fn $name(mut self, value: $ty) -> Self {
+                    self.config.$name = value;
+                    self
+                }
+            )*
+        }
+
+        impl ClientConfig {
+            /// A copy of every option but the services.
+            fn without_services(&self) -> ClientConfig {
+                ClientConfig {
+                    $($name: self.$name,)*
+                    discovery: self.discovery.clone(),
+                    services: BTreeMap::new(),
+                }
+            }
+
+            /// Sets every option that `overrides` sets.
+            fn apply(&mut self, overrides: &ServiceOverrides) {
+                $(if let Some(value) = overrides.$name {
+                    self.$name = value;
+                })*
+            }
+        }
+
+        impl ServiceOverrides {
+            /// Sets `option` from `raw`; `name` is how the option is named in errors.
+            fn set(&mut self, option: &str, raw: &Raw<'_>, name: &str) -> Result<(), ConfigError> {
+                let invalid = |reason: String| ConfigError::invalid(name, reason);
+                match option {
+                    $(stringify!($name) => self.$name = Some(OptionValue::parse(raw).map_err(invalid)?),)*
+                    _ => return Err(ConfigError::Unknown(name.to_owned())),
+                }
+                Ok(())
+            }
+        }
+
+        /// The first hard limit `config` breaks; `prefix` goes before the option name.
+        fn check_limits(config: &ClientConfig, prefix: &str) -> Result<(), ConfigError> {
+            $($(
+                let $v = &config.$name;
+                $(let $c = config;)?
+                if !$ok {
+                    let requirement = [$requirement.to_owned() $(, $detail)?].concat();
+                    return Err(ConfigError::invalid(
+                        format!("{prefix}{}", stringify!($name)),
+                        format!("{requirement}, got {}", $v.show()),
+                    ));
+                }
+            )?)*
+            Ok(())
+        }
+
+        /// The values of `c` outside the seed's recommended ranges.
+        fn advisories(c: &ClientConfig) -> Vec<Advisory> {
+            let mut found = Vec::new();
+            $($(
+                if outside(c.$name, declared!($low $($range_unit)?), declared!($high $($range_unit)?)) {
+                    found.push(Advisory {
+                        option: stringify!($name),
+                        value: c.$name.show(),
+                        recommended: concat!(
+                            stringify!($low), "-", stringify!($high) $(, " ", stringify!($range_unit))?
+                        ),
+                    });
+                }
+            )?)*
+            found
+        }
+
+        /// Hands every declared option to `visitor`, for tests that go
+        /// through all of them.
+        #[cfg(test)]
+        fn visit_options(visitor: &mut impl tests::Visit) {
+            $(visitor.visit(tests::Declared {
+                name: stringify!($name),
+                get: |c| c.$name,
+                set: ClientConfigBuilder::$name,
+                requirement: None $(.or(Some($requirement)))?,
+            });)*
+        }
+    };
+}
+
+client_options!(define_options);
 
 /// A configuration that cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -524,93 +617,6 @@ impl ClientConfig {
         }
         config
     }
-
-    /// A copy of every option but the services.
-    fn without_services(&self) -> ClientConfig {
-        let Self {
-            max_connections,
-            idle_timeout,
-            failure_threshold,
-            reset_timeout,
-            half_open_max_calls,
-            max_retries,
-            initial_backoff,
-            backoff_factor,
-            max_backoff,
-            request_timeout,
-            connect_timeout,
-            pool_timeout,
-            stream_idle_timeout,
-            stream_max_reconnects,
-            stream_max_backoff,
-            jitter,
-            retry_budget_ratio,
-            retry_budget_min_per_sec,
-            retry_budget_window,
-            retry_after_cap,
-            ref discovery,
-            services: _,
-        } = *self;
-        ClientConfig {
-            max_connections,
-            idle_timeout,
-            failure_threshold,
-            reset_timeout,
-            half_open_max_calls,
-            max_retries,
-            initial_backoff,
-            backoff_factor,
-            max_backoff,
-            request_timeout,
-            connect_timeout,
-            pool_timeout,
-            stream_idle_timeout,
-            stream_max_reconnects,
-            stream_max_backoff,
-            jitter,
-            retry_budget_ratio,
-            retry_budget_min_per_sec,
-            retry_budget_window,
-            retry_after_cap,
-            discovery: discovery.clone(),
-            services: BTreeMap::new(),
-        }
-    }
-
-    /// Sets every option that `overrides` sets.
-    fn apply(&mut self, overrides: &ServiceOverrides) {
-        macro_rules! overlay {
-            ($($field:ident),* $(,)?) => {
-                // Exhaustive: a new field must be added here.
-                let ServiceOverrides { $($field),* } = overrides;
-                $(if let Some(value) = $field {
-                    self.$field = *value;
-                })*
-            };
-        }
-        overlay!(
-            max_connections,
-            idle_timeout,
-            failure_threshold,
-            reset_timeout,
-            half_open_max_calls,
-            max_retries,
-            initial_backoff,
-            backoff_factor,
-            max_backoff,
-            request_timeout,
-            connect_timeout,
-            pool_timeout,
-            stream_idle_timeout,
-            stream_max_reconnects,
-            stream_max_backoff,
-            jitter,
-            retry_budget_ratio,
-            retry_budget_min_per_sec,
-            retry_budget_window,
-            retry_after_cap,
-        );
-    }
 }
 
 /// Builds a [`ClientConfig`] from the defaults; [`ClientConfigBuilder::build`]
@@ -621,42 +627,7 @@ pub struct ClientConfigBuilder {
     config: ClientConfig,
 }
 
-macro_rules! setters {
-    ($($field:ident: $ty:ty),* $(,)?) => {
-        $(
-            #[doc = concat!("Sets [`ClientConfig::", stringify!($field), "`].")]
-            pub fn $field(mut self, value: $ty) -> Self {
-                self.config.$field = value;
-                self
-            }
-        )*
-    };
-}
-
 impl ClientConfigBuilder {
-    setters!(
-        max_connections: usize,
-        idle_timeout: Duration,
-        failure_threshold: u32,
-        reset_timeout: Duration,
-        half_open_max_calls: u32,
-        max_retries: u32,
-        initial_backoff: Duration,
-        backoff_factor: f64,
-        max_backoff: Duration,
-        request_timeout: Duration,
-        connect_timeout: Duration,
-        pool_timeout: Duration,
-        stream_idle_timeout: Duration,
-        stream_max_reconnects: u32,
-        stream_max_backoff: Duration,
-        jitter: bool,
-        retry_budget_ratio: f64,
-        retry_budget_min_per_sec: u32,
-        retry_budget_window: Duration,
-        retry_after_cap: Duration,
-    );
-
     /// Sets [`ClientConfig::discovery`].
     pub fn discovery(mut self, spec: DiscoverySpec) -> Self {
         self.config.discovery = Some(spec);
@@ -673,47 +644,6 @@ impl ClientConfigBuilder {
     pub fn build(self) -> Result<ClientConfig, ConfigError> {
         self.config.validate()?;
         Ok(self.config)
-    }
-}
-
-impl ServiceOverrides {
-    /// Sets `option` from `raw`; `name` is how the option is named in errors.
-    fn set(&mut self, option: &str, raw: &Raw<'_>, name: &str) -> Result<(), ConfigError> {
-        let invalid = |reason: String| ConfigError::invalid(name, reason);
-        match option {
-            "max_connections" => self.max_connections = Some(raw.count().map_err(invalid)?),
-            "idle_timeout" => self.idle_timeout = Some(raw.secs().map_err(invalid)?),
-            "failure_threshold" => self.failure_threshold = Some(raw.count().map_err(invalid)?),
-            "reset_timeout" => self.reset_timeout = Some(raw.secs().map_err(invalid)?),
-            "half_open_max_calls" => {
-                self.half_open_max_calls = Some(raw.count().map_err(invalid)?);
-            }
-            "max_retries" => self.max_retries = Some(raw.count().map_err(invalid)?),
-            "initial_backoff" => self.initial_backoff = Some(raw.secs().map_err(invalid)?),
-            "backoff_factor" => self.backoff_factor = Some(raw.float().map_err(invalid)?),
-            "max_backoff" => self.max_backoff = Some(raw.secs().map_err(invalid)?),
-            "request_timeout" => self.request_timeout = Some(raw.secs().map_err(invalid)?),
-            "connect_timeout" => self.connect_timeout = Some(raw.secs().map_err(invalid)?),
-            "pool_timeout" => self.pool_timeout = Some(raw.secs().map_err(invalid)?),
-            "stream_idle_timeout" => {
-                self.stream_idle_timeout = Some(raw.secs().map_err(invalid)?);
-            }
-            "stream_max_reconnects" => {
-                self.stream_max_reconnects = Some(raw.count().map_err(invalid)?);
-            }
-            "stream_max_backoff" => self.stream_max_backoff = Some(raw.secs().map_err(invalid)?),
-            "jitter" => self.jitter = Some(raw.flag().map_err(invalid)?),
-            "retry_budget_ratio" => self.retry_budget_ratio = Some(raw.float().map_err(invalid)?),
-            "retry_budget_min_per_sec" => {
-                self.retry_budget_min_per_sec = Some(raw.count().map_err(invalid)?);
-            }
-            "retry_budget_window" => {
-                self.retry_budget_window = Some(raw.secs().map_err(invalid)?);
-            }
-            "retry_after_cap" => self.retry_after_cap = Some(raw.secs().map_err(invalid)?),
-            _ => return Err(ConfigError::Unknown(name.to_owned())),
-        }
-        Ok(())
     }
 }
 
@@ -814,99 +744,6 @@ fn secs(d: Duration) -> String {
     format!("{} s", d.as_secs_f64())
 }
 
-/// The first hard limit `c` breaks; `prefix` goes before the option name.
-fn check_limits(c: &ClientConfig, prefix: &str) -> Result<(), ConfigError> {
-    let fail = |option: &str, reason: String| {
-        Err(ConfigError::invalid(format!("{prefix}{option}"), reason))
-    };
-    let positive = |option: &str, d: Duration| {
-        if d.is_zero() {
-            fail(option, format!("must be greater than 0 s, got {}", secs(d)))
-        } else {
-            Ok(())
-        }
-    };
-
-    if !(1..=10_000).contains(&c.max_connections) {
-        return fail(
-            "max_connections",
-            format!("must be between 1 and 10000, got {}", c.max_connections),
-        );
-    }
-    if c.idle_timeout.is_zero() || c.idle_timeout > MAX_IDLE_TIMEOUT {
-        return fail(
-            "idle_timeout",
-            format!(
-                "must be greater than 0 s and at most 86400 s (one day), got {}",
-                secs(c.idle_timeout)
-            ),
-        );
-    }
-    if c.failure_threshold < 1 {
-        return fail(
-            "failure_threshold",
-            format!("must be at least 1, got {}", c.failure_threshold),
-        );
-    }
-    positive("reset_timeout", c.reset_timeout)?;
-    if c.half_open_max_calls < 1 {
-        return fail(
-            "half_open_max_calls",
-            format!("must be at least 1, got {}", c.half_open_max_calls),
-        );
-    }
-    if c.max_retries > 100 {
-        return fail(
-            "max_retries",
-            format!("must be between 0 and 100, got {}", c.max_retries),
-        );
-    }
-    positive("initial_backoff", c.initial_backoff)?;
-    if !(c.backoff_factor.is_finite() && c.backoff_factor >= 1.0) {
-        return fail(
-            "backoff_factor",
-            format!(
-                "must be a finite number of at least 1.0, got {}",
-                c.backoff_factor
-            ),
-        );
-    }
-    if c.max_backoff < c.initial_backoff {
-        return fail(
-            "max_backoff",
-            format!(
-                "must be at least initial_backoff ({}), got {}",
-                secs(c.initial_backoff),
-                secs(c.max_backoff)
-            ),
-        );
-    }
-    positive("request_timeout", c.request_timeout)?;
-    positive("connect_timeout", c.connect_timeout)?;
-    positive("pool_timeout", c.pool_timeout)?;
-    positive("stream_idle_timeout", c.stream_idle_timeout)?;
-    positive("stream_max_backoff", c.stream_max_backoff)?;
-    if !(c.retry_budget_ratio.is_finite() && (0.0..=1000.0).contains(&c.retry_budget_ratio)) {
-        return fail(
-            "retry_budget_ratio",
-            format!(
-                "must be a finite number between 0 and 1000, got {}",
-                c.retry_budget_ratio
-            ),
-        );
-    }
-    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&c.retry_budget_window) {
-        return fail(
-            "retry_budget_window",
-            format!(
-                "must be between 1 s and 60 s, got {}",
-                secs(c.retry_budget_window)
-            ),
-        );
-    }
-    Ok(())
-}
-
 /// A value outside the seed's recommended range.
 #[derive(Debug, PartialEq)]
 struct Advisory {
@@ -926,109 +763,417 @@ impl Advisory {
     }
 }
 
-/// The values of `c` outside the seed's recommended ranges.
-fn advisories(c: &ClientConfig) -> Vec<Advisory> {
-    fn outside<T: PartialOrd>(value: T, low: T, high: T) -> bool {
-        value < low || value > high
-    }
-    let ms = Duration::from_millis;
-    let s = Duration::from_secs;
-    let checks = [
-        (
-            "max_connections",
-            outside(c.max_connections, 5, 20),
-            c.max_connections.to_string(),
-            "5-20",
-        ),
-        (
-            "idle_timeout",
-            outside(c.idle_timeout, s(30), s(120)),
-            secs(c.idle_timeout),
-            "30-120 s",
-        ),
-        (
-            "failure_threshold",
-            outside(c.failure_threshold, 3, 10),
-            c.failure_threshold.to_string(),
-            "3-10",
-        ),
-        (
-            "reset_timeout",
-            outside(c.reset_timeout, s(10), s(60)),
-            secs(c.reset_timeout),
-            "10-60 s",
-        ),
-        (
-            "half_open_max_calls",
-            outside(c.half_open_max_calls, 1, 3),
-            c.half_open_max_calls.to_string(),
-            "1-3",
-        ),
-        (
-            "max_retries",
-            outside(c.max_retries, 2, 5),
-            c.max_retries.to_string(),
-            "2-5",
-        ),
-        (
-            "initial_backoff",
-            outside(c.initial_backoff, ms(100), ms(1000)),
-            secs(c.initial_backoff),
-            "0.1-1.0 s",
-        ),
-        (
-            "backoff_factor",
-            outside(c.backoff_factor, 1.5, 3.0),
-            c.backoff_factor.to_string(),
-            "1.5-3.0",
-        ),
-        (
-            "max_backoff",
-            outside(c.max_backoff, s(5), s(30)),
-            secs(c.max_backoff),
-            "5.0-30.0 s",
-        ),
-    ];
-    checks
-        .into_iter()
-        .filter(|(_, outside, _, _)| *outside)
-        .map(|(option, _, value, recommended)| Advisory {
-            option,
-            value,
-            recommended,
-        })
-        .collect()
+/// Whether `value` is outside `low..=high` (written out rather than with
+/// `contains`, so a NaN is never outside).
+fn outside<T: PartialOrd>(value: T, low: T, high: T) -> bool {
+    value < low || value > high
 }
 
-/// Serde of optional durations as seconds (integer or float).
-mod opt_secs {
-    use std::time::Duration;
+/// A literal number of seconds in the table, integer or float.
+trait Seconds {
+    fn seconds(self) -> Duration;
+}
 
+impl Seconds for u64 {
+    fn seconds(self) -> Duration {
+        Duration::from_secs(self)
+    }
+}
+
+impl Seconds for f64 {
+    fn seconds(self) -> Duration {
+        Duration::from_secs_f64(self)
+    }
+}
+
+/// What an option's type needs: reading it from a file or a variable,
+/// showing it in messages, and its serialized form in [`ServiceOverrides`].
+trait OptionValue: Copy {
+    /// The serialized form: seconds for a [`Duration`], else the value.
+    type Serde: serde::Serialize + serde::de::DeserializeOwned;
+
+    fn parse(raw: &Raw<'_>) -> Result<Self, String>;
+    fn show(&self) -> String;
+    fn to_serde(self) -> Self::Serde;
+    fn from_serde(value: Self::Serde) -> Result<Self, String>;
+}
+
+macro_rules! plain_option_value {
+    ($($ty:ty => $parse:ident),* $(,)?) => {$(
+        impl OptionValue for $ty {
+            type Serde = Self;
+
+            fn parse(raw: &Raw<'_>) -> Result<Self, String> {
+                raw.$parse()
+            }
+            fn show(&self) -> String {
+                self.to_string()
+            }
+            fn to_serde(self) -> Self {
+                self
+            }
+            fn from_serde(value: Self) -> Result<Self, String> {
+                Ok(value)
+            }
+        }
+    )*};
+}
+
+plain_option_value!(usize => count, u32 => count, f64 => float, bool => flag);
+
+impl OptionValue for Duration {
+    type Serde = f64;
+
+    fn parse(raw: &Raw<'_>) -> Result<Self, String> {
+        raw.secs()
+    }
+    fn show(&self) -> String {
+        secs(*self)
+    }
+    fn to_serde(self) -> f64 {
+        self.as_secs_f64()
+    }
+    fn from_serde(secs: f64) -> Result<Self, String> {
+        if !secs.is_finite() || (secs.is_sign_negative() && secs != 0.0) {
+            return Err(format!(
+                "seconds must be a finite, non-negative number, got {secs}"
+            ));
+        }
+        Duration::try_from_secs_f64(secs.abs()).map_err(|_| format!("{secs} seconds is too large"))
+    }
+}
+
+/// Serde of optional option values, through [`OptionValue::Serde`]
+/// (durations as seconds, integer or float).
+mod opt_value {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(
-        value: &Option<Duration>,
+    use super::OptionValue;
+
+    pub(super) fn serialize<T: OptionValue, S: Serializer>(
+        value: &Option<T>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         match value {
-            Some(d) => serializer.serialize_some(&d.as_secs_f64()),
+            Some(value) => serializer.serialize_some(&value.to_serde()),
             None => serializer.serialize_none(),
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(super) fn deserialize<'de, T: OptionValue, D: Deserializer<'de>>(
         deserializer: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        let Some(secs) = Option::<f64>::deserialize(deserializer)? else {
-            return Ok(None);
-        };
-        if !secs.is_finite() || (secs.is_sign_negative() && secs != 0.0) {
-            return Err(serde::de::Error::custom(format!(
-                "seconds must be a finite, non-negative number, got {secs}"
-            )));
+    ) -> Result<Option<T>, D::Error> {
+        Option::<T::Serde>::deserialize(deserializer)?
+            .map(T::from_serde)
+            .transpose()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Tests that go through the declared options, so that a row added to
+    //! `client_options!` is tested from every source without listing it here.
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeSet;
+    use std::fmt::Debug;
+
+    use super::*;
+
+    /// One row of the declaration, as `visit_options` hands it over.
+    pub(super) struct Declared<T> {
+        pub(super) name: &'static str,
+        pub(super) get: fn(&ClientConfig) -> T,
+        pub(super) set: fn(ClientConfigBuilder, T) -> ClientConfigBuilder,
+        /// The declared hard limit, if any.
+        pub(super) requirement: Option<&'static str>,
+    }
+
+    pub(super) trait Visit {
+        fn visit<T: Sample>(&mut self, option: Declared<T>);
+    }
+
+    /// Values of an option's type for the tests.
+    pub(super) trait Sample: OptionValue + PartialEq + Debug {
+        /// A valid value other than `self`.
+        fn changed(self) -> Self;
+        /// Values some limit may refuse.
+        fn candidates() -> Vec<Self>;
+        /// `self` as written in a file and a variable.
+        fn text(self) -> String;
+    }
+
+    macro_rules! sample_count {
+        ($($ty:ty),*) => {$(
+            impl Sample for $ty {
+                fn changed(self) -> Self {
+                    self + 1
+                }
+                fn candidates() -> Vec<Self> {
+                    vec![0, 101, 10_001, 5_000_000]
+                }
+                fn text(self) -> String {
+                    self.to_string()
+                }
+            }
+        )*};
+    }
+
+    sample_count!(usize, u32);
+
+    impl Sample for f64 {
+        fn changed(self) -> Self {
+            self + 1.0
         }
-        Duration::try_from_secs_f64(secs.abs())
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("{secs} seconds is too large")))
+        fn candidates() -> Vec<Self> {
+            vec![-1.0, 0.0, 0.5, 1000.5, f64::NAN, f64::INFINITY]
+        }
+        fn text(self) -> String {
+            // TOML spells them `nan` and `inf`; Rust's parser takes those too.
+            if self.is_nan() {
+                "nan".to_owned()
+            } else if self.is_infinite() {
+                if self > 0.0 { "inf" } else { "-inf" }.to_owned()
+            } else {
+                format!("{self:?}")
+            }
+        }
+    }
+
+    impl Sample for Duration {
+        fn changed(self) -> Self {
+            self + Duration::from_secs(1)
+        }
+        fn candidates() -> Vec<Self> {
+            [0.0, 0.05, 0.5, 61.0, 100_000.0]
+                .into_iter()
+                .map(Duration::from_secs_f64)
+                .collect()
+        }
+        fn text(self) -> String {
+            self.as_secs_f64().to_string()
+        }
+    }
+
+    impl Sample for bool {
+        fn changed(self) -> Self {
+            !self
+        }
+        fn candidates() -> Vec<Self> {
+            Vec::new()
+        }
+        fn text(self) -> String {
+            self.to_string()
+        }
+    }
+
+    fn variable(name: &str) -> String {
+        format!("{ENV_PREFIX}{}", name.to_ascii_uppercase())
+    }
+
+    fn from_env(name: &str, text: &str) -> Result<ClientConfig, ConfigError> {
+        ClientConfig::default().with_env([(variable(name), text.to_owned())])
+    }
+
+    fn from_service_table(name: &str, text: &str) -> Result<ClientConfig, ConfigError> {
+        ClientConfig::from_toml_str(&format!("[services.memory]\n{name} = {text}\n"))
+    }
+
+    /// The option and reason of an `Invalid` error.
+    #[track_caller]
+    fn invalid(result: Result<ClientConfig, ConfigError>) -> (String, String) {
+        match result {
+            Err(ConfigError::Invalid { option, reason }) => (option, reason),
+            other => panic!("expected an invalid value, got {other:?}"),
+        }
+    }
+
+    fn declared_names() -> Vec<&'static str> {
+        struct Names(Vec<&'static str>);
+        impl Visit for Names {
+            fn visit<T: Sample>(&mut self, option: Declared<T>) {
+                self.0.push(option.name);
+            }
+        }
+        let mut names = Names(Vec::new());
+        visit_options(&mut names);
+        names.0
+    }
+
+    /// For each declared option, one new value set by the builder, a TOML
+    /// key, a `[services.<name>]` key, a variable and serde gives one and the
+    /// same configuration.
+    #[test]
+    fn every_declared_option_is_set_alike_from_every_source() {
+        struct SetAlike;
+        impl Visit for SetAlike {
+            fn visit<T: Sample>(&mut self, option: Declared<T>) {
+                let name = option.name;
+                let default = ClientConfig::default();
+                let value = (option.get)(&default).changed();
+                let text = value.text();
+
+                let built = (option.set)(ClientConfig::builder(), value)
+                    .build()
+                    .unwrap();
+                assert_eq!((option.get)(&built), value, "{name}");
+                assert_ne!(built, default, "{name}");
+                let mut others = built.clone();
+                others.apply(&ServiceOverrides::default());
+                assert_eq!(others.without_services(), built, "{name}: kept by the copy");
+
+                let toml = ClientConfig::from_toml_str(&format!("{name} = {text}")).unwrap();
+                assert_eq!(toml, built, "{name} from TOML");
+                assert_eq!(from_env(name, &text).unwrap(), built, "{name} from env");
+                let service = from_service_table(name, &text).unwrap();
+                assert_eq!(service.for_service("memory"), built, "{name} per service");
+                assert_eq!(service.for_service("other"), default, "{name}");
+
+                let overrides: ServiceOverrides =
+                    toml::from_str(&format!("{name} = {text}")).unwrap();
+                assert_eq!(overrides, service.services["memory"], "{name} by serde");
+                let again: ServiceOverrides =
+                    serde_json::from_value(serde_json::to_value(&overrides).unwrap()).unwrap();
+                assert_eq!(again, overrides, "{name}: serde round trip");
+            }
+        }
+        visit_options(&mut SetAlike);
+    }
+
+    /// For each declared option, a value its limit refuses is refused with
+    /// the same reason by the builder, in TOML, per service and from the
+    /// environment, each naming the option as given; an option without a
+    /// limit refuses none. A value of the wrong type names it too.
+    #[test]
+    fn an_invalid_value_names_the_declared_option_in_every_source() {
+        struct Refused;
+        impl Visit for Refused {
+            fn visit<T: Sample>(&mut self, option: Declared<T>) {
+                let name = option.name;
+                let mut refused = 0;
+                for value in T::candidates() {
+                    let text = value.text();
+                    let Err(ConfigError::Invalid {
+                        option: named,
+                        reason,
+                    }) = (option.set)(ClientConfig::builder(), value).build()
+                    else {
+                        continue;
+                    };
+                    if named != name {
+                        // Breaks another option's limit (initial_backoff
+                        // above max_backoff), tested there.
+                        continue;
+                    }
+                    refused += 1;
+                    let requirement = option.requirement.unwrap();
+                    assert!(reason.starts_with(requirement), "{name}: {reason}");
+                    assert!(reason.ends_with(&format!(", got {}", value.show())));
+
+                    let toml = ClientConfig::from_toml_str(&format!("{name} = {text}"));
+                    assert_eq!(invalid(toml), (name.to_owned(), reason.clone()));
+                    assert_eq!(
+                        invalid(from_service_table(name, &text)),
+                        (format!("services.memory.{name}"), reason.clone())
+                    );
+                    assert_eq!(invalid(from_env(name, &text)), (variable(name), reason));
+                }
+                assert_eq!(
+                    refused > 0,
+                    option.requirement.is_some(),
+                    "{name}: a declared limit refuses some value, and only then"
+                );
+
+                let toml = ClientConfig::from_toml_str(&format!("{name} = \"x\""));
+                assert_eq!(invalid(toml).0, name);
+                assert_eq!(
+                    invalid(from_service_table(name, "\"x\"")).0,
+                    format!("services.memory.{name}")
+                );
+                assert_eq!(invalid(from_env(name, "x")).0, variable(name));
+            }
+        }
+        visit_options(&mut Refused);
+    }
+
+    /// The TOML example of the module documentation shows exactly the
+    /// declared options, with their declared defaults.
+    #[test]
+    fn documented_example_shows_the_declared_options() {
+        let source = include_str!("config.rs");
+        let example: String = source
+            .lines()
+            .skip_while(|line| line.trim() != "//! ```toml")
+            .skip(1)
+            .take_while(|line| line.trim() != "//! ```")
+            .map(|line| {
+                let text = line.strip_prefix("//!").unwrap();
+                format!("{}\n", text.strip_prefix(' ').unwrap_or(text))
+            })
+            .collect();
+        let keys: toml::Table = example.parse().unwrap();
+        let shown: BTreeSet<&str> = keys.keys().map(String::as_str).collect();
+        let declared: BTreeSet<&str> = declared_names().into_iter().collect();
+        assert_eq!(shown, declared);
+        assert_eq!(
+            ClientConfig::from_toml_str(&example).unwrap(),
+            ClientConfig::default()
+        );
+    }
+
+    #[test]
+    fn declared_names_are_unique_and_not_the_hand_written_keys() {
+        let names = declared_names();
+        let unique: BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len());
+        assert_eq!(names.len(), 20);
+        assert!(!unique.contains(DISCOVERY) && !unique.contains("services"));
+    }
+
+    /// The recommended ranges, as logged, are the seed's.
+    #[test]
+    fn advisories_show_the_declared_ranges() {
+        let config = ClientConfig {
+            max_connections: 50,
+            idle_timeout: Duration::from_secs(5),
+            failure_threshold: 1,
+            reset_timeout: Duration::from_secs(600),
+            half_open_max_calls: 10,
+            max_retries: 0,
+            initial_backoff: Duration::from_millis(10),
+            backoff_factor: 10.0,
+            max_backoff: Duration::from_millis(500),
+            ..ClientConfig::default()
+        };
+        let shown: Vec<(&str, String, &str)> = advisories(&config)
+            .into_iter()
+            .map(|a| (a.option, a.value, a.recommended))
+            .collect();
+        let expected = [
+            ("max_connections", "50", "5-20"),
+            ("idle_timeout", "5 s", "30-120 s"),
+            ("failure_threshold", "1", "3-10"),
+            ("reset_timeout", "600 s", "10-60 s"),
+            ("half_open_max_calls", "10", "1-3"),
+            ("max_retries", "0", "2-5"),
+            ("initial_backoff", "0.01 s", "0.1-1.0 s"),
+            ("backoff_factor", "10", "1.5-3.0"),
+            ("max_backoff", "0.5 s", "5.0-30.0 s"),
+        ];
+        let expected: Vec<(&str, String, &str)> = expected
+            .into_iter()
+            .map(|(option, value, range)| (option, value.to_owned(), range))
+            .collect();
+        assert_eq!(shown, expected);
+        assert!(advisories(&ClientConfig::default()).is_empty());
+        // The edges of a range are inside it.
+        let edges = ClientConfig {
+            max_connections: 20,
+            initial_backoff: Duration::from_secs(1),
+            backoff_factor: 1.5,
+            ..ClientConfig::default()
+        };
+        assert!(advisories(&edges).is_empty());
     }
 }

@@ -969,3 +969,185 @@ fn values_outside_the_recommended_range_warn_once() {
     };
     assert_eq!(warnings_of(&config).len(), 8);
 }
+
+// ---------------------------------------------------------------- messages
+
+/// The exact text of every kind of error, from each source: users and
+/// scripts read these, so a change here is a visible change.
+#[test]
+fn error_messages_are_stable() {
+    let b = ClientConfig::builder;
+    let built = |builder: ClientConfigBuilder| builder.build().unwrap_err().to_string();
+    let zero = Duration::ZERO;
+    for (message, expected) in [
+        (
+            built(b().max_connections(0)),
+            "must be between 1 and 10000, got 0",
+        ),
+        (
+            built(b().idle_timeout(zero)),
+            "must be greater than 0 s and at most 86400 s (one day), got 0 s",
+        ),
+        (built(b().failure_threshold(0)), "must be at least 1, got 0"),
+        (
+            built(b().reset_timeout(zero)),
+            "must be greater than 0 s, got 0 s",
+        ),
+        (
+            built(b().half_open_max_calls(0)),
+            "must be at least 1, got 0",
+        ),
+        (
+            built(b().max_retries(101)),
+            "must be between 0 and 100, got 101",
+        ),
+        (
+            built(b().initial_backoff(zero)),
+            "must be greater than 0 s, got 0 s",
+        ),
+        (
+            built(b().backoff_factor(0.5)),
+            "must be a finite number of at least 1.0, got 0.5",
+        ),
+        (
+            built(b().max_backoff(secs(0.05))),
+            "must be at least initial_backoff (0.1 s), got 0.05 s",
+        ),
+        (
+            built(b().request_timeout(zero)),
+            "must be greater than 0 s, got 0 s",
+        ),
+        (
+            built(b().connect_timeout(zero)),
+            "must be greater than 0 s, got 0 s",
+        ),
+        (
+            built(b().pool_timeout(zero)),
+            "must be greater than 0 s, got 0 s",
+        ),
+        (
+            built(b().stream_idle_timeout(zero)),
+            "must be greater than 0 s, got 0 s",
+        ),
+        (
+            built(b().stream_max_backoff(zero)),
+            "must be greater than 0 s, got 0 s",
+        ),
+        (
+            built(b().retry_budget_ratio(1000.5)),
+            "must be a finite number between 0 and 1000, got 1000.5",
+        ),
+        (
+            built(b().retry_budget_window(secs(0.5))),
+            "must be between 1 s and 60 s, got 0.5 s",
+        ),
+    ] {
+        let option = message
+            .strip_prefix("invalid value for `")
+            .and_then(|rest| rest.split_once("`: "))
+            .map(|(option, reason)| (option.to_owned(), reason.to_owned()));
+        let (option, reason) = option.unwrap_or_else(|| panic!("{message}"));
+        assert_eq!(reason, expected, "{option}");
+    }
+
+    let toml = |text: &str| ClientConfig::from_toml_str(text).unwrap_err().to_string();
+    let vars = |name: &str, value: &str| {
+        ClientConfig::default()
+            .with_env(env(&[(name, value)]))
+            .unwrap_err()
+            .to_string()
+    };
+    for (message, expected) in [
+        (
+            toml("max_connections = \"ten\""),
+            "invalid value for `max_connections`: expected a non-negative integer, got string \"ten\"",
+        ),
+        (
+            toml("max_connections = -4"),
+            "invalid value for `max_connections`: expected a non-negative integer, got -4",
+        ),
+        (
+            toml("max_retries = 5_000_000_000"),
+            "invalid value for `max_retries`: 5000000000 is too large",
+        ),
+        (
+            toml("idle_timeout = \"60s\""),
+            "invalid value for `idle_timeout`: expected a number of seconds, got string \"60s\"",
+        ),
+        (
+            toml("idle_timeout = -1"),
+            "invalid value for `idle_timeout`: seconds must not be negative, got -1",
+        ),
+        (
+            toml("idle_timeout = nan"),
+            "invalid value for `idle_timeout`: seconds must be a finite number, got NaN",
+        ),
+        (
+            toml("pool_timeout = 1e20"),
+            "invalid value for `pool_timeout`: 100000000000000000000 seconds is too large",
+        ),
+        (
+            toml("backoff_factor = true"),
+            "invalid value for `backoff_factor`: expected a number, got boolean true",
+        ),
+        (
+            toml("jitter = 1"),
+            "invalid value for `jitter`: expected true or false, got integer 1",
+        ),
+        (
+            toml("jitter = [true]"),
+            "invalid value for `jitter`: expected true or false, got a array",
+        ),
+        (
+            toml("services = 3"),
+            "invalid value for `services`: expected a table of per-service tables such as \
+             [services.memory], got integer 3",
+        ),
+        (
+            toml("[services]\nmemory = 3"),
+            "invalid value for `services.memory`: expected a table of options, got integer 3",
+        ),
+        (
+            toml("[services.memory]\nmax_retries = 101"),
+            "invalid value for `services.memory.max_retries`: must be between 0 and 100, got 101",
+        ),
+        (
+            toml("max_conections = 4"),
+            "unknown configuration option `max_conections`",
+        ),
+        (
+            vars("CORTEX_CLIENT_MAX_CONNECTIONS", "abc"),
+            "invalid value for `CORTEX_CLIENT_MAX_CONNECTIONS`: expected a non-negative integer, \
+             got \"abc\"",
+        ),
+        (
+            vars("CORTEX_CLIENT_IDLE_TIMEOUT", "60s"),
+            "invalid value for `CORTEX_CLIENT_IDLE_TIMEOUT`: expected a number of seconds, got \"60s\"",
+        ),
+        (
+            vars("CORTEX_CLIENT_BACKOFF_FACTOR", "x"),
+            "invalid value for `CORTEX_CLIENT_BACKOFF_FACTOR`: expected a number, got \"x\"",
+        ),
+        (
+            vars("CORTEX_CLIENT_JITTER", "maybe"),
+            "invalid value for `CORTEX_CLIENT_JITTER`: expected true, false, 1 or 0, got \"maybe\"",
+        ),
+        (
+            vars("CORTEX_CLIENT_MAX_RETRIES", "101"),
+            "invalid value for `CORTEX_CLIENT_MAX_RETRIES`: must be between 0 and 100, got 101",
+        ),
+        (
+            vars("CORTEX_CLIENT_X", "1"),
+            "unknown configuration option `CORTEX_CLIENT_X`",
+        ),
+    ] {
+        assert_eq!(message, expected);
+    }
+
+    let err = serde_json::from_str::<ServiceOverrides>(r#"{"idle_timeout": -1}"#).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("seconds must be a finite, non-negative number, got -1"),
+        "{err}"
+    );
+}

@@ -20,6 +20,14 @@ fn client(url: &str, config: cortex_client::ClientConfig) -> NetworkMcpClient {
     common::client_for(url, config)
 }
 
+/// The error of reading `history/u1` from the memory service at `url`.
+async fn read_error(url: &str, config: cortex_client::ClientConfig) -> McpError {
+    client(url, config)
+        .read_resource("memory", "history/u1")
+        .await
+        .unwrap_err()
+}
+
 /// A server that accepts connections and then does `with` to each.
 async fn raw_server(with: fn(tokio::net::TcpStream) -> tokio::task::JoinHandle<()>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -71,10 +79,7 @@ async fn a_server_that_never_answers_is_a_timeout() {
         .request_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    let error = client(&url, config)
-        .read_resource("memory", "history/u1")
-        .await
-        .unwrap_err();
+    let error = read_error(&url, config).await;
     assert!(error.is_timeout() && !error.is_connect(), "{error:?}");
     assert!(matches!(error, McpError::Timeout { .. }), "{error:?}");
     // It may have run: repeat it only if that is safe.
@@ -103,10 +108,7 @@ async fn a_connection_lost_after_sending_is_not_connect_and_retried_only_if_idem
         .failure_threshold(100)
         .build()
         .unwrap();
-    let error = client(&url, config)
-        .read_resource("memory", "history/u1")
-        .await
-        .unwrap_err();
+    let error = read_error(&url, config).await;
     assert!(
         matches!(error, McpError::Connection { sent: true, .. }),
         "{error:?}"
@@ -193,10 +195,7 @@ async fn a_503_is_a_status_and_retryable() {
         .failure_threshold(100)
         .build()
         .unwrap();
-    let error = client(&url, config)
-        .read_resource("memory", "history/u1")
-        .await
-        .unwrap_err();
+    let error = read_error(&url, config).await;
     assert_eq!(error.status(), Some(503), "{error:?}");
     assert_eq!(error.retry(), Retry::Always);
     assert_eq!(error.attempts(), Some(2), "{error}");
