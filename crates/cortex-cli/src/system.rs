@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cortex_client::{McpClient, NetworkMcpClient};
@@ -57,13 +56,13 @@ pub(crate) async fn memory_service(db: &Path) -> Result<Service, Failure> {
     cortex_memory::service::build(store).map_err(|e| Failure::other(e.to_string()))
 }
 
-/// The cognition service, reading memory through `memory`.
+/// The cognition service, reading memory through `memory` (whose metrics
+/// its `/metrics` includes).
 pub(crate) fn cognition_service(
     memory: NetworkMcpClient,
     config: CognitionConfig,
 ) -> Result<Service, Failure> {
-    let memory: Arc<dyn McpClient> = Arc::new(memory);
-    cortex_cognition::build(memory, config).map_err(|e| Failure::other(e.to_string()))
+    cortex_cognition::build_networked(memory, config).map_err(|e| Failure::other(e.to_string()))
 }
 
 /// The URL to reach a listener at: a wildcard address is reached on loopback.

@@ -563,9 +563,10 @@ impl NetworkMcpClient {
                 tracing::warn!(service = %service.name, "retry budget exhausted; not retrying");
                 return Err(failure.error);
             }
-            self.inner
-                .metrics
-                .retry(&service.name, exchange.operation.name());
+            self.inner.metrics.retry(
+                &service.name,
+                &crate::metrics::operation_label(&exchange.operation),
+            );
             tracing::debug!(service = %service.name, attempt, ?delay, error = %failure.error, "retrying");
             tokio::time::sleep(delay).await;
         }

@@ -188,10 +188,10 @@ impl State {
                 .min(config.stream_max_backoff);
             tokio::time::sleep(delay).await;
             self.failures += 1;
-            self.client
-                .inner
-                .metrics
-                .retry(&self.service.name, &format!("stream:{}", self.uri));
+            self.client.inner.metrics.retry(
+                &self.service.name,
+                &crate::metrics::resource_operation("stream", &self.uri),
+            );
             match self
                 .client
                 .open_stream(&self.service, &self.uri, self.last_id.clone(), 1)

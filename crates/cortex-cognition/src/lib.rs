@@ -5,7 +5,7 @@
 //! Cognition stores nothing. Every call reads the memory service (by default
 //! the service named `memory` in discovery) through an
 //! [`McpClient`], normally a
-//! [`NetworkMcpClient`](cortex_client::NetworkMcpClient) with its retries,
+//! [`NetworkMcpClient`] with its retries,
 //! breakers and deadlines, and computes its answer from the items read. The
 //! analysis is **extractive statistics only** — word tokens, counts, simple
 //! rules; there is no machine-learning model, no embedding and no generated
@@ -14,6 +14,10 @@
 //!
 //! [`build`] returns a [`cortex_service::Service`]; serve it with
 //! [`cortex_service::serve`], by convention on port [`DEFAULT_PORT`] (9100).
+//! [`build_networked`] does the same over a
+//! [`NetworkMcpClient`] and adds that
+//! client's metrics (breaker state per memory endpoint, retries, calls) to
+//! the service's `GET /metrics`.
 //!
 //! # Tools
 //!
@@ -96,8 +100,8 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let discovery = Arc::new(StaticDiscovery::new().with("memory", "http://127.0.0.1:9000"));
-//! let memory = Arc::new(NetworkMcpClient::new(discovery)?);
-//! let service = cortex_cognition::build(memory, CognitionConfig::default())?;
+//! let memory = NetworkMcpClient::new(discovery)?;
+//! let service = cortex_cognition::build_networked(memory, CognitionConfig::default())?;
 //! let listener = tokio::net::TcpListener::bind(("0.0.0.0", cortex_cognition::DEFAULT_PORT)).await?;
 //! cortex_service::serve(listener, service, Default::default(), cortex_service::shutdown_signal()).await?;
 //! # Ok(()) }
@@ -106,8 +110,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cortex_client::McpClient;
-use cortex_service::{BuildError, Service};
+use cortex_client::{McpClient, NetworkMcpClient};
+use cortex_service::{BuildError, Service, ServiceBuilder};
 
 pub mod entities;
 pub mod memory;
@@ -161,6 +165,23 @@ impl Default for CognitionConfig {
 
 /// The cognition service, reading memory through `memory`.
 pub fn build(memory: Arc<dyn McpClient>, config: CognitionConfig) -> Result<Service, BuildError> {
+    builder(memory, config).build()
+}
+
+/// [`build`] over a network client, whose metrics — calls to memory by
+/// operation, errors by kind, retries, breaker state and pool use per
+/// endpoint — are appended to the service's `GET /metrics`.
+pub fn build_networked(
+    memory: NetworkMcpClient,
+    config: CognitionConfig,
+) -> Result<Service, BuildError> {
+    let client = memory.clone();
+    builder(Arc::new(memory), config)
+        .extra_metrics(move || client.prometheus())
+        .build()
+}
+
+fn builder(memory: Arc<dyn McpClient>, config: CognitionConfig) -> ServiceBuilder {
     let config = CognitionConfig {
         default_limit: config.default_limit.clamp(1, MAX_LIMIT),
         ..config
@@ -179,5 +200,4 @@ pub fn build(memory: Arc<dyn McpClient>, config: CognitionConfig) -> Result<Serv
         .tool(service::summarize_history(cognition.clone()))
         .resource(service::context_resource(cognition.clone()))
         .resource(service::context_query_resource(cognition))
-        .build()
 }

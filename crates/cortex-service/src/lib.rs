@@ -18,6 +18,8 @@
 //! - [`idempotency`]: keyed tool calls run once; the store that remembers them.
 //! - [`pattern`]: resource URI patterns such as `history/{user_id}/limit/{n}`.
 //! - [`routes`]: the axum routes of the dialect.
+//! - [`metrics`]: `GET /metrics`: per tool and resource pattern, calls,
+//!   errors by code and latency; open streams and connections.
 //! - [`mcp`]: standard MCP (Streamable HTTP) at `/mcp`, from the same registry.
 //! - [`server`]: [`serve`] with graceful shutdown.
 //! - [`config`]: [`ServiceConfig`] and [`McpConfig`]: limits and timings.
@@ -48,6 +50,7 @@ pub mod config;
 pub mod error;
 pub mod idempotency;
 pub mod mcp;
+pub mod metrics;
 pub mod pattern;
 pub mod registry;
 pub mod routes;

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::error::ServiceError;
 use crate::idempotency::{IdempotencyStore, InMemoryIdempotencyStore, KeyLocks};
+use crate::metrics::{ExtraMetrics, OperationMetrics, ServiceMetrics};
 use crate::pattern::{Params, Pattern, PatternError, split_uri};
 
 /// What a handler knows about the call it serves.
@@ -189,11 +190,15 @@ impl Resource {
 struct CompiledTool {
     tool: Tool,
     validator: jsonschema::Validator,
+    /// Its series, kept here so a call finds them without a lookup.
+    metrics: OperationMetrics,
 }
 
 struct CompiledResource {
     resource: Resource,
     pattern: Pattern,
+    read_metrics: OperationMetrics,
+    stream_metrics: OperationMetrics,
 }
 
 /// Why a service cannot be built.
@@ -224,6 +229,7 @@ pub struct ServiceBuilder {
     resources: Vec<Resource>,
     health_checks: Vec<(String, HealthCheck)>,
     idempotency: Option<Arc<dyn IdempotencyStore>>,
+    extra_metrics: Vec<ExtraMetrics>,
 }
 
 impl ServiceBuilder {
@@ -251,6 +257,21 @@ impl ServiceBuilder {
         self
     }
 
+    /// Appends `text()` to every `GET /metrics` answer, after the kit's own
+    /// metrics: Prometheus text (format 0.0.4) whose metric names are not
+    /// the kit's (`cortex_service_*`), such as an outgoing client's
+    /// (`NetworkMcpClient::prometheus()` in `cortex-client`). It runs on
+    /// every scrape, so it must be quick and never block; its labels must be
+    /// bounded like the kit's (no user ids, URIs or content). At most
+    /// [`MAX_EXTRA_BYTES`](crate::metrics::MAX_EXTRA_BYTES) of it is kept.
+    pub fn extra_metrics<F>(mut self, text: F) -> Self
+    where
+        F: Fn() -> String + Send + Sync + 'static,
+    {
+        self.extra_metrics.push(Arc::new(text));
+        self
+    }
+
     /// Where keyed tool calls are remembered (default: in memory, bounded).
     pub fn idempotency_store(mut self, store: Arc<dyn IdempotencyStore>) -> Self {
         self.idempotency = Some(store);
@@ -259,6 +280,7 @@ impl ServiceBuilder {
 
     /// Compiles schemas and patterns.
     pub fn build(self) -> Result<Service, BuildError> {
+        let metrics = ServiceMetrics::new(&self.name, &self.version, self.extra_metrics);
         let mut tools = BTreeMap::new();
         for tool in self.tools {
             let validator =
@@ -267,10 +289,15 @@ impl ServiceBuilder {
                     message: e.to_string(),
                 })?;
             let name = tool.name.clone();
-            if tools
-                .insert(name.clone(), CompiledTool { tool, validator })
-                .is_some()
-            {
+            if tools.contains_key(&name) {
+                return Err(BuildError::DuplicateTool(name));
+            }
+            let compiled = CompiledTool {
+                metrics: metrics.tool(&name),
+                tool,
+                validator,
+            };
+            if tools.insert(name.clone(), compiled).is_some() {
                 return Err(BuildError::DuplicateTool(name));
             }
         }
@@ -284,7 +311,12 @@ impl ServiceBuilder {
                 }
                 .into());
             }
-            resources.push(CompiledResource { resource, pattern });
+            resources.push(CompiledResource {
+                read_metrics: metrics.resource(&resource.pattern, "read"),
+                stream_metrics: metrics.resource(&resource.pattern, "stream"),
+                resource,
+                pattern,
+            });
         }
         Ok(Service {
             inner: Arc::new(Inner {
@@ -297,6 +329,7 @@ impl ServiceBuilder {
                     .idempotency
                     .unwrap_or_else(|| Arc::new(InMemoryIdempotencyStore::default())),
                 key_locks: Arc::new(KeyLocks::default()),
+                metrics,
             }),
         })
     }
@@ -316,6 +349,7 @@ struct Inner {
     health_checks: Vec<(String, HealthCheck)>,
     idempotency: Arc<dyn IdempotencyStore>,
     key_locks: Arc<KeyLocks>,
+    metrics: ServiceMetrics,
 }
 
 impl Service {
@@ -328,6 +362,7 @@ impl Service {
             resources: Vec::new(),
             health_checks: Vec::new(),
             idempotency: None,
+            extra_metrics: Vec::new(),
         }
     }
 
@@ -358,6 +393,29 @@ impl Service {
             checks,
         };
         (if healthy { 200 } else { 503 }, body)
+    }
+
+    /// The text of `GET /metrics` (Prometheus format 0.0.4, see
+    /// [`crate::metrics`]): per tool and per resource pattern, calls, errors
+    /// by code and latency; open streams and connections; then the text of
+    /// every [`ServiceBuilder::extra_metrics`] source.
+    pub fn render_metrics(&self) -> String {
+        self.inner.metrics.render()
+    }
+
+    /// The gauge of connections open now, for the listener to keep.
+    pub(crate) fn open_connections(&self) -> prometheus_client::metrics::gauge::Gauge {
+        self.inner.metrics.open_connections.clone()
+    }
+
+    /// Counts a call to `tool` refused before it reached the registry (a
+    /// body that is not JSON, or too large), under its code.
+    pub(crate) fn count_refused_call(&self, tool: &str, error: &ServiceError) {
+        let metrics = match self.inner.tools.get(tool) {
+            Some(compiled) => &compiled.metrics,
+            None => &self.inner.metrics.unknown_tool,
+        };
+        let _ = metrics.start().outcome::<()>(Err(error.clone()));
     }
 
     /// Every tool, sorted by name.
@@ -413,7 +471,23 @@ impl Service {
         tool: &str,
         arguments: Map<String, Value>,
     ) -> Result<Value, ServiceError> {
-        let compiled = self.inner.tools.get(tool).ok_or_else(|| {
+        let compiled = self.inner.tools.get(tool);
+        let metrics = match compiled {
+            Some(compiled) => &compiled.metrics,
+            None => &self.inner.metrics.unknown_tool,
+        };
+        let timer = metrics.start();
+        timer.outcome(self.run_tool(compiled, ctx, tool, arguments).await)
+    }
+
+    async fn run_tool(
+        &self,
+        compiled: Option<&CompiledTool>,
+        ctx: CallContext,
+        tool: &str,
+        arguments: Map<String, Value>,
+    ) -> Result<Value, ServiceError> {
+        let compiled = compiled.ok_or_else(|| {
             ServiceError::new(
                 ErrorCode::ToolNotFound,
                 format!("tool `{tool}` not found on service `{}`", self.inner.name),
@@ -466,8 +540,12 @@ impl Service {
         ctx: CallContext,
         uri: &str,
     ) -> Result<ResourceContent, ServiceError> {
-        let (resource, params) = self.find_resource(uri)?;
-        run_guarded(uri, (resource.resource.read)(ctx, params)).await
+        let (resource, params) = match self.find_resource(uri) {
+            Ok(found) => found,
+            Err(error) => return self.inner.metrics.unknown_read.start().outcome(Err(error)),
+        };
+        let timer = resource.read_metrics.start();
+        timer.outcome(run_guarded(uri, (resource.resource.read)(ctx, params)).await)
     }
 
     /// Streams a resource: its live stream if it has one; otherwise a finite
@@ -479,30 +557,55 @@ impl Service {
         uri: &str,
         last_event_id: Option<String>,
     ) -> Result<EventStream, ServiceError> {
-        let (resource, params) = self.find_resource(uri)?;
-        if let Some(stream) = &resource.resource.stream {
-            return run_guarded(uri, stream(ctx, params, last_event_id)).await;
-        }
-        let content = run_guarded(uri, (resource.resource.read)(ctx, params)).await?;
-        let skip = match last_event_id.as_deref() {
-            None | Some("") => 0,
-            Some(id) => id.parse::<usize>().map_err(|_| {
-                ServiceError::invalid_request(format!(
-                    "Last-Event-ID `{id}` is not an id of this stream"
-                ))
-            })?,
+        let (resource, params) = match self.find_resource(uri) {
+            Ok(found) => found,
+            Err(error) => {
+                return self
+                    .inner
+                    .metrics
+                    .unknown_stream
+                    .start()
+                    .outcome(Err(error));
+            }
         };
-        let events: Vec<Event> = match content {
-            ResourceContent::Json(Value::Array(items)) => items
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| Event::message(item.to_string()).with_id((i + 1).to_string()))
-                .collect(),
-            ResourceContent::Json(value) => vec![Event::message(value.to_string()).with_id("1")],
-            ResourceContent::Text { text, .. } => vec![Event::message(text).with_id("1")],
-        };
-        Ok(stream::iter(events.into_iter().skip(skip).map(Ok)).boxed())
+        let metrics = &resource.stream_metrics;
+        let timer = metrics.start();
+        let events = timer.outcome(open_stream(resource, ctx, uri, params, last_event_id).await)?;
+        Ok(metrics.count_open(events))
     }
+}
+
+/// The events of `resource`: its live stream if it has one; else its read,
+/// one event per element of a list.
+async fn open_stream(
+    resource: &CompiledResource,
+    ctx: CallContext,
+    uri: &str,
+    params: Params,
+    last_event_id: Option<String>,
+) -> Result<EventStream, ServiceError> {
+    if let Some(stream) = &resource.resource.stream {
+        return run_guarded(uri, stream(ctx, params, last_event_id)).await;
+    }
+    let content = run_guarded(uri, (resource.resource.read)(ctx, params)).await?;
+    let skip = match last_event_id.as_deref() {
+        None | Some("") => 0,
+        Some(id) => id.parse::<usize>().map_err(|_| {
+            ServiceError::invalid_request(format!(
+                "Last-Event-ID `{id}` is not an id of this stream"
+            ))
+        })?,
+    };
+    let events: Vec<Event> = match content {
+        ResourceContent::Json(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| Event::message(item.to_string()).with_id((i + 1).to_string()))
+            .collect(),
+        ResourceContent::Json(value) => vec![Event::message(value.to_string()).with_id("1")],
+        ResourceContent::Text { text, .. } => vec![Event::message(text).with_id("1")],
+    };
+    Ok(stream::iter(events.into_iter().skip(skip).map(Ok)).boxed())
 }
 
 /// Runs a handler future, turning a panic into a 500 so one bad call cannot

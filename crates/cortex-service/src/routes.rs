@@ -57,6 +57,7 @@ pub fn router(service: Service, config: ServiceConfig, signals: ShutdownSignals)
         .route("/tools", get(list_tools))
         .route("/resources", get(list_resources))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)
         .layer(DefaultBodyLimit::max(limit))
@@ -127,7 +128,26 @@ async fn call_tool(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
-    let body = body.map_err(|rejection| body_error(rejection, state.config.max_body_bytes))?;
+    let mut request = match tool_request(body, state.config.max_body_bytes) {
+        Ok(request) => request,
+        Err(error) => {
+            state.service.count_refused_call(&tool, &error);
+            return Err(error);
+        }
+    };
+    let ctx = CallContext::from_headers(headers);
+    // Taken, not copied: only the request's shape is needed afterwards.
+    let arguments = std::mem::take(&mut request.arguments);
+    let result = state.service.call_tool(ctx, &tool, arguments).await?;
+    Ok(axum::Json(request.respond(result)).into_response())
+}
+
+/// The request of a tool call, from its body.
+fn tool_request(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<ToolRequest, ServiceError> {
+    let body = body.map_err(|rejection| body_error(rejection, limit))?;
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -135,13 +155,7 @@ async fn call_tool(
             ServiceError::invalid_request(format!("request body is not valid JSON: {e}"))
         })?
     };
-    let mut request =
-        ToolRequest::from_body(value).map_err(|e| ServiceError::invalid_request(e.to_string()))?;
-    let ctx = CallContext::from_headers(headers);
-    // Taken, not copied: only the request's shape is needed afterwards.
-    let arguments = std::mem::take(&mut request.arguments);
-    let result = state.service.call_tool(ctx, &tool, arguments).await?;
-    Ok(axum::Json(request.respond(result)).into_response())
+    ToolRequest::from_body(value).map_err(|e| ServiceError::invalid_request(e.to_string()))
 }
 
 fn body_error(rejection: BytesRejection, limit: usize) -> ServiceError {
@@ -300,6 +314,18 @@ async fn health(State(state): State<AppState>) -> Response {
     let (status, body) = state.service.health().await;
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     (status, axum::Json(body)).into_response()
+}
+
+/// Prometheus text of the service's metrics (see [`crate::metrics`]).
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        state.service.render_metrics(),
+    )
+        .into_response()
 }
 
 async fn unknown_route(request: Request) -> ServiceError {

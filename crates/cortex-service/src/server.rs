@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ServiceConfig;
+use crate::metrics::CountedListener;
 use crate::registry::Service;
 use crate::routes::{ShutdownSignals, router};
 
@@ -23,6 +24,7 @@ pub async fn serve(
     let (expired_tx, expired) = watch::channel(false);
     let grace = config.grace_period;
     let name = service.name().to_string();
+    let open_connections = service.open_connections();
     let app = router(
         service,
         config,
@@ -38,6 +40,10 @@ pub async fn serve(
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
     });
+    let listener = CountedListener {
+        listener,
+        open: open_connections,
+    };
     let mut stopped = stopping.clone();
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move {

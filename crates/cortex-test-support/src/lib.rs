@@ -8,10 +8,12 @@
 //! - [`mcp_servers`]: third-party MCP servers (server-everything, a Python
 //!   SDK server) as processes on loopback, for interop tests.
 //! - [`stats::percentile`]: shared by the benchmarks.
+//! - [`prometheus::parse`]: a strict reading of `/metrics` text.
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod mcp_servers;
+pub mod prometheus;
 pub mod proxy;
 pub mod stats;
 
