@@ -5,11 +5,12 @@
 //! comments every 15 s, so silence means a dead peer), or the service sends
 //! an `error` event, it reconnects with `Last-Event-ID` set to the last
 //! event it delivered, so no event is delivered twice or lost. Reconnects
-//! back off: the service's `retry:` advice (or `initial_backoff`) doubled
-//! on each failed reconnect, capped at `stream_max_backoff`, and reset by
-//! every event (the seed's `stream_with_reconnect`). After
-//! `stream_max_reconnects` failed reconnects in a row the stream yields one
-//! [`McpError::ResourceStream`] and ends.
+//! back off by [`reconnect_policy`], the one policy of every stream this
+//! client resumes: from the service's `retry:` advice (or `initial_backoff`),
+//! doubled on each failed reconnect, capped at `stream_max_backoff`, with
+//! full jitter when `jitter` is on, and reset by every event (the seed's
+//! `stream_with_reconnect`). After `stream_max_reconnects` failed reconnects
+//! in a row the stream yields one [`McpError::ResourceStream`] and ends.
 //!
 //! A stream that the service ends normally (the HTTP body completes) is
 //! complete, not an error. Dropping the stream drops its connection.
@@ -20,14 +21,58 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cortex_proto::sse::Decoder;
+use cortex_resilience::backoff::Jitter;
+use cortex_resilience::reconnect::{Reconnect, ReconnectPolicy};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::api::{EventStream, StreamEvent};
+use crate::config::ClientConfig;
 use crate::error::McpError;
 use crate::network::{NetworkMcpClient, ServiceState};
 use crate::pool::PooledConn;
+
+/// Growth of the stream reconnect backoff: the seed's `min(2^n, cap)`.
+/// Fixed rather than `backoff_factor`, which paces the retries of calls.
+const STREAM_BACKOFF_FACTOR: f64 = 2.0;
+
+/// The seed's stream backoff (1 s doubling to 60 s), for a configuration
+/// whose numbers the policy refuses: validation rules that out, but a stream
+/// is no place to panic. Checked when the crate is built.
+const SEED_RECONNECT: ReconnectPolicy = match ReconnectPolicy::try_new(
+    Duration::from_secs(1),
+    STREAM_BACKOFF_FACTOR,
+    Duration::from_secs(60),
+    Jitter::Full,
+) {
+    Ok(policy) => policy,
+    Err(_) => panic!("the seed's stream backoff is a valid policy"),
+};
+
+/// How every stream of a service reconnects (resource streams here, and the
+/// MCP event, listen and answer streams): from `initial_backoff` (or the
+/// server's `retry:`), doubling, capped at `stream_max_backoff`, full jitter
+/// per `jitter`, at most `stream_max_reconnects` failures in a row.
+pub(crate) fn reconnect_policy(config: &ClientConfig) -> ReconnectPolicy {
+    let max = config.stream_max_backoff;
+    let jitter = if config.jitter {
+        Jitter::Full
+    } else {
+        Jitter::None
+    };
+    // Validation allows a cap below `initial_backoff` (they are separate
+    // options); the cap wins, as it always did.
+    let initial = config.initial_backoff.min(max);
+    let policy = match ReconnectPolicy::try_new(initial, STREAM_BACKOFF_FACTOR, max, jitter) {
+        Ok(policy) => policy,
+        Err(error) => {
+            tracing::warn!(%error, "invalid stream reconnect backoff; using the seed's");
+            SEED_RECONNECT
+        }
+    };
+    policy.with_max_attempts(config.stream_max_reconnects)
+}
 
 struct Connected {
     body: Incoming,
@@ -45,8 +90,8 @@ struct State {
     last_id: Option<String>,
     /// The service's latest `retry:` advice.
     server_retry: Option<Duration>,
-    /// Failed reconnects since the last event.
-    failures: u32,
+    /// Failed reconnects since the last event, and the wait before the next.
+    reconnect: Reconnect,
     /// Why the last connection ended, for the final error.
     last_reason: String,
     done: bool,
@@ -61,6 +106,7 @@ pub(crate) fn resumable(
     body: Incoming,
     conn: PooledConn,
 ) -> EventStream {
+    let reconnect = Reconnect::new(reconnect_policy(&service.config));
     let state = State {
         client,
         service,
@@ -73,7 +119,7 @@ pub(crate) fn resumable(
         pending: VecDeque::new(),
         last_id,
         server_retry: None,
-        failures: 0,
+        reconnect,
         last_reason: String::new(),
         done: false,
     };
@@ -139,7 +185,7 @@ impl State {
                                 if event.id.is_some() {
                                     self.last_id = event.id.clone();
                                 }
-                                self.failures = 0;
+                                self.reconnect.reset();
                                 self.pending.push_back(event);
                             }
                         }
@@ -169,25 +215,18 @@ impl State {
     /// Reconnects after `last_id`, backing off; an error once reconnects are
     /// exhausted or the resource is gone.
     async fn reconnect(&mut self) -> Result<(), McpError> {
-        let config = &self.service.config;
         loop {
-            if self.failures >= config.stream_max_reconnects {
+            if self.reconnect.wait(self.server_retry).await.is_none() {
                 return Err(McpError::ResourceStream {
                     service: self.service.name.clone(),
                     uri: self.uri.clone(),
                     reason: format!(
                         "gave up after {} reconnect attempt(s); last: {}",
-                        self.failures, self.last_reason
+                        self.reconnect.attempts(),
+                        self.last_reason
                     ),
                 });
             }
-            let base = self.server_retry.unwrap_or(config.initial_backoff);
-            let delay = base
-                .checked_mul(1u32 << self.failures.min(16))
-                .unwrap_or(config.stream_max_backoff)
-                .min(config.stream_max_backoff);
-            tokio::time::sleep(delay).await;
-            self.failures += 1;
             self.client.inner.metrics.retry(
                 &self.service.name,
                 &crate::metrics::resource_operation("stream", &self.uri),

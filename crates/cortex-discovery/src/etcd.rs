@@ -16,21 +16,23 @@
 //! watches the prefix from the revision after that list and republishes the
 //! set of every service an event touches. When the watch breaks (etcd
 //! compacted the revision it was at, canceled it, or the stream failed or
-//! ended), the task waits (100 ms doubling to 5 s), lists the whole prefix
-//! again, publishes every service (those that vanished as empty sets) and
-//! watches again from the new revision. While etcd cannot be reached the last
-//! good sets stay. `resolve` never calls etcd: it reads the local
-//! [`Registry`](crate::Registry).
+//! ended), the task waits (the reconnect policy of
+//! [`cortex_resilience::reconnect`]: 100 ms doubling to 5 s, full jitter),
+//! lists the whole prefix again, publishes every service (those that
+//! vanished as empty sets) and watches again from the new revision. While
+//! etcd cannot be reached the last good sets stay. `resolve` never calls
+//! etcd: it reads the local [`Registry`](crate::Registry).
 //!
 //! # Service side: `EtcdRegistration`
 //!
 //! Puts the key under a lease and keeps the lease alive from a task, every
 //! third of the TTL. When etcd says the lease is gone (it expired while etcd
 //! was unreachable, or etcd lost its data), the task grants a new lease and
-//! puts the key again. `EtcdRegistration::deregister` revokes the lease
-//! (the key goes at once); dropping the registration only stops the
-//! keep-alives, so the key goes when the lease expires, which is also what
-//! happens to a process that is killed.
+//! puts the key again; failed attempts back off by the same policy as the
+//! watch. `EtcdRegistration::deregister` revokes the lease (the key goes at
+//! once); dropping the registration only stops the keep-alives, so the key
+//! goes when the lease expires, which is also what happens to a process that
+//! is killed.
 //!
 //! Every etcd call is bounded by [`EtcdConfig::connect_timeout`]; the
 //! long-lived watch and keep-alive streams are guarded by HTTP/2 keep-alive

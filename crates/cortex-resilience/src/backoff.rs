@@ -97,10 +97,13 @@ impl Default for Backoff {
 impl Backoff {
     /// Validates and builds a policy.
     ///
+    /// A `const fn`, so a policy of constants can be checked when the crate
+    /// is built (as [`crate::reconnect::ReconnectPolicy::try_new`] shows).
+    ///
     /// # Errors
     /// [`InvalidBackoff`] naming the field when `initial` is zero, `factor` is
     /// not finite or below 1.0, or `max < initial`.
-    pub fn try_new(
+    pub const fn try_new(
         initial: Duration,
         factor: f64,
         max: Duration,
@@ -113,7 +116,8 @@ impl Backoff {
         if !factor.is_finite() || factor < 1.0 {
             return Err(InvalidBackoff::Factor { factor });
         }
-        if max < initial {
+        // Compared as nanoseconds: `Duration`'s `<` is not usable in a const fn.
+        if max.as_nanos() < initial.as_nanos() {
             return Err(InvalidBackoff::Max { initial, max });
         }
         Ok(Self {
@@ -176,7 +180,7 @@ impl Backoff {
 }
 
 /// `Duration` from a nanosecond count, `None` if it does not fit.
-fn duration_from_nanos(nanos: u128) -> Option<Duration> {
+pub(crate) fn duration_from_nanos(nanos: u128) -> Option<Duration> {
     const NANOS_PER_SEC: u128 = 1_000_000_000;
     let secs = u64::try_from(nanos / NANOS_PER_SEC).ok()?;
     let sub = u32::try_from(nanos % NANOS_PER_SEC).ok()?;

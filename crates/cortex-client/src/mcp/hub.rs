@@ -1,9 +1,11 @@
 //! A session's server-to-client event stream: one task reads it and hands
 //! replies (legacy HTTP+SSE transport) and `notifications/resources/updated`
 //! out; what the server asks (`ping`) is answered. A stream of the
-//! handshake eras is resumed with `Last-Event-ID` after the server's
-//! `retry:` advice; the HTTP+SSE transport's stream cannot be (its session
-//! ends with it). Also opening a session on that transport (2024-11-05).
+//! handshake eras is resumed with `Last-Event-ID`, backing off by the
+//! client's stream reconnect policy (the server's `retry:` advice first,
+//! see [`crate::stream::reconnect_policy`]); the HTTP+SSE transport's
+//! stream cannot be (its session ends with it). Also opening a session on
+//! that transport (2024-11-05).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use cortex_proto::sse::{Decoder, Event};
+use cortex_resilience::reconnect::Reconnect;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
@@ -155,7 +158,7 @@ async fn run(
     mut reader: Reader,
     resumable: bool,
 ) {
-    let mut failures = 0u32;
+    let mut reconnect = Reconnect::new(crate::stream::reconnect_policy(&service.config));
     let idle = service.config.stream_idle_timeout;
     loop {
         let reason = match tokio::time::timeout(idle, reader.body.frame()).await {
@@ -169,7 +172,7 @@ async fn run(
                 match reader.decoder.feed(&data) {
                     Ok(events) => {
                         for event in &events {
-                            failures = 0;
+                            reconnect.reset();
                             hub.dispatch(&client, &service, event);
                         }
                         continue;
@@ -199,20 +202,9 @@ async fn run(
             .last_event_id()
             .filter(|id| !id.is_empty())
             .map(str::to_string);
+        let hint = reader.decoder.retry().map(Duration::from_millis);
         let mut resumed = None;
-        while resumed.is_none() && failures < service.config.stream_max_reconnects {
-            let base = reader
-                .decoder
-                .retry()
-                .map_or(service.config.initial_backoff, Duration::from_millis);
-            let wait = if failures == 0 {
-                base
-            } else {
-                base.saturating_mul(1 << failures.min(16))
-                    .min(service.config.stream_max_backoff)
-            };
-            tokio::time::sleep(wait).await;
-            failures += 1;
+        while resumed.is_none() && reconnect.wait(hint).await.is_some() {
             match rpc::get(
                 &client,
                 &service,

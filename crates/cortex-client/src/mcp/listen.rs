@@ -12,14 +12,18 @@
 //!   stream of a URI to be dropped unsubscribes (see [`Subscription`]).
 //! - Stateless revision: a `subscriptions/listen` request per stream; its
 //!   answer is the stream. Not resumable by design: when cut it is asked
-//!   again (updates in the gap are lost, as the revision says).
+//!   again (updates in the gap are lost, as the revision says), after the
+//!   client's stream reconnect backoff, the server's `retry:` advice first
+//!   (see [`crate::stream::reconnect_policy`]).
 //!
 //! Updates sent before the stream is open are not delivered; each event
 //! reads the resource anew, so nothing is stale.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cortex_proto::sse::Decoder;
+use cortex_resilience::reconnect::Reconnect;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -103,7 +107,10 @@ struct Streaming {
     service: Arc<ServiceState>,
     uri: String,
     source: Source,
-    failures: u32,
+    /// Listens asked again since the last update, and the wait before the next.
+    reconnect: Reconnect,
+    /// The server's latest `retry:` advice on a listen stream.
+    server_retry: Option<Duration>,
     done: bool,
 }
 
@@ -170,10 +177,11 @@ pub(crate) async fn stream(
     };
     let state = Streaming {
         client: client.clone(),
+        reconnect: Reconnect::new(crate::stream::reconnect_policy(&service.config)),
         service,
         uri,
         source,
-        failures: 0,
+        server_retry: None,
         done: false,
     };
     Ok(Box::pin(futures::stream::unfold(
@@ -238,6 +246,10 @@ impl Streaming {
                                     continue;
                                 };
                                 let events = open.decoder.feed(&data).unwrap_or_default();
+                                if let Some(retry) = open.decoder.retry() {
+                                    // Kept past this stream: it paces the next listen.
+                                    self.server_retry = Some(Duration::from_millis(retry));
+                                }
                                 for event in events {
                                     let Ok(message) = serde_json::from_str::<Value>(&event.data)
                                     else {
@@ -249,7 +261,7 @@ impl Streaming {
                                         == Some("notifications/resources/updated")
                                         && matches(&params)
                                     {
-                                        self.failures = 0;
+                                        self.reconnect.reset();
                                         return Ok((event.id.filter(|i| !i.is_empty()), params));
                                     }
                                 }
@@ -258,20 +270,12 @@ impl Streaming {
                             _ => *reader = None, // cut, ended or silent: listen again
                         }
                     }
-                    if self.failures >= self.service.config.stream_max_reconnects {
+                    if self.reconnect.wait(self.server_retry).await.is_none() {
                         return Err(gone(format!(
                             "gave up listening after {} attempt(s)",
-                            self.failures
+                            self.reconnect.attempts()
                         )));
                     }
-                    let wait = self
-                        .service
-                        .config
-                        .initial_backoff
-                        .saturating_mul(1 << self.failures.min(16))
-                        .min(self.service.config.stream_max_backoff);
-                    tokio::time::sleep(wait).await;
-                    self.failures += 1;
                     let session = session.clone();
                     match listen(&self.client, &self.service, &session, &uri).await {
                         Ok(open) => *reader = Some(open),

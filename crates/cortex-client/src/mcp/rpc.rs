@@ -10,14 +10,17 @@
 //!
 //! An answer is JSON, or an SSE stream carrying the reply after any
 //! notifications. A stream that ends before the reply is resumed with a GET
-//! carrying `Last-Event-ID`, after the server's `retry:` advice. When the
-//! deadline passes first, the server is told with `notifications/cancelled`.
+//! carrying `Last-Event-ID`, backing off by the client's stream reconnect
+//! policy (the server's `retry:` advice first, see
+//! [`crate::stream::reconnect_policy`]). When the deadline passes first, the
+//! server is told with `notifications/cancelled`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cortex_proto::sse::Decoder;
+use cortex_resilience::reconnect::Reconnect;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -288,7 +291,8 @@ async fn read_stream(
     deadline: Instant,
 ) -> Result<Reply, McpError> {
     let mut decoder = Decoder::new();
-    let mut resumes = 0;
+    // Resumes since the last message, and the wait before the next.
+    let mut reconnect = Reconnect::new(crate::stream::reconnect_policy(&service.config));
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => {
@@ -312,22 +316,19 @@ async fn read_stream(
                 else {
                     return Err(failure(&service.name, &call.op, &session.endpoint.url, "the answer stream ended before the reply (and cannot be resumed: no event id)".into()));
                 };
-                resumes += 1;
-                if resumes > service.config.stream_max_reconnects {
+                // The server's `retry:` wins; our backoff otherwise.
+                let hint = decoder.retry().map(Duration::from_millis);
+                let Some(wait) = reconnect.next_delay(hint) else {
                     return Err(failure(
                         &service.name,
                         &call.op,
                         &session.endpoint.url,
                         format!(
                             "gave up resuming the answer stream after {} attempt(s)",
-                            resumes - 1
+                            reconnect.attempts()
                         ),
                     ));
-                }
-                // The server's `retry:` wins; our backoff otherwise.
-                let wait = decoder
-                    .retry()
-                    .map_or(service.config.initial_backoff, Duration::from_millis);
+                };
                 if Instant::now() + wait >= deadline {
                     cancel_one(client, service, session, id);
                     return Err(timeout(service, &call.op));
@@ -371,6 +372,8 @@ async fn read_stream(
             let Ok(message) = serde_json::from_str::<Value>(&event.data) else {
                 continue; // a priming event (empty data) or a comment
             };
+            // A message is progress: the next cut waits as little as the first.
+            reconnect.reset();
             if let Some(reply) = wire::reply_to(&message, id) {
                 finish(body, conn);
                 return Ok(reply);

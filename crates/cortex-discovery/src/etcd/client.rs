@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cortex_resilience::backoff::Jitter;
+use cortex_resilience::reconnect::{Reconnect, ReconnectPolicy};
 use etcd_client::{
     Client, ConnectOptions, Event, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, WatchOptions,
@@ -20,8 +22,30 @@ use crate::endpoint::{Endpoint, EndpointSet};
 use crate::registry::Registry;
 use crate::{DiscoveryError, ServiceDiscovery};
 
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How the watch and the lease keep-alive come back after etcd fails:
+/// 100 ms doubling to 5 s, full jitter so that the clients of a restarted
+/// etcd do not all return at once, and never giving up (etcd is the source
+/// of truth; the last good endpoint sets serve meanwhile). Checked when the
+/// crate is built.
+const RECONNECT: ReconnectPolicy = match ReconnectPolicy::try_new(
+    Duration::from_millis(100),
+    2.0,
+    Duration::from_secs(5),
+    Jitter::Full,
+) {
+    Ok(policy) => policy,
+    Err(_) => panic!("the etcd reconnect policy is valid"),
+};
+
+/// The wait before the next attempt. [`RECONNECT`] has no attempt limit, so
+/// there always is one; the cap stands in should that ever change, never a
+/// busy loop.
+fn next_delay(reconnect: &mut Reconnect) -> Duration {
+    reconnect
+        .next_delay(None)
+        .unwrap_or(reconnect.policy().backoff().max)
+}
+
 /// HTTP/2 ping interval on the etcd connection; it is what notices a dead
 /// etcd under a watch or keep-alive stream that is otherwise silent. etcd
 /// refuses pings more often than every 5 s by default.
@@ -304,17 +328,17 @@ async fn watch_loop(
     config: EtcdConfig,
     mut start: i64,
 ) {
-    let mut backoff = BACKOFF_START;
+    let mut reconnect = Reconnect::new(RECONNECT);
     loop {
         let Some(reason) =
-            watch_until_broken(&discovery, &client, &config, start, &mut backoff).await
+            watch_until_broken(&discovery, &client, &config, start, &mut reconnect).await
         else {
             return;
         };
         tracing::warn!(etcd = %config.members(), prefix = %config.prefix, %reason, "etcd watch broken; will list again");
+        let mut delay = next_delay(&mut reconnect);
         loop {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            tokio::time::sleep(delay).await;
             let Some(discovery) = discovery.upgrade() else {
                 return;
             };
@@ -326,10 +350,13 @@ async fn watch_loop(
                     start = revision + 1;
                     break;
                 }
-                Err(reason) => tracing::warn!(
-                    etcd = %config.members(), %reason, retry_in = ?backoff,
-                    "etcd unreachable; keeping the last good endpoint sets"
-                ),
+                Err(reason) => {
+                    delay = next_delay(&mut reconnect);
+                    tracing::warn!(
+                        etcd = %config.members(), %reason, retry_in = ?delay,
+                        "etcd unreachable; keeping the last good endpoint sets"
+                    );
+                }
             }
         }
     }
@@ -342,7 +369,7 @@ async fn watch_until_broken(
     client: &Client,
     config: &EtcdConfig,
     start: i64,
-    backoff: &mut Duration,
+    reconnect: &mut Reconnect,
 ) -> Option<String> {
     let mut watch_client = client.watch_client();
     let options = WatchOptions::new().with_prefix().with_start_revision(start);
@@ -372,7 +399,7 @@ async fn watch_until_broken(
             ));
         }
         if response.created() {
-            *backoff = BACKOFF_START;
+            reconnect.reset();
             tracing::debug!(prefix = %config.prefix, start, "etcd watch open");
         }
         discovery.apply_events(response.events());
@@ -576,7 +603,7 @@ impl KeepAlive {
     }
 
     async fn run(self) {
-        let mut backoff = BACKOFF_START;
+        let mut reconnect = Reconnect::new(RECONNECT);
         loop {
             let current = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
             let lease = match current {
@@ -587,9 +614,9 @@ impl KeepAlive {
                         lease
                     }
                     Err(reason) => {
-                        tracing::warn!(key = %self.key, %reason, retry_in = ?backoff, "cannot register again in etcd");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        let delay = next_delay(&mut reconnect);
+                        tracing::warn!(key = %self.key, %reason, retry_in = ?delay, "cannot register again in etcd");
+                        tokio::time::sleep(delay).await;
                         continue;
                     }
                 },
@@ -597,7 +624,7 @@ impl KeepAlive {
             let mut leases = self.client.lease_client();
             let reason = match tokio::time::timeout(self.timeout, leases.keep_alive(lease)).await {
                 Ok(Ok((keeper, stream))) => {
-                    backoff = BACKOFF_START;
+                    reconnect.reset();
                     match self.keep(keeper, stream).await {
                         KeepEnd::Lost => {
                             tracing::warn!(key = %self.key, lease, "etcd lost the lease; granting a new one and putting the key again");
@@ -611,8 +638,7 @@ impl KeepAlive {
                     tracing::warn!(key = %self.key, lease, %why, "etcd lost the lease; granting a new one and putting the key again");
                     self.set_lease(None);
                     // A short pause, growing if etcd keeps refusing fresh leases.
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    tokio::time::sleep(next_delay(&mut reconnect)).await;
                     continue;
                 }
                 Ok(Err(error)) => format!("cannot open the keep-alive stream: {error}"),
@@ -621,9 +647,9 @@ impl KeepAlive {
                     cortex_resilience::human::HumanDuration(self.timeout)
                 ),
             };
-            tracing::warn!(key = %self.key, lease, %reason, retry_in = ?backoff, "etcd lease keep-alive failed");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let delay = next_delay(&mut reconnect);
+            tracing::warn!(key = %self.key, lease, %reason, retry_in = ?delay, "etcd lease keep-alive failed");
+            tokio::time::sleep(delay).await;
         }
     }
 
