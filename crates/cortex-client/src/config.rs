@@ -136,6 +136,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cortex_discovery::DiscoverySpec;
+pub use cortex_mcp_api::ConfigError;
 
 /// The prefix of the environment variables read by [`ClientConfig::with_env`].
 pub const ENV_PREFIX: &str = "CORTEX_CLIENT_";
@@ -388,44 +389,6 @@ macro_rules! define_options {
 }
 
 client_options!(define_options);
-
-/// A configuration that cannot be used.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// An option has a value of the wrong type or outside its allowed range.
-    #[error("invalid value for `{option}`: {reason}")]
-    Invalid {
-        /// The option as given: `max_connections`,
-        /// `services.memory.max_connections` or `CORTEX_CLIENT_MAX_CONNECTIONS`.
-        option: String,
-        /// What is wrong, with the allowed range.
-        reason: String,
-    },
-    /// A key or `CORTEX_CLIENT_*` variable that names no option.
-    #[error("unknown configuration option `{0}`")]
-    Unknown(String),
-    /// The config file could not be read.
-    #[error("cannot read config file {path}: {reason}")]
-    File {
-        /// The path of the file.
-        path: String,
-        /// Why it could not be read.
-        reason: String,
-    },
-    /// The text is not TOML.
-    #[error("config file is not valid TOML: {0}")]
-    Parse(String),
-}
-
-impl ConfigError {
-    fn invalid(option: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Invalid {
-            option: option.into(),
-            reason: reason.into(),
-        }
-    }
-}
 
 impl ClientConfig {
     /// A builder starting from the defaults.

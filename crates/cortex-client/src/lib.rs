@@ -1,24 +1,27 @@
 //! The Cortex network MCP client.
 //!
 //! One interface, [`McpClient`], to call tools and read and stream resources
-//! on named services, with two implementations: [`NetworkMcpClient`] over the
-//! Cortex HTTP dialect, and [`InProcessMcpClient`] for services registered in
-//! the same process.
+//! on named services, implemented here by [`NetworkMcpClient`] over HTTP
+//! (the Cortex dialect or standard MCP). The interface and its errors live
+//! in the small `cortex-mcp-api` crate, re-exported here; services in the
+//! same process are called through `cortex_service::InProcessMcpClient`,
+//! which implements the same trait, so this crate compiles no server code.
 //!
 //! # Layout
-//! - [`api`]: the [`McpClient`] trait, [`Resource`], [`StreamEvent`].
-//! - [`error`]: [`McpError`], what every call can fail with.
+//! - [`api`]: the [`McpClient`] trait, [`Resource`], [`StreamEvent`]
+//!   (re-exported from `cortex-mcp-api`).
+//! - [`error`]: [`McpError`], what every call can fail with (re-exported).
 //! - [`config`]: [`ClientConfig`]: the seed's nine options and ours, from code, TOML and env.
 //! - [`discovery`]: names to endpoints ([`ServiceDiscovery`], [`StaticDiscovery`];
 //!   [`DiscoverySpec`] names a backend in one string, as the config file's `discovery` key).
 //! - [`network`]: [`NetworkMcpClient`]: retries, breakers, deadlines over the pool.
-//! - [`forward`]: [`with_authorization`], a caller's credentials on the calls made for it.
+//! - [`forward`]: [`with_authorization`], a caller's credentials on the calls made for it
+//!   (re-exported).
 //! - `mcp`: standard MCP (Streamable HTTP, the stateless 2026-07-28
 //!   revision, the legacy HTTP+SSE transport) for services whose discovery
 //!   entry says `protocol = "mcp"` (or `"auto"`), over the same machinery.
 //! - `pool`: the connection pool with a hard cap per endpoint.
 //! - `stream`: resumable SSE streams.
-//! - [`in_process`]: the in-process client, [`InProcessMcpClient`].
 //! - [`metrics`]: per service and operation counters, Prometheus text.
 //! - [`typed`]: [`MemoryServiceClient`], [`CognitionServiceClient`], [`call_batch`].
 //!
@@ -39,13 +42,10 @@
 //! # Ok(()) }
 //! ```
 
-pub mod api;
+pub use cortex_mcp_api::{api, error, forward};
 pub mod config;
 /// Service discovery, re-exported from `cortex-discovery`.
 pub use cortex_discovery as discovery;
-pub mod error;
-pub mod forward;
-pub mod in_process;
 mod introspect;
 mod mcp;
 pub mod metrics;
@@ -54,16 +54,16 @@ mod pool;
 mod stream;
 pub mod typed;
 
-pub use api::{EventStream, McpClient, Resource, StreamEvent};
-pub use config::{ClientConfig, ConfigError};
+pub use config::ClientConfig;
 pub use cortex_discovery::Balancer;
 pub use cortex_discovery::{
     DiscoveryError, DiscoverySpec, DiscoverySpecError, Endpoint, EndpointSet, ServiceDiscovery,
     StaticDiscovery,
 };
-pub use error::McpError;
-pub use forward::with_authorization;
-pub use in_process::InProcessMcpClient;
+pub use cortex_mcp_api::{
+    Cause, ConfigError, EventStream, McpClient, McpError, Resource, Retry, StreamEvent,
+    with_authorization,
+};
 pub use mcp::McpSessionInfo;
 pub use network::{
     EndpointStatus, NetworkMcpClient, NetworkMcpClientBuilder, StaticToken, TokenProvider,

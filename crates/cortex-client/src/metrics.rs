@@ -42,9 +42,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+pub use cortex_proto::metrics::LATENCY_BUCKETS;
+use cortex_proto::metrics::LatencyHistogram;
 use cortex_resilience::breaker::BreakerState;
-pub use cortex_service::metrics::LATENCY_BUCKETS;
-use cortex_service::metrics::LatencyHistogram;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

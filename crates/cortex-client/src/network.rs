@@ -543,8 +543,9 @@ impl NetworkMcpClient {
                 && match failure.error.retry() {
                     Retry::Always => true,
                     Retry::IfIdempotent => exchange.idempotent,
-                    // An open breaker's wait is longer than a backoff.
-                    Retry::Later | Retry::Never => false,
+                    // An open breaker's wait is longer than a backoff; and
+                    // a class this version does not know is not retried.
+                    _ => false,
                 };
             if !retryable || attempt >= exchange.max_attempts.min(service.config.max_retries + 1) {
                 return Err(failure.error);
@@ -986,7 +987,7 @@ impl NetworkMcpClient {
             max_attempts,
             ..Exchange::get(
                 Operation::Stream(uri),
-                format!("/resource/{}", encode_uri(uri)),
+                format!("/resource/{}", cortex_proto::path::encode_resource_uri(uri)),
             )
         };
         match self.execute(service, &exchange).await? {
@@ -1088,36 +1089,6 @@ fn error_for(
             status: s,
         },
     }
-}
-
-/// What may not stand in a URI path segment list: `/` (segment separators)
-/// and `%` (already-encoded octets) are kept.
-const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'<')
-    .add(b'>')
-    .add(b'?')
-    .add(b'`')
-    .add(b'{')
-    .add(b'}');
-
-/// Percent-encodes what may not stand in a URI path, keeping `/` (segment
-/// separators) and `%` (already-encoded octets).
-pub(crate) fn encode_uri(uri: &str) -> String {
-    percent_encoding::utf8_percent_encode(uri.trim_start_matches('/'), PATH).to_string()
-}
-
-/// `/tool/{tool}`: the name is one segment, so a `/` in it is encoded too.
-/// One allocation, sized for the common case.
-fn tool_path(tool: &str) -> String {
-    const SEGMENT: &percent_encoding::AsciiSet = &PATH.add(b'/');
-    let tool = tool.trim_start_matches('/');
-    let mut path = String::with_capacity("/tool/".len() + tool.len());
-    path.push_str("/tool/");
-    path.extend(percent_encoding::utf8_percent_encode(tool, SEGMENT));
-    path
 }
 
 /// The ids one call sends on every attempt (W3C trace context: the trace id
@@ -1240,7 +1211,7 @@ impl McpClient for NetworkMcpClient {
                 method: Method::POST,
                 body: Bytes::from(body),
                 idempotency_key: Some(idempotency_key()),
-                ..Exchange::get(Operation::Tool(tool), tool_path(tool))
+                ..Exchange::get(Operation::Tool(tool), cortex_proto::path::tool(tool))
             };
             let (state_ep, answer) = self.execute(&state, &exchange).await?;
             let Answer::Full { body, .. } = answer else {
@@ -1286,7 +1257,7 @@ impl McpClient for NetworkMcpClient {
                 accept: "application/json, text/event-stream;q=0.5, */*;q=0.1",
                 ..Exchange::get(
                     Operation::Read(uri),
-                    format!("/resource/{}", encode_uri(uri)),
+                    format!("/resource/{}", cortex_proto::path::encode_resource_uri(uri)),
                 )
             };
             let (endpoint, answer) = self.execute(&state, &exchange).await?;
@@ -1404,21 +1375,6 @@ fn decode_resource(mime_type: &str, body: &[u8]) -> Result<Resource, String> {
         mime_type: mime_type.to_string(),
     })
 }
-#[cfg(test)]
-mod paths {
-    use super::*;
-
-    #[test]
-    fn a_tool_name_is_one_encoded_segment() {
-        assert_eq!(tool_path("get_item"), "/tool/get_item");
-        assert_eq!(tool_path("a/b c?"), "/tool/a%2Fb%20c%3F");
-        assert_eq!(tool_path("/lead"), "/tool/lead");
-        assert_eq!(tool_path("ünï"), "/tool/%C3%BCn%C3%AF");
-        // A resource URI keeps its segments.
-        assert_eq!(encode_uri("history/u 1/limit/5"), "history/u%201/limit/5");
-    }
-}
-
 #[cfg(test)]
 mod future_size {
     use super::*;

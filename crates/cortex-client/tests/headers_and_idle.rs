@@ -190,7 +190,7 @@ async fn a_token_http_cannot_carry_is_refused_before_sending() {
 async fn a_forwarded_authorization_replaces_the_clients_token() {
     let server = TestServer::start(headers_service(), ServiceConfig::default()).await;
     let network = client_with_token(&server, "mirror", "own");
-    let in_process = cortex_client::InProcessMcpClient::new();
+    let in_process = cortex_service::InProcessMcpClient::new();
     in_process.register(headers_service());
     let caller = http::HeaderValue::from_static("Bearer caller");
 
@@ -246,7 +246,7 @@ async fn an_in_process_callee_does_not_inherit_its_callers_token() {
         ))
         .build()
         .unwrap();
-    let in_process = cortex_client::InProcessMcpClient::new();
+    let in_process = cortex_service::InProcessMcpClient::new();
     in_process.register(relay);
     let caller = http::HeaderValue::from_static("Bearer caller");
 

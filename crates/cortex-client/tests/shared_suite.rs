@@ -11,8 +11,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cortex_client::{InProcessMcpClient, McpClient, McpError};
+use cortex_client::{McpClient, McpError};
 use cortex_proto::ErrorCode;
+use cortex_service::InProcessMcpClient;
 use cortex_service::ServiceConfig;
 use cortex_test_support::{TestServer, memory_service, start_memory};
 use futures::StreamExt;

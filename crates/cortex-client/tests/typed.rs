@@ -6,10 +6,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cortex_client::{
-    BatchCall, InProcessMcpClient, McpClient, McpError, MemoryServiceClient, call_batch,
-};
-use cortex_service::ServiceConfig;
+use cortex_client::{BatchCall, McpClient, McpError, MemoryServiceClient, call_batch};
+use cortex_service::{InProcessMcpClient, ServiceConfig};
 use cortex_test_support::{memory_service, start_memory};
 use futures::StreamExt;
 use serde_json::{Map, json};

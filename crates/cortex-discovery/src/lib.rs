@@ -23,6 +23,8 @@
 //!   backend; a [`HealthObserver`] hears of every passing check.
 //! - [`spec`]: [`DiscoverySpec`]: a backend named by one string (`env`, `file:PATH`,
 //!   `dns:DOMAIN`, `etcd://…`), parsed and built the same way by every program.
+//! - `mcp_error`: `From<DiscoveryError>` (and the spec's error) for the
+//!   clients' `McpError`, so one `?` serves code that builds discovery and calls services.
 //!
 //! # Example
 //! ```
@@ -41,6 +43,7 @@ pub mod endpoint;
 pub mod etcd;
 pub mod file;
 pub mod health;
+mod mcp_error;
 pub mod registry;
 pub mod spec;
 pub mod static_map;

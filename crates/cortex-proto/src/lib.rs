@@ -11,6 +11,8 @@
 //! - [`error`]: the error codes and their HTTP statuses.
 //! - [`listing`]: `GET /tools`, `GET /resources` and `GET /health` bodies.
 //! - [`sse`]: an SSE encoder and an incremental, bounded decoder.
+//! - [`path`]: the dialect's request paths, percent-encoded one way.
+//! - [`metrics`]: the latency histogram services and clients both export.
 //!
 //! # Example
 //! ```
@@ -30,6 +32,8 @@
 pub mod envelope;
 pub mod error;
 pub mod listing;
+pub mod metrics;
+pub mod path;
 pub mod sse;
 
 pub use envelope::{ErrorBody, ErrorEnvelope, ToolRequest};

@@ -23,6 +23,8 @@
 //! - [`mcp`]: standard MCP (Streamable HTTP) at `/mcp`, from the same registry.
 //! - [`server`]: [`serve`] with graceful shutdown.
 //! - [`config`]: [`ServiceConfig`] and [`McpConfig`]: limits and timings.
+//! - [`in_process`]: [`InProcessMcpClient`], the `McpClient` of services in
+//!   this process: the registry called directly, no sockets.
 //!
 //! # Example
 //! ```no_run
@@ -49,6 +51,7 @@
 pub mod config;
 pub mod error;
 pub mod idempotency;
+pub mod in_process;
 pub mod mcp;
 pub mod metrics;
 pub mod pattern;
@@ -59,6 +62,7 @@ pub mod server;
 pub use config::{McpConfig, ServiceConfig};
 pub use error::ServiceError;
 pub use idempotency::{IdempotencyStore, InMemoryIdempotencyStore};
+pub use in_process::InProcessMcpClient;
 pub use pattern::{Params, check_segment_id};
 pub use registry::{
     BuildError, CallContext, EventStream, Resource, ResourceContent, Service, ServiceBuilder, Tool,

@@ -27,34 +27,26 @@
 //! The endpoint is unauthenticated, like every route today, and holds
 //! operational counts only.
 
-use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use cortex_proto::ErrorCode;
 use futures::Stream;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::ServiceError;
-use crate::registry::EventStream;
 
 /// The `Content-Type` of `GET /metrics`.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// Upper bounds of the latency buckets, in seconds (then `+Inf`).
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
+pub use cortex_proto::metrics::{LATENCY_BUCKETS, LatencyHistogram};
 
 /// The most text one extra source may add to `/metrics`; past it the rest
 /// of its text is dropped, at a line boundary, with a comment saying so.
@@ -77,88 +69,6 @@ const CODES: [ErrorCode; 10] = [
     ErrorCode::Unavailable,
     ErrorCode::Other,
 ];
-
-/// A latency histogram over [`LATENCY_BUCKETS`] whose observations are
-/// atomic adds. (prometheus-client's own `Histogram` takes a mutex per
-/// observation; this one is what every call of a tool shares.)
-#[derive(Clone, Default)]
-pub struct LatencyHistogram {
-    inner: Arc<HistogramInner>,
-}
-
-#[derive(Default)]
-struct HistogramInner {
-    /// Observations per bucket (not cumulative); the last one is `+Inf`.
-    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    /// Sum of observations in nanoseconds: an integer add, where an `f64`
-    /// sum would need a compare-and-swap loop.
-    sum_nanos: AtomicU64,
-}
-
-impl LatencyHistogram {
-    /// Records one observation.
-    pub fn observe(&self, latency: Duration) {
-        let secs = latency.as_secs_f64();
-        let bucket = LATENCY_BUCKETS
-            .iter()
-            .position(|bound| secs <= *bound)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.inner.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        self.inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
-
-    /// Observations per bucket ([`LATENCY_BUCKETS`], then `+Inf`), not
-    /// cumulative.
-    pub fn buckets(&self) -> [u64; LATENCY_BUCKETS.len() + 1] {
-        std::array::from_fn(|i| self.inner.buckets[i].load(Ordering::Relaxed))
-    }
-
-    /// How many observations there were.
-    pub fn count(&self) -> u64 {
-        self.buckets().iter().sum()
-    }
-
-    /// The sum of all observations.
-    pub fn sum(&self) -> Duration {
-        Duration::from_nanos(self.inner.sum_nanos.load(Ordering::Relaxed))
-    }
-}
-
-impl fmt::Debug for LatencyHistogram {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LatencyHistogram")
-            .field("count", &self.count())
-            .field("sum", &self.sum())
-            .finish()
-    }
-}
-
-impl TypedMetric for LatencyHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for LatencyHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
-        let counts = self.buckets();
-        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(counts)
-            .collect();
-        encoder.encode_histogram::<NoLabelSet>(
-            self.sum().as_secs_f64(),
-            counts.iter().sum(),
-            &buckets,
-            None,
-        )
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
-    }
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ToolLabels {
@@ -423,17 +333,12 @@ impl OperationMetrics {
     }
 
     /// `events`, counted as an open stream until it is dropped.
-    pub(crate) fn count_open(&self, events: EventStream) -> EventStream {
-        match &self.inner.open {
-            Some(gauge) => {
-                gauge.inc();
-                Box::pin(OpenStream {
-                    events,
-                    open: gauge.clone(),
-                })
-            }
-            None => events,
+    pub(crate) fn count_open<S>(&self, events: S) -> OpenStream<S> {
+        let open = self.inner.open.clone();
+        if let Some(gauge) = &open {
+            gauge.inc();
         }
+        OpenStream { events, open }
     }
 }
 
@@ -467,16 +372,18 @@ impl Drop for CallTimer<'_> {
 }
 
 /// A stream that lowers its pattern's open-streams gauge when dropped.
-struct OpenStream {
-    events: EventStream,
-    open: Gauge,
+/// Generic over the stream, so that metrics need not know the registry's
+/// stream type (and the registry can box it).
+pub(crate) struct OpenStream<S> {
+    events: S,
+    open: Option<Gauge>,
 }
 
-impl Stream for OpenStream {
-    type Item = <EventStream as Stream>::Item;
+impl<S: Stream + Unpin> Stream for OpenStream<S> {
+    type Item = S::Item;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.events.as_mut().poll_next(cx)
+        Pin::new(&mut self.events).poll_next(cx)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -484,9 +391,11 @@ impl Stream for OpenStream {
     }
 }
 
-impl Drop for OpenStream {
+impl<S> Drop for OpenStream<S> {
     fn drop(&mut self) {
-        self.open.dec();
+        if let Some(open) = &self.open {
+            open.dec();
+        }
     }
 }
 
@@ -569,20 +478,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    #[test]
-    fn histogram_buckets_sum_and_count() {
-        let h = LatencyHistogram::default();
-        h.observe(Duration::from_micros(50));
-        h.observe(Duration::from_millis(3));
-        h.observe(Duration::from_secs(10));
-        let buckets = h.buckets();
-        assert_eq!(buckets[0], 1);
-        assert_eq!(buckets[5], 1, "3 ms falls in the 5 ms bucket");
-        assert_eq!(buckets[LATENCY_BUCKETS.len()], 1, "10 s is past 5 s");
-        assert_eq!(h.count(), 3);
-        assert_eq!(h.sum(), Duration::from_micros(10_003_050));
-    }
 
     #[test]
     fn an_unknown_code_counts_as_other() {

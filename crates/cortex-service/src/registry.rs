@@ -571,7 +571,7 @@ impl Service {
         let metrics = &resource.stream_metrics;
         let timer = metrics.start();
         let events = timer.outcome(open_stream(resource, ctx, uri, params, last_event_id).await)?;
-        Ok(metrics.count_open(events))
+        Ok(Box::pin(metrics.count_open(events)))
     }
 }
 

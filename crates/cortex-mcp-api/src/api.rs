@@ -31,7 +31,9 @@ pub struct StreamEvent {
 }
 
 impl StreamEvent {
-    pub(crate) fn from_sse(event: cortex_proto::sse::Event) -> Self {
+    /// The event as a caller sees it: data parsed as JSON where it is JSON,
+    /// the event name `message` when the stream gave none.
+    pub fn from_sse(event: cortex_proto::sse::Event) -> Self {
         let data = serde_json::from_str(&event.data).unwrap_or(Value::String(event.data));
         Self {
             id: event.id,
@@ -47,8 +49,9 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, McpError>> 
 
 /// Calls tools and reads and streams resources on named services.
 ///
-/// Both [`crate::NetworkMcpClient`] and [`crate::InProcessMcpClient`]
-/// implement it, and one test suite runs against both.
+/// Both `cortex_client::NetworkMcpClient` and
+/// `cortex_service::in_process::InProcessMcpClient` implement it, and one
+/// test suite runs against both.
 #[async_trait]
 pub trait McpClient: Send + Sync {
     /// Checks that `service` can be reached (resolves it and asks its

@@ -9,11 +9,10 @@
 //! puts it in the callee's `CallContext`.
 //!
 //! ```no_run
-//! # async fn handler(client: &cortex_client::NetworkMcpClient, caller: &http::HeaderMap)
-//! # -> Result<(), cortex_client::McpError> {
-//! use cortex_client::McpClient;
+//! # async fn handler(client: &dyn cortex_mcp_api::McpClient, caller: &http::HeaderMap)
+//! # -> Result<(), cortex_mcp_api::McpError> {
 //! let authorization = caller.get(http::header::AUTHORIZATION).cloned();
-//! let history = cortex_client::with_authorization(authorization, async {
+//! let history = cortex_mcp_api::with_authorization(authorization, async {
 //!     client.read_resource("memory", "history/u1").await
 //! })
 //! .await?;
@@ -44,13 +43,15 @@ pub async fn with_authorization<F: Future>(
     AUTHORIZATION.scope(authorization, future).await
 }
 
-/// Runs `future` as the client itself: for what the client opens once and
-/// shares between callers (sessions, shared streams, cached listings).
-pub(crate) async fn as_client<F: Future>(future: F) -> F::Output {
+/// Runs `future` as the client itself: for what a client implementation
+/// opens once and shares between callers (sessions, shared streams, cached
+/// listings).
+pub async fn as_client<F: Future>(future: F) -> F::Output {
     AUTHORIZATION.scope(None, future).await
 }
 
-/// The `Authorization` forwarded in the current task, if any.
-pub(crate) fn forwarded() -> Option<HeaderValue> {
+/// The `Authorization` forwarded in the current task, if any: what a client
+/// implementation sends (or hands its callee) instead of its own token.
+pub fn forwarded() -> Option<HeaderValue> {
     AUTHORIZATION.try_with(Clone::clone).ok().flatten()
 }

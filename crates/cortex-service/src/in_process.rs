@@ -7,14 +7,14 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use async_trait::async_trait;
+use cortex_mcp_api::{EventStream, McpClient, McpError, Resource, StreamEvent};
 use cortex_proto::ErrorCode;
 use cortex_proto::listing::{Health, ResourceList, ToolList};
-use cortex_service::{CallContext, ResourceContent, Service, ServiceError};
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::api::{EventStream, McpClient, Resource, StreamEvent};
-use crate::error::McpError;
+use crate::error::ServiceError;
+use crate::registry::{CallContext, ResourceContent, Service};
 
 /// Calls services registered in the same process.
 #[derive(Default)]
@@ -65,8 +65,8 @@ impl InProcessMcpClient {
             // Every call runs once here; a key still makes a repeat replay.
             idempotency_key: None,
             // As the network client would send it: a forwarded caller's
-            // credentials (see `crate::forward`).
-            headers: crate::forward::forwarded()
+            // credentials (see `cortex_mcp_api::forward`).
+            headers: cortex_mcp_api::forward::forwarded()
                 .map(|value| {
                     let mut headers = http::HeaderMap::new();
                     headers.insert(http::header::AUTHORIZATION, value);
@@ -165,7 +165,7 @@ impl McpClient for InProcessMcpClient {
         // The callee runs as itself, as a remote one would: its own calls
         // do not carry our caller's credentials unless it forwards them.
         let ctx = Self::context();
-        crate::forward::as_client(registry.call_tool(ctx, tool, arguments))
+        cortex_mcp_api::forward::as_client(registry.call_tool(ctx, tool, arguments))
             .await
             .map_err(|e| map_error(service, Operation::Tool(tool), e))
     }
@@ -173,9 +173,9 @@ impl McpClient for InProcessMcpClient {
     async fn read_resource(&self, service: &str, uri: &str) -> Result<Resource, McpError> {
         let registry = self.service(service)?;
         let ctx = Self::context();
-        let encoded = crate::network::encode_uri(uri);
+        let encoded = cortex_proto::path::encode_resource_uri(uri);
         let read = registry.read_resource(ctx, &encoded);
-        match crate::forward::as_client(read).await {
+        match cortex_mcp_api::forward::as_client(read).await {
             Ok(ResourceContent::Json(content)) => Ok(Resource {
                 content,
                 mime_type: "application/json".into(),
@@ -191,9 +191,9 @@ impl McpClient for InProcessMcpClient {
     async fn stream_resource(&self, service: &str, uri: &str) -> Result<EventStream, McpError> {
         let registry = self.service(service)?;
         let ctx = Self::context();
-        let encoded = crate::network::encode_uri(uri);
+        let encoded = cortex_proto::path::encode_resource_uri(uri);
         let open = registry.stream_resource(ctx, &encoded, None);
-        let events = crate::forward::as_client(open)
+        let events = cortex_mcp_api::forward::as_client(open)
             .await
             .map_err(|e| map_error(service, Operation::Resource(uri), e))?;
         let service = service.to_string();

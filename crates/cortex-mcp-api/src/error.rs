@@ -12,20 +12,17 @@
 //! is safe and may help; the client's retry loop and `is_retryable` both
 //! ask it, so they cannot disagree.
 //!
-//! Discovery's errors ([`DiscoveryError`], [`DiscoverySpecError`]) convert
-//! into it, so one `?` serves a function that builds its discovery backend
-//! and then calls services.
+//! Discovery's errors convert into it (in `cortex-discovery`), so one `?`
+//! serves a function that builds its discovery backend and then calls
+//! services.
 
 use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cortex_discovery::{DiscoveryError, DiscoverySpecError};
 use cortex_proto::ErrorCode;
 use cortex_resilience::human::HumanDuration;
 use serde_json::Value;
-
-use crate::config::ConfigError;
 
 /// The error underneath a client error (an I/O or HTTP failure), shared so
 /// that [`McpError`] stays `Clone`. [`McpError`]'s `source()` is the error
@@ -381,8 +378,9 @@ impl McpError {
         }
     }
 
-    /// Arguments that are not a JSON object, refused before anything is sent.
-    pub(crate) fn arguments_not_an_object(service: &str, tool: &str, arguments: &Value) -> Self {
+    /// Arguments that are not a JSON object, refused before anything is
+    /// sent: what every implementation answers for them.
+    pub fn arguments_not_an_object(service: &str, tool: &str, arguments: &Value) -> Self {
         Self::Tool {
             service: service.into(),
             operation: tool.into(),
@@ -418,153 +416,41 @@ impl McpError {
     }
 }
 
-/// The option that a discovery configuration error is about.
-const DISCOVERY_OPTION: &str = "discovery";
-
-/// Discovery's errors as client errors, for `?` in code that builds a
-/// backend ([`DiscoverySpec::build`](cortex_discovery::DiscoverySpec::build))
-/// and then calls services:
-///
-/// | [`DiscoveryError`] | [`McpError`] |
-/// |---|---|
-/// | `Unknown` | [`ServiceNotFound`](McpError::ServiceNotFound) |
-/// | `Backend` (etcd down, ...), or a kind added later that is not configuration | [`Discovery`](McpError::Discovery), retryable, with the discovery error as its source |
-/// | `NotReady` | [`Timeout`](McpError::Timeout) of `wait_for_services`, retryable |
-/// | `Config`, `NotBuiltIn` | [`Config`](McpError::Config): [`ConfigError::Invalid`] of the `discovery` option |
-///
-/// The message of the discovery error is kept whole in the result's.
-impl From<DiscoveryError> for McpError {
-    fn from(error: DiscoveryError) -> Self {
-        let message = error.to_string();
-        match error {
-            DiscoveryError::Unknown(service) => Self::ServiceNotFound {
-                service,
-                reason: message,
-            },
-            DiscoveryError::Backend { ref service, .. } => Self::Discovery {
-                service: service.clone(),
-                reason: message,
-                cause: Some(Cause::new(error)),
-            },
-            DiscoveryError::NotReady { missing, waited } => Self::Timeout {
-                service: missing.join(", "),
-                operation: "wait_for_services".into(),
-                elapsed: waited,
-                attempts: 1,
-            },
-            DiscoveryError::Config(reason) => Self::Config(ConfigError::Invalid {
-                option: DISCOVERY_OPTION.into(),
-                reason,
-            }),
-            // "etcd discovery is not built into this program; build it with
-            // the cargo feature `etcd` …": what the caller configured.
-            DiscoveryError::NotBuiltIn { .. } => Self::Config(ConfigError::Invalid {
-                option: DISCOVERY_OPTION.into(),
-                reason: message,
-            }),
-            // Kinds of failure added to discovery later.
-            other if other.is_config() => Self::Config(ConfigError::Invalid {
-                option: DISCOVERY_OPTION.into(),
-                reason: message,
-            }),
-            other => Self::Discovery {
-                service: DISCOVERY_OPTION.into(),
-                reason: message,
-                cause: Some(Cause::new(other)),
-            },
-        }
-    }
+/// A configuration that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An option has a value of the wrong type or outside its allowed range.
+    #[error("invalid value for `{option}`: {reason}")]
+    Invalid {
+        /// The option as given: `max_connections`,
+        /// `services.memory.max_connections` or `CORTEX_CLIENT_MAX_CONNECTIONS`.
+        option: String,
+        /// What is wrong, with the allowed range.
+        reason: String,
+    },
+    /// A key or `CORTEX_CLIENT_*` variable that names no option.
+    #[error("unknown configuration option `{0}`")]
+    Unknown(String),
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {reason}")]
+    File {
+        /// The path of the file.
+        path: String,
+        /// Why it could not be read.
+        reason: String,
+    },
+    /// The text is not TOML.
+    #[error("config file is not valid TOML: {0}")]
+    Parse(String),
 }
 
-/// A discovery spec that does not parse (`"consul://x".parse()?`) is an
-/// invalid `discovery` option: [`McpError::Config`].
-impl From<DiscoverySpecError> for McpError {
-    fn from(error: DiscoverySpecError) -> Self {
-        Self::Config(ConfigError::Invalid {
-            option: DISCOVERY_OPTION.into(),
-            reason: error.to_string(),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::error::Error as _;
-    use std::time::Duration;
-
-    use cortex_discovery::{DiscoveryError, DiscoverySpec};
-
-    use super::McpError;
-    use crate::config::ConfigError;
-
-    #[test]
-    fn discovery_errors_become_client_errors_with_their_message() {
-        let unknown: McpError = DiscoveryError::Unknown("search".into()).into();
-        assert!(
-            matches!(&unknown, McpError::ServiceNotFound { service, .. } if service == "search"),
-            "{unknown:?}"
-        );
-        assert_eq!(
-            unknown.to_string(),
-            "service `search` not found: no service named `search` is registered"
-        );
-        assert!(!unknown.is_retryable());
-
-        let down: McpError = DiscoveryError::Backend {
-            service: "memory".into(),
-            reason: "etcd at 127.0.0.1:2379: connection refused".into(),
+impl ConfigError {
+    /// [`ConfigError::Invalid`] of `option`, saying what is wrong.
+    pub fn invalid(option: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            option: option.into(),
+            reason: reason.into(),
         }
-        .into();
-        assert!(
-            matches!(&down, McpError::Discovery { service, reason, .. }
-                if service == "memory" && reason.contains("connection refused")),
-            "{down:?}"
-        );
-        assert!(down.is_discovery() && down.source().is_some());
-        assert!(down.is_retryable());
-
-        let late: McpError = DiscoveryError::NotReady {
-            missing: vec!["memory".into(), "cognition".into()],
-            waited: Duration::from_secs(2),
-        }
-        .into();
-        assert!(
-            matches!(&late, McpError::Timeout { service, elapsed, .. }
-                if service == "memory, cognition" && *elapsed == Duration::from_secs(2)),
-            "{late:?}"
-        );
-        assert!(late.is_retryable());
-
-        let bad: McpError = DiscoveryError::Config("etcd URL `etcd://`: no host".into()).into();
-        assert!(
-            matches!(&bad, McpError::Config(ConfigError::Invalid { option, reason })
-                if option == "discovery" && reason == "etcd URL `etcd://`: no host"),
-            "{bad:?}"
-        );
-
-        let missing: McpError = DiscoveryError::NotBuiltIn {
-            what: "etcd discovery".into(),
-            feature: "etcd",
-        }
-        .into();
-        assert!(
-            matches!(&missing, McpError::Config(ConfigError::Invalid { option, reason })
-                if option == "discovery" && reason.contains("cargo feature `etcd`")),
-            "{missing:?}"
-        );
-        assert!(!missing.is_retryable());
-    }
-
-    #[test]
-    fn a_spec_that_does_not_parse_is_a_config_error() {
-        let error: McpError = "consul://x"
-            .parse::<DiscoverySpec>()
-            .expect_err("not a spec")
-            .into();
-        assert!(
-            matches!(&error, McpError::Config(ConfigError::Invalid { option, reason })
-                if option == "discovery" && reason.contains("consul://x")),
-            "{error:?}"
-        );
     }
 }
