@@ -14,7 +14,10 @@
 //! - [`config`]: [`ClientConfig`]: the seed's nine options and ours, from code, TOML and env.
 //! - [`discovery`]: names to endpoints ([`ServiceDiscovery`], [`StaticDiscovery`];
 //!   [`DiscoverySpec`] names a backend in one string, as the config file's `discovery` key).
-//! - [`network`]: [`NetworkMcpClient`]: retries, breakers, deadlines over the pool.
+//! - [`network`]: [`NetworkMcpClient`]: picks a dialect per service.
+//! - `engine`: one call's life: deadline, budget, endpoint choice, breaker,
+//!   pool, retries, classification; imports no module above it.
+//! - `dialect`: what a dialect answers; `cortex`: the Cortex dialect.
 //! - [`forward`]: [`with_authorization`], a caller's credentials on the calls made for it
 //!   (re-exported).
 //! - `mcp`: standard MCP (Streamable HTTP, the stateless 2026-07-28
@@ -46,10 +49,13 @@ pub use cortex_mcp_api::{api, error, forward};
 pub mod config;
 /// Service discovery, re-exported from `cortex-discovery`.
 pub use cortex_discovery as discovery;
-mod introspect;
+mod cortex;
+mod dialect;
+mod engine;
 mod mcp;
 pub mod metrics;
 pub mod network;
+mod operation;
 mod pool;
 mod stream;
 pub mod typed;
@@ -64,10 +70,10 @@ pub use cortex_mcp_api::{
     Cause, ConfigError, EventStream, McpClient, McpError, Resource, Retry, StreamEvent,
     with_authorization,
 };
+pub use engine::{StaticToken, TokenProvider};
 pub use mcp::McpSessionInfo;
-pub use network::{
-    EndpointStatus, NetworkMcpClient, NetworkMcpClientBuilder, StaticToken, TokenProvider,
-};
+pub use metrics::EndpointStatus;
+pub use network::{NetworkMcpClient, NetworkMcpClientBuilder};
 pub use pool::PoolStats;
 pub use typed::{
     BatchCall, CognitionServiceClient, ContextQuery, MemoryServiceClient, StoreReceipt, call_batch,

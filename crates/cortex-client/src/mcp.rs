@@ -5,7 +5,7 @@
 //! `call_tool` to `tools/call`, `read_resource` to `resources/read`,
 //! `stream_resource` to a subscription, `connect` to `ping`, `close` to
 //! DELETE of each session. Every message goes through
-//! [`NetworkMcpClient::execute`]: the same discovery, pool, breakers,
+//! [`Engine::execute`]: the same discovery, pool, breakers,
 //! retry budget and deadline as the Cortex dialect.
 //!
 //! # Layout
@@ -36,6 +36,7 @@ mod session;
 mod wire;
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -45,13 +46,159 @@ use self::rpc::Call;
 use self::session::Session;
 use self::wire::Operation;
 use crate::api::{EventStream, Resource};
+use crate::dialect::Dialect;
+use crate::engine::{Engine, Exchange, ServiceState, lock};
 use crate::error::McpError;
-use crate::network::{self, Exchange, NetworkMcpClient, ServiceState, lock};
 use cortex_discovery::{Endpoint, Protocol};
 use cortex_proto::listing::{Health, ResourceInfo, ResourceList, ToolInfo, ToolList};
 
 /// Held while one call opens a session.
 type Gate = Arc<tokio::sync::Mutex<()>>;
+
+/// Standard MCP over one client's engine. Cheap to clone: the tasks that
+/// read a session's event stream hold one (weakly, see [`hub`]). Derefs to
+/// the [`Engine`], whose `execute` every message goes through.
+#[derive(Clone)]
+pub(crate) struct McpDialect {
+    pub(crate) inner: Arc<McpInner>,
+}
+
+/// What an [`McpDialect`] holds: the engine, and the MCP state.
+pub(crate) struct McpInner {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) mcp: McpState,
+}
+
+impl McpDialect {
+    pub(crate) fn new(engine: Arc<Engine>) -> Self {
+        Self {
+            inner: Arc::new(McpInner {
+                engine,
+                mcp: McpState::default(),
+            }),
+        }
+    }
+
+    /// Whether `service` speaks standard MCP (see the module docs for `auto`).
+    pub(crate) async fn speaks(&self, service: &ServiceState) -> Result<bool, McpError> {
+        speaks_mcp(self, service).await
+    }
+
+    /// Ends every session (DELETE where the server gave an id).
+    pub(crate) async fn close(&self) {
+        close(self).await;
+    }
+
+    /// `tools/list` as the server describes each tool, all pages.
+    pub(crate) async fn raw_tools(
+        &self,
+        service: &Arc<ServiceState>,
+    ) -> Result<Vec<Value>, McpError> {
+        list_all(self, service, "tools/list", "tools").await
+    }
+
+    /// `resources/list` as the server describes each resource, all pages.
+    pub(crate) async fn raw_resources(
+        &self,
+        service: &Arc<ServiceState>,
+    ) -> Result<Vec<Value>, McpError> {
+        list_all(self, service, "resources/list", "resources").await
+    }
+
+    /// The open sessions of `service`: per endpoint, the protocol revision
+    /// and transport agreed on.
+    pub(crate) fn sessions(&self, service: &str) -> Vec<McpSessionInfo> {
+        let mut out: Vec<McpSessionInfo> = self
+            .inner
+            .mcp
+            .sessions_of(service)
+            .iter()
+            .map(|s| {
+                let (version, transport) = match &s.era {
+                    session::Era::Streamable { version, .. } => {
+                        (version.clone(), "streamable-http")
+                    }
+                    session::Era::Modern => (wire::MODERN_VERSION.to_string(), "stateless"),
+                    session::Era::Sse { version, .. } => (version.clone(), "http+sse"),
+                };
+                McpSessionInfo {
+                    endpoint: s.endpoint.url.clone(),
+                    version,
+                    transport,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        out
+    }
+}
+
+impl Deref for McpDialect {
+    type Target = Engine;
+
+    fn deref(&self) -> &Engine {
+        &self.inner.engine
+    }
+}
+
+// Boxed where the state of a path would otherwise weigh on every call's
+// future: the network client awaits these inline.
+impl Dialect for McpDialect {
+    async fn connect(&self, service: &Arc<ServiceState>) -> Result<(), McpError> {
+        Box::pin(ping(self, service, None)).await.map(|_| ())
+    }
+
+    async fn call_tool(
+        &self,
+        service: &Arc<ServiceState>,
+        tool: &str,
+        arguments: Value,
+    ) -> Result<Value, McpError> {
+        Box::pin(call_tool(self, service, tool, arguments)).await
+    }
+
+    async fn read_resource(
+        &self,
+        service: &Arc<ServiceState>,
+        uri: &str,
+    ) -> Result<Resource, McpError> {
+        Box::pin(read(self, service, uri)).await
+    }
+
+    /// A subscription has no event ids to start after: with an id it is
+    /// [`McpError::InvalidRequest`].
+    async fn stream_resource(
+        &self,
+        service: Arc<ServiceState>,
+        uri: &str,
+        last_event_id: Option<String>,
+    ) -> Result<EventStream, McpError> {
+        if last_event_id.is_some() {
+            return Err(McpError::InvalidRequest {
+                service: service.name.clone(),
+                operation: uri.into(),
+                reason: "an MCP subscription cannot start after an event id".into(),
+            });
+        }
+        Box::pin(stream(self, service, uri)).await
+    }
+
+    async fn list_tools(&self, service: &Arc<ServiceState>) -> Result<ToolList, McpError> {
+        Box::pin(list_tools(self, service)).await
+    }
+
+    async fn list_resources(&self, service: &Arc<ServiceState>) -> Result<ResourceList, McpError> {
+        Box::pin(list_resources(self, service)).await
+    }
+
+    async fn health(
+        &self,
+        service: &Arc<ServiceState>,
+        endpoint: Option<&Endpoint>,
+    ) -> Result<(u16, Health), McpError> {
+        Box::pin(health(self, service, endpoint)).await
+    }
+}
 
 /// The MCP state of one client.
 #[derive(Default)]
@@ -113,10 +260,7 @@ impl McpState {
 /// Whether `service` speaks standard MCP (see the module docs for `auto`).
 /// A service discovery cannot resolve is left to the Cortex path, which
 /// reports it as usual.
-pub(crate) async fn speaks_mcp(
-    client: &NetworkMcpClient,
-    service: &ServiceState,
-) -> Result<bool, McpError> {
+async fn speaks_mcp(client: &McpDialect, service: &ServiceState) -> Result<bool, McpError> {
     let mcp = &client.inner.mcp;
     if let Some(known) = lock(&mcp.dialects).get(&service.name) {
         return Ok(*known);
@@ -128,7 +272,7 @@ pub(crate) async fn speaks_mcp(
         None | Some(Protocol::Cortex) => false,
         Some(Protocol::Mcp) => true,
         Some(Protocol::Auto) => {
-            let mut probe = Exchange::get(network::Operation::Read("tools"), "/tools");
+            let mut probe = Exchange::get(crate::operation::Operation::Read("tools"), "/tools");
             probe.max_attempts = 2;
             // Boxed: asked once per service, so its state should not
             // weigh on every call's future.
@@ -145,8 +289,8 @@ pub(crate) async fn speaks_mcp(
 }
 
 /// `tools/call`; the result as a value (see [`wire::tool_value`]).
-pub(crate) async fn call_tool(
-    client: &NetworkMcpClient,
+async fn call_tool(
+    client: &McpDialect,
     service: &Arc<ServiceState>,
     tool: &str,
     arguments: Value,
@@ -174,8 +318,8 @@ pub(crate) async fn call_tool(
 }
 
 /// `resources/read` of `uri` (see [`resource_uri`]).
-pub(crate) async fn read(
-    client: &NetworkMcpClient,
+async fn read(
+    client: &McpDialect,
     service: &Arc<ServiceState>,
     uri: &str,
 ) -> Result<Resource, McpError> {
@@ -191,8 +335,8 @@ pub(crate) async fn read(
 }
 
 /// Streams updates of `uri` (see [`listen`]).
-pub(crate) async fn stream(
-    client: &NetworkMcpClient,
+async fn stream(
+    client: &McpDialect,
     service: Arc<ServiceState>,
     uri: &str,
 ) -> Result<EventStream, McpError> {
@@ -202,8 +346,8 @@ pub(crate) async fn stream(
 
 /// `ping`: the health check, of `pin` alone when given; the session it
 /// went through.
-pub(crate) async fn ping(
-    client: &NetworkMcpClient,
+async fn ping(
+    client: &McpDialect,
     service: &Arc<ServiceState>,
     pin: Option<&Endpoint>,
 ) -> Result<Arc<Session>, McpError> {
@@ -220,8 +364,8 @@ pub(crate) async fn ping(
 
 /// Health over MCP: a `ping` that answers is healthy; the version is the
 /// one the server gave in its handshake.
-pub(crate) async fn health(
-    client: &NetworkMcpClient,
+async fn health(
+    client: &McpDialect,
     service: &Arc<ServiceState>,
     pin: Option<&Endpoint>,
 ) -> Result<(u16, Health), McpError> {
@@ -238,8 +382,8 @@ pub(crate) async fn health(
 }
 
 /// `tools/list`, every page, in the shape of the Cortex listing.
-pub(crate) async fn list_tools(
-    client: &NetworkMcpClient,
+async fn list_tools(
+    client: &McpDialect,
     service: &Arc<ServiceState>,
 ) -> Result<ToolList, McpError> {
     let listed = list_all(client, service, "tools/list", "tools").await?;
@@ -274,8 +418,8 @@ pub(crate) async fn list_tools(
 /// subscriptions (its `resources.subscribe` capability). A server that
 /// has no templates may answer that listing with a JSON-RPC error: no
 /// templates.
-pub(crate) async fn list_resources(
-    client: &NetworkMcpClient,
+async fn list_resources(
+    client: &McpDialect,
     service: &Arc<ServiceState>,
 ) -> Result<ResourceList, McpError> {
     let resources = list_all(client, service, "resources/list", "resources").await?;
@@ -320,7 +464,7 @@ pub(crate) async fn list_resources(
 }
 
 /// Ends every session (DELETE where the server gave an id).
-pub(crate) async fn close(client: &NetworkMcpClient) {
+async fn close(client: &McpDialect) {
     let mcp = &client.inner.mcp;
     let sessions: Vec<(String, Arc<Session>)> = lock(&mcp.sessions)
         .drain()
@@ -335,7 +479,7 @@ pub(crate) async fn close(client: &NetworkMcpClient) {
 /// Every page of a listing (`tools/list`, `resources/list`, ...): the
 /// items under `key`.
 async fn list_all(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &Arc<ServiceState>,
     method: &str,
     key: &str,
@@ -374,10 +518,7 @@ async fn list_all(
 /// The tools of `service`, each with whether it says it is idempotent;
 /// asked once (an unanswered listing counts as no tool known, and is asked
 /// again next time).
-async fn tools(
-    client: &NetworkMcpClient,
-    service: &Arc<ServiceState>,
-) -> Arc<HashMap<String, bool>> {
+async fn tools(client: &McpDialect, service: &Arc<ServiceState>) -> Arc<HashMap<String, bool>> {
     let mcp = &client.inner.mcp;
     if let Some(known) = lock(&mcp.tools).get(&service.name) {
         return known.clone();
@@ -407,7 +548,7 @@ async fn tools(
 /// A URI as the server names its resources: as given when it has a scheme
 /// (`://`); otherwise under the scheme of the server's resource templates
 /// (or resources), asked once; as given when it has none.
-async fn resource_uri(client: &NetworkMcpClient, service: &Arc<ServiceState>, uri: &str) -> String {
+async fn resource_uri(client: &McpDialect, service: &Arc<ServiceState>, uri: &str) -> String {
     if uri.contains("://") {
         return uri.to_string();
     }
@@ -454,49 +595,7 @@ async fn resource_uri(client: &NetworkMcpClient, service: &Arc<ServiceState>, ur
     }
 }
 
-impl NetworkMcpClient {
-    /// `tools/list` of an MCP service: every tool as the server describes it
-    /// (name, description, `inputSchema`, `annotations`, ...), all pages.
-    pub async fn mcp_tools(&self, service: &str) -> Result<Vec<Value>, McpError> {
-        let state = self.service_state(service)?;
-        list_all(self, &state, "tools/list", "tools").await
-    }
-
-    /// `resources/list` of an MCP service, all pages.
-    pub async fn mcp_resources(&self, service: &str) -> Result<Vec<Value>, McpError> {
-        let state = self.service_state(service)?;
-        list_all(self, &state, "resources/list", "resources").await
-    }
-
-    /// The open MCP sessions of `service`: per endpoint, the protocol
-    /// revision and transport agreed on.
-    pub fn mcp_sessions(&self, service: &str) -> Vec<McpSessionInfo> {
-        let mut out: Vec<McpSessionInfo> = self
-            .inner
-            .mcp
-            .sessions_of(service)
-            .iter()
-            .map(|s| {
-                let (version, transport) = match &s.era {
-                    session::Era::Streamable { version, .. } => {
-                        (version.clone(), "streamable-http")
-                    }
-                    session::Era::Modern => (wire::MODERN_VERSION.to_string(), "stateless"),
-                    session::Era::Sse { version, .. } => (version.clone(), "http+sse"),
-                };
-                McpSessionInfo {
-                    endpoint: s.endpoint.url.clone(),
-                    version,
-                    transport,
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
-        out
-    }
-}
-
-/// One open MCP session, as [`NetworkMcpClient::mcp_sessions`] lists it.
+/// One open MCP session, as [`NetworkMcpClient::mcp_sessions`](crate::NetworkMcpClient::mcp_sessions) lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct McpSessionInfo {
     /// The endpoint's URL.

@@ -53,7 +53,23 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::error::McpError;
-use crate::network::{EndpointStatus, Operation};
+use crate::operation::Operation;
+use crate::pool::PoolStats;
+
+/// What one endpoint looks like now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointStatus {
+    /// The service.
+    pub service: String,
+    /// The endpoint's URL.
+    pub url: String,
+    /// Its breaker's state.
+    pub breaker: cortex_resilience::breaker::BreakerState,
+    /// Time until an open breaker admits a probe.
+    pub breaker_retry_after: Option<Duration>,
+    /// Its pool.
+    pub pool: PoolStats,
+}
 
 /// At most this many (service, operation) pairs get series of their own.
 pub const MAX_SERIES: usize = 512;

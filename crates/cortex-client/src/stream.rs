@@ -24,13 +24,15 @@ use cortex_proto::sse::Decoder;
 use cortex_resilience::backoff::Jitter;
 use cortex_resilience::reconnect::{Reconnect, ReconnectPolicy};
 use futures::StreamExt;
+use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::api::{EventStream, StreamEvent};
 use crate::config::ClientConfig;
+use crate::engine::{Answer, Engine, Exchange, ServiceState};
 use crate::error::McpError;
-use crate::network::{NetworkMcpClient, ServiceState};
+use crate::operation::Operation;
 use crate::pool::PooledConn;
 
 /// Growth of the stream reconnect backoff: the seed's `min(2^n, cap)`.
@@ -74,6 +76,41 @@ pub(crate) fn reconnect_policy(config: &ClientConfig) -> ReconnectPolicy {
     policy.with_max_attempts(config.stream_max_reconnects)
 }
 
+/// Opens a stream of `uri` after `last_event_id`, with at most
+/// `max_attempts` attempts.
+pub(crate) async fn open(
+    engine: &Engine,
+    service: &ServiceState,
+    uri: &str,
+    last_event_id: Option<String>,
+    max_attempts: u32,
+) -> Result<(HeaderMap, Incoming, PooledConn), McpError> {
+    let exchange = Exchange {
+        accept: "text/event-stream",
+        last_event_id,
+        max_attempts,
+        ..Exchange::get(
+            Operation::Stream(uri),
+            format!("/resource/{}", cortex_proto::path::encode_resource_uri(uri)),
+        )
+    };
+    match engine.execute(service, &exchange).await? {
+        (
+            _,
+            Answer::Streaming {
+                headers,
+                body,
+                conn,
+            },
+        ) => Ok((headers, body, conn)),
+        (state, _) => Err(McpError::ResourceStream {
+            service: service.name.clone(),
+            uri: uri.to_string(),
+            reason: format!("{} answered without a stream", state.endpoint.url),
+        }),
+    }
+}
+
 struct Connected {
     body: Incoming,
     conn: PooledConn,
@@ -81,7 +118,7 @@ struct Connected {
 }
 
 struct State {
-    client: NetworkMcpClient,
+    engine: Arc<Engine>,
     service: Arc<ServiceState>,
     uri: String,
     connected: Option<Connected>,
@@ -99,7 +136,7 @@ struct State {
 
 /// Wraps an opened stream so that it resumes after faults.
 pub(crate) fn resumable(
-    client: NetworkMcpClient,
+    engine: Arc<Engine>,
     service: Arc<ServiceState>,
     uri: String,
     last_id: Option<String>,
@@ -108,7 +145,7 @@ pub(crate) fn resumable(
 ) -> EventStream {
     let reconnect = Reconnect::new(reconnect_policy(&service.config));
     let state = State {
-        client,
+        engine,
         service,
         uri,
         connected: Some(Connected {
@@ -227,14 +264,18 @@ impl State {
                     ),
                 });
             }
-            self.client.inner.metrics.retry(
+            self.engine.metrics.retry(
                 &self.service.name,
                 &crate::metrics::resource_operation("stream", &self.uri),
             );
-            match self
-                .client
-                .open_stream(&self.service, &self.uri, self.last_id.clone(), 1)
-                .await
+            match open(
+                &self.engine,
+                &self.service,
+                &self.uri,
+                self.last_id.clone(),
+                1,
+            )
+            .await
             {
                 Ok((_, body, conn)) => {
                     tracing::info!(service = %self.service.name, uri = %self.uri, last_id = ?self.last_id, "stream resumed");

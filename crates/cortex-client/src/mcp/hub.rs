@@ -23,8 +23,9 @@ use tokio::time::Instant;
 use super::rpc;
 use super::session::{self, Era, INITIALIZE_ID, Session};
 use super::wire::{self, HANDSHAKE_VERSIONS, Operation, Reply};
+use super::{McpDialect, McpInner};
+use crate::engine::{Answer, Prepared, ServiceState, lock};
 use crate::error::McpError;
-use crate::network::{Answer, Inner, NetworkMcpClient, Prepared, ServiceState, lock};
 use crate::pool::PooledConn;
 use cortex_discovery::Endpoint;
 
@@ -51,7 +52,7 @@ impl Hub {
     /// Starts reading `body`; `resumable` streams reconnect with
     /// `Last-Event-ID` (the SSE transport's cannot: its session ends).
     fn start(
-        client: &NetworkMcpClient,
+        client: &McpDialect,
         service: Arc<ServiceState>,
         session: &Arc<Session>,
         reader: Reader,
@@ -116,7 +117,7 @@ impl Hub {
         let _ = self.events.send(HubEvent::Closed(reason));
     }
 
-    fn dispatch(&self, client: &NetworkMcpClient, service: &ServiceState, event: &Event) {
+    fn dispatch(&self, client: &McpDialect, service: &ServiceState, event: &Event) {
         let Ok(message) = serde_json::from_str::<Value>(&event.data) else {
             return;
         };
@@ -152,7 +153,7 @@ pub(crate) struct Reader {
 }
 
 async fn run(
-    inner: Weak<Inner>,
+    inner: Weak<McpInner>,
     service: Arc<ServiceState>,
     hub: Arc<Hub>,
     mut reader: Reader,
@@ -166,7 +167,7 @@ async fn run(
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
-                let Some(client) = inner.upgrade().map(|inner| NetworkMcpClient { inner }) else {
+                let Some(client) = inner.upgrade().map(|inner| McpDialect { inner }) else {
                     return;
                 };
                 match reader.decoder.feed(&data) {
@@ -189,7 +190,7 @@ async fn run(
         };
         let session = lock(&hub.session).upgrade();
         let (Some(client), Some(session), true) = (
-            inner.upgrade().map(|inner| NetworkMcpClient { inner }),
+            inner.upgrade().map(|inner| McpDialect { inner }),
             session,
             resumable,
         ) else {
@@ -242,7 +243,7 @@ async fn run(
 
 /// The session's GET event stream, opened on first use.
 pub(crate) async fn hub_of(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &Arc<ServiceState>,
     session: &Arc<Session>,
 ) -> Result<Arc<Hub>, McpError> {
@@ -286,7 +287,7 @@ pub(crate) async fn hub_of(
 /// Opens a session on the HTTP+SSE transport (2024-11-05): GET the
 /// endpoint, wait for its `endpoint` event, then the handshake over it.
 pub(crate) async fn open_sse(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &Arc<ServiceState>,
     endpoint: &Endpoint,
 ) -> Result<Arc<Session>, McpError> {

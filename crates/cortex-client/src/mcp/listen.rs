@@ -29,13 +29,14 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use super::McpDialect;
 use super::hub::{HubEvent, Reader, hub_of};
 use super::rpc::{self, Call};
 use super::session::{Era, Session};
 use super::wire::{self, Operation};
 use crate::api::{EventStream, StreamEvent};
+use crate::engine::{Answer, ServiceState};
 use crate::error::McpError;
-use crate::network::{self, Answer, NetworkMcpClient, ServiceState};
 
 enum Source {
     Hub {
@@ -51,7 +52,7 @@ enum Source {
 /// cannot wait), as the client and on the session it subscribed on (never
 /// opening a new one for it).
 struct Subscription {
-    client: NetworkMcpClient,
+    client: McpDialect,
     service: Arc<ServiceState>,
     session: Arc<Session>,
     uri: String,
@@ -79,17 +80,12 @@ impl Drop for Subscription {
 
 /// Drops the server's subscription to `uri`; if a new stream of it started
 /// meanwhile, subscribes again so that stream is not left deaf.
-async fn unsubscribe(
-    client: &NetworkMcpClient,
-    service: &ServiceState,
-    session: &Session,
-    uri: &str,
-) {
+async fn unsubscribe(client: &McpDialect, service: &ServiceState, session: &Session, uri: &str) {
     let update = |method: &'static str| {
         let id = client.inner.mcp.next_id();
         let prepared = session.prepare(method, &json!({"uri": uri}), Some(id));
         async move {
-            let op = network::Operation::Read(uri);
+            let op = crate::operation::Operation::Read(uri);
             let outcome = rpc::post(client, service, &session.endpoint, op, prepared).await;
             if let Err(error) = &outcome {
                 tracing::debug!(%error, uri, method, "could not update the subscription");
@@ -103,7 +99,7 @@ async fn unsubscribe(
 }
 
 struct Streaming {
-    client: NetworkMcpClient,
+    client: McpDialect,
     service: Arc<ServiceState>,
     uri: String,
     source: Source,
@@ -116,7 +112,7 @@ struct Streaming {
 
 /// Subscribes to `uri` and streams its updates.
 pub(crate) async fn stream(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: Arc<ServiceState>,
     uri: String,
 ) -> Result<EventStream, McpError> {
@@ -290,7 +286,7 @@ impl Streaming {
 
 /// A `subscriptions/listen` request for `uri`: its answer is the stream.
 async fn listen(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &ServiceState,
     session: &Session,
     uri: &str,
@@ -302,7 +298,7 @@ async fn listen(
         client,
         service,
         &session.endpoint,
-        network::Operation::Read(uri),
+        crate::operation::Operation::Read(uri),
         prepared,
     )
     .await?

@@ -1,6 +1,6 @@
 //! One JSON-RPC exchange over the pooled HTTP machinery.
 //!
-//! [`call`] sends a request through [`NetworkMcpClient::execute`], so it is
+//! [`call`] sends a request through [`Engine::execute`](crate::engine::Engine::execute), so it is
 //! retried, balanced and broken exactly like a Cortex call. The session of
 //! the endpoint that `execute` picks supplies the headers and the body (the
 //! shape differs between eras); an endpoint without one answers
@@ -27,10 +27,11 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::McpDialect;
 use super::session::{Era, Session};
 use super::wire::{self, Operation, Reply};
+use crate::engine::{Answer, Exchange, Prepared, ServiceState};
 use crate::error::McpError;
-use crate::network::{self, Answer, Exchange, NetworkMcpClient, Prepared, ServiceState};
 use crate::pool::PooledConn;
 use cortex_discovery::Endpoint;
 
@@ -50,7 +51,7 @@ pub(crate) struct Call<'a> {
 /// Sends `call` to `service` through the session of whichever endpoint
 /// `execute` chooses; returns that session and the result.
 pub(crate) async fn call(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &Arc<ServiceState>,
     call: &Call<'_>,
 ) -> Result<(Arc<Session>, Value), McpError> {
@@ -59,7 +60,7 @@ pub(crate) async fn call(
 
 /// As [`call`], on `pin` alone when given (one replica's health check).
 pub(crate) async fn call_at(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &Arc<ServiceState>,
     call: &Call<'_>,
     pin: Option<&Endpoint>,
@@ -134,10 +135,10 @@ pub(crate) async fn call_at(
 /// (a handshake, a notification, an answer to the server); returns the raw
 /// answer. Retried like any exchange, on that endpoint only.
 pub(crate) async fn post(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &ServiceState,
     endpoint: &Endpoint,
-    op: network::Operation<'_>,
+    op: crate::operation::Operation<'_>,
     prepared: Prepared,
 ) -> Result<Answer, McpError> {
     let message = Message {
@@ -152,14 +153,14 @@ pub(crate) async fn post(
 /// GETs the event stream of `endpoint` (`stream` names it in metrics),
 /// after `last_event_id` when given.
 pub(crate) async fn get(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &ServiceState,
     endpoint: &Endpoint,
     stream: &str,
     prepared: Prepared,
     last_event_id: Option<String>,
 ) -> Result<Answer, McpError> {
-    let op = network::Operation::Stream(stream);
+    let op = crate::operation::Operation::Stream(stream);
     let message = Message {
         method: Method::GET,
         op,
@@ -171,12 +172,12 @@ pub(crate) async fn get(
 
 /// DELETEs the session of `endpoint`.
 pub(crate) async fn delete(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &ServiceState,
     endpoint: &Endpoint,
     prepared: Prepared,
 ) -> Result<Answer, McpError> {
-    let op = network::Operation::Read("session");
+    let op = crate::operation::Operation::Read("session");
     let message = Message {
         method: Method::DELETE,
         op,
@@ -188,13 +189,13 @@ pub(crate) async fn delete(
 
 struct Message<'a> {
     method: Method,
-    op: network::Operation<'a>,
+    op: crate::operation::Operation<'a>,
     accept: &'static str,
     last_event_id: Option<String>,
 }
 
 async fn send(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &ServiceState,
     endpoint: &Endpoint,
     prepared: Prepared,
@@ -220,7 +221,7 @@ async fn send(
 /// The reply to `id` in an answer: its JSON body, its SSE stream (resumed
 /// when cut), or, on the legacy SSE transport, the session's stream.
 pub(crate) async fn read_answer(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &ServiceState,
     session: &Session,
     call: &Call<'_>,
@@ -281,7 +282,7 @@ pub(crate) async fn read_answer(
 /// Reads an SSE answer until the reply to `id`, resuming a cut stream.
 #[allow(clippy::too_many_arguments)]
 async fn read_stream(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &ServiceState,
     session: &Session,
     call: &Call<'_>,
@@ -404,7 +405,7 @@ fn finish(mut body: Incoming, conn: PooledConn) {
 
 /// Sends one notification (no reply expected) through `session`.
 pub(crate) async fn notify(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &ServiceState,
     session: &Session,
     method: &str,
@@ -415,7 +416,7 @@ pub(crate) async fn notify(
         client,
         service,
         &session.endpoint,
-        network::Operation::Read(method),
+        crate::operation::Operation::Read(method),
         prepared,
     )
     .await?
@@ -432,13 +433,13 @@ pub(crate) async fn notify(
 
 /// Tells the server that request `id` is abandoned (handshake eras only;
 /// the stateless revision cancels by closing the stream). Fire and forget.
-fn cancel_one(client: &NetworkMcpClient, service: &ServiceState, session: &Session, id: u64) {
+fn cancel_one(client: &McpDialect, service: &ServiceState, session: &Session, id: u64) {
     if let Some(state) = client.inner.mcp.session(&service.name, &session.endpoint) {
         cancel(client, service, &state, id);
     }
 }
 
-fn cancel(client: &NetworkMcpClient, service: &ServiceState, session: &Arc<Session>, id: u64) {
+fn cancel(client: &McpDialect, service: &ServiceState, session: &Arc<Session>, id: u64) {
     if matches!(session.era, Era::Modern) {
         return;
     }
@@ -499,9 +500,9 @@ fn timeout(service: &ServiceState, op: &Operation<'_>) -> McpError {
 }
 
 /// The network operation of an MCP call (metrics, and errors for 5xx).
-pub(crate) fn net_op<'a>(op: &Operation<'a>) -> network::Operation<'a> {
+pub(crate) fn net_op<'a>(op: &Operation<'a>) -> crate::operation::Operation<'a> {
     match *op {
-        Operation::Tool(name) => network::Operation::Tool(name),
-        Operation::Read(name) | Operation::Other(name) => network::Operation::Read(name),
+        Operation::Tool(name) => crate::operation::Operation::Tool(name),
+        Operation::Read(name) | Operation::Other(name) => crate::operation::Operation::Read(name),
     }
 }

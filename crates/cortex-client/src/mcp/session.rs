@@ -27,11 +27,12 @@ use http::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::McpDialect;
 use super::hub::Hub;
 use super::rpc::{self, Call};
 use super::wire::{self, HANDSHAKE_VERSIONS, MODERN_VERSION, Operation, Reply};
+use crate::engine::{Answer, Prepared, ServiceState, lock};
 use crate::error::McpError;
-use crate::network::{self, Answer, NetworkMcpClient, Prepared, ServiceState, lock};
 use cortex_discovery::Endpoint;
 
 /// How requests to one endpoint are shaped.
@@ -182,7 +183,7 @@ impl Session {
     /// "method not found". Notifications need nothing.
     pub(crate) fn on_server_message(
         self: &Session,
-        client: &NetworkMcpClient,
+        client: &McpDialect,
         service: &ServiceState,
         message: &Value,
     ) {
@@ -211,7 +212,7 @@ impl Session {
                 &client,
                 &service,
                 &endpoint,
-                network::Operation::Read("reply"),
+                crate::operation::Operation::Read("reply"),
                 prepared,
             )
             .await;
@@ -230,7 +231,7 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
 
 /// The session of `endpoint`, opened now unless another call just did.
 pub(crate) async fn open(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &Arc<ServiceState>,
     endpoint: &Endpoint,
 ) -> Result<Arc<Session>, McpError> {
@@ -249,7 +250,7 @@ pub(crate) async fn open(
 }
 
 async fn handshake(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &Arc<ServiceState>,
     endpoint: &Endpoint,
 ) -> Result<Arc<Session>, McpError> {
@@ -393,7 +394,7 @@ pub(crate) fn initialize_params() -> Value {
 
 /// Sends `initialize` through `session` (its era decides the shape).
 pub(crate) async fn initialize(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &ServiceState,
     session: &Session,
 ) -> Result<Answer, McpError> {
@@ -402,7 +403,7 @@ pub(crate) async fn initialize(
         client,
         service,
         &session.endpoint,
-        network::Operation::Read("initialize"),
+        crate::operation::Operation::Read("initialize"),
         prepared,
     )
     .await
@@ -427,7 +428,7 @@ fn unknown_method(body: &[u8]) -> bool {
 
 /// The stateless revision: `server/discover` confirms it.
 async fn modern(
-    client: &NetworkMcpClient,
+    client: &McpDialect,
     service: &ServiceState,
     endpoint: &Endpoint,
     deadline: Instant,
@@ -445,7 +446,7 @@ async fn modern(
         client,
         service,
         endpoint,
-        network::Operation::Read("server/discover"),
+        crate::operation::Operation::Read("server/discover"),
         prepared,
     )
     .await?;
@@ -467,7 +468,7 @@ async fn modern(
 
 /// Ends every session of the client: DELETE where the server gave an id,
 /// and the event streams closed.
-pub(crate) async fn close_all(client: &NetworkMcpClient, sessions: Vec<(String, Arc<Session>)>) {
+pub(crate) async fn close_all(client: &McpDialect, sessions: Vec<(String, Arc<Session>)>) {
     let mut by_service: HashMap<String, Vec<Arc<Session>>> = HashMap::new();
     for (service, session) in sessions {
         by_service.entry(service).or_default().push(session);
