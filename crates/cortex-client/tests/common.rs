@@ -33,3 +33,19 @@ pub fn dead_port() -> u16 {
         .unwrap_or_else(|e| panic!("addr: {e}"))
         .port()
 }
+
+/// Serves `app` on a free loopback port until the test ends; its base URL
+/// (`http://127.0.0.1:PORT`).
+pub async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let url = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("addr: {e}"))
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}

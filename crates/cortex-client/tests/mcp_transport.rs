@@ -1,6 +1,8 @@
 //! The MCP transport's rules against a scripted server: session expiry,
 //! retry safety of tool calls, cancellation on timeout, DELETE on close.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -135,16 +137,7 @@ async fn serve() -> (Shared, String) {
     let app = Router::new()
         .route("/mcp", post(mcp).delete(delete))
         .with_state(script.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let url = format!(
-        "http://{}/mcp",
-        listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("addr: {e}"))
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("{}/mcp", common::serve(app).await);
     (script, url)
 }
 

@@ -3,6 +3,8 @@
 //! after the server's `retry:` advice, not sooner, however short our own
 //! backoff is.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,16 +62,7 @@ async fn a_listen_is_asked_again_after_the_servers_retry_advice() {
     let app = Router::new()
         .route("/mcp", post(mcp))
         .with_state(listens.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let url = format!(
-        "http://{}/mcp",
-        listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("addr: {e}"))
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("{}/mcp", common::serve(app).await);
 
     let discovery = StaticDiscovery::new();
     discovery.register(
