@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cortex_client::{ClientConfig, NetworkMcpClient, StaticDiscovery};
+use cortex_client::{ClientConfig, McpClient, NetworkMcpClient, StaticDiscovery};
+use serde_json::json;
 
 /// A config with short timings for loopback tests.
 pub fn fast_config() -> cortex_client::config::ClientConfigBuilder {
@@ -48,4 +49,20 @@ pub async fn serve(app: axum::Router) -> String {
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
     url
+}
+
+/// Stores `content` for `user` in the `memory` service; its item id.
+pub async fn store(client: &dyn McpClient, user: &str, content: &str) -> i64 {
+    let answer = client
+        .call_tool(
+            "memory",
+            "store_input",
+            json!({"user_id": user, "input_data": {"content": content}}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("store_input: {e}"));
+    assert_eq!(answer["status"], "stored", "{answer}");
+    answer["item_id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no item id in {answer}"))
 }

@@ -14,25 +14,13 @@ use cortex_service::ServiceConfig;
 use cortex_test_support::prometheus;
 use cortex_test_support::proxy::TcpProxy;
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(10);
 const USERS: usize = 1000;
 /// Users whose streams are cut and resumed at once (each holds one of the
 /// pool's connections).
 const RECONNECTING: usize = 20;
-
-async fn store(client: &NetworkMcpClient, user: &str, content: &str) -> i64 {
-    let answer = client
-        .call_tool(
-            "memory",
-            "store_input",
-            json!({"user_id": user, "input_data": {"content": content}}),
-        )
-        .await
-        .unwrap();
-    answer["item_id"].as_i64().unwrap()
-}
 
 /// The number of series in the exposition, and the (service, operation)
 /// pairs of the snapshot.
@@ -77,7 +65,7 @@ async fn one_user(client: &NetworkMcpClient, user: &str, item: usize) {
 async fn cut_and_resume(client: &NetworkMcpClient, proxy: &TcpProxy, users: &[String]) {
     let mut streams = Vec::new();
     for user in users {
-        store(client, user, "before the cut").await;
+        common::store(client, user, "before the cut").await;
         let mut events = client
             .stream_resource("memory", &format!("history/{user}/stream"))
             .await
@@ -91,7 +79,7 @@ async fn cut_and_resume(client: &NetworkMcpClient, proxy: &TcpProxy, users: &[St
     }
     proxy.cut_all();
     for (user, events) in users.iter().zip(&mut streams) {
-        store(client, user, "after the cut").await;
+        common::store(client, user, "after the cut").await;
         let event = tokio::time::timeout(WAIT, events.next())
             .await
             .unwrap()

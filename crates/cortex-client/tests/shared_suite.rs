@@ -60,19 +60,6 @@ macro_rules! both {
     };
 }
 
-async fn store(client: &Arc<dyn McpClient>, user: &str, content: &str) -> i64 {
-    let answer = client
-        .call_tool(
-            "memory",
-            "store_input",
-            json!({"user_id": user, "input_data": {"content": content}}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(answer["status"], "stored");
-    answer["item_id"].as_i64().unwrap()
-}
-
 both!(
     connect_checks_health,
     |client: Arc<dyn McpClient>| async move {
@@ -119,7 +106,7 @@ both!(
 both!(call_tool_returns_the_bare_result, |client: Arc<
     dyn McpClient,
 >| async move {
-    let id = store(&client, "u1", "hello").await;
+    let id = common::store(&*client, "u1", "hello").await;
     let item = client
         .call_tool("memory", "get_item", json!({"item_id": id}))
         .await
@@ -131,8 +118,8 @@ both!(call_tool_returns_the_bare_result, |client: Arc<
 both!(
     read_resource_returns_content_and_mime_type,
     |client: Arc<dyn McpClient>| async move {
-        store(&client, "u1", "one").await;
-        store(&client, "u1", "two").await;
+        common::store(&*client, "u1", "one").await;
+        common::store(&*client, "u1", "two").await;
         let history = client.read_resource("memory", "history/u1").await.unwrap();
         assert!(
             history.mime_type.starts_with("application/json"),
@@ -153,7 +140,7 @@ both!(
 both!(stream_resource_yields_backlog_then_live, |client: Arc<
     dyn McpClient,
 >| async move {
-    let first = store(&client, "u1", "before").await;
+    let first = common::store(&*client, "u1", "before").await;
     let mut stream = client
         .stream_resource("memory", "history/u1/stream")
         .await
@@ -166,7 +153,7 @@ both!(stream_resource_yields_backlog_then_live, |client: Arc<
     assert_eq!(event.id, Some(first.to_string()));
     assert_eq!(event.event, "item");
     assert_eq!(event.data["content"], "before");
-    let second = store(&client, "u1", "live").await;
+    let second = common::store(&*client, "u1", "live").await;
     let event = tokio::time::timeout(WAIT, stream.next())
         .await
         .unwrap()
@@ -179,8 +166,8 @@ both!(stream_resource_yields_backlog_then_live, |client: Arc<
 both!(finite_stream_of_a_plain_resource_ends, |client: Arc<
     dyn McpClient,
 >| async move {
-    store(&client, "u1", "a").await;
-    store(&client, "u1", "b").await;
+    common::store(&*client, "u1", "a").await;
+    common::store(&*client, "u1", "b").await;
     let events: Vec<_> = tokio::time::timeout(
         WAIT,
         client
@@ -283,7 +270,7 @@ both!(service_error_envelope_is_a_tool_error, |client: Arc<
 both!(
     close_ends_the_client,
     |client: Arc<dyn McpClient>| async move {
-        store(&client, "u1", "x").await;
+        common::store(&*client, "u1", "x").await;
         client.close().await;
         let err = client
             .call_tool("memory", "get_item", json!({"item_id": 1}))
@@ -300,7 +287,7 @@ both!(raw_uris_are_encoded_the_same_way, |client: Arc<
     dyn McpClient,
 >| async move {
     // A URI written by hand, with characters that may not stand in a path.
-    store(&client, "ann smith?", "hello").await;
+    common::store(&*client, "ann smith?", "hello").await;
     let history = client
         .read_resource("memory", "history/ann smith?")
         .await
