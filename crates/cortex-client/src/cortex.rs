@@ -11,14 +11,16 @@ use cortex_discovery::Endpoint;
 use cortex_proto::ErrorCode;
 use cortex_proto::envelope::{ToolRequest, unwrap_result};
 use cortex_proto::listing::{Health, ResourceList, ToolList};
-use http::{Method, header};
+use http::{HeaderValue, Method, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::api::{EventStream, Resource, StreamEvent};
 use crate::dialect::Dialect;
-use crate::engine::{Answer, Engine, Exchange, ServiceState, idempotency_key};
+use crate::engine::{
+    Answer, Engine, Exchange, ServiceState, idempotency_key as idempotency_key_header,
+};
 use crate::error::McpError;
 use crate::operation::Operation;
 use crate::stream;
@@ -91,8 +93,18 @@ impl Dialect for Cortex {
         service: &Arc<ServiceState>,
         tool: &str,
         arguments: Value,
+        idempotency_key: Option<&str>,
     ) -> Result<Value, McpError> {
         let name = &service.name;
+        // The caller's key, or one of ours: the same on every attempt.
+        let key = match idempotency_key {
+            Some(key) => HeaderValue::from_str(key).map_err(|_| McpError::InvalidRequest {
+                service: name.clone(),
+                operation: tool.into(),
+                reason: "the idempotency key is not a valid header value".into(),
+            })?,
+            None => idempotency_key_header(),
+        };
         let body = ToolRequest::encode_envelope(&arguments).map_err(|e| McpError::Tool {
             service: name.clone(),
             operation: tool.into(),
@@ -104,7 +116,7 @@ impl Dialect for Cortex {
         let exchange = Exchange {
             method: Method::POST,
             body: Bytes::from(body),
-            idempotency_key: Some(idempotency_key()),
+            idempotency_key: Some(key),
             ..Exchange::get(Operation::Tool(tool), cortex_proto::path::tool(tool))
         };
         let (endpoint, answer) = self.engine.execute(service, &exchange).await?;

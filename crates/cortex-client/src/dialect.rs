@@ -27,12 +27,14 @@ pub(crate) trait Dialect: Send + Sync {
         service: &Arc<ServiceState>,
     ) -> impl Future<Output = Result<(), McpError>> + Send;
 
-    /// Calls `tool` with `arguments` (a JSON object).
+    /// Calls `tool` with `arguments` (a JSON object), under the caller's
+    /// `idempotency_key` when given.
     fn call_tool(
         &self,
         service: &Arc<ServiceState>,
         tool: &str,
         arguments: Value,
+        idempotency_key: Option<&str>,
     ) -> impl Future<Output = Result<Value, McpError>> + Send;
 
     /// Reads the resource `uri`.

@@ -153,6 +153,9 @@ impl Dialect for McpDialect {
         service: &Arc<ServiceState>,
         tool: &str,
         arguments: Value,
+        // MCP has no idempotency key: the call is repeated after it may
+        // have run only as the tool's `idempotentHint` allows.
+        _idempotency_key: Option<&str>,
     ) -> Result<Value, McpError> {
         Box::pin(call_tool(self, service, tool, arguments)).await
     }

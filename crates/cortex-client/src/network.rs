@@ -156,6 +156,30 @@ impl NetworkMcpClient {
         self.metrics().render(&self.endpoint_status())
     }
 
+    /// A tool call with the caller's idempotency key, or a fresh one.
+    async fn call(
+        &self,
+        service: &str,
+        tool: &str,
+        arguments: Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, McpError> {
+        let started = Instant::now();
+        let outcome = async {
+            let state = self.service_state(service)?;
+            if !arguments.is_object() {
+                return Err(McpError::arguments_not_an_object(service, tool, &arguments));
+            }
+            on_dialect!(self, &state, |d| d
+                .call_tool(&state, tool, arguments, idempotency_key)
+                .await)
+        }
+        .await;
+        self.metrics()
+            .record(service, tool, started.elapsed(), outcome.as_ref().err());
+        outcome
+    }
+
     fn service_state(&self, service: &str) -> Result<Arc<ServiceState>, McpError> {
         self.inner.engine.service_state(service)
     }
@@ -226,18 +250,18 @@ impl McpClient for NetworkMcpClient {
         tool: &str,
         arguments: Value,
     ) -> Result<Value, McpError> {
-        let started = Instant::now();
-        let outcome = async {
-            let state = self.service_state(service)?;
-            if !arguments.is_object() {
-                return Err(McpError::arguments_not_an_object(service, tool, &arguments));
-            }
-            on_dialect!(self, &state, |d| d.call_tool(&state, tool, arguments).await)
-        }
-        .await;
-        self.metrics()
-            .record(service, tool, started.elapsed(), outcome.as_ref().err());
-        outcome
+        self.call(service, tool, arguments, None).await
+    }
+
+    async fn call_tool_with_key(
+        &self,
+        service: &str,
+        tool: &str,
+        arguments: Value,
+        idempotency_key: &str,
+    ) -> Result<Value, McpError> {
+        self.call(service, tool, arguments, Some(idempotency_key))
+            .await
     }
 
     async fn read_resource(&self, service: &str, uri: &str) -> Result<Resource, McpError> {

@@ -102,6 +102,28 @@ impl MemoryServiceClient {
         decode(&self.service, "store_input", answer)
     }
 
+    /// As [`store_input`](Self::store_input), once per `idempotency_key`:
+    /// a repeat with the same key (after a lost answer, or from a restarted
+    /// caller) stores nothing and returns the first receipt. The memory
+    /// service keeps keys durably, with the item.
+    pub async fn store_input_with_key(
+        &self,
+        user_id: &str,
+        input_data: Value,
+        idempotency_key: &str,
+    ) -> Result<StoreReceipt, McpError> {
+        let answer = self
+            .client
+            .call_tool_with_key(
+                &self.service,
+                "store_input",
+                json!({"user_id": user_id, "input_data": input_data}),
+                idempotency_key,
+            )
+            .await?;
+        decode(&self.service, "store_input", answer)
+    }
+
     /// One item by id.
     pub async fn get_item(&self, item_id: i64) -> Result<Value, McpError> {
         self.client

@@ -90,6 +90,25 @@ async fn exercise(client: Arc<dyn McpClient>) {
     assert_eq!(ids.len(), 19);
     let history = memory.get_history("batch").await.unwrap();
     assert_eq!(history.len(), 19);
+
+    // The caller's key: a repeat (a restarted caller draining its queue)
+    // stores nothing and gets the first receipt; another key stores anew.
+    let keyed = "keyed user";
+    let first = memory
+        .store_input_with_key(keyed, json!({"content": "once"}), "input-1")
+        .await
+        .unwrap();
+    let repeat = memory
+        .store_input_with_key(keyed, json!({"content": "once"}), "input-1")
+        .await
+        .unwrap();
+    assert_eq!(repeat.item_id, first.item_id);
+    let other = memory
+        .store_input_with_key(keyed, json!({"content": "twice"}), "input-2")
+        .await
+        .unwrap();
+    assert_ne!(other.item_id, first.item_id);
+    assert_eq!(memory.get_history(keyed).await.unwrap().len(), 2);
 }
 
 #[tokio::test]

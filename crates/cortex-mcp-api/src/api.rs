@@ -67,6 +67,22 @@ pub trait McpClient: Send + Sync {
         arguments: Value,
     ) -> Result<Value, McpError>;
 
+    /// As [`call_tool`](Self::call_tool), with the caller's idempotency
+    /// key: a later call with the same key (after a lost answer, or from a
+    /// restarted process) runs nothing and answers as the first did, where
+    /// the service keeps keys (the Cortex dialect's `Idempotency-Key`; the
+    /// memory service keeps them durably). Repeating such a call is safe, so
+    /// it is retried after it may have run. Over standard MCP, which has no
+    /// idempotency key, the key is not sent and the call is retried only as
+    /// the tool's `idempotentHint` allows.
+    async fn call_tool_with_key(
+        &self,
+        service: &str,
+        tool: &str,
+        arguments: Value,
+        idempotency_key: &str,
+    ) -> Result<Value, McpError>;
+
     /// Reads the resource `uri` (such as `history/u1`) of `service`.
     async fn read_resource(&self, service: &str, uri: &str) -> Result<Resource, McpError>;
 

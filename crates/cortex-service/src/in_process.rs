@@ -59,10 +59,32 @@ impl InProcessMcpClient {
             })
     }
 
+    /// A tool call, keyed when `idempotency_key` is given (the registry
+    /// then runs it once per key, as over HTTP).
+    async fn call(
+        &self,
+        service: &str,
+        tool: &str,
+        arguments: Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, McpError> {
+        let registry = self.service(service)?;
+        let Value::Object(arguments) = arguments else {
+            return Err(McpError::arguments_not_an_object(service, tool, &arguments));
+        };
+        // The callee runs as itself, as a remote one would: its own calls
+        // do not carry our caller's credentials unless it forwards them.
+        let mut ctx = Self::context();
+        ctx.idempotency_key = idempotency_key.map(str::to_owned);
+        cortex_mcp_api::forward::as_client(registry.call_tool(ctx, tool, arguments))
+            .await
+            .map_err(|e| map_error(service, Operation::Tool(tool), e))
+    }
+
     fn context() -> CallContext {
         CallContext {
             request_id: uuid::Uuid::new_v4().to_string(),
-            // Every call runs once here; a key still makes a repeat replay.
+            // Every call runs once here; a caller's key makes a repeat replay.
             idempotency_key: None,
             // As the network client would send it: a forwarded caller's
             // credentials (see `cortex_mcp_api::forward`).
@@ -158,16 +180,18 @@ impl McpClient for InProcessMcpClient {
         tool: &str,
         arguments: Value,
     ) -> Result<Value, McpError> {
-        let registry = self.service(service)?;
-        let Value::Object(arguments) = arguments else {
-            return Err(McpError::arguments_not_an_object(service, tool, &arguments));
-        };
-        // The callee runs as itself, as a remote one would: its own calls
-        // do not carry our caller's credentials unless it forwards them.
-        let ctx = Self::context();
-        cortex_mcp_api::forward::as_client(registry.call_tool(ctx, tool, arguments))
+        self.call(service, tool, arguments, None).await
+    }
+
+    async fn call_tool_with_key(
+        &self,
+        service: &str,
+        tool: &str,
+        arguments: Value,
+        idempotency_key: &str,
+    ) -> Result<Value, McpError> {
+        self.call(service, tool, arguments, Some(idempotency_key))
             .await
-            .map_err(|e| map_error(service, Operation::Tool(tool), e))
     }
 
     async fn read_resource(&self, service: &str, uri: &str) -> Result<Resource, McpError> {
