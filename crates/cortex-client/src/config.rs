@@ -20,6 +20,9 @@
 //!   `CORTEX_CLIENT_*` names are rejected. Per-service overrides are not
 //!   settable from the environment. The variables are passed in:
 //!   only [`ClientConfig::from_env`] reads the process environment.
+//!   The standard proxy variables (`HTTP_PROXY`, `NO_PROXY` and their
+//!   kin) are read there too, for what the file leaves to them (see
+//!   [`proxy`](crate::proxy)).
 //!
 //! Every source validates the result ([`ClientConfig::validate`]).
 //!
@@ -85,6 +88,11 @@
 //! stream_max_reconnects = 10
 //! stream_max_backoff = 60     # s
 //!
+//! # HTTP proxy (see cortex_client::proxy)
+//! proxy = "env"               # env (HTTP_PROXY...), none, or http://[user:password@]host:port
+//! no_proxy = ""               # hosts, domains, IPs, CIDRs reached directly; empty: NO_PROXY
+//! proxy_tunnel = false        # CONNECT tunnels instead of forwarded requests
+//!
 //! # Per-service overrides: any option above but discovery, for one service.
 //! # [services.memory]
 //! # max_connections = 4
@@ -138,6 +146,8 @@ use std::time::Duration;
 use cortex_discovery::DiscoverySpec;
 pub use cortex_mcp_api::ConfigError;
 
+use crate::proxy::{NoProxy, Proxy, StandardVars};
+
 /// The prefix of the environment variables read by [`ClientConfig::with_env`].
 pub const ENV_PREFIX: &str = "CORTEX_CLIENT_";
 
@@ -157,7 +167,9 @@ const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 ///     [, valid |v[, c]| CHECK => "must be …" [+ DETAIL]];
 /// ```
 ///
-/// `s` marks seconds (a [`Duration`] in code). `CHECK` sees the value as
+/// `s` marks seconds (a [`Duration`] in code). A default of another type
+/// than the option's (the proxy's `"env"`) is made into it by
+/// [`FromDeclared`]. `CHECK` sees the value as
 /// `v` and, for limits that involve another option, the whole config as
 /// `c`; the error is `"must be …" + DETAIL + ", got VALUE"`. Limits are
 /// checked in row order, so the first failing row is the one reported.
@@ -229,6 +241,19 @@ macro_rules! client_options {
                     => "must be between 1 s and 60 s";
             /// Longest `Retry-After` honoured; longer ones are capped to this.
             retry_after_cap: Duration = 60 s;
+            /// The HTTP proxy targets are reached through: `env` (the one the
+            /// standard variables name, when read with [`ClientConfig::with_env`]),
+            /// `none` (or `""`), or `http://[USER:PASSWORD@]HOST[:PORT]`
+            /// (see [`proxy`](crate::proxy)).
+            proxy: Proxy = "env";
+            /// Targets reached directly, not through `proxy`: comma-separated
+            /// (or a TOML array) hosts, domains (with their subdomains), IP
+            /// addresses, CIDR blocks, or `*`. Empty: `NO_PROXY`, when read
+            /// with [`ClientConfig::with_env`].
+            no_proxy: NoProxy = "";
+            /// Reach targets through `CONNECT` tunnels instead of forwarded
+            /// requests (curl's `--proxytunnel`).
+            proxy_tunnel: bool = false;
         }
     };
 }
@@ -280,7 +305,7 @@ macro_rules! define_options {
         impl Default for ClientConfig {
             fn default() -> Self {
                 Self {
-                    $($name: declared!($default $($unit)?),)*
+                    $($name: <$ty as FromDeclared<_>>::from_declared(declared!($default $($unit)?)),)*
                     discovery: None,
                     services: BTreeMap::new(),
                 }
@@ -314,8 +339,10 @@ macro_rules! define_options {
         impl ClientConfig {
             /// A copy of every option but the services.
             fn without_services(&self) -> ClientConfig {
+                // `Clone::clone` rather than a copy: most options are
+                // `Copy`, the proxy's are not.
                 ClientConfig {
-                    $($name: self.$name,)*
+                    $($name: Clone::clone(&self.$name),)*
                     discovery: self.discovery.clone(),
                     services: BTreeMap::new(),
                 }
@@ -323,8 +350,8 @@ macro_rules! define_options {
 
             /// Sets every option that `overrides` sets.
             fn apply(&mut self, overrides: &ServiceOverrides) {
-                $(if let Some(value) = overrides.$name {
-                    self.$name = value;
+                $(if let Some(value) = &overrides.$name {
+                    self.$name = Clone::clone(value);
                 })*
             }
         }
@@ -380,7 +407,7 @@ macro_rules! define_options {
         fn visit_options(visitor: &mut impl tests::Visit) {
             $(visitor.visit(tests::Declared {
                 name: stringify!($name),
-                get: |c| c.$name,
+                get: |c| Clone::clone(&c.$name),
                 set: ClientConfigBuilder::$name,
                 requirement: None $(.or(Some($requirement)))?,
             });)*
@@ -512,10 +539,13 @@ impl ClientConfig {
 
     /// Overlays `CORTEX_CLIENT_<OPTION>` variables from `vars` (the option
     /// name in upper case; durations in seconds, integer or float; `jitter`
-    /// as `true`/`false`/`1`/`0`) and validates the result. Variables
-    /// without the prefix are ignored; an unknown `CORTEX_CLIENT_*` name is
-    /// rejected, and an unparsable or out-of-range value is an error naming
-    /// the variable. Services, their overrides and `discovery` are kept;
+    /// as `true`/`false`/`1`/`0`) and validates the result. The standard
+    /// proxy variables fill what the configuration leaves to them
+    /// (`proxy = "env"`, an empty `no_proxy`; see [`proxy`](crate::proxy)),
+    /// and a malformed one that is used is an error naming it. Other
+    /// variables without the prefix are ignored; an unknown
+    /// `CORTEX_CLIENT_*` name is rejected, and an unparsable or
+    /// out-of-range value is an error naming the variable. Services, their overrides and `discovery` are kept;
     /// `CORTEX_CLIENT_DISCOVERY` is rejected (see [the module docs](self#discovery)).
     pub fn with_env(
         mut self,
@@ -523,9 +553,13 @@ impl ClientConfig {
     ) -> Result<Self, ConfigError> {
         // Sorted, so the first error reported does not depend on the order
         // of the environment.
+        let mut standard = StandardVars::default();
         let vars: BTreeMap<String, String> = vars
             .into_iter()
-            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .filter(|(name, value)| {
+                standard.offer(name, value);
+                name.starts_with(ENV_PREFIX)
+            })
             .collect();
         let mut overlay = ServiceOverrides::default();
         let mut set_by = BTreeMap::new();
@@ -547,6 +581,8 @@ impl ClientConfig {
             set_by.insert(option, name);
         }
         self.apply(&overlay);
+        // After the CORTEX_CLIENT_* ones, which win over them.
+        self.fill_proxy(&standard)?;
         self.validate().map_err(|e| match e {
             ConfigError::Invalid { option, reason } => ConfigError::Invalid {
                 option: set_by.get(&option).map_or(option, |name| (*name).clone()),
@@ -555,6 +591,40 @@ impl ClientConfig {
             other => other,
         })?;
         Ok(self)
+    }
+
+    /// Fills what the configuration leaves to the standard proxy variables:
+    /// `proxy = "env"` (in the base and in each service's overrides)
+    /// becomes the proxy they name, and an empty `no_proxy` takes
+    /// `NO_PROXY`. A variable is only checked when it is used: with
+    /// `proxy = "none"`, a malformed `HTTP_PROXY` meant for other programs
+    /// is no error here.
+    fn fill_proxy(&mut self, standard: &StandardVars) -> Result<(), ConfigError> {
+        let left_to_env = |proxy: &Proxy| *proxy == Proxy::Env;
+        let base = left_to_env(&self.proxy);
+        let services = self
+            .services
+            .values()
+            .any(|overrides| overrides.proxy.as_ref().is_some_and(left_to_env));
+        if (base || services)
+            && let Some((variable, url)) = standard.proxy()?
+        {
+            tracing::debug!(variable, proxy = %url, "proxy from the environment");
+            if base {
+                self.proxy = Proxy::Url(url.clone());
+            }
+            for overrides in self.services.values_mut() {
+                if overrides.proxy.as_ref().is_some_and(left_to_env) {
+                    overrides.proxy = Some(Proxy::Url(url.clone()));
+                }
+            }
+        }
+        if self.no_proxy.is_empty()
+            && let Some(list) = standard.no_proxy()
+        {
+            self.no_proxy = list;
+        }
+        Ok(())
     }
 
     /// The defaults overlaid with the process environment (see
@@ -677,6 +747,18 @@ impl Raw<'_> {
             },
         }
     }
+
+    /// A string; `example` shows what one looks like in the error.
+    fn text(&self, example: &str) -> Result<String, String> {
+        match self {
+            Raw::Toml(toml::Value::String(text)) => Ok(text.clone()),
+            Raw::Toml(other) => Err(format!(
+                "expected a string such as {example}, got {}",
+                describe(other)
+            )),
+            Raw::Env(text) => Ok((*text).to_owned()),
+        }
+    }
 }
 
 /// The name of the `discovery` option.
@@ -751,14 +833,40 @@ impl Seconds for f64 {
 
 /// What an option's type needs: reading it from a file or a variable,
 /// showing it in messages, and its serialized form in [`ServiceOverrides`].
-trait OptionValue: Copy {
+trait OptionValue: Clone {
     /// The serialized form: seconds for a [`Duration`], else the value.
     type Serde: serde::Serialize + serde::de::DeserializeOwned;
 
     fn parse(raw: &Raw<'_>) -> Result<Self, String>;
     fn show(&self) -> String;
-    fn to_serde(self) -> Self::Serde;
+    fn to_serde(&self) -> Self::Serde;
     fn from_serde(value: Self::Serde) -> Result<Self, String>;
+}
+
+/// A default as written in the table, made into its option's type: itself
+/// for most, parsed from a keyword for the proxy's.
+trait FromDeclared<L> {
+    fn from_declared(literal: L) -> Self;
+}
+
+impl<T> FromDeclared<T> for T {
+    fn from_declared(value: T) -> T {
+        value
+    }
+}
+
+impl FromDeclared<&'static str> for Proxy {
+    /// The table's keyword; an unknown one is the default rather than a
+    /// panic (the table is code, and its test reads the default back).
+    fn from_declared(keyword: &'static str) -> Self {
+        Proxy::parse(keyword).unwrap_or_default()
+    }
+}
+
+impl FromDeclared<&'static str> for NoProxy {
+    fn from_declared(list: &'static str) -> Self {
+        NoProxy::parse(list).unwrap_or_default()
+    }
 }
 
 macro_rules! plain_option_value {
@@ -772,8 +880,8 @@ macro_rules! plain_option_value {
             fn show(&self) -> String {
                 self.to_string()
             }
-            fn to_serde(self) -> Self {
-                self
+            fn to_serde(&self) -> Self {
+                *self
             }
             fn from_serde(value: Self) -> Result<Self, String> {
                 Ok(value)
@@ -793,7 +901,7 @@ impl OptionValue for Duration {
     fn show(&self) -> String {
         secs(*self)
     }
-    fn to_serde(self) -> f64 {
+    fn to_serde(&self) -> f64 {
         self.as_secs_f64()
     }
     fn from_serde(secs: f64) -> Result<Self, String> {
@@ -803,6 +911,69 @@ impl OptionValue for Duration {
             ));
         }
         Duration::try_from_secs_f64(secs.abs()).map_err(|_| format!("{secs} seconds is too large"))
+    }
+}
+
+impl OptionValue for Proxy {
+    /// The text, credentials included (see [`Proxy::to_text`]).
+    type Serde = String;
+
+    fn parse(raw: &Raw<'_>) -> Result<Self, String> {
+        Proxy::parse(&raw.text("\"none\" or \"http://host:port\"")?)
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+    fn to_serde(&self) -> String {
+        self.to_text()
+    }
+    fn from_serde(text: String) -> Result<Self, String> {
+        Proxy::parse(&text)
+    }
+}
+
+/// The serialized form of `no_proxy`: comma-separated text, or a list.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum NoProxyForm {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl OptionValue for NoProxy {
+    type Serde = NoProxyForm;
+
+    fn parse(raw: &Raw<'_>) -> Result<Self, String> {
+        match raw {
+            Raw::Toml(toml::Value::Array(items)) => {
+                let mut entries = Vec::with_capacity(items.len());
+                for item in items {
+                    match item.as_str() {
+                        Some(entry) => entries.push(entry),
+                        None => {
+                            return Err(format!(
+                                "expected a list of strings, got {} in it",
+                                describe(item)
+                            ));
+                        }
+                    }
+                }
+                NoProxy::from_entries(entries)
+            }
+            other => NoProxy::parse(&other.text("\"localhost,.internal\" or a list of strings")?),
+        }
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+    fn to_serde(&self) -> NoProxyForm {
+        NoProxyForm::Text(self.to_string())
+    }
+    fn from_serde(form: NoProxyForm) -> Result<Self, String> {
+        match form {
+            NoProxyForm::Text(text) => NoProxy::parse(&text),
+            NoProxyForm::List(entries) => NoProxy::from_entries(entries.iter().map(String::as_str)),
+        }
     }
 }
 
@@ -863,8 +1034,17 @@ mod tests {
         fn changed(self) -> Self;
         /// Values some limit may refuse.
         fn candidates() -> Vec<Self>;
-        /// `self` as written in a file and a variable.
-        fn text(self) -> String;
+        /// `self` as written in a file (and a variable, unless
+        /// [`Sample::env_text`] says otherwise).
+        fn text(&self) -> String;
+        /// `self` as written in a variable: without the quotes of a TOML string.
+        fn env_text(&self) -> String {
+            self.text()
+        }
+        /// A value no source accepts, as written in a file and in a variable.
+        fn wrong() -> (&'static str, &'static str) {
+            ("\"x\"", "x")
+        }
     }
 
     macro_rules! sample_count {
@@ -876,7 +1056,7 @@ mod tests {
                 fn candidates() -> Vec<Self> {
                     vec![0, 101, 10_001, 5_000_000]
                 }
-                fn text(self) -> String {
+                fn text(&self) -> String {
                     self.to_string()
                 }
             }
@@ -892,12 +1072,12 @@ mod tests {
         fn candidates() -> Vec<Self> {
             vec![-1.0, 0.0, 0.5, 1000.5, f64::NAN, f64::INFINITY]
         }
-        fn text(self) -> String {
+        fn text(&self) -> String {
             // TOML spells them `nan` and `inf`; Rust's parser takes those too.
             if self.is_nan() {
                 "nan".to_owned()
             } else if self.is_infinite() {
-                if self > 0.0 { "inf" } else { "-inf" }.to_owned()
+                if *self > 0.0 { "inf" } else { "-inf" }.to_owned()
             } else {
                 format!("{self:?}")
             }
@@ -914,7 +1094,7 @@ mod tests {
                 .map(Duration::from_secs_f64)
                 .collect()
         }
-        fn text(self) -> String {
+        fn text(&self) -> String {
             self.as_secs_f64().to_string()
         }
     }
@@ -926,8 +1106,52 @@ mod tests {
         fn candidates() -> Vec<Self> {
             Vec::new()
         }
-        fn text(self) -> String {
+        fn text(&self) -> String {
             self.to_string()
+        }
+    }
+
+    impl Sample for Proxy {
+        fn changed(self) -> Self {
+            match self {
+                Proxy::Env => Proxy::parse("http://alice:s3cret@127.0.0.1:3128").unwrap(),
+                Proxy::Url(_) => Proxy::Off,
+                Proxy::Off => Proxy::Env,
+            }
+        }
+        fn candidates() -> Vec<Self> {
+            Vec::new()
+        }
+        fn text(&self) -> String {
+            format!("{:?}", self.to_text())
+        }
+        fn env_text(&self) -> String {
+            self.to_text()
+        }
+        fn wrong() -> (&'static str, &'static str) {
+            ("\"socks5://127.0.0.1:1080\"", "ftp://127.0.0.1")
+        }
+    }
+
+    impl Sample for NoProxy {
+        fn changed(self) -> Self {
+            if self.is_empty() {
+                NoProxy::parse("localhost,10.0.0.0/8").unwrap()
+            } else {
+                NoProxy::default()
+            }
+        }
+        fn candidates() -> Vec<Self> {
+            Vec::new()
+        }
+        fn text(&self) -> String {
+            format!("{:?}", self.to_string())
+        }
+        fn env_text(&self) -> String {
+            self.to_string()
+        }
+        fn wrong() -> (&'static str, &'static str) {
+            ("[\"localhost:8080\"]", "*.example.com")
         }
     }
 
@@ -977,7 +1201,7 @@ mod tests {
                 let value = (option.get)(&default).changed();
                 let text = value.text();
 
-                let built = (option.set)(ClientConfig::builder(), value)
+                let built = (option.set)(ClientConfig::builder(), value.clone())
                     .build()
                     .unwrap();
                 assert_eq!((option.get)(&built), value, "{name}");
@@ -988,7 +1212,11 @@ mod tests {
 
                 let toml = ClientConfig::from_toml_str(&format!("{name} = {text}")).unwrap();
                 assert_eq!(toml, built, "{name} from TOML");
-                assert_eq!(from_env(name, &text).unwrap(), built, "{name} from env");
+                assert_eq!(
+                    from_env(name, &value.env_text()).unwrap(),
+                    built,
+                    "{name} from env"
+                );
                 let service = from_service_table(name, &text).unwrap();
                 assert_eq!(service.for_service("memory"), built, "{name} per service");
                 assert_eq!(service.for_service("other"), default, "{name}");
@@ -1020,7 +1248,7 @@ mod tests {
                     let Err(ConfigError::Invalid {
                         option: named,
                         reason,
-                    }) = (option.set)(ClientConfig::builder(), value).build()
+                    }) = (option.set)(ClientConfig::builder(), value.clone()).build()
                     else {
                         continue;
                     };
@@ -1040,7 +1268,10 @@ mod tests {
                         invalid(from_service_table(name, &text)),
                         (format!("services.memory.{name}"), reason.clone())
                     );
-                    assert_eq!(invalid(from_env(name, &text)), (variable(name), reason));
+                    assert_eq!(
+                        invalid(from_env(name, &value.env_text())),
+                        (variable(name), reason)
+                    );
                 }
                 assert_eq!(
                     refused > 0,
@@ -1048,13 +1279,14 @@ mod tests {
                     "{name}: a declared limit refuses some value, and only then"
                 );
 
-                let toml = ClientConfig::from_toml_str(&format!("{name} = \"x\""));
+                let (wrong_toml, wrong_env) = T::wrong();
+                let toml = ClientConfig::from_toml_str(&format!("{name} = {wrong_toml}"));
                 assert_eq!(invalid(toml).0, name);
                 assert_eq!(
-                    invalid(from_service_table(name, "\"x\"")).0,
+                    invalid(from_service_table(name, wrong_toml)).0,
                     format!("services.memory.{name}")
                 );
-                assert_eq!(invalid(from_env(name, "x")).0, variable(name));
+                assert_eq!(invalid(from_env(name, wrong_env)).0, variable(name));
             }
         }
         visit_options(&mut Refused);
@@ -1090,7 +1322,7 @@ mod tests {
         let names = declared_names();
         let unique: BTreeSet<&str> = names.iter().copied().collect();
         assert_eq!(unique.len(), names.len());
-        assert_eq!(names.len(), 20);
+        assert_eq!(names.len(), 23);
         assert!(!unique.contains(DISCOVERY) && !unique.contains("services"));
     }
 

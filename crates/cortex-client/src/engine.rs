@@ -414,6 +414,12 @@ impl Engine {
             max_connections: service.config.max_connections,
             idle_timeout: service.config.idle_timeout,
             connect_timeout: service.config.connect_timeout,
+            route: crate::proxy::Route::for_target(
+                &service.config.proxy,
+                &service.config.no_proxy,
+                service.config.proxy_tunnel,
+                &authority,
+            )?,
         };
         let metrics = self.metrics.clone();
         let service_name = service.name.clone();
@@ -659,13 +665,21 @@ impl Engine {
                 let error = connection_error(cause.to_string(), false, Some(cause));
                 return Err(AttemptFailure::from(error));
             }
+            // The proxy refused the tunnel (407, 403): not the endpoint's failure.
+            Err(AcquireError::Proxy(cause)) => {
+                permit.ignore();
+                let error = connection_error(cause.to_string(), false, Some(cause));
+                return Err(AttemptFailure::from(error));
+            }
         };
 
         // One timer for the whole exchange (sending, then reading the
         // answer), armed once rather than once per phase.
         let expiry = tokio::time::sleep_until(deadline);
         tokio::pin!(expiry);
-        let response = match within(expiry.as_mut(), conn.send(request)).await {
+        // Boxed: sending (with its proxy handling) would otherwise add its
+        // state to every call's future, which every call moves.
+        let response = match within(expiry.as_mut(), Box::pin(conn.send(request))).await {
             Ok(Ok(response)) => response,
             Ok(Err(SendError::NotSent(cause))) => {
                 permit.failure();
@@ -676,6 +690,12 @@ impl Engine {
             Ok(Err(SendError::Closed)) => {
                 permit.ignore();
                 let error = connection_error("connection closed".into(), false, None);
+                return Err(AttemptFailure::from(error));
+            }
+            // The proxy refused the request (407): not the endpoint's failure.
+            Ok(Err(SendError::Proxy(cause))) => {
+                permit.ignore();
+                let error = connection_error(cause.to_string(), false, Some(cause));
                 return Err(AttemptFailure::from(error));
             }
             Ok(Err(SendError::MaybeSent(cause))) => {

@@ -57,6 +57,7 @@ pub mod metrics;
 pub mod network;
 mod operation;
 mod pool;
+pub mod proxy;
 mod stream;
 pub mod typed;
 

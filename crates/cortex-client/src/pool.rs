@@ -15,6 +15,12 @@
 //!
 //! HTTP/1.1 only: one request per connection at a time, which is what makes
 //! "connections in use" and "calls in flight" the same number.
+//!
+//! Through a proxy ([`Route`]), a pool still belongs to one target endpoint:
+//! its connections go to the proxy (forwarding: requests in absolute form)
+//! or through it (a `CONNECT` tunnel each), but carry requests for this
+//! target only, and count against this target's cap. Two targets behind one
+//! proxy have two pools, as they have two breakers.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -28,12 +34,19 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// Timings and the cap of one endpoint's pool.
+use crate::error::Cause;
+use crate::proxy::{Hop, ProxyError, Route};
+
+/// Timings, the cap and the route of one endpoint's pool.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PoolSettings {
     pub(crate) max_connections: usize,
     pub(crate) idle_timeout: Duration,
+    /// Bounds making a connection: to the target, or to its proxy together
+    /// with the `CONNECT` exchange.
     pub(crate) connect_timeout: Duration,
+    /// Straight to the target, or through its proxy.
+    pub(crate) route: Route,
 }
 
 /// Why no connection could be had.
@@ -42,8 +55,12 @@ pub(crate) enum AcquireError {
     /// Every slot stayed busy until the deadline.
     PoolTimeout { waited: Duration },
     /// Dialling failed (refused, unreachable, DNS, connect timeout, the
-    /// HTTP handshake): the error underneath.
-    Connect(crate::error::Cause),
+    /// HTTP handshake; or the proxy could not be reached, or could not reach
+    /// the target): the error underneath. The target is not reachable.
+    Connect(Cause),
+    /// The proxy refused the tunnel by its own rules (`407`, another `4xx`
+    /// to `CONNECT`): a [`ProxyError`]. Not the target's failure.
+    Proxy(Cause),
 }
 
 /// What the pool looks like now, for metrics.
@@ -203,6 +220,7 @@ impl EndpointPool {
         PooledConn {
             sender: Some(sender),
             pool: self.clone(),
+            reusable: true,
         }
     }
 
@@ -210,26 +228,80 @@ impl EndpointPool {
         &self,
         slot: OwnedSemaphorePermit,
     ) -> Result<SendRequest<Full<Bytes>>, AcquireError> {
+        let timeout = self.settings.connect_timeout;
+        match &self.settings.route {
+            Route::Direct => {
+                let stream = self.dial_target(timeout).await?;
+                self.start(TokioIo::new(stream), slot).await
+            }
+            Route::Forward(hop) => {
+                let stream = crate::proxy::dial_proxy(hop, timeout)
+                    .await
+                    .map_err(|e| AcquireError::Connect(Cause::new(e)))?;
+                self.start(TokioIo::new(stream), slot).await
+            }
+            Route::Tunnel(hop) => {
+                // One bound over reaching the proxy and its answer to
+                // CONNECT: a proxy that accepts and then says nothing
+                // fails like one that cannot be reached.
+                let tunnel = async {
+                    let stream = crate::proxy::dial_proxy(hop, timeout).await?;
+                    crate::proxy::connect_tunnel(stream, hop).await
+                };
+                let upgraded = match tokio::time::timeout(timeout, tunnel).await {
+                    Ok(Ok(upgraded)) => upgraded,
+                    Ok(Err(error)) if error.is_refusal() => {
+                        return Err(AcquireError::Proxy(Cause::new(error)));
+                    }
+                    Ok(Err(error)) => return Err(AcquireError::Connect(Cause::new(error))),
+                    Err(_) => {
+                        let error = ProxyError::Unreachable {
+                            proxy: hop.shown.clone(),
+                            source: crate::proxy::timed_out(timeout),
+                        };
+                        return Err(AcquireError::Connect(Cause::new(error)));
+                    }
+                };
+                self.start(upgraded, slot).await
+            }
+        }
+    }
+
+    /// A TCP connection to the target itself, within `timeout`.
+    async fn dial_target(&self, timeout: Duration) -> Result<tokio::net::TcpStream, AcquireError> {
         let connect = tokio::net::TcpStream::connect(self.authority.as_str());
-        let stream = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
+        let stream = match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(AcquireError::Connect(crate::error::Cause::new(error))),
+            Ok(Err(error)) => return Err(AcquireError::Connect(Cause::new(error))),
             Err(_) => {
                 let timed_out = std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!(
                         "connect timed out after {}",
-                        cortex_resilience::human::HumanDuration(self.settings.connect_timeout)
+                        cortex_resilience::human::HumanDuration(timeout)
                     ),
                 );
-                return Err(AcquireError::Connect(crate::error::Cause::new(timed_out)));
+                return Err(AcquireError::Connect(Cause::new(timed_out)));
             }
         };
         // Small requests and answers: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        Ok(stream)
+    }
+
+    /// The HTTP/1 handshake on `io` (a socket, or a tunnel through a proxy),
+    /// and the task that drives the connection.
+    async fn start<T>(
+        &self,
+        io: T,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<SendRequest<Full<Bytes>>, AcquireError>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (sender, connection) = http1::handshake(io)
             .await
-            .map_err(|e| AcquireError::Connect(crate::error::Cause::new(e)))?;
+            .map_err(|e| AcquireError::Connect(Cause::new(e)))?;
         self.dialed_total.fetch_add(1, Ordering::Relaxed);
         let open = self.open.clone();
         open.fetch_add(1, Ordering::Relaxed);
@@ -291,6 +363,9 @@ async fn sweep(pool: Weak<EndpointPool>) {
 pub(crate) struct PooledConn {
     sender: Option<SendRequest<Full<Bytes>>>,
     pool: Arc<EndpointPool>,
+    /// Whether [`Self::release`] may put it back for another call; see
+    /// [`proxy_keeps_alive`].
+    reusable: bool,
 }
 
 impl std::fmt::Debug for PooledConn {
@@ -306,12 +381,19 @@ impl PooledConn {
     /// response body has been read to the end and [`Self::release`] called.
     pub(crate) async fn send(
         &mut self,
-        request: http::Request<Full<Bytes>>,
+        mut request: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<Incoming>, SendError> {
+        let forward = match &self.pool.settings.route {
+            Route::Forward(hop) => Some(hop),
+            Route::Direct | Route::Tunnel(_) => None,
+        };
+        if let Some(hop) = forward {
+            to_proxy(&mut request, hop)?;
+        }
         let sender = self.sender.as_mut().ok_or(SendError::Closed)?;
         // Nothing is written until the connection is ready.
         sender.ready().await.map_err(SendError::NotSent)?;
-        sender.send_request(request).await.map_err(|error| {
+        let response = sender.send_request(request).await.map_err(|error| {
             // hyper cancels a request it never dispatched (the connection
             // closed first); anything else may have reached the service.
             if error.is_canceled() {
@@ -319,15 +401,60 @@ impl PooledConn {
             } else {
                 SendError::MaybeSent(error)
             }
-        })
+        })?;
+        if forward.is_some() {
+            self.reusable = proxy_keeps_alive(&response);
+        }
+        // A forwarded request's 407 is the proxy's: the request went no
+        // further. (The target's own 401 passes, as any answer does.)
+        if let Some(hop) = forward
+            && response.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED
+        {
+            return Err(SendError::Proxy(Cause::new(ProxyError::AuthRequired {
+                proxy: hop.shown.clone(),
+                status: response.status().as_u16(),
+                credentials_sent: hop.auth.is_some(),
+            })));
+        }
+        Ok(response)
     }
 
-    /// Returns the connection to the idle list.
+    /// Returns the connection to the idle list (unless it may not be
+    /// reused: then it is closed).
     pub(crate) fn release(mut self) {
-        if let Some(sender) = self.sender.take() {
+        if let Some(sender) = self.sender.take()
+            && self.reusable
+        {
             self.pool.give_back(sender);
         }
     }
+}
+
+/// Whether a forwarding proxy said that it keeps the connection open after
+/// `response` (`Connection` or `Proxy-Connection: keep-alive`, and no
+/// `close`). Only then is the connection reused. HTTP/1.1 would let a
+/// silent answer mean "kept open", but forwarding proxies often close
+/// after each answer without saying so (tinyproxy does): a connection put
+/// back then fails the next call that takes it, before hyper has seen it
+/// close, and counts against the target's breaker. A tunnel is not
+/// affected: the target's own keep-alive applies inside it.
+fn proxy_keeps_alive(response: &http::Response<Incoming>) -> bool {
+    let mut keep_alive = false;
+    let headers = response.headers();
+    let values = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .chain(headers.get_all("proxy-connection"));
+    for value in values {
+        for token in value.to_str().unwrap_or_default().split(',') {
+            let token = token.trim();
+            if token.eq_ignore_ascii_case("close") {
+                return false;
+            }
+            keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+        }
+    }
+    keep_alive
 }
 
 impl Drop for PooledConn {
@@ -336,6 +463,38 @@ impl Drop for PooledConn {
         // A sender still here was not released: its response was not read to
         // the end, so the connection is dropped (and closed) with it.
     }
+}
+
+/// A request for `hop`'s proxy: its URI in absolute form
+/// (`http://host:port/path`, RFC 9112 §3.2.2), which is how a forwarding
+/// proxy learns the target, and the proxy's credentials. `Host` is the
+/// target's already.
+fn to_proxy(request: &mut http::Request<Full<Bytes>>, hop: &Hop) -> Result<(), SendError> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(hop.target.clone());
+    parts.path_and_query = Some(
+        request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    // Scheme, authority and path are all there, so this does not fail;
+    // if it did, nothing is sent rather than a request the proxy misreads.
+    let uri = http::Uri::from_parts(parts).map_err(|e| {
+        SendError::Proxy(Cause::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("cannot form the request URI for proxy {}: {e}", hop.shown),
+        )))
+    })?;
+    *request.uri_mut() = uri;
+    if let Some(auth) = &hop.auth {
+        request
+            .headers_mut()
+            .insert(http::header::PROXY_AUTHORIZATION, auth.clone());
+    }
+    Ok(())
 }
 
 /// Why a request on a connection failed.
@@ -347,6 +506,10 @@ pub(crate) enum SendError {
     MaybeSent(hyper::Error),
     /// The connection was already given up.
     Closed,
+    /// The forwarding proxy refused the request (a `407`; a
+    /// [`ProxyError`]): it did not reach the service, and the service is
+    /// not to blame.
+    Proxy(Cause),
 }
 
 impl std::fmt::Display for SendError {
@@ -354,6 +517,7 @@ impl std::fmt::Display for SendError {
         match self {
             Self::NotSent(error) | Self::MaybeSent(error) => write!(f, "{error}"),
             Self::Closed => f.write_str("connection already closed"),
+            Self::Proxy(cause) => write!(f, "{cause}"),
         }
     }
 }

@@ -61,11 +61,15 @@ fn all_changed() -> ClientConfig {
         .retry_budget_min_per_sec(3)
         .retry_budget_window(secs(20.0))
         .retry_after_cap(secs(120.0))
+        .proxy("http://alice:s3cret@127.0.0.1:3128".parse().unwrap())
+        .no_proxy(cortex_client::proxy::NoProxy::parse("localhost,10.0.0.0/8").unwrap())
+        .proxy_tunnel(true)
         .build()
         .unwrap()
 }
 
-/// `all_changed` as (option, value in file/env syntax).
+/// `all_changed` as (option, value in file syntax; the same in a variable,
+/// without a string's quotes).
 const ALL_CHANGED: &[(&str, &str)] = &[
     ("max_connections", "20"),
     ("idle_timeout", "90"),
@@ -87,6 +91,9 @@ const ALL_CHANGED: &[(&str, &str)] = &[
     ("retry_budget_min_per_sec", "3"),
     ("retry_budget_window", "20"),
     ("retry_after_cap", "120"),
+    ("proxy", "\"http://alice:s3cret@127.0.0.1:3128\""),
+    ("no_proxy", "\"localhost,10.0.0.0/8\""),
+    ("proxy_tunnel", "true"),
 ];
 
 fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -191,6 +198,9 @@ fn builder_sets_every_option() {
     assert_ne!(c.retry_budget_min_per_sec, d.retry_budget_min_per_sec);
     assert_ne!(c.retry_budget_window, d.retry_budget_window);
     assert_ne!(c.retry_after_cap, d.retry_after_cap);
+    assert_ne!(c.proxy, d.proxy);
+    assert_ne!(c.no_proxy, d.no_proxy);
+    assert_ne!(c.proxy_tunnel, d.proxy_tunnel);
     assert_eq!(c.request_timeout, Duration::from_millis(12_500));
 }
 
@@ -585,7 +595,7 @@ fn env_sets_every_option() {
         .map(|(k, v)| {
             (
                 format!("CORTEX_CLIENT_{}", k.to_uppercase()),
-                (*v).to_owned(),
+                v.trim_matches('"').to_owned(),
             )
         })
         .collect();
