@@ -64,6 +64,24 @@ pub(crate) struct Cli {
     /// dialect; `mcp+http://` or `cortex+http://` says which.
     #[arg(long, global = true, value_name = "URL", value_parser = parse_url)]
     pub(crate) url: Option<Endpoint>,
+    /// Bearer token client commands send (a JWT). Without one, they make
+    /// short-lived tokens from JWT_SECRET_KEY or from the secret `cortex up`
+    /// keeps in its data directory (CORTEX_DATA_DIR, default ./.cortex),
+    /// when there is one.
+    #[arg(
+        long,
+        global = true,
+        env = "CORTEX_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub(crate) token: Option<String>,
+    /// The user tokens made from the local secret are for (and `cortex
+    /// token`'s): that user's own token, no role. Without it, client
+    /// commands act as your login name with the role `admin`, which acts
+    /// for every user.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) user: Option<String>,
     /// Client configuration file (TOML, the options of cortex_client::ClientConfig,
     /// and `discovery = "SPEC"`, used when neither --discovery nor
     /// CORTEX_DISCOVERY is set); CORTEX_CLIENT_* variables override its options.
@@ -117,6 +135,12 @@ pub(crate) enum Command {
     /// opens the SQLite database under the data directory, waits until both
     /// services are healthy, then prints their endpoints and one line
     /// starting with `ready:`. Ctrl-C or SIGTERM stops both gracefully.
+    ///
+    /// Callers need a bearer token (JWT): on first start a random secret is
+    /// made in the data directory (jwt-secret, mode 0600) and kept; client
+    /// commands run where they find it (./.cortex, or CORTEX_DATA_DIR) make
+    /// their tokens from it, and `cortex token` prints one. --no-auth turns
+    /// this off.
     ///
     /// Example: cortex up --data-dir ./.cortex --memory-port 9000 --cognition-port 9100
     Up(UpArgs),
@@ -203,7 +227,25 @@ pub(crate) enum Command {
         override_usage = "cortex bench SERVICE TOOL [ARG]... [OPTIONS]\n       cortex --url URL bench TOOL [ARG]... [OPTIONS]"
     )]
     Bench(BenchArgs),
+    /// Print a bearer token (JWT, HS256) for the services of `cortex up` and
+    /// `cortex serve`.
+    ///
+    /// Signed with JWT_SECRET_KEY, else with the secret in the data
+    /// directory (--data-dir, else CORTEX_DATA_DIR, else ./.cortex) that
+    /// `cortex up` makes on first start. The user is --user (default: your
+    /// login name); JWT_ISSUER and JWT_AUDIENCE, when set, go in as `iss`
+    /// and `aud`.
+    ///
+    /// Example: cortex token --user alice --ttl 8h
+    ///
+    /// Example: curl -H "Authorization: Bearer $(cortex token --user alice)" localhost:9000/resource/history/alice
+    ///
+    /// Example: cortex token --user prometheus --role metrics --ttl 366d
+    Token(crate::auth::TokenArgs),
     /// Run one service until Ctrl-C or SIGTERM.
+    ///
+    /// Callers need a bearer token (see `cortex token`) unless --no-auth;
+    /// /health stays open.
     ///
     /// Example: cortex serve memory --port 9000 --db ./.cortex/memory.sqlite3
     ///
@@ -236,12 +278,17 @@ pub(crate) struct UpArgs {
     /// Port of the cognition service.
     #[arg(long, default_value_t = cortex_cognition::DEFAULT_PORT)]
     pub(crate) cognition_port: u16,
-    /// Directory of the SQLite database (memory.sqlite3); created if missing.
-    #[arg(long, default_value = "./.cortex")]
+    /// Directory of the SQLite database (memory.sqlite3) and the JWT secret
+    /// (jwt-secret); created (mode 0700) if missing.
+    #[arg(long, env = "CORTEX_DATA_DIR", default_value = crate::auth::DEFAULT_DATA_DIR)]
     pub(crate) data_dir: PathBuf,
     /// Seconds in-flight calls may take to finish after Ctrl-C.
     #[arg(long, default_value_t = 10)]
     pub(crate) grace_secs: u64,
+    #[command(flatten)]
+    pub(crate) auth: crate::auth::AuthArgs,
+    #[command(flatten)]
+    pub(crate) limits: crate::limits::LimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -353,6 +400,15 @@ pub(crate) struct ServeArgs {
     /// Lease TTL of the registration, in seconds.
     #[arg(long, default_value_t = 10, requires = "register")]
     pub(crate) register_ttl: u64,
+    /// Directory of the JWT secret (jwt-secret), made on first start when
+    /// neither JWT_SECRET_KEY nor --jwks-url gives the key (default: the
+    /// database's directory for memory, ./.cortex for cognition).
+    #[arg(long, env = "CORTEX_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) auth: crate::auth::AuthArgs,
+    #[command(flatten)]
+    pub(crate) limits: crate::limits::LimitArgs,
 }
 
 impl ServeArgs {

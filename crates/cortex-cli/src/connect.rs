@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use cortex_client::discovery::{HealthChecked, HealthConfig};
 use cortex_client::{
     ClientConfig, DiscoveryError, DiscoverySpec, Endpoint, EndpointSet, NetworkMcpClient,
-    ServiceDiscovery, StaticDiscovery,
+    ServiceDiscovery, StaticDiscovery, StaticToken,
 };
 
 use crate::cli::ServiceUrl;
@@ -33,6 +33,36 @@ pub(crate) struct ClientFlags {
     pub(crate) discovery: Option<DiscoverySpec>,
     /// `--url`: one server, which is then the only service.
     pub(crate) url: Option<Endpoint>,
+    /// What the client sends as `Authorization`.
+    pub(crate) credentials: Credentials,
+}
+
+/// The bearer token of a command's client.
+#[derive(Clone, Default)]
+pub(crate) enum Credentials {
+    /// None: the clients of `up` and `serve` (cognition's of memory) act
+    /// for their callers, whose tokens they forward, never as the operator.
+    #[default]
+    None,
+    /// `--token` or `CORTEX_TOKEN`.
+    Token(String),
+    /// Tokens made from the local secret, if there is one (see
+    /// [`crate::auth`]), for `--user` (`None`: the operator, as admin).
+    Local {
+        /// `--user`.
+        user: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Token(_) => f.write_str("Token(…)"),
+            Self::Local { user } => f.debug_struct("Local").field("user", user).finish(),
+        }
+    }
 }
 
 /// A client ready to use, with the names discovery knows.
@@ -155,10 +185,22 @@ impl ClientFlags {
         if let Some(health) = health {
             discovery = Arc::new(HealthChecked::new(discovery, health));
         }
-        let client = NetworkMcpClient::builder(discovery.clone())
+        let mut builder = NetworkMcpClient::builder(discovery.clone())
             .config(config)
-            .user_agent(concat!("cortex-cli/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("cortex-cli/", env!("CARGO_PKG_VERSION")));
+        match &self.credentials {
+            Credentials::None => {}
+            Credentials::Token(token) => {
+                builder = builder.token_provider(Arc::new(StaticToken(token.clone())));
+            }
+            Credentials::Local { user } => {
+                if let Some(tokens) = crate::auth::local_tokens(user.as_deref(), self.url.as_ref())?
+                {
+                    builder = builder.token_provider(tokens);
+                }
+            }
+        }
+        let client = builder.build()?;
         Ok(Target {
             client,
             discovery,

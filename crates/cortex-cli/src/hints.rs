@@ -47,6 +47,18 @@ pub(crate) async fn explain(target: &Target, error: McpError) -> Failure {
                 _ => String::new(),
             }
         }
+        McpError::Tool {
+            code: cortex_proto::ErrorCode::Unauthorized,
+            ..
+        } => "; send a token with --token (or CORTEX_TOKEN), or run the command where `cortex up` \
+              keeps its data (./.cortex, or set CORTEX_DATA_DIR) so it makes one from the secret there"
+            .to_string(),
+        McpError::Tool {
+            code: cortex_proto::ErrorCode::Forbidden,
+            ..
+        } => "; a user's token acts for that user only; a token with the role `admin` acts for \
+              every user (`cortex token --role admin`)"
+            .to_string(),
         McpError::Connection {
             service, endpoint, ..
         } if target.is_default(service) && error.is_refused() => format!(

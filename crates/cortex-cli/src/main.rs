@@ -6,6 +6,7 @@
 //! before anything starts. Every failure is one [`exit::Failure`]: one line
 //! on stderr and a documented exit code.
 
+mod auth;
 mod bench;
 mod cli;
 mod client_cmds;
@@ -14,6 +15,7 @@ mod demo;
 mod exit;
 mod hints;
 mod input;
+mod limits;
 mod output;
 mod serve;
 mod system;
@@ -26,7 +28,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::Command;
-use crate::connect::ClientFlags;
+use crate::connect::{ClientFlags, Credentials};
 use crate::exit::Failure;
 
 fn main() -> ExitCode {
@@ -56,12 +58,29 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Client commands send the user's token, or make one; the services
+    // `up` and `serve` run act only for their own callers.
+    let credentials = match &cli.command {
+        Command::Up(_)
+        | Command::Serve(_)
+        | Command::Demo
+        | Command::Token(_)
+        | Command::Completions(_) => Credentials::None,
+        _ => match cli.token {
+            Some(token) => Credentials::Token(token),
+            None => Credentials::Local {
+                user: cli.user.clone(),
+            },
+        },
+    };
     let flags = ClientFlags {
         services: cli.services,
         config: cli.config,
         discovery: cli.discovery,
         url: cli.url,
+        credentials,
     };
+    let user = cli.user;
     let json = cli.json;
     let outcome = runtime.block_on(async move {
         match cli.command {
@@ -76,6 +95,7 @@ fn main() -> ExitCode {
             Command::Status => client_cmds::status(&flags, json).await,
             Command::Bench(args) => bench::run(args, &flags, json).await,
             Command::Serve(args) => serve::run(args, &flags).await,
+            Command::Token(args) => auth::token(args, user, json),
             Command::Completions(_) => Ok(()),
         }
     });

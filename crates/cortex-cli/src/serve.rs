@@ -1,5 +1,6 @@
 //! `cortex serve SERVICE`: one service in the foreground.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cortex_cognition::CognitionConfig;
@@ -11,11 +12,21 @@ use crate::exit::Failure;
 use crate::system;
 
 pub(crate) async fn run(args: ServeArgs, flags: &ClientFlags) -> Result<(), Failure> {
+    let (auth, auth_summary) = crate::auth::service_auth(&args.auth, &data_dir(&args)?)?;
+    if auth.is_enabled() {
+        tracing::info!("{auth_summary}");
+    } else {
+        crate::auth::warn(&auth_summary);
+    }
     let config = ServiceConfig {
         max_body_bytes: args.max_body_bytes,
         grace_period: Duration::from_secs(args.grace_secs),
+        auth,
         ..ServiceConfig::default()
     };
+    let config = args.limits.apply(config, &args.host);
+    let files = crate::limits::raise_open_files_limit();
+    tracing::debug!(open_files_limit = files, "open-file limit");
     // The port first: one in use fails before anything opens.
     let (name, port) = match args.service {
         ServiceName::Memory => ("memory", args.port.unwrap_or(9000)),
@@ -68,6 +79,24 @@ pub(crate) async fn run(args: ServeArgs, flags: &ClientFlags) -> Result<(), Fail
     served.map_err(|e| Failure::other(format!("server failed: {e}")))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where the JWT secret is kept: `--data-dir` (or `CORTEX_DATA_DIR`), else
+/// memory's database directory (`./.cortex` by default, as `cortex up`
+/// keeps it), else `./.cortex`.
+fn data_dir(args: &ServeArgs) -> Result<PathBuf, Failure> {
+    if let Some(dir) = &args.data_dir {
+        return Ok(dir.clone());
+    }
+    Ok(match args.service {
+        ServiceName::Memory => args
+            .db_path()
+            .map_err(Failure::usage)?
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        ServiceName::Cognition => PathBuf::from(crate::auth::DEFAULT_DATA_DIR),
+    })
 }
 
 /// Registers `name` at its advertised URL in the etcd at `url`.

@@ -39,10 +39,15 @@ pub(crate) async fn bind(
     })
 }
 
-/// The memory service over the SQLite file `db` (created with its directory).
+/// The memory service over the SQLite file `db` (created with its
+/// directory, which is private: 0700, like the file's 0600).
 pub(crate) async fn memory_service(db: &Path) -> Result<Service, Failure> {
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|e| {
             Failure::other(format!(
                 "cannot create the data directory {}: {e}",
                 dir.display()

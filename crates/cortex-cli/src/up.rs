@@ -18,7 +18,12 @@ use crate::system::{self, Running};
 const READY_WITHIN: Duration = Duration::from_secs(10);
 
 pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure> {
-    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
+    // Private: it holds every user's data and the secret that signs tokens.
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(&args.data_dir).map_err(|e| {
         Failure::other(format!(
             "cannot create the data directory {}: {e}",
             args.data_dir.display()
@@ -32,6 +37,10 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
     })?;
     let db = data_dir.join("memory.sqlite3");
     line(format!("data directory: {}", data_dir.display()))?;
+    let (auth, auth_summary) = crate::auth::service_auth(&args.auth, &data_dir)?;
+    if !auth.is_enabled() {
+        crate::auth::warn(&auth_summary);
+    }
     // Both ports first: a port in use fails before anything starts.
     let memory_listener =
         system::bind(&args.host, args.memory_port, "memory", "--memory-port").await?;
@@ -43,10 +52,27 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
     )
     .await?;
 
-    let config = ServiceConfig {
-        grace_period: Duration::from_secs(args.grace_secs),
-        ..ServiceConfig::default()
-    };
+    let mut config = args.limits.apply(
+        ServiceConfig {
+            grace_period: Duration::from_secs(args.grace_secs),
+            auth: auth.clone(),
+            ..ServiceConfig::default()
+        },
+        &args.host,
+    );
+    // Two services share this process's open files: each gets half.
+    let files = crate::limits::raise_open_files_limit();
+    let wanted = config.limits.max_connections;
+    config.limits.max_connections =
+        crate::limits::share_connections(wanted, config.limits.health_connections, 2, files);
+    if config.limits.max_connections < wanted {
+        tracing::warn!(
+            wanted,
+            cap = config.limits.max_connections,
+            open_files_limit = files,
+            "connection cap of each service lowered to fit the open-file limit"
+        );
+    }
     let memory = Running::spawn(
         memory_listener,
         system::memory_service(&db).await?,
@@ -89,17 +115,28 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
         db.display()
     ))?;
     line(format!("cognition  {}", cognition.url()))?;
+    if auth.is_enabled() {
+        line(&auth_summary)?;
+    }
     let defaults = args.memory_port == 9000
         && args.cognition_port == cortex_cognition::DEFAULT_PORT
         && matches!(args.host.as_str(), "127.0.0.1" | "localhost" | "0.0.0.0");
-    if defaults {
+    // Client commands find the secret in ./.cortex; elsewhere they need to
+    // be told.
+    let default_dir = std::fs::canonicalize(crate::auth::DEFAULT_DATA_DIR)
+        .is_ok_and(|default| default == data_dir);
+    let mut variables = Vec::new();
+    if !defaults {
+        variables.push(format!("MEMORY_SERVICE_URL={}", memory.url()));
+        variables.push(format!("COGNITION_SERVICE_URL={}", cognition.url()));
+    }
+    if auth.is_enabled() && !default_dir {
+        variables.push(format!("CORTEX_DATA_DIR={}", data_dir.display()));
+    }
+    if variables.is_empty() {
         line("try: cortex status   (another terminal)")?;
     } else {
-        line(format!(
-            "try: MEMORY_SERVICE_URL={} COGNITION_SERVICE_URL={} cortex status",
-            memory.url(),
-            cognition.url()
-        ))?;
+        line(format!("try: {} cortex status", variables.join(" ")))?;
     }
     line(format!(
         "ready: memory {} cognition {} (Ctrl-C stops both)",

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Run, cortex, free_port, run};
+use common::{Run, cortex, free_port, run, run_with_env};
 use serde_json::Value;
 use std::net::TcpListener;
 
@@ -86,18 +86,21 @@ struct Up {
     memory: String,
     cognition: String,
     ready: Vec<String>,
+    /// Its data directory, where client commands find its JWT secret.
+    data: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Up {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
         let (memory_port, cognition_port) = (free_port(), free_port());
         let process = Guard::spawn(
             cortex()
                 .arg("up")
                 .arg("--data-dir")
-                .arg(dir.path().join("data"))
+                .arg(&data)
                 .args(["--memory-port", &memory_port.to_string()])
                 .args(["--cognition-port", &cognition_port.to_string()]),
         );
@@ -107,6 +110,7 @@ impl Up {
             memory: format!("http://127.0.0.1:{memory_port}"),
             cognition: format!("http://127.0.0.1:{cognition_port}"),
             ready,
+            data,
             _dir: dir,
         }
     }
@@ -121,7 +125,7 @@ impl Up {
         let cognition = format!("cognition={}", self.cognition);
         let mut all = vec!["--service", &memory, "--service", &cognition];
         all.extend_from_slice(args);
-        run(&all, stdin)
+        run_with_env(&all, stdin, &[("CORTEX_DATA_DIR", &self.data)])
     }
 }
 
@@ -275,7 +279,7 @@ fn call_read_stream_tools_resources_health_status_and_bench() {
 
     // stream without --count: live items until Ctrl-C, which ends it with 0.
     let memory = format!("memory={}", up.memory);
-    let mut live = Guard::spawn(cortex().args([
+    let mut live = Guard::spawn(cortex().env("CORTEX_DATA_DIR", &up.data).args([
         "--service",
         &memory,
         "stream",

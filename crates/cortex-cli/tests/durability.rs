@@ -23,12 +23,14 @@ async fn acknowledged_items_survive_sigkill() {
     let db = dir.path().join("data").join("memory.sqlite3");
     let (mut child, url) = start(&db);
     let http = reqwest::Client::new();
+    let authorization = format!("Bearer {}", common::admin_token());
     const N: usize = 200;
     let mut acknowledged = Vec::new();
     for i in 0..N {
         let body = json!({"user_id": "u1", "input_data": {"content": format!("item {i}")}});
         let answer: Value = http
             .post(format!("{url}/tool/store_input"))
+            .header("authorization", &authorization)
             .json(&body)
             .send()
             .await
@@ -43,7 +45,9 @@ async fn acknowledged_items_survive_sigkill() {
 
     let (mut child, url) = start(&db);
     let history: Value = http
-        .get(format!("{url}/resource/history/u1"))
+        // 200 items: more than the default page of 100.
+        .get(format!("{url}/resource/history/u1/limit/1000"))
+        .header("authorization", &authorization)
         .send()
         .await
         .unwrap()

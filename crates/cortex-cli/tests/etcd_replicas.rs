@@ -126,8 +126,10 @@ async fn etcd_registered_replicas_one_dies_no_call_fails() {
         .request_timeout(Duration::from_secs(10))
         .build()
         .unwrap();
+    let token = Arc::new(cortex_client::StaticToken(common::admin_token()));
     let client = NetworkMcpClient::builder(discovery.clone())
         .config(client_config)
+        .token_provider(token.clone())
         .build()
         .unwrap();
 
@@ -190,9 +192,11 @@ async fn etcd_registered_replicas_one_dies_no_call_fails() {
             .await
             .unwrap();
     }
-    let direct = NetworkMcpClient::new(Arc::new(
+    let direct = NetworkMcpClient::builder(Arc::new(
         cortex_client::StaticDiscovery::new().with("memory", reborn_url.as_str()),
     ))
+    .token_provider(token)
+    .build()
     .unwrap();
     if let Ok(history) = direct.read_resource("memory", "history/after").await {
         served_by_reborn = history.content.as_array().map_or(0, Vec::len);

@@ -8,7 +8,7 @@ use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cortex_client::{ClientConfig, McpClient, NetworkMcpClient, StaticDiscovery};
+use cortex_client::{ClientConfig, McpClient, NetworkMcpClient, StaticDiscovery, StaticToken};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -38,6 +38,7 @@ fn client(port: u16) -> NetworkMcpClient {
         .unwrap();
     NetworkMcpClient::builder(discovery)
         .config(config)
+        .token_provider(Arc::new(StaticToken(common::admin_token())))
         .build()
         .unwrap()
 }
@@ -100,17 +101,22 @@ async fn stream_survives_three_kills_with_every_item_once_in_order() {
     producer.await.unwrap();
 
     let verifier = client(port);
-    let history = verifier
-        .read_resource("memory", "history/u1")
-        .await
-        .unwrap();
-    let mut stored: Vec<i64> = history
-        .content
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["item_id"].as_i64().unwrap())
-        .collect();
+    // History is read a page at a time: follow the pages to the empty one.
+    let mut stored: Vec<i64> = Vec::new();
+    let mut uri = "history/u1/limit/1000".to_string();
+    for _ in 0..1000 {
+        let page = verifier.read_resource("memory", &uri).await.unwrap();
+        let ids: Vec<i64> = page
+            .content
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["item_id"].as_i64().unwrap())
+            .collect();
+        let Some(oldest) = ids.last() else { break };
+        uri = format!("history/u1/before/{oldest}/limit/1000");
+        stored.extend(ids);
+    }
     stored.sort_unstable();
     let last = *stored.last().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -2,15 +2,17 @@
 //! service, reads the user's history back, and streams it.
 //!
 //! Start the services in another terminal (`cortex up`, or from a checkout
-//! `cargo run --release -p cortex-cli -- up`), then:
+//! `cargo run --release -p cortex-cli -- up`), then, in the same directory
+//! (the token is signed with the secret `cortex up` keeps there):
 //!
 //! ```text
-//! cargo run -p cortex-client --example quickstart
+//! CORTEX_TOKEN=$(cortex token --user u1) cargo run -p cortex-client --example quickstart
 //! ```
 //!
 //! Memory is found at `http://localhost:9000`, or where `MEMORY_SERVICE_URL`
-//! says; client settings come from `CORTEX_CLIENT_*` variables. When memory
-//! is not running, it says so and exits with status 1.
+//! says; client settings come from `CORTEX_CLIENT_*` variables; the bearer
+//! token from `CORTEX_TOKEN`. When memory is not running, it says so and
+//! exits with status 1.
 //!
 //! In a project of your own: `cortex-client`, `serde_json`, and `tokio`
 //! with the `macros` and `rt-multi-thread` features.
@@ -20,7 +22,7 @@ use std::sync::Arc;
 
 use cortex_client::{
     ClientConfig, DiscoverySpec, McpClient, McpError, MemoryServiceClient, NetworkMcpClient,
-    StreamExt,
+    StaticToken, StreamExt,
 };
 use serde_json::json;
 
@@ -44,10 +46,12 @@ async fn run() -> Result<(), McpError> {
     let (discovery, _names) = DiscoverySpec::Env.build().await?;
     // CORTEX_CLIENT_MAX_RETRIES=… and the like; or ClientConfig::from_file.
     let config = ClientConfig::from_env()?;
-    let client = NetworkMcpClient::builder(discovery)
-        .config(config)
-        .build()?;
-    let client: Arc<dyn McpClient> = Arc::new(client);
+    let mut builder = NetworkMcpClient::builder(discovery).config(config);
+    // The services check bearer tokens (JWT); u1's token reaches u1's data.
+    if let Ok(token) = std::env::var("CORTEX_TOKEN") {
+        builder = builder.token_provider(Arc::new(StaticToken(token)));
+    }
+    let client: Arc<dyn McpClient> = Arc::new(builder.build()?);
     let memory = MemoryServiceClient::new(client.clone());
 
     let receipt = memory

@@ -77,7 +77,8 @@ pub use metrics::EndpointStatus;
 pub use network::{NetworkMcpClient, NetworkMcpClientBuilder};
 pub use pool::PoolStats;
 pub use typed::{
-    BatchCall, CognitionServiceClient, ContextQuery, MemoryServiceClient, StoreReceipt, call_batch,
+    BatchCall, CognitionServiceClient, ContextQuery, HistoryPage, MemoryServiceClient,
+    StoreReceipt, call_batch,
 };
 
 /// `next`, `take`, `map` and the rest on an [`EventStream`], re-exported

@@ -1,11 +1,11 @@
 //! [`NetworkMcpClient`]: the [`McpClient`] over HTTP. It picks a dialect per
-//! service, the Cortex dialect ([`crate::cortex`]) or standard MCP
-//! ([`crate::mcp`]), and hands the call to it; both run every request
-//! through the one [`Engine`](crate::engine::Engine), which owns retries,
-//! breakers, the pool and the deadline. Nothing here speaks either dialect.
+//! service, the Cortex dialect (`cortex.rs`) or standard MCP (`mcp.rs`),
+//! and hands the call to it; both run every request through the one
+//! engine (`engine.rs`), which owns retries, breakers, the pool and the
+//! deadline. Nothing here speaks either dialect.
 //!
 //! Which dialect: the discovery entry's protocol (`cortex`, `mcp`, or
-//! `auto`, probed once; see [`crate::mcp`]).
+//! `auto`, probed once: `GET /tools` answering means the Cortex dialect).
 
 use std::sync::Arc;
 

@@ -55,6 +55,16 @@ fn items(value: Value) -> Vec<Value> {
     }
 }
 
+/// One page of a user's history, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// The items, newest first.
+    pub items: Vec<Value>,
+    /// Where the next page starts: the `item_id` of the last item here, to
+    /// pass as `before`; `None` when the page is empty, which is the end.
+    pub next_before: Option<i64>,
+}
+
 /// The memory service, typed.
 #[derive(Clone)]
 pub struct MemoryServiceClient {
@@ -153,7 +163,9 @@ impl MemoryServiceClient {
             .map(|_| ())
     }
 
-    /// Every item of a user, newest first.
+    /// A user's newest items, newest first: the service's first page (100
+    /// items by default). [`get_history_page`](Self::get_history_page)
+    /// reads further back.
     pub async fn get_history(&self, user_id: &str) -> Result<Vec<Value>, McpError> {
         let uri = format!("history/{}", segment(user_id));
         Ok(items(
@@ -164,7 +176,40 @@ impl MemoryServiceClient {
         ))
     }
 
-    /// The newest `limit` items of a user.
+    /// One page of a user's history, newest first: the items older than
+    /// `before` (the newest when `None`), at most `limit` of them (the
+    /// service's default page when `None`; the service caps it, at 1000 by
+    /// default). Read a whole history by passing each page's
+    /// [`next_before`](HistoryPage::next_before) until it is `None`; memory
+    /// on both ends stays bounded by a page.
+    pub async fn get_history_page(
+        &self,
+        user_id: &str,
+        before: Option<i64>,
+        limit: Option<usize>,
+    ) -> Result<HistoryPage, McpError> {
+        let mut uri = format!("history/{}", segment(user_id));
+        if let Some(before) = before {
+            uri.push_str(&format!("/before/{before}"));
+        }
+        if let Some(limit) = limit {
+            uri.push_str(&format!("/limit/{limit}"));
+        }
+        let items = items(
+            self.client
+                .read_resource(&self.service, &uri)
+                .await?
+                .content,
+        );
+        let next_before = items
+            .last()
+            .and_then(|item| item.get("item_id"))
+            .and_then(Value::as_i64);
+        Ok(HistoryPage { items, next_before })
+    }
+
+    /// The newest `limit` items of a user (the service caps `limit`, at
+    /// 1000 by default).
     pub async fn get_recent(&self, user_id: &str, limit: usize) -> Result<Vec<Value>, McpError> {
         let uri = format!("history/{}/limit/{limit}", segment(user_id));
         Ok(items(

@@ -107,7 +107,11 @@ async fn a_thousand_calls_through_two_503s_each_store_exactly_a_thousand_items()
         .collect()
         .await;
     cortex_test_support::assert_none_failed(&results);
-    let history = client.read_resource("memory", "history/u1").await.unwrap();
+    // 1,000 items: the largest page, where the default one holds 100.
+    let history = client
+        .read_resource("memory", "history/u1/limit/1000")
+        .await
+        .unwrap();
     assert_eq!(
         history.content.as_array().unwrap().len(),
         1_000,

@@ -90,6 +90,24 @@ async fn exercise(client: Arc<dyn McpClient>) {
     assert_eq!(ids.len(), 19);
     let history = memory.get_history("batch").await.unwrap();
     assert_eq!(history.len(), 19);
+    // Page by page, newest first, until the empty page.
+    let mut paged = Vec::new();
+    let mut before = None;
+    let mut sizes = Vec::new();
+    for _ in 0..10 {
+        let page = memory
+            .get_history_page("batch", before, Some(7))
+            .await
+            .unwrap();
+        sizes.push(page.items.len());
+        paged.extend(page.items);
+        match page.next_before {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(sizes, [7, 7, 5, 0]);
+    assert_eq!(paged, history);
 
     // The caller's key: a repeat (a restarted caller draining its queue)
     // stores nothing and gets the first receipt; another key stores anew.

@@ -43,8 +43,10 @@
 //! term overlap — how many of the query's distinct lower-cased word tokens,
 //! stop words aside, occur among the item's tokens (see [`text`]) — and keeps
 //! the `limit` best, ties (including zero scores) newest first. With a
-//! `conversation_id`, the items are those of
-//! `history/{user_id}/conversation/{conversation_id}`, ranked the same way.
+//! `conversation_id`, the items are the conversation's newest [`MAX_LIMIT`],
+//! read from `history/{user_id}/conversation/{conversation_id}/limit/{MAX_LIMIT}`
+//! (memory reads history a bounded page at a time), ranked the same way;
+//! `analyze_conversation` reads the same.
 //!
 //! ## Statistics
 //! Timestamps are the items' own; "first" is the earliest stored item's and
@@ -86,11 +88,17 @@
 //!
 //! # Authorization
 //!
+//! With authentication on (`ServiceConfig::auth`), every tool and resource
+//! naming a `user_id` answers `403 forbidden` unless the caller is that
+//! user or holds the role `admin` or `service`; this is checked before
+//! memory is read. `extract_entities` on a `text` names no user.
+//!
 //! Memory is read as the caller: every handler runs inside
 //! [`cortex_client::with_authorization`] with the caller's `Authorization`
 //! header, so each request to memory made for that call carries it instead
 //! of the client's own token (its `TokenProvider`), which is used only for
-//! callers that sent none.
+//! callers that sent none; memory checks it again. (`cortex up` and
+//! `cortex serve cognition` give the client no token of its own.)
 //!
 //! # Example
 //! ```no_run

@@ -159,12 +159,16 @@ impl Memory {
         format!("history/{}/limit/{n}", encode_segment(user_id))
     }
 
-    /// `history/{user_id}/conversation/{cid}`: a conversation, newest first.
+    /// `history/{user_id}/conversation/{cid}/limit/{MAX_LIMIT}`: a
+    /// conversation's newest items, newest first. Memory reads history a
+    /// bounded page at a time; this asks for the largest page cognition
+    /// ever needs (its own largest `limit`), not memory's default one.
     pub(crate) fn conversation_uri(user_id: &str, conversation_id: &str) -> String {
         format!(
-            "history/{}/conversation/{}",
+            "history/{}/conversation/{}/limit/{}",
             encode_segment(user_id),
-            encode_segment(conversation_id)
+            encode_segment(conversation_id),
+            crate::MAX_LIMIT
         )
     }
 

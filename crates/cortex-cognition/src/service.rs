@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use cortex_service::{CallContext, Params, Resource, ResourceContent, ServiceError, Tool};
+use cortex_service::{CallContext, Caller, Params, Resource, ResourceContent, ServiceError, Tool};
 use serde_json::{Map, Value, json};
 
 use crate::entities::{self, EntityCounter};
@@ -230,12 +230,15 @@ fn check_user_id(user_id: &str) -> Result<(), ServiceError> {
     cortex_service::check_segment_id("user_id", user_id)
 }
 
-fn user_id_arg(args: &Map<String, Value>) -> Result<String, ServiceError> {
+/// The `user_id` argument, once `caller` may act for that user (`403`
+/// otherwise): checked before memory is read, and memory checks again.
+fn user_id_arg(args: &Map<String, Value>, caller: Option<&Caller>) -> Result<String, ServiceError> {
     let user_id = args
         .get("user_id")
         .and_then(Value::as_str)
         .ok_or_else(|| ServiceError::invalid_argument("user_id", "is required: a string"))?;
     check_user_id(user_id)?;
+    cortex_service::auth::authorize(caller, user_id)?;
     Ok(user_id.to_string())
 }
 
@@ -269,9 +272,11 @@ fn limit_arg(args: &Map<String, Value>, default: usize) -> Result<usize, Service
         })
 }
 
-fn user_param(params: &Params) -> Result<String, ServiceError> {
+/// The `user_id` of a resource URI, once `caller` may act for that user.
+fn user_param(params: &Params, caller: Option<&Caller>) -> Result<String, ServiceError> {
     let user_id = params.get("user_id")?.to_string();
     check_user_id(&user_id)?;
+    cortex_service::auth::authorize(caller, &user_id)?;
     Ok(user_id)
 }
 
@@ -302,9 +307,10 @@ pub(crate) fn get_context(cognition: Cognition) -> Tool {
         schema,
         move |ctx, args| {
             let cognition = cognition.clone();
+            let caller = ctx.caller.clone();
             as_caller(&ctx, async move {
                 let request = ContextRequest {
-                    user_id: user_id_arg(&args)?,
+                    user_id: user_id_arg(&args, caller.as_ref())?,
                     query: string_arg(&args, "query")?,
                     conversation_id: string_arg(&args, "conversation_id")?,
                     limit: limit_arg(&args, cognition.config.default_limit)?,
@@ -332,8 +338,9 @@ pub(crate) fn analyze_conversation(cognition: Cognition) -> Tool {
         schema,
         move |ctx, args| {
             let cognition = cognition.clone();
+            let caller = ctx.caller.clone();
             as_caller(&ctx, async move {
-                let user_id = user_id_arg(&args)?;
+                let user_id = user_id_arg(&args, caller.as_ref())?;
                 let conversation_id = string_arg(&args, "conversation_id")?
                     .filter(|c| !c.is_empty())
                     .ok_or_else(|| {
@@ -385,6 +392,7 @@ pub(crate) fn extract_entities(cognition: Cognition) -> Tool {
         schema,
         move |ctx, args| {
             let cognition = cognition.clone();
+            let caller = ctx.caller.clone();
             as_caller(&ctx, async move {
                 let text = string_arg(&args, "text")?;
                 let has_user = args.get("user_id").is_some_and(|v| !v.is_null());
@@ -407,7 +415,7 @@ pub(crate) fn extract_entities(cognition: Cognition) -> Tool {
                         Ok(json!({"entities": entities::extract(&text)}))
                     }
                     (None, true) => {
-                        let user_id = user_id_arg(&args)?;
+                        let user_id = user_id_arg(&args, caller.as_ref())?;
                         let limit = limit_arg(&args, cognition.config.default_limit)?;
                         let items = cognition
                             .read(&Memory::history_uri(&user_id, limit))
@@ -445,8 +453,9 @@ pub(crate) fn summarize_history(cognition: Cognition) -> Tool {
         schema,
         move |ctx, args| {
             let cognition = cognition.clone();
+            let caller = ctx.caller.clone();
             as_caller(&ctx, async move {
-                let user_id = user_id_arg(&args)?;
+                let user_id = user_id_arg(&args, caller.as_ref())?;
                 let limit = limit_arg(&args, SUMMARY_DEFAULT_LIMIT)?;
                 let items = cognition
                     .read(&Memory::history_uri(&user_id, limit))
@@ -486,9 +495,10 @@ pub(crate) fn context_resource(cognition: Cognition) -> Resource {
         "get_context with its defaults: the newest default_limit items of a user.",
         move |ctx, params| {
             let cognition = cognition.clone();
+            let caller = ctx.caller.clone();
             as_caller(&ctx, async move {
                 let request = ContextRequest {
-                    user_id: user_param(&params)?,
+                    user_id: user_param(&params, caller.as_ref())?,
                     query: None,
                     conversation_id: None,
                     limit: cognition.config.default_limit,
@@ -505,9 +515,10 @@ pub(crate) fn context_query_resource(cognition: Cognition) -> Resource {
         "get_context for a query (percent-encoded in the URI), default limit.",
         move |ctx, params| {
             let cognition = cognition.clone();
+            let caller = ctx.caller.clone();
             as_caller(&ctx, async move {
                 let request = ContextRequest {
-                    user_id: user_param(&params)?,
+                    user_id: user_param(&params, caller.as_ref())?,
                     query: Some(params.get("query")?.to_string()),
                     conversation_id: None,
                     limit: cognition.config.default_limit,

@@ -11,6 +11,29 @@
 //! `history/{user_id}/conversation/{conversation_id}`, `item/{item_id}`, and
 //! `history/{user_id}/stream` (backlog in id order, then live; the event id
 //! is the item id, so `Last-Event-ID` resumes exactly after it).
+//!
+//! # Pages
+//!
+//! A history read is one page, bounded in items and bytes
+//! ([`MemoryConfig`]): `history/{user_id}` is the newest page, and the page
+//! after one ending with item `N` is `history/{user_id}/before/N` (or
+//! `…/before/N/limit/{n}`; for a conversation,
+//! `…/conversation/{conversation_id}/before/N`). An empty page is the end.
+//! The cursor is an item id, like the stream's event ids: items stored
+//! while a reader pages are newer than its cursor and never shift a page.
+//! User and conversation ids are at most 256 bytes, so whatever is stored
+//! can be read back through a URI.
+//!
+//! # Who may do what
+//!
+//! With a verified caller (authentication on), a call naming a `user_id`
+//! (`store_input`, every `history/…` resource, the stream when it opens)
+//! must come from that user, or from a caller with the role `admin` or
+//! `service`: otherwise `403 forbidden`. A call naming an item
+//! (`get_item`, `update_item`, `delete_item`, `item/{item_id}`) answers
+//! another user's item exactly as a missing one, `404`, so item ids reveal
+//! nothing. Without a caller (authentication off, or a call from inside
+//! the process) everything is allowed.
 
 use std::sync::Arc;
 
@@ -24,13 +47,57 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::store::{Item, ItemUpdate, NewItem, Store, StoreError};
+use crate::store::{Item, ItemUpdate, NewItem, PageLimit, Store, StoreError};
 
 /// How many backlog items a stream reads from the database at a time.
 const BACKLOG_PAGE: usize = 500;
 
-/// The memory service over `store`.
+/// The bounds of history reads. One read of a user's whole history once
+/// took a service from 20 MB to over 500 MB resident; a read is now one
+/// page, bounded in items and in bytes, and the next page is asked for by
+/// the id of the last item read (`…/before/{item_id}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Items in a page when the URI names no count (`history/{user_id}`,
+    /// `…/before/{item_id}`, `…/conversation/{conversation_id}`).
+    pub default_page: usize,
+    /// Most items in a page; `…/limit/{n}` with a larger `n` reads this many.
+    pub max_page: usize,
+    /// Most bytes of item text in a page (content, `input_data`, and the
+    /// other text fields as stored); a page stops before the item that
+    /// would pass it, but always holds one item. Also bounds each backlog
+    /// read of a history stream.
+    pub max_page_bytes: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            default_page: 100,
+            // What cognition asks for at most (its `MAX_LIMIT`).
+            max_page: 1000,
+            max_page_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// The bounds of a page of `n` items (capped at `max_page`).
+    fn page(&self, n: usize) -> PageLimit {
+        PageLimit {
+            items: n.min(self.max_page).max(1),
+            bytes: self.max_page_bytes,
+        }
+    }
+}
+
+/// The memory service over `store`, with the default page bounds.
 pub fn build(store: Store) -> Result<Service, BuildError> {
+    build_with(store, MemoryConfig::default())
+}
+
+/// The memory service over `store`, with history reads bounded by `config`.
+pub fn build_with(store: Store, config: MemoryConfig) -> Result<Service, BuildError> {
     let health_store = store.clone();
     Service::builder("memory", env!("CARGO_PKG_VERSION"))
         .idempotency_store(Arc::new(StoreIdempotency(store.clone())))
@@ -42,12 +109,38 @@ pub fn build(store: Store) -> Result<Service, BuildError> {
         .tool(get_item(store.clone()))
         .tool(update_item(store.clone()))
         .tool(delete_item(store.clone()))
-        .resource(history(store.clone()))
-        .resource(history_limit(store.clone()))
-        .resource(conversation(store.clone()))
+        .resource(history(store.clone(), config))
+        .resource(history_limit(store.clone(), config))
+        .resource(history_before(store.clone(), config))
+        .resource(history_before_limit(store.clone(), config))
+        .resource(conversation(store.clone(), config))
+        .resource(conversation_limit(store.clone(), config))
+        .resource(conversation_before(store.clone(), config))
         .resource(item(store.clone()))
-        .resource(history_stream(store))
+        .resource(history_stream(store, config))
         .build()
+}
+
+/// `item` when the caller may see it; another user's item is "not found",
+/// word for word as a missing one, so its id reveals nothing.
+fn visible(ctx: &CallContext, item: Item) -> Result<Item, ServiceError> {
+    if ctx.may_act_for(&item.user_id) {
+        Ok(item)
+    } else {
+        Err(store_error(StoreError::NotFound(item.item_id)))
+    }
+}
+
+/// Before changing item `id`: the caller may change it (see [`visible`]).
+/// Without a caller there is nothing to check, and no read is spent.
+async fn check_owner(store: &Store, ctx: &CallContext, id: i64) -> Result<(), ServiceError> {
+    if ctx.caller.is_none() {
+        return Ok(());
+    }
+    // The owner of an item never changes and ids are never reused, so the
+    // answer cannot go stale before the change runs.
+    let item = store.get(id).await.map_err(store_error)?;
+    visible(ctx, item).map(drop)
 }
 
 fn store_error(error: StoreError) -> ServiceError {
@@ -139,9 +232,14 @@ fn new_item(user_id: String, input: Map<String, Value>) -> Result<NewItem, Servi
             ));
         }
     };
+    let conversation_id = optional_string(&input, "conversation_id")?;
+    if let Some(cid) = &conversation_id {
+        // It is read back through `history/{user_id}/conversation/{cid}`.
+        cortex_service::check_id_length("input_data.conversation_id", cid)?;
+    }
     Ok(NewItem {
         user_id,
-        conversation_id: optional_string(&input, "conversation_id")?,
+        conversation_id,
         content,
         content_type: optional_string(&input, "content_type")?
             .unwrap_or_else(|| "text/plain".into()),
@@ -195,6 +293,7 @@ fn store_input(store: Store) -> Tool {
             async move {
                 let user_id = string_arg(&mut args, "user_id")?;
                 check_user_id(&user_id)?;
+                ctx.authorize_user(&user_id)?;
                 let Some(Value::Object(input)) = args.remove("input_data") else {
                     return Err(ServiceError::invalid_argument(
                         "input_data",
@@ -226,15 +325,12 @@ fn get_item(store: Store) -> Tool {
         "get_item",
         "Returns one stored item by id.",
         json!({"type": "object", "properties": {"item_id": {"type": "integer"}}, "required": ["item_id"]}),
-        move |_ctx, args| {
+        move |ctx, args| {
             let store = store.clone();
             async move {
                 let id = item_id_arg(&args)?;
-                store
-                    .get(id)
-                    .await
-                    .map(|item| to_json(&item))
-                    .map_err(store_error)
+                let item = store.get(id).await.map_err(store_error)?;
+                visible(&ctx, item).map(|item| to_json(&item))
             }
         },
     )
@@ -257,10 +353,11 @@ fn update_item(store: Store) -> Tool {
         "update_item",
         "Changes the given fields of one item; returns the item.",
         schema,
-        move |_ctx, args| {
+        move |ctx, args| {
             let store = store.clone();
             async move {
                 let id = item_id_arg(&args)?;
+                check_owner(&store, &ctx, id).await?;
                 let text = |f: &str| args.get(f).and_then(Value::as_str).map(str::to_string);
                 let update = ItemUpdate {
                     content: text("content"),
@@ -268,6 +365,9 @@ fn update_item(store: Store) -> Tool {
                     conversation_id: text("conversation_id"),
                     input_data: args.get("input_data").cloned(),
                 };
+                if let Some(cid) = &update.conversation_id {
+                    cortex_service::check_id_length("conversation_id", cid)?;
+                }
                 store
                     .update(id, update)
                     .await
@@ -283,10 +383,11 @@ fn delete_item(store: Store) -> Tool {
         "delete_item",
         "Deletes one item.",
         json!({"type": "object", "properties": {"item_id": {"type": "integer"}}, "required": ["item_id"]}),
-        move |_ctx, args| {
+        move |ctx, args| {
             let store = store.clone();
             async move {
                 let id = item_id_arg(&args)?;
+                check_owner(&store, &ctx, id).await?;
                 store.delete(id).await.map_err(store_error)?;
                 Ok(json!({"status": "deleted", "item_id": id}))
             }
@@ -298,106 +399,211 @@ fn items_json(items: Vec<Item>) -> ResourceContent {
     ResourceContent::Json(Value::Array(items.iter().map(to_json).collect()))
 }
 
-fn user_param(params: &Params) -> Result<String, ServiceError> {
+/// The `user_id` of a resource URI, once the caller may act for that user.
+fn user_param(ctx: &CallContext, params: &Params) -> Result<String, ServiceError> {
     let user_id = params.get("user_id")?.to_string();
     check_user_id(&user_id)?;
+    ctx.authorize_user(&user_id)?;
     Ok(user_id)
 }
 
-fn history(store: Store) -> Resource {
+/// The `n` of a `…/limit/{n}` URI.
+fn count_param(params: &Params) -> Result<usize, ServiceError> {
+    params.get_parsed("n")
+}
+
+/// The `item_id` of a `…/before/{item_id}` URI: the last item of the page
+/// read before.
+fn before_param(params: &Params) -> Result<i64, ServiceError> {
+    params.get_parsed("item_id")
+}
+
+/// One page of a user's history (of one conversation when `conversation`
+/// names it), newest first, below `before`; `n` items at most (0: none).
+async fn history_page(
+    store: &Store,
+    config: MemoryConfig,
+    user_id: &str,
+    conversation: Option<&str>,
+    before: Option<i64>,
+    n: usize,
+) -> Result<ResourceContent, ServiceError> {
+    if n == 0 {
+        return Ok(items_json(Vec::new()));
+    }
+    let limit = config.page(n);
+    let page = match conversation {
+        None => store.history_page(user_id, before, limit).await,
+        Some(cid) => store.conversation_page(user_id, cid, before, limit).await,
+    };
+    page.map(|page| items_json(page.items)).map_err(store_error)
+}
+
+fn history(store: Store, config: MemoryConfig) -> Resource {
     Resource::new(
         "history/{user_id}",
-        "Every item of a user, newest first.",
-        move |_ctx, params| {
+        "The newest items of a user, newest first: one page (100 items by default, at most 4 MiB). The next page is history/{user_id}/before/{item_id of its last item}.",
+        move |ctx, params| {
             let store = store.clone();
             async move {
-                let user_id = user_param(&params)?;
-                store
-                    .history(&user_id, None)
-                    .await
-                    .map(items_json)
-                    .map_err(store_error)
+                let user_id = user_param(&ctx, &params)?;
+                history_page(&store, config, &user_id, None, None, config.default_page).await
             }
         },
     )
 }
 
-fn history_limit(store: Store) -> Resource {
+fn history_limit(store: Store, config: MemoryConfig) -> Resource {
     Resource::new(
         "history/{user_id}/limit/{n}",
-        "The newest n items of a user, newest first.",
-        move |_ctx, params| {
+        "The newest n items of a user (n at most 1000), newest first.",
+        move |ctx, params| {
             let store = store.clone();
             async move {
-                let user_id = user_param(&params)?;
-                let n: usize = params.get_parsed("n")?;
-                store
-                    .history(&user_id, Some(n))
-                    .await
-                    .map(items_json)
-                    .map_err(store_error)
+                let user_id = user_param(&ctx, &params)?;
+                let n = count_param(&params)?;
+                history_page(&store, config, &user_id, None, None, n).await
             }
         },
     )
 }
 
-fn conversation(store: Store) -> Resource {
+fn history_before(store: Store, config: MemoryConfig) -> Resource {
     Resource::new(
-        "history/{user_id}/conversation/{conversation_id}",
-        "The items of one conversation, newest first.",
-        move |_ctx, params| {
+        "history/{user_id}/before/{item_id}",
+        "The next page of a user's history: the items older than item_id, newest first. An empty list is the end.",
+        move |ctx, params| {
             let store = store.clone();
             async move {
-                let user_id = user_param(&params)?;
+                let user_id = user_param(&ctx, &params)?;
+                let before = before_param(&params)?;
+                history_page(
+                    &store,
+                    config,
+                    &user_id,
+                    None,
+                    Some(before),
+                    config.default_page,
+                )
+                .await
+            }
+        },
+    )
+}
+
+fn history_before_limit(store: Store, config: MemoryConfig) -> Resource {
+    Resource::new(
+        "history/{user_id}/before/{item_id}/limit/{n}",
+        "The next n items (n at most 1000) of a user's history older than item_id, newest first.",
+        move |ctx, params| {
+            let store = store.clone();
+            async move {
+                let user_id = user_param(&ctx, &params)?;
+                let before = before_param(&params)?;
+                let n = count_param(&params)?;
+                history_page(&store, config, &user_id, None, Some(before), n).await
+            }
+        },
+    )
+}
+
+fn conversation(store: Store, config: MemoryConfig) -> Resource {
+    Resource::new(
+        "history/{user_id}/conversation/{conversation_id}",
+        "The newest items of one conversation, newest first: one page, as for history/{user_id}.",
+        move |ctx, params| {
+            let store = store.clone();
+            async move {
+                let user_id = user_param(&ctx, &params)?;
                 let cid = params.get("conversation_id")?.to_string();
-                store
-                    .conversation(&user_id, &cid)
-                    .await
-                    .map(items_json)
-                    .map_err(store_error)
+                history_page(
+                    &store,
+                    config,
+                    &user_id,
+                    Some(&cid),
+                    None,
+                    config.default_page,
+                )
+                .await
+            }
+        },
+    )
+}
+
+fn conversation_limit(store: Store, config: MemoryConfig) -> Resource {
+    Resource::new(
+        "history/{user_id}/conversation/{conversation_id}/limit/{n}",
+        "The newest n items (n at most 1000) of one conversation, newest first.",
+        move |ctx, params| {
+            let store = store.clone();
+            async move {
+                let user_id = user_param(&ctx, &params)?;
+                let cid = params.get("conversation_id")?.to_string();
+                let n = count_param(&params)?;
+                history_page(&store, config, &user_id, Some(&cid), None, n).await
+            }
+        },
+    )
+}
+
+fn conversation_before(store: Store, config: MemoryConfig) -> Resource {
+    Resource::new(
+        "history/{user_id}/conversation/{conversation_id}/before/{item_id}",
+        "The next page of a conversation: its items older than item_id, newest first.",
+        move |ctx, params| {
+            let store = store.clone();
+            async move {
+                let user_id = user_param(&ctx, &params)?;
+                let cid = params.get("conversation_id")?.to_string();
+                let before = before_param(&params)?;
+                let n = config.default_page;
+                history_page(&store, config, &user_id, Some(&cid), Some(before), n).await
             }
         },
     )
 }
 
 fn item(store: Store) -> Resource {
-    Resource::new("item/{item_id}", "One item by id.", move |_ctx, params| {
+    Resource::new("item/{item_id}", "One item by id.", move |ctx, params| {
         let store = store.clone();
         async move {
             let id: i64 = params.get_parsed("item_id")?;
-            store
-                .get(id)
-                .await
-                .map(|item| ResourceContent::Json(to_json(&item)))
-                .map_err(store_error)
+            let item = store.get(id).await.map_err(store_error)?;
+            visible(&ctx, item).map(|item| ResourceContent::Json(to_json(&item)))
         }
     })
 }
 
-fn history_stream(store: Store) -> Resource {
+fn history_stream(store: Store, config: MemoryConfig) -> Resource {
     let read_store = store.clone();
     Resource::new(
         "history/{user_id}/stream",
-        "A user's items in id order: the backlog, then each new item as it is stored. Resumable with Last-Event-ID.",
-        move |_ctx, params| {
+        "A user's items in id order: the backlog, then each new item as it is stored. Resumable with Last-Event-ID. Read without SSE: the oldest page.",
+        move |ctx, params| {
             let store = read_store.clone();
             async move {
-                let user_id = user_param(&params)?;
-                store.items_after(&user_id, 0, usize::MAX >> 1).await.map(items_json).map_err(store_error)
+                let user_id = user_param(&ctx, &params)?;
+                store
+                    .items_after_page(&user_id, 0, config.page(config.default_page))
+                    .await
+                    .map(|page| items_json(page.items))
+                    .map_err(store_error)
             }
         },
     )
-    .with_stream(move |_ctx, params, last_event_id| {
+    // Checked when the stream opens: a stream only ever carries the items
+    // of the user its URI names.
+    .with_stream(move |ctx, params, last_event_id| {
         let store = store.clone();
         async move {
-            let user_id = user_param(&params)?;
+            let user_id = user_param(&ctx, &params)?;
             let after = match last_event_id.as_deref() {
                 None | Some("") => 0,
                 Some(id) => id.parse::<i64>().map_err(|_| {
                     ServiceError::invalid_request(format!("Last-Event-ID `{id}` is not an item id"))
                 })?,
             };
-            Ok(live_history(store, user_id, after))
+            Ok(live_history(store, user_id, after, config.max_page_bytes))
         }
     })
 }
@@ -409,7 +615,11 @@ fn history_stream(store: Store) -> Resource {
 /// backlog is read arrives on the subscription too; `last` drops it there.
 /// When the subscription lags (a slow reader), it re-reads from the database
 /// instead of losing items.
-fn live_history(store: Store, user_id: String, after: i64) -> EventStream {
+fn live_history(store: Store, user_id: String, after: i64, max_page_bytes: usize) -> EventStream {
+    let backlog_page = PageLimit {
+        items: BACKLOG_PAGE,
+        bytes: max_page_bytes,
+    };
     struct State {
         store: Store,
         user_id: String,
@@ -428,7 +638,7 @@ fn live_history(store: Store, user_id: String, after: i64) -> EventStream {
         catching_up: true,
         failed: false,
     };
-    futures::stream::unfold(state, |mut state| async move {
+    futures::stream::unfold(state, move |mut state| async move {
         if state.failed {
             return None;
         }
@@ -446,12 +656,14 @@ fn live_history(store: Store, user_id: String, after: i64) -> EventStream {
             if state.catching_up {
                 match state
                     .store
-                    .items_after(&state.user_id, state.last, BACKLOG_PAGE)
+                    .items_after_page(&state.user_id, state.last, backlog_page)
                     .await
                 {
                     Ok(page) => {
-                        state.catching_up = page.len() == BACKLOG_PAGE;
-                        state.pending.extend(page);
+                        // A page cut by its byte bound is short but not
+                        // the last: `more` says which.
+                        state.catching_up = page.more;
+                        state.pending.extend(page.items);
                         continue;
                     }
                     Err(error) => {

@@ -135,6 +135,17 @@ const CONVERSATION_SQL: &str = concat!(
     item_columns!(),
     " FROM items WHERE user_id = ?1 AND conversation_id = ?2 ORDER BY item_id DESC"
 );
+const HISTORY_BEFORE_SQL: &str = concat!(
+    "SELECT ",
+    item_columns!(),
+    " FROM items WHERE user_id = ?1 AND item_id < ?2 ORDER BY item_id DESC LIMIT ?3"
+);
+const CONVERSATION_BEFORE_SQL: &str = concat!(
+    "SELECT ",
+    item_columns!(),
+    " FROM items WHERE user_id = ?1 AND conversation_id = ?2 AND item_id < ?3 \
+     ORDER BY item_id DESC LIMIT ?4"
+);
 const ITEMS_AFTER_SQL: &str = concat!(
     "SELECT ",
     item_columns!(),
@@ -204,6 +215,27 @@ impl NewItem {
             input_data,
         }
     }
+}
+
+/// The bounds of one page of items: at most `items` items and about
+/// `bytes` bytes of item text (content, `input_data` and the other text
+/// columns, as stored). A page always holds at least one item when one is
+/// left, however large it is, so a reader always gets past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    /// Most items in the page.
+    pub items: usize,
+    /// Most bytes of item text in the page (one item may exceed it alone).
+    pub bytes: usize,
+}
+
+/// One page of items, and whether more follow it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The items, in the order of the read.
+    pub items: Vec<Item>,
+    /// True when the read stopped at a bound with items left after it.
+    pub more: bool,
 }
 
 /// Changes applied by [`Store::update`]; `None` keeps the current value.
@@ -281,8 +313,13 @@ fn parse_json(column: usize, text: &str) -> rusqlite::Result<Value> {
 }
 
 fn row_to_item(row: &Row<'_>) -> rusqlite::Result<Item> {
+    row_to_sized_item(row).map(|(item, _)| item)
+}
+
+/// An item and the bytes of its text as stored (what a page counts).
+fn row_to_sized_item(row: &Row<'_>) -> rusqlite::Result<(Item, usize)> {
     let input_data: String = row.get(6)?;
-    Ok(Item {
+    let item = Item {
         item_id: row.get(0)?,
         user_id: row.get(1)?,
         conversation_id: row.get(2)?,
@@ -292,7 +329,51 @@ fn row_to_item(row: &Row<'_>) -> rusqlite::Result<Item> {
         input_data: parse_json(6, &input_data)?,
         created_at: row.get(7)?,
         updated_at: row.get(8)?,
-    })
+    };
+    let size = input_data.len()
+        + item.user_id.len()
+        + item.conversation_id.as_ref().map_or(0, String::len)
+        + item.content.len()
+        + item.content_type.len()
+        + item.timestamp.len()
+        + item.created_at.len()
+        + item.updated_at.as_ref().map_or(0, String::len);
+    Ok((item, size))
+}
+
+/// Reads one page with `sql`, whose last parameter is the row limit: rows
+/// are read one at a time and the read stops at `limit`, so a page never
+/// holds more than its bounds in memory, however many rows match.
+fn read_page(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+    limit: PageLimit,
+) -> rusqlite::Result<Page> {
+    let items = limit.items.max(1);
+    // One row more than the page holds tells whether more follow.
+    let row_limit = sql_limit(Some(items.saturating_add(1)));
+    let mut all: Vec<&dyn rusqlite::ToSql> = params.to_vec();
+    all.push(&row_limit);
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut rows = statement.query(all.as_slice())?;
+    let mut page = Page {
+        items: Vec::new(),
+        more: false,
+    };
+    let mut bytes = 0usize;
+    while let Some(row) = rows.next()? {
+        let (item, size) = row_to_sized_item(row)?;
+        let full = page.items.len() >= items
+            || (!page.items.is_empty() && bytes.saturating_add(size) > limit.bytes);
+        if full {
+            page.more = true;
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        page.items.push(item);
+    }
+    Ok(page)
 }
 
 fn sql_limit(limit: Option<usize>) -> i64 {
@@ -613,6 +694,10 @@ fn open_writer_connection(path: &Path, label: &str) -> Result<Connection, StoreE
             ),
         });
     }
+    make_private(path).map_err(|e| StoreError::Open {
+        path: label.to_owned(),
+        reason: format!("cannot create it readable by its owner only: {e}"),
+    })?;
     let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -638,6 +723,42 @@ fn open_writer_connection(path: &Path, label: &str) -> Result<Connection, StoreE
         .map_err(&db)?;
     migrate(&mut conn, label)?;
     Ok(conn)
+}
+
+/// The database holds users' data, so it is readable and writable by its
+/// owner only (0600). SQLite would create it 0644 (less the umask) and
+/// gives its `-wal` and `-shm` files the database file's mode when it
+/// creates them; so the file is created, or tightened, to 0600 before
+/// SQLite opens it, and the side files of an older run are tightened too.
+#[cfg(unix)]
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let private = std::fs::Permissions::from_mode(0o600);
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(private.clone())?;
+    }
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let side = Path::new(&side);
+        if let Ok(metadata) = std::fs::metadata(side)
+            && metadata.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(side, private.clone())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_private(_path: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Brings the schema to the latest version, tracked in `PRAGMA user_version`.
@@ -947,6 +1068,55 @@ impl Store {
                 .collect()
         })
         .await
+    }
+
+    /// One page of the user's items, newest first, with ids below `before`
+    /// (all of them when `None`): bounded in items and bytes by `limit`.
+    pub async fn history_page(
+        &self,
+        user_id: &str,
+        before: Option<i64>,
+        limit: PageLimit,
+    ) -> Result<Page, StoreError> {
+        let user_id = user_id.to_owned();
+        let before = before.unwrap_or(i64::MAX);
+        self.read(move |conn| read_page(conn, HISTORY_BEFORE_SQL, &[&user_id, &before], limit))
+            .await
+    }
+
+    /// One page of the user's items of one conversation, newest first, with
+    /// ids below `before` (all when `None`): bounded by `limit`.
+    pub async fn conversation_page(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        before: Option<i64>,
+        limit: PageLimit,
+    ) -> Result<Page, StoreError> {
+        let (user_id, conversation_id) = (user_id.to_owned(), conversation_id.to_owned());
+        let before = before.unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            read_page(
+                conn,
+                CONVERSATION_BEFORE_SQL,
+                &[&user_id, &conversation_id, &before],
+                limit,
+            )
+        })
+        .await
+    }
+
+    /// One page of the user's items with `item_id > after`, oldest first:
+    /// [`Store::items_after`] bounded in bytes as well as items.
+    pub async fn items_after_page(
+        &self,
+        user_id: &str,
+        after: i64,
+        limit: PageLimit,
+    ) -> Result<Page, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| read_page(conn, ITEMS_AFTER_SQL, &[&user_id, &after], limit))
+            .await
     }
 
     /// The user's items of one conversation, newest first.
@@ -1515,5 +1685,77 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(closed, Err(broadcast::error::RecvError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn pages_are_bounded_in_items_and_bytes_and_chain_by_id() {
+        let (_dir, store) = open_temp().await;
+        for i in 0..7 {
+            store
+                .insert(item("u", &format!("m{i}"), Some("c")))
+                .await
+                .unwrap();
+        }
+        store.insert(item("other", "x", Some("c"))).await.unwrap();
+        let limit = PageLimit {
+            items: 3,
+            bytes: 1 << 20,
+        };
+        let mut seen = Vec::new();
+        let mut before = None;
+        for _ in 0..10 {
+            let page = store.history_page("u", before, limit).await.unwrap();
+            assert!(page.items.len() <= 3);
+            seen.extend(page.items.iter().map(|i| i.content.clone()));
+            before = page.items.last().map(|i| i.item_id);
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(seen, ["m6", "m5", "m4", "m3", "m2", "m1", "m0"]);
+
+        let conversation = store
+            .conversation_page("u", "c", None, limit)
+            .await
+            .unwrap();
+        assert_eq!(conversation.items.len(), 3);
+        assert!(conversation.more);
+        assert!(conversation.items.iter().all(|i| i.user_id == "u"));
+
+        let oldest = store.items_after_page("u", 0, limit).await.unwrap();
+        let contents: Vec<&str> = oldest.items.iter().map(|i| i.content.as_str()).collect();
+        assert_eq!(contents, ["m0", "m1", "m2"]);
+
+        // A byte budget smaller than two items: one item per page, but
+        // always one, so a reader gets past an item larger than the budget.
+        let tiny = PageLimit {
+            items: 100,
+            bytes: 10,
+        };
+        let page = store.history_page("u", None, tiny).await.unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert!(page.more);
+        let none = store.history_page("nobody", None, tiny).await.unwrap();
+        assert!(none.items.is_empty());
+        assert!(!none.more);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_database_and_its_side_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.db");
+        // A file left readable by others (an older version made it 0644)
+        // is tightened on open.
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = Store::open(&path).await.unwrap();
+        store.insert(item("u", "secret", None)).await.unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = dir.path().join(format!("memory.db{suffix}"));
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", file.display());
+        }
     }
 }

@@ -353,3 +353,99 @@ async fn health_reports_the_database() {
     assert_eq!(body["service"], "memory");
     assert_eq!(body["checks"]["database"], "ok");
 }
+
+#[tokio::test]
+async fn ids_too_long_to_read_back_are_refused_and_the_longest_round_trips() {
+    let m = memory().await;
+    // Stored, it could never be read: its URI would be over any limit.
+    let huge = "u".repeat(100_000);
+    let (status, body) = m
+        .call(
+            "store_input",
+            json!({"user_id": huge, "input_data": {"content": "lost"}}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(code(&body), "invalid_arguments");
+    assert_eq!(body["error"]["details"]["field"], "user_id");
+    assert_eq!(body["error"]["details"]["limit_bytes"], 256);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("at most 256 bytes"), "{message}");
+    assert!(message.len() < 300, "the id is not echoed back");
+    let (status, body) = m
+        .call(
+            "store_input",
+            json!({"user_id": "u1", "input_data": {"content": "x", "conversation_id": "c".repeat(300)}}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error"]["details"]["field"],
+        "input_data.conversation_id"
+    );
+
+    // The longest id, in characters that percent-encode to 12 bytes each
+    // (64 four-byte characters, 256 bytes): stored, then read back.
+    let longest = "\u{1F600}".repeat(64);
+    let conversation = "\u{1F4AC}".repeat(64);
+    let (status, body) = m
+        .call(
+            "store_input",
+            json!({"user_id": longest, "input_data": {"content": "kept", "conversation_id": conversation}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let encode = |s: &str| s.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+    let (status, history) = m.read(&format!("history/{}", encode(&longest))).await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history[0]["content"], "kept");
+    let (status, history) = m
+        .read(&format!(
+            "history/{}/conversation/{}",
+            encode(&longest),
+            encode(&conversation)
+        ))
+        .await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history[0]["content"], "kept");
+}
+
+#[tokio::test]
+async fn conversation_pages_chain_by_item_id() {
+    let m = memory().await;
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        let (status, body) = m
+            .call(
+                "store_input",
+                json!({"user_id": "pager", "input_data": {"content": format!("m{i}"), "conversation_id": "c"}}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        ids.push(body["item_id"].as_i64().unwrap());
+    }
+    let (_, first) = m.read("history/pager/conversation/c").await;
+    let first = first.as_array().unwrap();
+    assert_eq!(first.len(), 100, "one page by default");
+    let last = first[99]["item_id"].as_i64().unwrap();
+    let (_, second) = m
+        .read(&format!("history/pager/conversation/c/before/{last}"))
+        .await;
+    let second = second.as_array().unwrap();
+    assert_eq!(second.len(), 50);
+    let end = second[49]["item_id"].as_i64().unwrap();
+    let (_, none) = m
+        .read(&format!("history/pager/conversation/c/before/{end}"))
+        .await;
+    assert_eq!(none, json!([]), "an empty page is the end");
+    let mut read: Vec<i64> = first
+        .iter()
+        .chain(second)
+        .map(|i| i["item_id"].as_i64().unwrap())
+        .collect();
+    read.reverse();
+    assert_eq!(read, ids, "every item once, none skipped");
+    let (status, body) = m.read("history/pager/before/many").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["details"]["field"], "item_id");
+}

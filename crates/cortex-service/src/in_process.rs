@@ -2,6 +2,13 @@
 //! this process (the seed's Phase 3): no sockets, the service kit's registry
 //! called directly, so validation, idempotency and panic isolation are the
 //! same as over HTTP.
+//!
+//! It has no token of its own: a call acts as the process itself, trusted
+//! like any other code in it (`ctx.caller` is `None`, which every check
+//! allows). Given an [`AuthConfig`](crate::AuthConfig) with
+//! [`InProcessMcpClient::verify_forwarded`], it verifies a forwarded
+//! caller's `Authorization` as the HTTP layer would, and the callee sees
+//! that caller.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -22,6 +29,8 @@ pub struct InProcessMcpClient {
     services: RwLock<HashMap<String, Service>>,
     /// Set by `close`: later calls fail with `Closed`, as over the network.
     closed: std::sync::atomic::AtomicBool,
+    /// Verifies a forwarded caller's token (see [`Self::verify_forwarded`]).
+    auth: crate::auth::AuthConfig,
 }
 
 impl std::fmt::Debug for InProcessMcpClient {
@@ -34,6 +43,17 @@ impl InProcessMcpClient {
     /// A client with no services.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Verifies the token of a forwarded caller (a handler's work inside
+    /// `with_authorization`) with `auth`, as the HTTP layer would: the
+    /// callee then sees that caller in `ctx.caller`, and a bad token fails
+    /// the call with `unauthorized`. Calls without a forwarded caller act
+    /// as the process itself, trusted (`ctx.caller` is `None`), with this
+    /// or without it.
+    pub fn verify_forwarded(mut self, auth: crate::auth::AuthConfig) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Registers `service` under its own name.
@@ -74,28 +94,44 @@ impl InProcessMcpClient {
         };
         // The callee runs as itself, as a remote one would: its own calls
         // do not carry our caller's credentials unless it forwards them.
-        let mut ctx = Self::context();
+        let mut ctx = self
+            .context()
+            .await
+            .map_err(|e| map_error(service, Operation::Tool(tool), e))?;
         ctx.idempotency_key = idempotency_key.map(str::to_owned);
         cortex_mcp_api::forward::as_client(registry.call_tool(ctx, tool, arguments))
             .await
             .map_err(|e| map_error(service, Operation::Tool(tool), e))
     }
 
-    fn context() -> CallContext {
-        CallContext {
+    /// The callee's context: a new request id, the forwarded caller's
+    /// `Authorization` (as the network client would send it) and, when
+    /// this client verifies forwarded tokens, the caller it names.
+    async fn context(&self) -> Result<CallContext, ServiceError> {
+        let forwarded = cortex_mcp_api::forward::forwarded();
+        let caller = match &forwarded {
+            Some(value) if self.auth.is_enabled() => self
+                .auth
+                .verify(Some(value))
+                .await
+                .map_err(|e| e.service_error())?,
+            _ => None,
+        };
+        Ok(CallContext {
             request_id: uuid::Uuid::new_v4().to_string(),
             // Every call runs once here; a caller's key makes a repeat replay.
             idempotency_key: None,
             // As the network client would send it: a forwarded caller's
             // credentials (see `cortex_mcp_api::forward`).
-            headers: cortex_mcp_api::forward::forwarded()
+            headers: forwarded
                 .map(|value| {
                     let mut headers = http::HeaderMap::new();
                     headers.insert(http::header::AUTHORIZATION, value);
                     headers
                 })
                 .unwrap_or_default(),
-        }
+            caller,
+        })
     }
 }
 
@@ -196,7 +232,10 @@ impl McpClient for InProcessMcpClient {
 
     async fn read_resource(&self, service: &str, uri: &str) -> Result<Resource, McpError> {
         let registry = self.service(service)?;
-        let ctx = Self::context();
+        let ctx = self
+            .context()
+            .await
+            .map_err(|e| map_error(service, Operation::Resource(uri), e))?;
         let encoded = cortex_proto::path::encode_resource_uri(uri);
         let read = registry.read_resource(ctx, &encoded);
         match cortex_mcp_api::forward::as_client(read).await {
@@ -214,7 +253,10 @@ impl McpClient for InProcessMcpClient {
 
     async fn stream_resource(&self, service: &str, uri: &str) -> Result<EventStream, McpError> {
         let registry = self.service(service)?;
-        let ctx = Self::context();
+        let ctx = self
+            .context()
+            .await
+            .map_err(|e| map_error(service, Operation::Resource(uri), e))?;
         let encoded = cortex_proto::path::encode_resource_uri(uri);
         let open = registry.stream_resource(ctx, &encoded, None);
         let events = cortex_mcp_api::forward::as_client(open)

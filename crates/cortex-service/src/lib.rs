@@ -22,7 +22,10 @@
 //!   errors by code and latency; open streams and connections.
 //! - [`mcp`]: standard MCP (Streamable HTTP) at `/mcp`, from the same registry.
 //! - [`server`]: [`serve`] with graceful shutdown.
-//! - [`config`]: [`ServiceConfig`] and [`McpConfig`]: limits and timings.
+//! - [`config`]: [`ServiceConfig`], [`McpConfig`] and [`HttpLimits`]:
+//!   limits, timings, and the bounds on what one client can hold.
+//! - [`auth`]: [`AuthConfig`]: bearer tokens (JWT) checked in front of every
+//!   route, and the verified [`Caller`] in each handler's [`CallContext`].
 //! - [`in_process`]: [`InProcessMcpClient`], the `McpClient` of services in
 //!   this process: the registry called directly, no sockets.
 //!
@@ -48,22 +51,28 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
+mod bounds;
 pub mod config;
+mod conn;
 pub mod error;
 pub mod idempotency;
 pub mod in_process;
 pub mod mcp;
 pub mod metrics;
+mod paths;
 pub mod pattern;
+mod rate_log;
 pub mod registry;
 pub mod routes;
 pub mod server;
 
-pub use config::{McpConfig, ServiceConfig};
+pub use auth::{AuthConfig, Caller};
+pub use config::{HttpLimits, McpConfig, ServiceConfig};
 pub use error::ServiceError;
 pub use idempotency::{IdempotencyStore, InMemoryIdempotencyStore};
 pub use in_process::InProcessMcpClient;
-pub use pattern::{Params, check_segment_id};
+pub use pattern::{MAX_SEGMENT_ID_BYTES, Params, check_id_length, check_segment_id};
 pub use registry::{
     BuildError, CallContext, EventStream, Resource, ResourceContent, Service, ServiceBuilder, Tool,
 };

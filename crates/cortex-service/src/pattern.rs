@@ -109,14 +109,41 @@ pub fn split_uri(raw: &str) -> Result<Vec<String>, ServiceError> {
         .collect()
 }
 
+/// The longest id (in UTF-8 bytes) that [`check_segment_id`] accepts.
+/// Percent-encoded, such an id takes at most three times as many bytes, so
+/// a URI holding two of them stays far below the request-target limit
+/// (8 KiB by default): what is stored under an id can always be read back.
+pub const MAX_SEGMENT_ID_BYTES: usize = 256;
+
 /// Checks an id that must fit in one URI segment (a user id in
-/// `history/{user_id}`): non-empty and without `/`. The error names `field`.
+/// `history/{user_id}`): non-empty, without `/`, and at most
+/// [`MAX_SEGMENT_ID_BYTES`] bytes. The error names `field`.
 pub fn check_segment_id(field: &str, value: &str) -> Result<(), ServiceError> {
     if value.is_empty() || value.contains('/') {
         return Err(ServiceError::invalid_argument(
             field,
             "must be non-empty and contain no `/`",
         ));
+    }
+    check_id_length(field, value)
+}
+
+/// Checks that an id named in resource URIs is at most
+/// [`MAX_SEGMENT_ID_BYTES`] bytes; the error names `field` and the limit.
+pub fn check_id_length(field: &str, value: &str) -> Result<(), ServiceError> {
+    if value.len() > MAX_SEGMENT_ID_BYTES {
+        return Err(ServiceError::invalid_argument(
+            field,
+            format!(
+                "must be at most {MAX_SEGMENT_ID_BYTES} bytes (UTF-8), so that it fits in a \
+                 resource URI; got {} bytes",
+                value.len()
+            ),
+        )
+        .with_details(serde_json::json!({
+            "field": field,
+            "limit_bytes": MAX_SEGMENT_ID_BYTES,
+        })));
     }
     Ok(())
 }

@@ -29,12 +29,32 @@ pub struct CallContext {
     pub idempotency_key: Option<String>,
     /// The request headers (authorization, tracing), for propagation.
     pub headers: HeaderMap,
+    /// Who is calling, as their verified token says; `None` when
+    /// authentication is off or the call comes from inside the process
+    /// (see [`crate::auth`]). Check it with [`CallContext::authorize_user`].
+    pub caller: Option<crate::auth::Caller>,
+}
+
+impl CallContext {
+    /// Whether the caller may act for `user_id` (see [`Caller::may_act_for`](crate::auth::Caller::may_act_for)).
+    /// True without a caller: authentication is off, or the call came from
+    /// inside the process.
+    pub fn may_act_for(&self, user_id: &str) -> bool {
+        self.caller.as_ref().is_none_or(|c| c.may_act_for(user_id))
+    }
+
+    /// `Ok` when the caller may act for `user_id`, else `403 forbidden`
+    /// (see [`authorize`](crate::auth::authorize)).
+    pub fn authorize_user(&self, user_id: &str) -> Result<(), ServiceError> {
+        crate::auth::authorize(self.caller.as_ref(), user_id)
+    }
 }
 
 impl CallContext {
     /// The context of a request: its id, its `Idempotency-Key` if it sent a
-    /// non-empty one, and its headers (credentials and tracing, for
-    /// propagation).
+    /// non-empty one, its headers (credentials and tracing, for
+    /// propagation), and the caller the auth layer verified for the request
+    /// this task is serving.
     pub fn from_headers(headers: HeaderMap) -> Self {
         let text = |name: &str| {
             headers
@@ -47,6 +67,7 @@ impl CallContext {
             request_id: text(cortex_proto::REQUEST_ID_HEADER).unwrap_or_default(),
             idempotency_key: text(cortex_proto::IDEMPOTENCY_KEY_HEADER).filter(|k| !k.is_empty()),
             headers,
+            caller: crate::auth::current_caller(),
         }
     }
 }
@@ -329,6 +350,7 @@ impl ServiceBuilder {
                     .idempotency
                     .unwrap_or_else(|| Arc::new(InMemoryIdempotencyStore::default())),
                 key_locks: Arc::new(KeyLocks::default()),
+                stream_slots: std::sync::OnceLock::new(),
                 metrics,
             }),
         })
@@ -349,6 +371,9 @@ struct Inner {
     health_checks: Vec<(String, HealthCheck)>,
     idempotency: Arc<dyn IdempotencyStore>,
     key_locks: Arc<KeyLocks>,
+    /// Streams open at once, once the server set a cap
+    /// ([`Service::limit_streams`]).
+    stream_slots: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
     metrics: ServiceMetrics,
 }
 
@@ -401,6 +426,36 @@ impl Service {
     /// every [`ServiceBuilder::extra_metrics`] source.
     pub fn render_metrics(&self) -> String {
         self.inner.metrics.render()
+    }
+
+    /// Caps the streams open at once: resource streams (SSE, MCP
+    /// subscriptions, in-process) and MCP notification streams. Set by the
+    /// server from `HttpLimits::max_streams`; the first cap set stays.
+    pub(crate) fn limit_streams(&self, max: usize) {
+        let _ = self
+            .inner
+            .stream_slots
+            .set(Arc::new(tokio::sync::Semaphore::new(max)));
+    }
+
+    /// A slot for one more open stream, to hold for the stream's life;
+    /// `None` without a cap, `503 unavailable` when every slot is taken.
+    pub(crate) fn stream_slot(
+        &self,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ServiceError> {
+        let Some(slots) = self.inner.stream_slots.get() else {
+            return Ok(None);
+        };
+        slots.clone().try_acquire_owned().map(Some).map_err(|_| {
+            static NO_STREAM_SLOT: crate::rate_log::RateLimitedLog =
+                crate::rate_log::RateLimitedLog::new();
+            if NO_STREAM_SLOT.allow() {
+                tracing::warn!(
+                    "every stream slot is taken; streams refused (logged at most every 10 s)"
+                );
+            }
+            ServiceError::unavailable("the service has its maximum of open streams; retry shortly")
+        })
     }
 
     /// The gauge of connections open now, for the listener to keep.
@@ -504,9 +559,15 @@ impl Service {
         let key = ctx
             .idempotency_key
             .clone()
-            .filter(|_| !compiled.tool.read_only);
+            .filter(|_| !compiled.tool.read_only)
+            .map(|key| scoped_key(ctx.caller.as_ref(), key));
         let Some(key) = key else {
             return run_guarded(tool, (compiled.tool.handler)(ctx, arguments)).await;
+        };
+        // The handler records the key it is given, so it gets the scoped one.
+        let ctx = CallContext {
+            idempotency_key: Some(key.clone()),
+            ..ctx
         };
         // Same key, same tool: wait for the call in flight, then replay.
         let _guard = self.inner.key_locks.lock(tool, &key).await;
@@ -570,8 +631,16 @@ impl Service {
         };
         let metrics = &resource.stream_metrics;
         let timer = metrics.start();
+        let slot = match self.stream_slot() {
+            Ok(slot) => slot,
+            Err(error) => return timer.outcome(Err(error)),
+        };
         let events = timer.outcome(open_stream(resource, ctx, uri, params, last_event_id).await)?;
-        Ok(Box::pin(metrics.count_open(events)))
+        // The slot is held as long as the stream is.
+        Ok(Box::pin(metrics.count_open(events).map(move |event| {
+            let _slot = &slot;
+            event
+        })))
     }
 }
 
@@ -606,6 +675,21 @@ async fn open_stream(
         ResourceContent::Text { text, .. } => vec![Event::message(text).with_id("1")],
     };
     Ok(stream::iter(events.into_iter().skip(skip).map(Ok)).boxed())
+}
+
+/// An idempotency key scoped to the caller: the same key sent by two users
+/// is two calls, and one user can neither replay nor block another's. The
+/// scoped form starts with a control character a header value cannot hold,
+/// so it never equals a key sent without authentication; the user's length
+/// comes first, so no user and key pair reads as another.
+fn scoped_key(caller: Option<&crate::auth::Caller>, key: String) -> String {
+    match caller {
+        None => key,
+        Some(caller) => {
+            let user = caller.user_id();
+            format!("\u{1f}{}:{user}:{key}", user.len())
+        }
+    }
 }
 
 /// Runs a handler future, turning a panic into a 500 so one bad call cannot

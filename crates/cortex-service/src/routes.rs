@@ -23,6 +23,7 @@ use futures::stream::{self, BoxStream};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use crate::auth::Protect;
 use crate::config::ServiceConfig;
 use crate::error::ServiceError;
 use crate::registry::{CallContext, ResourceContent, Service};
@@ -51,6 +52,8 @@ pub struct ShutdownSignals {
 pub fn router(service: Service, config: ServiceConfig, signals: ShutdownSignals) -> Router {
     let limit = config.max_body_bytes;
     let expired = signals.expired.clone();
+    service.limit_streams(config.limits.max_streams);
+    let guard = crate::bounds::Guard::new(&config);
     crate::mcp::mount(Router::new(), &service, &config, &signals.stopping)
         .route("/tool/{tool}", post(call_tool))
         .route("/resource/{*uri}", get(read_resource))
@@ -60,10 +63,15 @@ pub fn router(service: Service, config: ServiceConfig, signals: ShutdownSignals)
         .route("/metrics", get(metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)
+        // After every route: the auth layer covers only what is there.
+        .protected_by(&config.auth, service.name())
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(move |request, next| {
             cut_off_after_grace(expired.clone(), request, next)
         }))
+        // Host, Origin, target length, declared body size, request slots:
+        // inside the request-id layer, so refusals carry an X-Request-ID.
+        .layer(middleware::from_fn_with_state(guard, crate::bounds::check))
         .layer(middleware::from_fn(request_id))
         .with_state(AppState {
             service,
@@ -159,6 +167,13 @@ fn tool_request(
 }
 
 fn body_error(rejection: BytesRejection, limit: usize) -> ServiceError {
+    if let Some(timeout) = crate::conn::body_timed_out(&rejection) {
+        return ServiceError::invalid_request(format!(
+            "the request body did not arrive within {} s",
+            timeout.as_secs_f64()
+        ))
+        .with_details(json!({ "timeout_secs": timeout.as_secs_f64() }));
+    }
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ServiceError::new(
             ErrorCode::PayloadTooLarge,

@@ -1,15 +1,69 @@
 //! Running a service: the listener and the shutdown signal belong to the caller.
+//!
+//! The kit runs its own accept loop and serves each connection with hyper's
+//! HTTP/1 server. `axum::serve` accepts without limit and has no header,
+//! body or idle timeout: idle and slowloris connections piled up until the
+//! process ran out of file descriptors and nobody could connect. Here:
+//!
+//! - **A connection cap** ([`HttpLimits::max_connections`]). At the cap, a
+//!   new connection closes the connections idle longest (between requests,
+//!   or still sending their first head; a batch at a time, so a flood does
+//!   not wait on each one); only when every connection is busy
+//!   is it accepted into one of a few health-only slots
+//!   ([`HttpLimits::health_connections`]), and past those the loop stops
+//!   accepting until a connection ends (new ones wait in the listen
+//!   backlog). The cap is lowered at start to fit the open-file limit.
+//! - **Timeouts per phase** (see `conn.rs`): a head must arrive
+//!   within `header_timeout`, a body within `body_timeout`, a kept-alive
+//!   connection is closed after `idle_timeout` without a request, and a
+//!   response the peer stops reading is dropped after `idle_timeout`.
+//! - **Head size**: hyper refuses a head over `max_header_bytes` with 431,
+//!   which (like its 400 and 414) goes out with the error envelope.
+//!
+//! [`HttpLimits::max_connections`]: crate::config::HttpLimits::max_connections
+//! [`HttpLimits::health_connections`]: crate::config::HttpLimits::health_connections
 
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::serve::{Listener, ListenerExt};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tower::ServiceExt;
 
-use crate::config::ServiceConfig;
+use crate::bounds::{ConnMeta, fit_connections, open_files_limit};
+use crate::config::{HttpLimits, ServiceConfig};
+use crate::conn::{ConnIo, ConnState, Expiry, TimedBody, TrackedBody};
 use crate::metrics::CountedListener;
+use crate::rate_log::RateLimitedLog;
 use crate::registry::Service;
 use crate::routes::{ShutdownSignals, router};
+
+/// How long the accept loop waits for a connection it asked to close to
+/// free its slot.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// How many idle connections are closed at once when the cap is reached: a
+/// flood of new connections then finds slots free instead of waiting on
+/// each closing one in turn (which, with the CPU busy, left the listen
+/// backlog full for long enough that connects timed out).
+const EVICTION_BATCH: usize = 16;
+
+/// How long a connection asked to close gracefully, with nothing in
+/// progress, may take before it is dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves `service` on `listener` until `shutdown` resolves, then stops
 /// accepting, ends open streams, and lets in-flight calls finish for up to
@@ -17,7 +71,7 @@ use crate::routes::{ShutdownSignals, router};
 pub async fn serve(
     listener: TcpListener,
     service: Service,
-    config: ServiceConfig,
+    mut config: ServiceConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stopping_tx, stopping) = watch::channel(false);
@@ -25,6 +79,21 @@ pub async fn serve(
     let grace = config.grace_period;
     let name = service.name().to_string();
     let open_connections = service.open_connections();
+    let bound = listener.local_addr()?;
+    let wanted = config.limits.max_connections;
+    let files = open_files_limit();
+    config.limits.max_connections =
+        fit_connections(wanted, config.limits.health_connections, files);
+    if config.limits.max_connections < wanted {
+        tracing::warn!(
+            service = %name,
+            wanted,
+            cap = config.limits.max_connections,
+            open_files_limit = files,
+            "connection cap lowered to fit the open-file limit"
+        );
+    }
+    let limits = Arc::new(config.limits.clone());
     let app = router(
         service,
         config,
@@ -44,12 +113,7 @@ pub async fn serve(
         listener,
         open: open_connections,
     };
-    let mut stopped = stopping.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })
-        .into_future();
+    let server = accept_loop(listener, app, limits, bound, stopping.clone());
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => return result,
@@ -64,10 +128,318 @@ pub async fn serve(
     tracing::warn!(service = %name, grace_secs = grace.as_secs_f64(), "grace period over; stopping the calls still running");
     let _ = expired_tx.send(true);
     // Stopped calls answer at once; give the answers a moment to be written.
-    match tokio::time::timeout(std::time::Duration::from_secs(1), server).await {
+    // Returning drops the loop and with it every connection still open.
+    match tokio::time::timeout(Duration::from_secs(1), server).await {
         Ok(result) => result,
         Err(_) => Ok(()),
     }
+}
+
+/// The slot a connection holds while it is open.
+struct Slot {
+    /// One of `health_connections` (`/health` only, one request), not one
+    /// of `max_connections`.
+    health_only: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    fn normal(permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            health_only: false,
+            _permit: permit,
+        }
+    }
+
+    fn health(permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            health_only: true,
+            _permit: permit,
+        }
+    }
+}
+
+/// The connections holding a normal slot, for choosing which one to close
+/// when the cap is reached.
+#[derive(Default)]
+struct OpenConnections {
+    next: AtomicU64,
+    states: Mutex<HashMap<u64, Arc<ConnState>>>,
+}
+
+impl OpenConnections {
+    fn states(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
+        self.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(self: &Arc<Self>, state: Arc<ConnState>) -> Registered {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.states().insert(id, state);
+        Registered {
+            id,
+            open: self.clone(),
+        }
+    }
+
+    /// Asks the (at most) `n` connections idle longest to close; how many
+    /// it asked.
+    fn evict_idle_longest(&self, n: usize) -> usize {
+        let mut idle: Vec<(Instant, Arc<ConnState>)> = self
+            .states()
+            .values()
+            .filter_map(|state| state.idle_since().map(|since| (since, state.clone())))
+            .collect();
+        let n = n.min(idle.len());
+        if n == 0 {
+            return 0;
+        }
+        if n < idle.len() {
+            idle.select_nth_unstable_by_key(n - 1, |(since, _)| *since);
+        }
+        for (_, state) in &idle[..n] {
+            state.evict();
+        }
+        n
+    }
+}
+
+/// Removes a connection from [`OpenConnections`] when it ends.
+struct Registered {
+    id: u64,
+    open: Arc<OpenConnections>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open.states().remove(&self.id);
+    }
+}
+
+/// Accepts until `stopping`, then waits for the open connections to end
+/// (each closes once it owes no answer).
+async fn accept_loop<L, I>(
+    mut listener: L,
+    app: Router,
+    limits: Arc<HttpLimits>,
+    bound: SocketAddr,
+    mut stopping: watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    L: Listener<Io = I, Addr = SocketAddr>,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let health_slots = Arc::new(Semaphore::new(limits.health_connections));
+    let open = Arc::new(OpenConnections::default());
+    let mut tasks = JoinSet::new();
+    loop {
+        let (io, peer) = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|s| *s) => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let slot = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|s| *s) => break,
+            slot = admit(&slots, &health_slots, &open) => slot,
+        };
+        let Some(slot) = slot else { break };
+        let state = Arc::new(ConnState::new());
+        let registered = (!slot.health_only).then(|| open.register(state.clone()));
+        tasks.spawn(connection(
+            io,
+            Conn {
+                peer,
+                bound,
+                _registered: registered,
+                slot,
+                state,
+            },
+            app.clone(),
+            limits.clone(),
+            stopping.clone(),
+        ));
+    }
+    // Dropping the listener closes its socket: new connections are refused.
+    drop(listener);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// A slot for a connection just accepted (see the module documentation);
+/// `None` only if the slots were closed, which they never are.
+async fn admit(
+    slots: &Arc<Semaphore>,
+    health_slots: &Arc<Semaphore>,
+    open: &OpenConnections,
+) -> Option<Slot> {
+    if let Ok(slot) = slots.clone().try_acquire_owned() {
+        return Some(Slot::normal(slot));
+    }
+    if open.evict_idle_longest(EVICTION_BATCH) > 0 {
+        tracing::debug!("connection cap reached; closing the connections idle longest");
+        if let Ok(Ok(slot)) =
+            tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await
+        {
+            return Some(Slot::normal(slot));
+        }
+    }
+    if let Ok(slot) = health_slots.clone().try_acquire_owned() {
+        return Some(Slot::health(slot));
+    }
+    static SATURATED: RateLimitedLog = RateLimitedLog::new();
+    if SATURATED.allow() {
+        tracing::warn!(
+            "every connection is busy; new connections wait in the listen backlog \
+             (logged at most every 10 s)"
+        );
+    }
+    tokio::select! {
+        Ok(slot) = slots.clone().acquire_owned() => Some(Slot::normal(slot)),
+        Ok(slot) = health_slots.clone().acquire_owned() => Some(Slot::health(slot)),
+        else => None,
+    }
+}
+
+/// One accepted connection and what it holds until it ends. Fields drop
+/// in order: it leaves [`OpenConnections`] before its slot is freed, so the
+/// accept loop never picks a connection that is already gone.
+struct Conn {
+    peer: SocketAddr,
+    bound: SocketAddr,
+    _registered: Option<Registered>,
+    slot: Slot,
+    state: Arc<ConnState>,
+}
+
+/// Serves one connection until the peer closes it, it expires, it is
+/// closed to make room, or shutdown closes it.
+async fn connection<I>(
+    io: I,
+    conn: Conn,
+    app: Router,
+    limits: Arc<HttpLimits>,
+    mut stopping: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let health_only = conn.slot.health_only;
+    let meta = ConnMeta {
+        bound: conn.bound,
+        health_only,
+    };
+    let peer = conn.peer;
+    let state = conn.state.clone();
+    let body_timeout = limits.body_timeout;
+    let service = {
+        let state = state.clone();
+        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let in_flight = state.request_started();
+            let mut request = request.map(|body| TimedBody::new(body, body_timeout));
+            request.extensions_mut().insert(meta);
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let call = app.clone().oneshot(request);
+            async move {
+                let response = match call.await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, in_flight)))
+            }
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        // A health-only connection serves one request.
+        .keep_alive(!health_only)
+        // Timeouts are this module's (hyper's one timer would also close
+        // kept-alive connections after the header timeout).
+        .header_read_timeout(None)
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    let io = TokioIo::new(ConnIo::new(
+        io,
+        state.clone(),
+        limits.idle_timeout,
+        limits.max_header_bytes,
+    ));
+    let served = builder.serve_connection(io, service);
+    tokio::pin!(served);
+    let mut closing_since: Option<Instant> = None;
+    let mut stop_seen = false;
+    // Closes the connection as soon as it owes no answer: dropped at once
+    // when no answer can be owed, else hyper's graceful close (at once
+    // when idle between requests, after the answer in progress otherwise).
+    macro_rules! close {
+        () => {
+            if state.owes_nothing() {
+                return;
+            }
+            if closing_since.is_none() {
+                served.as_mut().graceful_shutdown();
+                closing_since = Some(Instant::now());
+            }
+        };
+    }
+    loop {
+        let deadline = match closing_since {
+            Some(since) => (!state.busy()).then_some((since + CLOSE_WAIT, None)),
+            None => state
+                .deadline(limits.header_timeout, limits.idle_timeout)
+                .map(|(at, why)| (at, Some(why))),
+        };
+        let wake = deadline.map_or_else(far_future, |(at, _)| at);
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+                return;
+            }
+            () = state.changed.notified() => {}
+            () = state.evict.notified() => {
+                if state.busy() {
+                    // A request arrived since it was picked: it stays, and
+                    // may be picked again once idle.
+                    state.keep();
+                } else {
+                    close!();
+                }
+            }
+            _ = stopping.wait_for(|s| *s), if !stop_seen => {
+                stop_seen = true;
+                close!();
+            }
+            () = tokio::time::sleep_until(wake), if deadline.is_some() => {
+                if Instant::now() < wake {
+                    continue;
+                }
+                match deadline.and_then(|(_, why)| why) {
+                    None => {
+                        tracing::debug!(%peer, "connection did not close in time; dropped");
+                        return;
+                    }
+                    Some(Expiry::Header) => {
+                        tracing::debug!(
+                            %peer,
+                            timeout_secs = limits.header_timeout.as_secs_f64(),
+                            "no complete request head within the header timeout; closing"
+                        );
+                        close!();
+                    }
+                    Some(Expiry::Idle) => {
+                        tracing::debug!(%peer, "idle connection closed");
+                        close!();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the signal a process manager sends.

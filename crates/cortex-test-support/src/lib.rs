@@ -8,8 +8,10 @@
 //! - [`mcp_servers`]: third-party MCP servers (server-everything, a Python
 //!   SDK server) as processes on loopback, for interop tests.
 //! - [`stats::percentile`]: shared by the benchmarks.
+//! - [`auth`]: tokens good and bad, and an MCP session client that sends them.
 //! - [`prometheus::parse`]: a strict reading of `/metrics` text.
 
+pub mod auth;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod mcp_servers;

@@ -9,16 +9,15 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
-/// Starts `cortex serve memory ARGS --db DB` (environment defaults removed)
-/// and waits for its ready line; returns the process and the URL it printed.
+/// Starts `cortex serve memory ARGS --db DB` (environment defaults removed,
+/// the shared [`data_dir`] for its JWT secret) and waits for its ready
+/// line; returns the process and the URL it printed.
 pub(crate) fn serve_memory(args: &[&str], db: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cortex"))
+    let mut child = cortex()
         .args(["serve", "memory"])
         .args(args)
         .arg("--db")
         .arg(db)
-        .env_remove("DATABASE_URL")
-        .env_remove("PORT")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -40,21 +39,50 @@ pub(crate) fn serve_memory(args: &[&str], db: &Path) -> (Child, String) {
     (child, url)
 }
 
-/// The binary with a clean environment: no discovery or client variables
-/// from the caller, no log filter, backtraces on (so a panic would show).
+/// The binary with a clean environment: no discovery, client or auth
+/// variables from the caller, no log filter, backtraces on (so a panic
+/// would show), and the tests' own data directory: the services started
+/// here keep their JWT secret there and the client commands run here make
+/// their tokens from it, as in one directory with `cortex up`.
 pub(crate) fn cortex() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cortex"));
     for (key, _) in std::env::vars() {
         if key.ends_with("_SERVICE_URL")
             || key.starts_with("CORTEX_CLIENT_")
             || key.starts_with("SERVICE_")
-            || matches!(key.as_str(), "RUST_LOG" | "PORT" | "HOST" | "DATABASE_URL")
+            || key.starts_with("JWT_")
+            || matches!(
+                key.as_str(),
+                "RUST_LOG"
+                    | "PORT"
+                    | "HOST"
+                    | "DATABASE_URL"
+                    | "CORTEX_TOKEN"
+                    | "AUTH_ENABLED"
+                    | "JWKS_URL"
+                    | "AUTHORIZATION_SERVERS"
+                    | "PUBLIC_URL"
+            )
         {
             command.env_remove(key);
         }
     }
     command.env("RUST_BACKTRACE", "1");
+    command.env("CORTEX_DATA_DIR", data_dir());
     command
+}
+
+/// The data directory (JWT secret) shared by the services and client
+/// commands of these tests, inside the build's target directory.
+pub(crate) fn data_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("cortex-cli-data")
+}
+
+/// A token with the role `admin` from [`data_dir`]'s secret, as `cortex
+/// token` prints it.
+pub(crate) fn admin_token() -> String {
+    let run = run(&["token", "--role", "admin", "--user", "tests"], None).ok();
+    run.stdout.trim().to_string()
 }
 
 /// A port nothing listens on (bound, then released).
@@ -131,8 +159,14 @@ impl Run {
 
 /// Runs `cortex ARGS` (with `stdin` when given) and waits.
 pub(crate) fn run(args: &[&str], stdin: Option<&str>) -> Run {
+    run_with_env(args, stdin, &[])
+}
+
+/// [`run`] with `vars` set.
+pub(crate) fn run_with_env(args: &[&str], stdin: Option<&str>, vars: &[(&str, &Path)]) -> Run {
     let mut child = cortex()
         .args(args)
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_os_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

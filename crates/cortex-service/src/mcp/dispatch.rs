@@ -63,6 +63,7 @@ impl Shared {
             sessions: Sessions::new(
                 config.mcp.session_ttl,
                 config.mcp.max_sessions,
+                config.mcp.max_sessions_per_client,
                 config.mcp.notification_buffer,
             ),
             resources: ResourceIndex::new(&service),

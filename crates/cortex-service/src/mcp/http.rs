@@ -1,11 +1,13 @@
 //! The Streamable HTTP endpoint: origin and header checks, sessions, the
 //! routing of a POST to an era, and the SSE streams.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any};
@@ -23,7 +25,7 @@ use super::jsonrpc::{
     self, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Message, PARSE_ERROR, RpcError,
 };
 use super::outbox::Outbox;
-use super::session::{Revision, Session};
+use super::session::{Full, Revision, Session};
 use super::stateless;
 use crate::config::ServiceConfig;
 use crate::registry::{CallContext, Service};
@@ -51,8 +53,10 @@ async fn handle(
     State(mcp): State<Arc<Shared>>,
     method: Method,
     headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(peer))| peer.ip());
     let origin = match check_origin(&mcp.config.mcp, &headers) {
         Ok(origin) => origin,
         Err(origin) => {
@@ -69,7 +73,7 @@ async fn handle(
     };
     let mut response = match method {
         Method::POST => match body {
-            Ok(body) => post(&mcp, &headers, body).await,
+            Ok(body) => post(&mcp, &headers, body, peer).await,
             Err(rejection) => body_error(&rejection, mcp.config.max_body_bytes),
         },
         Method::GET => get(&mcp, &headers),
@@ -104,7 +108,10 @@ async fn handle(
 
 /// `Ok(Some(origin))` for an allowed browser origin, `Ok(None)` when there
 /// is no `Origin` (not a browser), `Err(origin)` for a foreign one.
-fn check_origin(config: &McpConfig, headers: &HeaderMap) -> Result<Option<HeaderValue>, String> {
+pub(crate) fn check_origin(
+    config: &McpConfig,
+    headers: &HeaderMap,
+) -> Result<Option<HeaderValue>, String> {
     let Some(value) = headers.get(header::ORIGIN) else {
         return Ok(None);
     };
@@ -214,6 +221,19 @@ pub(crate) fn not_acceptable(what: &str) -> Response {
 }
 
 fn body_error(rejection: &BytesRejection, limit: usize) -> Response {
+    if let Some(timeout) = crate::conn::body_timed_out(rejection) {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            &RpcError::new(
+                INVALID_REQUEST,
+                format!(
+                    "the request body did not arrive within {} s",
+                    timeout.as_secs_f64()
+                ),
+            ),
+        );
+    }
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         rpc_error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -269,6 +289,9 @@ fn session_of(
     let Some(session) = mcp.sessions.get(id) else {
         return Err(Box::new(session_not_found()));
     };
+    if !belongs_to_caller(&session) {
+        return Err(Box::new(session_not_found()));
+    }
     let revision = match header_text(headers, VERSION_HEADER) {
         None => session.revision,
         Some(declared) => match Revision::parse(declared) {
@@ -280,11 +303,28 @@ fn session_of(
     Ok((session, revision))
 }
 
+/// Whether the request's caller may use `session`. Another user's session
+/// is not theirs to use, end or learn of (its notifications carry what the
+/// owner subscribed to), so it answers as an unknown one would.
+fn belongs_to_caller(session: &Session) -> bool {
+    match session.owner.get() {
+        None => true,
+        Some(owner) => {
+            crate::auth::current_caller().is_some_and(|caller| caller.user_id() == owner)
+        }
+    }
+}
+
 fn is_initialize(body: &Value) -> bool {
     body.get("method").and_then(Value::as_str) == Some("initialize")
 }
 
-async fn post(mcp: &Arc<Shared>, headers: &HeaderMap, body: Bytes) -> Response {
+async fn post(
+    mcp: &Arc<Shared>,
+    headers: &HeaderMap,
+    body: Bytes,
+    peer: Option<IpAddr>,
+) -> Response {
     let content_type = header_text(headers, header::CONTENT_TYPE.as_str()).unwrap_or_default();
     if !content_type
         .to_ascii_lowercase()
@@ -320,7 +360,7 @@ async fn post(mcp: &Arc<Shared>, headers: &HeaderMap, body: Bytes) -> Response {
         return stateless::post(mcp, headers, body).await;
     }
     if is_initialize(&body) {
-        return initialize(mcp, body);
+        return initialize(mcp, body, peer);
     }
     if has_session {
         return match session_of(mcp, headers) {
@@ -346,7 +386,7 @@ async fn post(mcp: &Arc<Shared>, headers: &HeaderMap, body: Bytes) -> Response {
 }
 
 /// `initialize`: negotiates a revision and opens a session.
-fn initialize(mcp: &Arc<Shared>, body: Value) -> Response {
+fn initialize(mcp: &Arc<Shared>, body: Value, peer: Option<IpAddr>) -> Response {
     let (id, params) = match Message::parse(body) {
         Ok(Message::Request { id, params, .. }) => (id, params),
         Ok(_) => {
@@ -376,24 +416,55 @@ fn initialize(mcp: &Arc<Shared>, body: Value) -> Response {
         |shared: &Shared| &shared.sessions,
         mcp.stopping.clone(),
     );
-    let Ok(session) = mcp.sessions.create(revision) else {
-        tracing::warn!(
-            limit = mcp.config.mcp.max_sessions,
-            "MCP session table full; initialize refused"
-        );
-        let mut response = rpc_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some(&id),
-            &RpcError::new(
-                INTERNAL_ERROR,
-                "too many open MCP sessions; try again later",
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return response;
+    // Sessions count against the client that opens them: the token's user
+    // when the caller is authenticated (one user on many addresses is one
+    // client), else the peer's address.
+    let identity = match (crate::auth::current_caller(), peer) {
+        (Some(caller), _) => format!("user:{}", caller.user_id()),
+        (None, Some(ip)) => format!("ip:{ip}"),
+        (None, None) => "unknown".to_string(),
     };
+    let session = match mcp.sessions.create(revision, &identity) {
+        Ok(session) => session,
+        Err(full) => {
+            let (status, message) = match full {
+                Full::Table => {
+                    tracing::warn!(
+                        limit = mcp.config.mcp.max_sessions,
+                        "MCP session table full; initialize refused"
+                    );
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many open MCP sessions; try again later".to_string(),
+                    )
+                }
+                Full::Client => {
+                    tracing::debug!(
+                        client = %identity,
+                        limit = mcp.config.mcp.max_sessions_per_client,
+                        "MCP client holds its maximum of sessions, all streaming; initialize refused"
+                    );
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "this client holds its maximum of {} MCP sessions, each with an open \
+                             stream; end one (DELETE) or try again later",
+                            mcp.config.mcp.max_sessions_per_client
+                        ),
+                    )
+                }
+            };
+            let mut response =
+                rpc_error(status, Some(&id), &RpcError::new(INTERNAL_ERROR, message));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return response;
+        }
+    };
+    if let Some(caller) = crate::auth::current_caller() {
+        let _ = session.owner.set(caller.user_id().to_string());
+    }
     let client = params.get("clientInfo").cloned().unwrap_or_default();
     tracing::debug!(session = %session.id, revision = revision.as_str(), %client, "MCP session opened");
     let result = json!({
@@ -522,6 +593,16 @@ fn get(mcp: &Arc<Shared>, headers: &HeaderMap) -> Response {
         Ok(found) => found,
         Err(response) => return *response,
     };
+    let slot = match mcp.service.stream_slot() {
+        Ok(slot) => slot,
+        Err(error) => {
+            return rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                &RpcError::new(INTERNAL_ERROR, error.message),
+            );
+        }
+    };
     let resume = header_text(headers, LAST_EVENT_ID_HEADER).and_then(|id| id.parse::<u64>().ok());
     let cursor = resume.unwrap_or_else(|| session.outbox.delivered());
     // This stream replaces any earlier one of the session.
@@ -533,7 +614,7 @@ fn get(mcp: &Arc<Shared>, headers: &HeaderMap) -> Response {
             outbox: session.outbox.clone(),
             cursor,
             with_ids: true,
-            guard: Box::new(session.stream_guard()),
+            guard: Box::new((session.stream_guard(), slot)),
             session: Some((session, revision.primes_streams())),
         },
     )
@@ -544,6 +625,13 @@ fn delete(mcp: &Shared, headers: &HeaderMap) -> Response {
     let Some(id) = header_text(headers, SESSION_HEADER) else {
         return session_required();
     };
+    if mcp
+        .sessions
+        .get(id)
+        .is_some_and(|session| !belongs_to_caller(&session))
+    {
+        return session_not_found();
+    }
     if mcp.sessions.remove(id) {
         tracing::debug!(session = id, "MCP session ended by the client");
         StatusCode::OK.into_response()

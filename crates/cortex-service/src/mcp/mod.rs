@@ -53,8 +53,19 @@ use crate::registry::Service;
 
 pub use resources::uri_scheme;
 
-/// The path MCP is served at.
-pub const MCP_PATH: &str = "/mcp";
+pub(crate) use http::check_origin;
+
+/// A request refused before it reached `/mcp` (by the kit's bounds), as
+/// MCP clients read errors: a JSON-RPC error without an id.
+pub(crate) fn refusal(status: axum::http::StatusCode, message: &str) -> axum::response::Response {
+    http::rpc_error(
+        status,
+        None,
+        &jsonrpc::RpcError::new(jsonrpc::INVALID_REQUEST, message.to_string()),
+    )
+}
+
+pub use crate::paths::MCP_PATH;
 
 /// The session-based revisions served, newest first. An `initialize` asking
 /// for another version is answered with the first.

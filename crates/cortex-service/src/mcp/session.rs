@@ -67,11 +67,17 @@ pub(crate) struct Session {
     pub(crate) stream_generation: watch::Sender<u64>,
     /// True once the session ended: its stream ends.
     pub(crate) closed: watch::Sender<bool>,
+    /// The user who opened it, when authentication is on; only that user
+    /// may use it (see `mcp::http::session_of`).
+    pub(crate) owner: std::sync::OnceLock<String>,
+    /// The client it counts against for `max_sessions_per_client`: the
+    /// token's user, else the peer's IP address.
+    client: Arc<str>,
     open_streams: AtomicUsize,
 }
 
 impl Session {
-    fn new(revision: Revision, buffer: usize) -> Self {
+    fn new(revision: Revision, buffer: usize, client: Arc<str>) -> Self {
         Self {
             id: uuid::Uuid::new_v4().simple().to_string(),
             revision,
@@ -80,6 +86,8 @@ impl Session {
             subscriptions: Mutex::new(HashMap::new()),
             stream_generation: watch::Sender::new(0),
             closed: watch::Sender::new(false),
+            owner: std::sync::OnceLock::new(),
+            client,
             open_streams: AtomicUsize::new(0),
         }
     }
@@ -170,46 +178,133 @@ impl Drop for StreamGuard {
 }
 
 /// Why a session could not be created.
-#[derive(Debug)]
-pub(crate) struct Full;
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// The table holds `max_sessions`, none of them expired.
+    Table,
+    /// The client holds `max_sessions_per_client`, each with an open stream.
+    Client,
+}
+
+/// The open sessions, by id and by client.
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<String, Arc<Session>>,
+    /// The ids of each client's sessions, so its count and its least
+    /// recently used session are found without scanning the table.
+    by_client: HashMap<Arc<str>, Vec<String>>,
+}
+
+impl std::ops::Deref for Table {
+    type Target = HashMap<String, Arc<Session>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.by_id
+    }
+}
+
+impl Table {
+    fn insert(&mut self, session: Arc<Session>) {
+        self.by_client
+            .entry(session.client.clone())
+            .or_default()
+            .push(session.id.clone());
+        self.by_id.insert(session.id.clone(), session);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Arc<Session>> {
+        let session = self.by_id.remove(id)?;
+        if let Some(ids) = self.by_client.get_mut(&session.client) {
+            ids.retain(|other| other != id);
+            if ids.is_empty() {
+                self.by_client.remove(&session.client);
+            }
+        }
+        Some(session)
+    }
+
+    /// Removes the sessions `drop` picks; returns them.
+    fn remove_where(&mut self, drop: impl Fn(&Session) -> bool) -> Vec<Arc<Session>> {
+        let ids: Vec<String> = self
+            .by_id
+            .iter()
+            .filter(|(_, s)| drop(s))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.iter().filter_map(|id| self.remove(id)).collect()
+    }
+
+    fn drain(&mut self) -> Vec<Arc<Session>> {
+        self.by_client.clear();
+        self.by_id.drain().map(|(_, s)| s).collect()
+    }
+}
 
 /// Every open session.
 pub(crate) struct Sessions {
-    map: Mutex<HashMap<String, Arc<Session>>>,
+    map: Mutex<Table>,
     ttl: Duration,
     max: usize,
+    max_per_client: usize,
     buffer: usize,
     sweeper_started: AtomicBool,
 }
 
 impl Sessions {
-    pub(crate) fn new(ttl: Duration, max: usize, buffer: usize) -> Self {
+    pub(crate) fn new(ttl: Duration, max: usize, max_per_client: usize, buffer: usize) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(Table::default()),
             ttl,
             max,
+            max_per_client: max_per_client.max(1),
             buffer,
             sweeper_started: AtomicBool::new(false),
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, Table> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens a session, after removing expired ones if the table is full.
-    pub(crate) fn create(&self, revision: Revision) -> Result<Arc<Session>, Full> {
-        let session = Arc::new(Session::new(revision, self.buffer));
-        let mut map = self.map();
-        if map.len() >= self.max {
-            let ttl = self.ttl;
-            map.retain(|_, s| !s.expired(ttl));
-            if map.len() >= self.max {
-                return Err(Full);
+    /// Opens a session for `client`. A client at its own cap loses its
+    /// least recently used session without an open stream (so one client
+    /// cannot fill the table for everyone, nor lock itself out until its
+    /// leaked sessions expire); a full table is first cleared of expired
+    /// sessions.
+    pub(crate) fn create(&self, revision: Revision, client: &str) -> Result<Arc<Session>, Full> {
+        let session = Arc::new(Session::new(revision, self.buffer, Arc::from(client)));
+        let mut ended = Vec::new();
+        let result = {
+            let mut map = self.map();
+            let own = map.by_client.get(client).cloned().unwrap_or_default();
+            if own.len() >= self.max_per_client {
+                let oldest = own
+                    .iter()
+                    .filter_map(|id| map.get(id))
+                    .filter(|s| s.open_streams.load(Ordering::Relaxed) == 0)
+                    .max_by_key(|s| s.idle_for())
+                    .map(|s| s.id.clone());
+                match oldest.and_then(|id| map.remove(&id)) {
+                    Some(old) => ended.push(old),
+                    None => return Err(Full::Client),
+                }
             }
+            if map.len() >= self.max {
+                let ttl = self.ttl;
+                ended.extend(map.remove_where(|s| s.expired(ttl)));
+            }
+            if map.len() >= self.max {
+                Err(Full::Table)
+            } else {
+                map.insert(session.clone());
+                Ok(session)
+            }
+        };
+        for old in ended {
+            tracing::debug!(session = %old.id, "MCP session ended to make room");
+            old.close();
         }
-        map.insert(session.id.clone(), session.clone());
-        Ok(session)
+        result
     }
 
     /// The live session with this id; an expired one is removed and ended.
@@ -241,15 +336,7 @@ impl Sessions {
     /// Removes and ends every expired session.
     pub(crate) fn sweep(&self) -> usize {
         let ttl = self.ttl;
-        let expired: Vec<Arc<Session>> = {
-            let mut map = self.map();
-            let ids: Vec<String> = map
-                .iter()
-                .filter(|(_, s)| s.expired(ttl))
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.iter().filter_map(|id| map.remove(id)).collect()
-        };
+        let expired: Vec<Arc<Session>> = self.map().remove_where(|s| s.expired(ttl));
         for session in &expired {
             session.close();
         }
@@ -261,7 +348,7 @@ impl Sessions {
 
     /// Ends every session (shutdown).
     pub(crate) fn close_all(&self) {
-        let all: Vec<Arc<Session>> = self.map().drain().map(|(_, s)| s).collect();
+        let all: Vec<Arc<Session>> = self.map().drain();
         for session in all {
             session.close();
         }
@@ -314,22 +401,27 @@ mod tests {
 
     #[test]
     fn full_table_refuses_until_a_session_expires() {
-        let sessions = Sessions::new(Duration::from_millis(20), 2, 4);
-        let a = sessions.create(Revision::V2025_11_25).expect("first");
-        let _b = sessions.create(Revision::V2025_11_25).expect("second");
-        assert!(sessions.create(Revision::V2025_11_25).is_err());
+        let sessions = Sessions::new(Duration::from_millis(20), 2, 8, 4);
+        let a = sessions.create(Revision::V2025_11_25, "a").expect("first");
+        let _b = sessions.create(Revision::V2025_11_25, "b").expect("second");
+        assert_eq!(
+            sessions.create(Revision::V2025_11_25, "c").err(),
+            Some(Full::Table)
+        );
         std::thread::sleep(Duration::from_millis(40));
         assert!(sessions.get(&a.id).is_none(), "expired");
         assert!(*a.closed.borrow());
-        assert!(sessions.create(Revision::V2025_11_25).is_ok());
+        assert!(sessions.create(Revision::V2025_11_25, "c").is_ok());
         assert_eq!(sessions.sweep(), 1, "the other expired session");
         assert_eq!(sessions.len(), 1);
     }
 
     #[test]
     fn an_open_stream_keeps_a_session_alive() {
-        let sessions = Sessions::new(Duration::from_millis(10), 4, 4);
-        let a = sessions.create(Revision::V2025_06_18).expect("created");
+        let sessions = Sessions::new(Duration::from_millis(10), 4, 4, 4);
+        let a = sessions
+            .create(Revision::V2025_06_18, "a")
+            .expect("created");
         let guard = a.stream_guard();
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(sessions.sweep(), 0);
@@ -338,5 +430,32 @@ mod tests {
             sessions.get(&a.id).is_some(),
             "touched when the stream closed"
         );
+    }
+
+    #[test]
+    fn a_client_at_its_cap_loses_its_least_recently_used_session() {
+        let sessions = Sessions::new(Duration::from_secs(60), 100, 2, 4);
+        let first = sessions.create(Revision::V2025_11_25, "a").expect("first");
+        std::thread::sleep(Duration::from_millis(5));
+        let second = sessions.create(Revision::V2025_11_25, "a").expect("second");
+        std::thread::sleep(Duration::from_millis(5));
+        first.touch();
+        let third = sessions.create(Revision::V2025_11_25, "a").expect("third");
+        assert!(sessions.get(&second.id).is_none(), "least recently used");
+        assert!(*second.closed.borrow());
+        assert!(sessions.get(&first.id).is_some());
+        assert!(sessions.get(&third.id).is_some());
+        assert!(
+            sessions.create(Revision::V2025_11_25, "b").is_ok(),
+            "others unaffected"
+        );
+
+        // Sessions with open streams are in use: the client is refused.
+        let _guards = [first.stream_guard(), third.stream_guard()];
+        assert_eq!(
+            sessions.create(Revision::V2025_11_25, "a").err(),
+            Some(Full::Client)
+        );
+        assert_eq!(sessions.len(), 3);
     }
 }

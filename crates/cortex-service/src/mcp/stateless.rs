@@ -450,6 +450,17 @@ async fn listen(
             )),
         );
     }
+    // The listen stream holds a stream slot (each subscription its own).
+    let slot = match mcp.service.stream_slot() {
+        Ok(slot) => slot,
+        Err(error) => {
+            return http::rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(&id),
+                &RpcError::new(jsonrpc::INTERNAL_ERROR, error.message),
+            );
+        }
+    };
     let outbox = Arc::new(Outbox::new(mcp.config.mcp.notification_buffer));
     let meta = json!({ META_SUBSCRIPTION_ID: id });
     let mut honoured = Vec::new();
@@ -488,7 +499,7 @@ async fn listen(
             cursor: 0,
             with_ids: false,
             session: None,
-            guard: Box::new(AbortOnDrop(tasks)),
+            guard: Box::new((AbortOnDrop(tasks), slot)),
         },
     )
 }
