@@ -458,7 +458,8 @@ mod tests {
         assert!(parse_service("memory").is_err());
         assert!(parse_service("=http://a").is_err());
         assert!(parse_service("memory=").is_err());
-        assert!(parse_service("memory=https://a").is_err());
+        assert!(parse_service("memory=ftp://a").is_err());
+        assert!(parse_service("memory=https://a").is_ok());
     }
 
     #[test]

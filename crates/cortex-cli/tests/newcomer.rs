@@ -135,7 +135,7 @@ fn a_malformed_service_url_is_a_usage_error_naming_variable_and_value() {
     for (value, says) in [
         ("localhost:9000", "no scheme"),
         ("http://localhost:99999", "bad port"),
-        ("https://memory.example", "https is not supported"),
+        ("ftp://memory.example", "unsupported scheme"),
         (
             "http://localhost:9000/health",
             "a path where none is allowed",
@@ -155,7 +155,7 @@ fn a_malformed_service_url_is_a_usage_error_naming_variable_and_value() {
         );
     }
     run(&["--service", "memory=localhost:9000", "health"], None).fails(2, "no scheme");
-    run(&["--url", "https://h:1/mcp", "tools"], None).fails(2, "https is not supported");
+    run(&["--url", "ftp://h:1/mcp", "tools"], None).fails(2, "unsupported scheme");
 }
 
 #[test]

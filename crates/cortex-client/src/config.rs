@@ -93,6 +93,12 @@
 //! no_proxy = ""               # hosts, domains, IPs, CIDRs reached directly; empty: NO_PROXY
 //! proxy_tunnel = false        # CONNECT tunnels instead of forwarded requests
 //!
+//! # TLS to https:// endpoints (see cortex_client::tls)
+//! tls_system_roots = true     # trust the operating system's certificate authorities
+//! ca_file = ""                # PEM file of CA certificates trusted besides; empty: none
+//! client_cert = ""            # PEM certificate chain for servers that ask (mutual TLS)
+//! client_key = ""             # PEM private key of client_cert; both or neither
+//!
 //! # Per-service overrides: any option above but discovery, for one service.
 //! # [services.memory]
 //! # max_connections = 4
@@ -140,7 +146,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cortex_discovery::DiscoverySpec;
@@ -254,6 +260,27 @@ macro_rules! client_options {
             /// Reach targets through `CONNECT` tunnels instead of forwarded
             /// requests (curl's `--proxytunnel`).
             proxy_tunnel: bool = false;
+            /// Trust the operating system's certificate authorities for
+            /// `https://` endpoints (see [`tls`](crate::tls)).
+            tls_system_roots: bool = true;
+            /// A PEM file of CA certificates trusted for `https://` endpoints
+            /// besides the system's (a private CA). Empty: none.
+            ca_file: Option<PathBuf> = "",
+                valid |v| crate::tls::check_ca_file(v).is_ok()
+                    => "must name a readable PEM file of CA certificates"
+                        + crate::tls::problem(crate::tls::check_ca_file(v));
+            /// A PEM file of the certificate chain shown to servers that ask
+            /// for one (mutual TLS); with `client_key`. Empty: none.
+            client_cert: Option<PathBuf> = "",
+                valid |v, c| crate::tls::check_client_cert(v, &c.client_key).is_ok()
+                    => "must name a readable PEM file of certificates, with client_key set"
+                        + crate::tls::problem(crate::tls::check_client_cert(v, &c.client_key));
+            /// The PEM private key of `client_cert` (PKCS#8, PKCS#1 or
+            /// SEC1; may be the same file). Empty: none.
+            client_key: Option<PathBuf> = "",
+                valid |v, c| crate::tls::check_client_key(v, &c.client_cert).is_ok()
+                    => "must name a readable PEM private key of client_cert's certificate"
+                        + crate::tls::problem(crate::tls::check_client_key(v, &c.client_cert));
         }
     };
 }
@@ -863,6 +890,19 @@ impl FromDeclared<&'static str> for Proxy {
     }
 }
 
+impl FromDeclared<&'static str> for Option<PathBuf> {
+    /// A path in the table: `""` is none.
+    fn from_declared(path: &'static str) -> Self {
+        path_or_none(path)
+    }
+}
+
+/// A path option's text: empty (or blank) is none.
+fn path_or_none(text: &str) -> Option<PathBuf> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| PathBuf::from(text))
+}
+
 impl FromDeclared<&'static str> for NoProxy {
     fn from_declared(list: &'static str) -> Self {
         NoProxy::parse(list).unwrap_or_default()
@@ -929,6 +969,29 @@ impl OptionValue for Proxy {
     }
     fn from_serde(text: String) -> Result<Self, String> {
         Proxy::parse(&text)
+    }
+}
+
+impl OptionValue for Option<PathBuf> {
+    /// The path as text; `""` for none.
+    type Serde = String;
+
+    fn parse(raw: &Raw<'_>) -> Result<Self, String> {
+        Ok(path_or_none(&raw.text("\"/etc/cortex/ca.pem\"")?))
+    }
+    fn show(&self) -> String {
+        match self {
+            Some(path) => path.display().to_string(),
+            None => "none".to_owned(),
+        }
+    }
+    fn to_serde(&self) -> String {
+        self.as_deref()
+            .map(|path| path.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+    fn from_serde(text: String) -> Result<Self, String> {
+        Ok(path_or_none(&text))
     }
 }
 
@@ -1155,6 +1218,73 @@ mod tests {
         }
     }
 
+    /// PEM files for the path options: `both` holds a self-signed
+    /// certificate and its key, so it is valid as `ca_file`, `client_cert`
+    /// and `client_key` alike; `not_pem` is not PEM. Made once per test
+    /// thread, removed when the thread ends.
+    struct PemFiles {
+        _dir: tempfile::TempDir,
+        both: PathBuf,
+        not_pem: PathBuf,
+    }
+
+    impl PemFiles {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let made = rcgen::generate_simple_self_signed(["localhost".to_owned()]).unwrap();
+            let both = dir.path().join("both.pem");
+            let pem = format!("{}{}", made.cert.pem(), made.signing_key.serialize_pem());
+            std::fs::write(&both, pem).unwrap();
+            let not_pem = dir.path().join("not.pem");
+            std::fs::write(&not_pem, "not a certificate\n").unwrap();
+            Self {
+                _dir: dir,
+                both,
+                not_pem,
+            }
+        }
+    }
+
+    thread_local! {
+        static PEM: PemFiles = PemFiles::new();
+    }
+
+    impl Sample for Option<PathBuf> {
+        fn changed(self) -> Self {
+            match self {
+                None => Some(PEM.with(|files| files.both.clone())),
+                Some(_) => None,
+            }
+        }
+        fn candidates() -> Vec<Self> {
+            PEM.with(|files| {
+                vec![
+                    Some(files.not_pem.clone()),
+                    Some(files.both.with_file_name("missing.pem")),
+                ]
+            })
+        }
+        fn text(&self) -> String {
+            format!("{:?}", self.to_serde())
+        }
+        fn env_text(&self) -> String {
+            self.to_serde()
+        }
+        fn wrong() -> (&'static str, &'static str) {
+            ("1", "/nonexistent/cortex-client-test.pem")
+        }
+    }
+
+    /// The option that must be set together with `name` (to the same
+    /// value, in the tests: `PemFiles::both` serves as either).
+    fn partner(name: &str) -> Option<&'static str> {
+        match name {
+            "client_cert" => Some("client_key"),
+            "client_key" => Some("client_cert"),
+            _ => None,
+        }
+    }
+
     fn variable(name: &str) -> String {
         format!("{ENV_PREFIX}{}", name.to_ascii_uppercase())
     }
@@ -1200,29 +1330,44 @@ mod tests {
                 let default = ClientConfig::default();
                 let value = (option.get)(&default).changed();
                 let text = value.text();
+                // An option valid only with its partner is set with it, in
+                // every source alike.
+                let lines = match partner(name) {
+                    Some(partner) => format!("{partner} = {text}\n{name} = {text}"),
+                    None => format!("{name} = {text}"),
+                };
+                let mut base = ClientConfig::builder();
+                let mut vars = vec![(variable(name), value.env_text())];
+                if let Some(partner) = partner(name) {
+                    let table: toml::Table = toml::from_str(&lines).unwrap();
+                    let mut overrides = ServiceOverrides::default();
+                    overrides
+                        .set(partner, &Raw::Toml(&table[partner]), partner)
+                        .unwrap();
+                    base.config.apply(&overrides);
+                    vars.push((variable(partner), value.env_text()));
+                }
 
-                let built = (option.set)(ClientConfig::builder(), value.clone())
-                    .build()
-                    .unwrap();
+                let built = (option.set)(base, value.clone()).build().unwrap();
                 assert_eq!((option.get)(&built), value, "{name}");
                 assert_ne!(built, default, "{name}");
                 let mut others = built.clone();
                 others.apply(&ServiceOverrides::default());
                 assert_eq!(others.without_services(), built, "{name}: kept by the copy");
 
-                let toml = ClientConfig::from_toml_str(&format!("{name} = {text}")).unwrap();
+                let toml = ClientConfig::from_toml_str(&lines).unwrap();
                 assert_eq!(toml, built, "{name} from TOML");
                 assert_eq!(
-                    from_env(name, &value.env_text()).unwrap(),
+                    ClientConfig::default().with_env(vars).unwrap(),
                     built,
                     "{name} from env"
                 );
-                let service = from_service_table(name, &text).unwrap();
+                let service =
+                    ClientConfig::from_toml_str(&format!("[services.memory]\n{lines}\n")).unwrap();
                 assert_eq!(service.for_service("memory"), built, "{name} per service");
                 assert_eq!(service.for_service("other"), default, "{name}");
 
-                let overrides: ServiceOverrides =
-                    toml::from_str(&format!("{name} = {text}")).unwrap();
+                let overrides: ServiceOverrides = toml::from_str(&lines).unwrap();
                 assert_eq!(overrides, service.services["memory"], "{name} by serde");
                 let again: ServiceOverrides =
                     serde_json::from_value(serde_json::to_value(&overrides).unwrap()).unwrap();
@@ -1322,7 +1467,7 @@ mod tests {
         let names = declared_names();
         let unique: BTreeSet<&str> = names.iter().copied().collect();
         assert_eq!(unique.len(), names.len());
-        assert_eq!(names.len(), 23);
+        assert_eq!(names.len(), 27);
         assert!(!unique.contains(DISCOVERY) && !unique.contains("services"));
     }
 

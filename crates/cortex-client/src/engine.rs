@@ -409,7 +409,7 @@ impl Engine {
         }
         let authority = endpoint
             .authority()
-            .ok_or_else(|| format!("endpoint `{}` is not an http:// URL", endpoint.url))?;
+            .ok_or_else(|| format!("endpoint `{}` is not an http(s):// URL", endpoint.url))?;
         let settings = PoolSettings {
             max_connections: service.config.max_connections,
             idle_timeout: service.config.idle_timeout,
@@ -419,6 +419,15 @@ impl Engine {
                 &service.config.no_proxy,
                 service.config.proxy_tunnel,
                 &authority,
+            )?,
+            tls: crate::tls::Tls::for_endpoint(
+                &crate::tls::TlsSettings {
+                    system_roots: service.config.tls_system_roots,
+                    ca_file: &service.config.ca_file,
+                    client_cert: &service.config.client_cert,
+                    client_key: &service.config.client_key,
+                },
+                endpoint,
             )?,
         };
         let metrics = self.metrics.clone();
@@ -684,7 +693,7 @@ impl Engine {
             Ok(Err(SendError::NotSent(cause))) => {
                 permit.failure();
                 report(CallOutcome::Failure);
-                let error = connection_error(cause.to_string(), false, Some(Cause::new(cause)));
+                let error = connection_error(cause.to_string(), false, Some(cause));
                 return Err(AttemptFailure::from(error));
             }
             Ok(Err(SendError::Closed)) => {

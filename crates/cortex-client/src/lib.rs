@@ -59,6 +59,7 @@ mod operation;
 mod pool;
 pub mod proxy;
 mod stream;
+pub mod tls;
 pub mod typed;
 
 pub use config::ClientConfig;

@@ -21,6 +21,13 @@
 //! or through it (a `CONNECT` tunnel each), but carry requests for this
 //! target only, and count against this target's cap. Two targets behind one
 //! proxy have two pools, as they have two breakers.
+//!
+//! An `https://` target's connections speak TLS ([`crate::tls`]): the
+//! handshake follows TCP, or runs inside the `CONNECT` tunnel when there is
+//! a proxy (an `https://` target is never forwarded: the proxy would see the
+//! plaintext). A pooled TLS connection is reused like any other, so the cap
+//! also bounds the handshakes in flight, and a kept-alive connection costs
+//! one handshake for all its calls.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -36,6 +43,7 @@ use tokio::time::Instant;
 
 use crate::error::Cause;
 use crate::proxy::{Hop, ProxyError, Route};
+use crate::tls::Tls;
 
 /// Timings, the cap and the route of one endpoint's pool.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,10 +51,33 @@ pub(crate) struct PoolSettings {
     pub(crate) max_connections: usize,
     pub(crate) idle_timeout: Duration,
     /// Bounds making a connection: to the target, or to its proxy together
-    /// with the `CONNECT` exchange.
+    /// with the `CONNECT` exchange, and the TLS handshake after either.
     pub(crate) connect_timeout: Duration,
     /// Straight to the target, or through its proxy.
     pub(crate) route: Route,
+    /// TLS to an `https://` target; `None` for `http://`.
+    pub(crate) tls: Option<Tls>,
+}
+
+impl PoolSettings {
+    /// The proxy that requests are forwarded to in absolute form: never for
+    /// a TLS target, whose connections are tunnelled whatever
+    /// `proxy_tunnel` says (that is what a proxy for `https://` means).
+    fn forwarded_to(&self) -> Option<&Hop> {
+        match &self.route {
+            Route::Forward(hop) if self.tls.is_none() => Some(hop),
+            _ => None,
+        }
+    }
+
+    /// The proxy whose `CONNECT` tunnels carry the connections.
+    fn tunnelled_through(&self) -> Option<&Hop> {
+        match &self.route {
+            Route::Tunnel(hop) => Some(hop),
+            Route::Forward(hop) if self.tls.is_some() => Some(hop),
+            _ => None,
+        }
+    }
 }
 
 /// Why no connection could be had.
@@ -229,41 +260,53 @@ impl EndpointPool {
         slot: OwnedSemaphorePermit,
     ) -> Result<SendRequest<Full<Bytes>>, AcquireError> {
         let timeout = self.settings.connect_timeout;
-        match &self.settings.route {
-            Route::Direct => {
-                let stream = self.dial_target(timeout).await?;
+        // One bound over all of making a connection, TLS included: the
+        // handshake gets what is left of it.
+        let deadline = Instant::now() + timeout;
+        if let Some(hop) = self.settings.forwarded_to() {
+            let stream = crate::proxy::dial_proxy(hop, timeout)
+                .await
+                .map_err(|e| AcquireError::Connect(Cause::new(e)))?;
+            return self.start(TokioIo::new(stream), slot).await;
+        }
+        let Some(hop) = self.settings.tunnelled_through() else {
+            let stream = self.dial_target(timeout).await?;
+            return match &self.settings.tls {
+                Some(tls) => {
+                    let stream = secure(tls, stream, deadline).await?;
+                    self.start(TokioIo::new(stream), slot).await
+                }
+                None => self.start(TokioIo::new(stream), slot).await,
+            };
+        };
+        // One bound over reaching the proxy and its answer to CONNECT: a
+        // proxy that accepts and then says nothing fails like one that
+        // cannot be reached.
+        let tunnel = async {
+            let stream = crate::proxy::dial_proxy(hop, timeout).await?;
+            crate::proxy::connect_tunnel(stream, hop).await
+        };
+        let upgraded = match tokio::time::timeout(timeout, tunnel).await {
+            Ok(Ok(upgraded)) => upgraded,
+            Ok(Err(error)) if error.is_refusal() => {
+                return Err(AcquireError::Proxy(Cause::new(error)));
+            }
+            Ok(Err(error)) => return Err(AcquireError::Connect(Cause::new(error))),
+            Err(_) => {
+                let error = ProxyError::Unreachable {
+                    proxy: hop.shown.clone(),
+                    source: crate::proxy::timed_out(timeout),
+                };
+                return Err(AcquireError::Connect(Cause::new(error)));
+            }
+        };
+        match &self.settings.tls {
+            // TLS inside the tunnel, end to end with the target.
+            Some(tls) => {
+                let stream = secure(tls, TokioIo::new(upgraded), deadline).await?;
                 self.start(TokioIo::new(stream), slot).await
             }
-            Route::Forward(hop) => {
-                let stream = crate::proxy::dial_proxy(hop, timeout)
-                    .await
-                    .map_err(|e| AcquireError::Connect(Cause::new(e)))?;
-                self.start(TokioIo::new(stream), slot).await
-            }
-            Route::Tunnel(hop) => {
-                // One bound over reaching the proxy and its answer to
-                // CONNECT: a proxy that accepts and then says nothing
-                // fails like one that cannot be reached.
-                let tunnel = async {
-                    let stream = crate::proxy::dial_proxy(hop, timeout).await?;
-                    crate::proxy::connect_tunnel(stream, hop).await
-                };
-                let upgraded = match tokio::time::timeout(timeout, tunnel).await {
-                    Ok(Ok(upgraded)) => upgraded,
-                    Ok(Err(error)) if error.is_refusal() => {
-                        return Err(AcquireError::Proxy(Cause::new(error)));
-                    }
-                    Ok(Err(error)) => return Err(AcquireError::Connect(Cause::new(error))),
-                    Err(_) => {
-                        let error = ProxyError::Unreachable {
-                            proxy: hop.shown.clone(),
-                            source: crate::proxy::timed_out(timeout),
-                        };
-                        return Err(AcquireError::Connect(Cause::new(error)));
-                    }
-                };
-                self.start(upgraded, slot).await
-            }
+            None => self.start(upgraded, slot).await,
         }
     }
 
@@ -341,6 +384,23 @@ impl EndpointPool {
     }
 }
 
+/// The TLS handshake on `io` until `deadline`. Its failure is the
+/// target's (`Connect`): a certificate refused by either side, or a peer
+/// that does not speak TLS, says so in the I/O error underneath.
+async fn secure<IO>(
+    tls: &Tls,
+    io: IO,
+    deadline: Instant,
+) -> Result<tokio_rustls::client::TlsStream<IO>, AcquireError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let left = deadline.saturating_duration_since(Instant::now());
+    tls.handshake(io, left)
+        .await
+        .map_err(|e| AcquireError::Connect(Cause::new(e)))
+}
+
 /// Runs while the pool lives; wakes often enough that an idle connection is
 /// closed within a quarter of `idle_timeout` after it expires.
 async fn sweep(pool: Weak<EndpointPool>) {
@@ -383,21 +443,28 @@ impl PooledConn {
         &mut self,
         mut request: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<Incoming>, SendError> {
-        let forward = match &self.pool.settings.route {
-            Route::Forward(hop) => Some(hop),
-            Route::Direct | Route::Tunnel(_) => None,
-        };
+        let forward = self.pool.settings.forwarded_to();
         if let Some(hop) = forward {
             to_proxy(&mut request, hop)?;
         }
         let sender = self.sender.as_mut().ok_or(SendError::Closed)?;
         // Nothing is written until the connection is ready.
-        sender.ready().await.map_err(SendError::NotSent)?;
+        sender
+            .ready()
+            .await
+            .map_err(|e| SendError::NotSent(Cause::new(e)))?;
+        let tls = self.pool.settings.tls.as_ref();
         let response = sender.send_request(request).await.map_err(|error| {
+            // A TLS server's refusal of the handshake that arrives after
+            // our side of it (TLS 1.3 checks the client's certificate then)
+            // means its TLS layer accepted nothing.
+            if let Some(refusal) = tls.and_then(|tls| tls.refusal(&error)) {
+                return SendError::NotSent(Cause::new(refusal));
+            }
             // hyper cancels a request it never dispatched (the connection
             // closed first); anything else may have reached the service.
             if error.is_canceled() {
-                SendError::NotSent(error)
+                SendError::NotSent(Cause::new(error))
             } else {
                 SendError::MaybeSent(error)
             }
@@ -500,8 +567,11 @@ fn to_proxy(request: &mut http::Request<Full<Bytes>>, hop: &Hop) -> Result<(), S
 /// Why a request on a connection failed.
 #[derive(Debug)]
 pub(crate) enum SendError {
-    /// Failed before the request was written: safe to retry anywhere.
-    NotSent(hyper::Error),
+    /// Failed before the request was written, or before the service could
+    /// read it (a TLS refusal): safe to repeat anywhere (whether that may
+    /// help is the error's classification). The HTTP or I/O error
+    /// underneath.
+    NotSent(Cause),
     /// Failed after the request may have reached the service.
     MaybeSent(hyper::Error),
     /// The connection was already given up.
@@ -515,9 +585,9 @@ pub(crate) enum SendError {
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::NotSent(error) | Self::MaybeSent(error) => write!(f, "{error}"),
+            Self::MaybeSent(error) => write!(f, "{error}"),
             Self::Closed => f.write_str("connection already closed"),
-            Self::Proxy(cause) => write!(f, "{cause}"),
+            Self::NotSent(cause) | Self::Proxy(cause) => write!(f, "{cause}"),
         }
     }
 }

@@ -16,9 +16,12 @@
 //! `CORTEX_CLIENT_*` ones, and never behind the caller's back: a
 //! configuration built in code uses a proxy only when it names one.
 //!
-//! `HTTPS_PROXY` is not read: it is the proxy of `https://` targets, and this
-//! client speaks plain HTTP to its targets (discovery refuses `https://`
-//! endpoints). When the process runs as a CGI script (`REQUEST_METHOD` is
+//! `HTTPS_PROXY` is not read: the proxy these options name (or that
+//! `HTTP_PROXY` names) serves `https://` targets too, which `no_proxy` can
+//! exempt. Keeping one proxy per scheme would need the configuration to
+//! carry two resolved proxies; until then, a setup whose `HTTPS_PROXY`
+//! differs from `HTTP_PROXY` sets `proxy` (or `services.NAME.proxy`)
+//! instead. When the process runs as a CGI script (`REQUEST_METHOD` is
 //! set), the variables are ignored, as hyper-util and curl do: there
 //! `HTTP_PROXY` may come from a request's `Proxy:` header ("httpoxy").
 //!
@@ -38,8 +41,9 @@
 //!   connection opens with `CONNECT host:port` (with the same credentials),
 //!   and HTTP/1.1 then runs end to end through the tunnel. For proxies that
 //!   only tunnel, and for long streams a forwarding proxy would buffer or
-//!   cut. `https://` targets, once the client speaks TLS, will always be
-//!   tunnelled this way.
+//!   cut. `https://` targets are always tunnelled this way, whatever
+//!   `proxy_tunnel` says, with TLS inside the tunnel ([`crate::tls`]): a
+//!   forwarded request would hand the proxy the plaintext.
 //!
 //! Either way a connection through the proxy belongs to the pool of one
 //! target: pools and circuit breakers stay per target endpoint, so two

@@ -1,8 +1,9 @@
 //! Client configuration: defaults, builder, TOML, environment and files.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use cortex_client::config::{ClientConfigBuilder, ServiceOverrides};
@@ -40,6 +41,7 @@ fn rejects(builder: ClientConfigBuilder, option: &str) -> String {
 
 /// A configuration with every option away from its default.
 fn all_changed() -> ClientConfig {
+    tls_files();
     ClientConfig::builder()
         .max_connections(20)
         .idle_timeout(secs(90.0))
@@ -64,8 +66,43 @@ fn all_changed() -> ClientConfig {
         .proxy("http://alice:s3cret@127.0.0.1:3128".parse().unwrap())
         .no_proxy(cortex_client::proxy::NoProxy::parse("localhost,10.0.0.0/8").unwrap())
         .proxy_tunnel(true)
+        .tls_system_roots(false)
+        .ca_file(Some(TLS_CA.into()))
+        .client_cert(Some(TLS_CLIENT.into()))
+        .client_key(Some(TLS_CLIENT.into()))
         .build()
         .unwrap()
+}
+
+/// Where [`tls_files`] puts its files: paths known when compiling, so that
+/// `ALL_CHANGED` can name them.
+const TLS_CA: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/config-tls/ca.pem");
+/// A client certificate and its key, in one file (a valid `client_cert`
+/// and `client_key` both).
+const TLS_CLIENT: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/config-tls/client.pem");
+
+/// Writes the files `TLS_CA` and `TLS_CLIENT` name (once per process).
+/// Each is written whole under another name and renamed into place, so a
+/// concurrent run of these tests never reads half a file, and the key
+/// always sits with its own certificate.
+fn tls_files() {
+    static WRITTEN: OnceLock<()> = OnceLock::new();
+    WRITTEN.get_or_init(|| {
+        let ca = rcgen::generate_simple_self_signed(["ca.test".to_owned()]).unwrap();
+        let client = rcgen::generate_simple_self_signed(["client.test".to_owned()]).unwrap();
+        let client_pem = format!(
+            "{}{}",
+            client.cert.pem(),
+            client.signing_key.serialize_pem()
+        );
+        for (path, text) in [(TLS_CA, ca.cert.pem()), (TLS_CLIENT, client_pem)] {
+            let path = Path::new(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let partial = path.with_extension(format!("{}.part", std::process::id()));
+            std::fs::write(&partial, text).unwrap();
+            std::fs::rename(&partial, path).unwrap();
+        }
+    });
 }
 
 /// `all_changed` as (option, value in file syntax; the same in a variable,
@@ -94,6 +131,27 @@ const ALL_CHANGED: &[(&str, &str)] = &[
     ("proxy", "\"http://alice:s3cret@127.0.0.1:3128\""),
     ("no_proxy", "\"localhost,10.0.0.0/8\""),
     ("proxy_tunnel", "true"),
+    ("tls_system_roots", "false"),
+    (
+        "ca_file",
+        concat!("\"", env!("CARGO_TARGET_TMPDIR"), "/config-tls/ca.pem\""),
+    ),
+    (
+        "client_cert",
+        concat!(
+            "\"",
+            env!("CARGO_TARGET_TMPDIR"),
+            "/config-tls/client.pem\""
+        ),
+    ),
+    (
+        "client_key",
+        concat!(
+            "\"",
+            env!("CARGO_TARGET_TMPDIR"),
+            "/config-tls/client.pem\""
+        ),
+    ),
 ];
 
 fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -201,6 +259,10 @@ fn builder_sets_every_option() {
     assert_ne!(c.proxy, d.proxy);
     assert_ne!(c.no_proxy, d.no_proxy);
     assert_ne!(c.proxy_tunnel, d.proxy_tunnel);
+    assert_ne!(c.tls_system_roots, d.tls_system_roots);
+    assert_ne!(c.ca_file, d.ca_file);
+    assert_ne!(c.client_cert, d.client_cert);
+    assert_ne!(c.client_key, d.client_key);
     assert_eq!(c.request_timeout, Duration::from_millis(12_500));
 }
 
@@ -356,6 +418,7 @@ fn toml_of(pairs: &[(&str, &str)]) -> String {
 
 #[test]
 fn toml_full_file_sets_every_option() {
+    tls_files();
     let text = format!(
         "{}\n[services.memory]\nmax_connections = 4\nidle_timeout = 0.5\n",
         toml_of(ALL_CHANGED)
@@ -375,6 +438,7 @@ fn toml_full_file_sets_every_option() {
 
 #[test]
 fn toml_every_option_can_be_overridden_per_service() {
+    tls_files();
     let text = format!("[services.memory]\n{}", toml_of(ALL_CHANGED));
     let c = ClientConfig::from_toml_str(&text).unwrap();
     assert_eq!(c.for_service("memory"), all_changed());
@@ -590,6 +654,7 @@ fn env_overlay_is_applied() {
 
 #[test]
 fn env_sets_every_option() {
+    tls_files();
     let vars: Vec<(String, String)> = ALL_CHANGED
         .iter()
         .map(|(k, v)| {
@@ -897,6 +962,120 @@ fn from_file_resolves_a_relative_discovery_file_next_to_it() {
     let result = ClientConfig::from_file(&path);
     let message = result.clone().unwrap_err().to_string();
     assert_eq!(invalid_option(result), "discovery", "{message}");
+}
+
+// --------------------------------------------------------------------- TLS
+
+/// The reason of an `Invalid` error naming `option`.
+#[track_caller]
+fn reason_for(result: Result<ClientConfig, ConfigError>, option: &str) -> String {
+    match result {
+        Err(ConfigError::Invalid {
+            option: named,
+            reason,
+        }) if named == option => reason,
+        other => panic!("expected `{option}` to be refused, got {other:?}"),
+    }
+}
+
+/// Writes `text` to a fresh file; its path.
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let path = unique_temp_path(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn tls_files_are_checked_when_the_configuration_is_read() {
+    tls_files();
+    let missing = unique_temp_path("missing.pem");
+    let shown = missing.display().to_string();
+
+    // Unreadable: the option and the path, from every source.
+    let b = ClientConfig::builder;
+    let reason = reason_for(b().ca_file(Some(missing.clone())).build(), "ca_file");
+    assert!(
+        reason.starts_with("must name a readable PEM file"),
+        "{reason}"
+    );
+    assert!(reason.contains(&format!("cannot read {shown}")), "{reason}");
+    assert!(reason.ends_with(&format!("got {shown}")), "{reason}");
+    let toml = format!("ca_file = {:?}", shown);
+    reason_for(ClientConfig::from_toml_str(&toml), "ca_file");
+    let service = format!("[services.memory]\nca_file = {:?}", shown);
+    reason_for(
+        ClientConfig::from_toml_str(&service),
+        "services.memory.ca_file",
+    );
+    reason_for(
+        ClientConfig::default().with_env(env(&[("CORTEX_CLIENT_CA_FILE", &shown)])),
+        "CORTEX_CLIENT_CA_FILE",
+    );
+
+    // Malformed: not PEM, or PEM without what the option needs.
+    let garbage = temp_file("garbage.pem", "hello\n");
+    let reason = reason_for(b().ca_file(Some(garbage.clone())).build(), "ca_file");
+    assert!(reason.contains("holds no PEM certificate"), "{reason}");
+    let key_only = temp_file(
+        "key-only.pem",
+        &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    );
+    let reason = reason_for(
+        b().client_cert(Some(key_only.clone()))
+            .client_key(Some(key_only.clone()))
+            .build(),
+        "client_cert",
+    );
+    assert!(reason.contains("holds no PEM certificate"), "{reason}");
+    let reason = reason_for(
+        b().client_cert(Some(TLS_CLIENT.into()))
+            .client_key(Some(TLS_CA.into()))
+            .build(),
+        "client_key",
+    );
+    assert!(reason.contains("holds no PEM private key"), "{reason}");
+
+    // Both or neither.
+    let reason = reason_for(
+        b().client_cert(Some(TLS_CLIENT.into())).build(),
+        "client_cert",
+    );
+    assert!(reason.contains("client_key is not set"), "{reason}");
+    let reason = reason_for(
+        b().client_key(Some(TLS_CLIENT.into())).build(),
+        "client_key",
+    );
+    assert!(reason.contains("client_cert is not set"), "{reason}");
+
+    // A key that is not the certificate's.
+    let reason = reason_for(
+        b().client_cert(Some(TLS_CLIENT.into()))
+            .client_key(Some(key_only.clone()))
+            .build(),
+        "client_key",
+    );
+    assert!(
+        reason.contains("is not the key of the certificate"),
+        "{reason}"
+    );
+
+    // Valid, and empty meaning none (to undo a file's value per service).
+    let c = ClientConfig::from_toml_str(&format!(
+        "ca_file = {TLS_CA:?}\n[services.memory]\nca_file = \"\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.ca_file.as_deref(), Some(Path::new(TLS_CA)));
+    assert_eq!(c.for_service("memory").ca_file, None);
+    for path in [garbage, key_only] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[test]
+fn tls_defaults_trust_the_system_and_present_no_certificate() {
+    let c = ClientConfig::default();
+    assert!(c.tls_system_roots);
+    assert_eq!((c.ca_file, c.client_cert, c.client_key), (None, None, None));
 }
 
 // ---------------------------------------------------------------- warnings

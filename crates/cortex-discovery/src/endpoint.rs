@@ -33,10 +33,18 @@ impl FromStr for Protocol {
     }
 }
 
+/// The schemes an endpoint URL may have.
+#[derive(Clone, Copy)]
+enum Scheme {
+    Http,
+    Https,
+}
+
 /// One place a service answers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Endpoint {
-    /// Base URL, such as `http://127.0.0.1:9000` (no trailing slash).
+    /// Base URL, such as `http://127.0.0.1:9000` or
+    /// `https://memory.internal` (no trailing slash).
     pub url: String,
     /// The protocol it speaks.
     #[serde(default)]
@@ -67,10 +75,29 @@ impl Endpoint {
         self
     }
 
-    /// `host:port` of the URL, for dialling; `None` when the URL is not
-    /// `http://host[:port][/...]`.
+    /// The scheme (`http` or `https`, in any case) and what follows its
+    /// `://`; `None` for any other scheme.
+    fn split_scheme(&self) -> Option<(Scheme, &str)> {
+        let (scheme, rest) = self.url.split_once("://")?;
+        if scheme.eq_ignore_ascii_case("http") {
+            Some((Scheme::Http, rest))
+        } else if scheme.eq_ignore_ascii_case("https") {
+            Some((Scheme::Https, rest))
+        } else {
+            None
+        }
+    }
+
+    /// Whether the URL is `https://`: the client speaks TLS to it.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.split_scheme(), Some((Scheme::Https, _)))
+    }
+
+    /// `host:port` of the URL, for dialling (port 80 for `http://`, 443 for
+    /// `https://` when the URL has none); `None` when the URL is not
+    /// `http[s]://host[:port][/...]`.
     pub fn authority(&self) -> Option<String> {
-        let rest = self.url.strip_prefix("http://")?;
+        let (scheme, rest) = self.split_scheme()?;
         let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
         if authority.contains('@') {
             return None;
@@ -82,19 +109,41 @@ impl Endpoint {
         Some(if has_port {
             authority.to_string()
         } else {
-            format!("{authority}:80")
+            let port = match scheme {
+                Scheme::Http => 80,
+                Scheme::Https => 443,
+            };
+            format!("{authority}:{port}")
         })
+    }
+
+    /// The host of the URL without port or IPv6 brackets (`127.0.0.1`,
+    /// `::1`, `memory.internal`): the name a TLS certificate must be valid
+    /// for. `None` when [`Endpoint::authority`] is.
+    pub fn host(&self) -> Option<&str> {
+        let (_, rest) = self.split_scheme()?;
+        let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
+        if authority.contains('@') {
+            return None;
+        }
+        if let Some(bracketed) = authority.strip_prefix('[') {
+            return bracketed.split_once(']').map(|(host, _)| host);
+        }
+        let host = authority.split(':').next().unwrap_or_default();
+        (!host.is_empty()).then_some(host)
     }
 
     /// Path prefix of the URL (empty or starting with `/`).
     pub fn base_path(&self) -> &str {
-        let rest = self.url.strip_prefix("http://").unwrap_or(&self.url);
+        let rest = self
+            .split_scheme()
+            .map_or(self.url.as_str(), |(_, rest)| rest);
         rest.find('/').map(|i| &rest[i..]).unwrap_or("")
     }
 
     /// Parses a URL as people write it in `NAME_SERVICE_URL`, `--service`
-    /// or `--url`: `http://host[:port][/path]`, optionally naming its
-    /// protocol in the scheme (`mcp+http://`, `cortex+http://`,
+    /// or `--url`: `http[s]://host[:port][/path]`, optionally naming its
+    /// protocol in the scheme (`mcp+http://`, `cortex+https://`,
     /// `auto+http://`). Without one the protocol is `None`, for the caller's
     /// default. The error says what is wrong and how to write it instead.
     pub fn parse(raw: &str) -> Result<(Self, Option<Protocol>), String> {
@@ -102,7 +151,7 @@ impl Endpoint {
         let (protocol, url) = match raw.split_once("+http") {
             Some((name, rest)) if !name.contains(':') && !name.contains('/') => {
                 let protocol = name.parse::<Protocol>().map_err(|_| {
-                    format!("unknown protocol `{name}` in `{raw}` (write cortex+http://, mcp+http:// or auto+http://)")
+                    format!("unknown protocol `{name}` in `{raw}` (write cortex+http://, mcp+http:// or auto+http://, or the same with https)")
                 })?;
                 (Some(protocol), format!("http{rest}"))
             }
@@ -120,25 +169,20 @@ impl Endpoint {
         Ok((endpoint, protocol))
     }
 
-    /// Checks that the URL can be dialled: plain `http://`, a host, a port
-    /// in range, no credentials, query or fragment, and for the Cortex
-    /// dialect no path that is one of the service's own routes (a sign the
-    /// URL of a route was given instead of the service's base URL).
+    /// Checks that the URL can be dialled: `http://` or `https://`, a host,
+    /// a port in range, no credentials, query or fragment, and for the
+    /// Cortex dialect no path that is one of the service's own routes (a
+    /// sign the URL of a route was given instead of the service's base URL).
     pub fn validate(&self) -> Result<(), String> {
         let url = &self.url;
         let Some((scheme, rest)) = url.split_once("://") else {
             return Err(format!("`{url}` has no scheme; write it as http://{url}"));
         };
         match scheme.to_ascii_lowercase().as_str() {
-            "http" => {}
-            "https" => {
-                return Err(format!(
-                    "`{url}`: https is not supported (this client speaks plain HTTP; TLS is not built in): use http://, or reach the service through a TLS-terminating proxy"
-                ));
-            }
+            "http" | "https" => {}
             other => {
                 return Err(format!(
-                    "`{url}`: unsupported scheme `{other}` (only http:// is supported)"
+                    "`{url}`: unsupported scheme `{other}` (only http:// and https:// are supported)"
                 ));
             }
         }
@@ -190,7 +234,7 @@ impl Endpoint {
         }
         self.authority()
             .map(|_| ())
-            .ok_or_else(|| format!("`{url}` is not an http://host:port URL"))
+            .ok_or_else(|| format!("`{url}` is not an http[s]://host:port URL"))
     }
 }
 
@@ -215,8 +259,8 @@ mod tests {
         let e = Endpoint::new("http://memory/api");
         assert_eq!(e.authority().as_deref(), Some("memory:80"));
         assert_eq!(e.base_path(), "/api");
-        assert_eq!(Endpoint::new("https://x:1").authority(), None);
         assert!(Endpoint::new("ftp://x").validate().is_err());
+        assert_eq!(Endpoint::new("ftp://x:1").authority(), None);
         assert_eq!(
             Endpoint::new("http://[::1]:9000").authority().as_deref(),
             Some("[::1]:9000")
@@ -226,6 +270,27 @@ mod tests {
             Some("[::1]:80")
         );
         assert_eq!("MCP".parse::<Protocol>(), Ok(Protocol::Mcp));
+        assert_eq!(Endpoint::new("http://[::1]:9000").host(), Some("::1"));
+        assert_eq!(Endpoint::new("http://memory/api").host(), Some("memory"));
+        assert!(!Endpoint::new("http://memory").is_tls());
+    }
+
+    #[test]
+    fn https_endpoints_default_to_port_443_and_name_their_host() {
+        let e = Endpoint::new("https://memory.internal/api/");
+        assert!(e.is_tls());
+        assert_eq!(e.authority().as_deref(), Some("memory.internal:443"));
+        assert_eq!(e.host(), Some("memory.internal"));
+        assert_eq!(e.base_path(), "/api");
+        let e = Endpoint::new("HTTPS://127.0.0.1:9443");
+        assert!(e.is_tls());
+        assert_eq!(e.authority().as_deref(), Some("127.0.0.1:9443"));
+        assert_eq!(e.host(), Some("127.0.0.1"));
+        assert_eq!(e.base_path(), "");
+        let e = Endpoint::new("https://[::1]");
+        assert_eq!(e.authority().as_deref(), Some("[::1]:443"));
+        assert_eq!(e.host(), Some("::1"));
+        assert_eq!(Endpoint::new("https://u:p@h:1").host(), None);
     }
 
     #[test]
@@ -246,10 +311,23 @@ mod tests {
             Endpoint::parse("auto+http://h").map(|(e, _)| e.protocol),
             Ok(Protocol::Auto)
         );
+        let (e, p) = Endpoint::parse("mcp+https://h:8443/mcp").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (e.url.as_str(), e.protocol, p),
+            ("https://h:8443/mcp", Protocol::Mcp, Some(Protocol::Mcp))
+        );
+        let (e, p) = Endpoint::parse("https://h").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((e.url.as_str(), p, e.is_tls()), ("https://h", None, true));
         for (bad, says) in [
             ("localhost:9000", "no scheme"),
-            ("https://h:1", "https is not supported"),
             ("ftp://h", "unsupported scheme"),
+            ("https://", "no host"),
+            ("https://h:0", "bad port"),
+            ("https://u:p@h:1", "credentials"),
+            (
+                "https://h:1/tool/store_input",
+                "a path where none is allowed",
+            ),
             ("http://h:99999", "bad port"),
             ("http://h:0", "bad port"),
             ("http://h:x", "bad port"),

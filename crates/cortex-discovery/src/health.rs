@@ -10,6 +10,8 @@
 //!   to the [`HealthObserver`]s ([`ServiceDiscovery::observe_health`]): a
 //!   client lets an open circuit breaker of that endpoint probe at once, so
 //!   a recovered endpoint is used again within about one `interval`.
+//!   `https://` endpoints are not checked (this crate speaks no TLS): only
+//!   passive ejection applies to them.
 //! - **Passive**: the client reports real calls ([`ServiceDiscovery::report`]).
 //!   `ejection_failures` failures in a row eject an endpoint for
 //!   `base_ejection` × the number of times it was ejected before (capped at
@@ -171,9 +173,13 @@ async fn check_loop<D: ServiceDiscovery>(inner: Weak<Inner<D>>, service: String)
         let interval = strong.config.interval;
         if let Ok(set) = strong.backend.resolve(&service).await {
             let timeout = strong.config.timeout;
+            // `https://` endpoints are not checked actively: this crate
+            // speaks no TLS, and a plain-HTTP check of a TLS port would
+            // mark a sound endpoint down. Passive ejection covers them.
             let checks = set
                 .endpoints
                 .iter()
+                .filter(|e| !e.is_tls())
                 .map(|e| async move { (e, check(e, timeout).await) });
             let mut passed = Vec::new();
             for (endpoint, outcome) in futures::future::join_all(checks).await {
@@ -189,8 +195,15 @@ async fn check_loop<D: ServiceDiscovery>(inner: Weak<Inner<D>>, service: String)
     }
 }
 
-/// `GET /health` on a fresh connection; `Err` says why it failed.
+/// `GET /health` on a fresh connection; `Err` says why it failed. Plain
+/// HTTP only: an `https://` endpoint is an `Err` without any traffic.
 pub async fn check(endpoint: &Endpoint, timeout: Duration) -> Result<(), String> {
+    if endpoint.is_tls() {
+        return Err(format!(
+            "{}: active health checks do not speak TLS",
+            endpoint.url
+        ));
+    }
     let authority = endpoint
         .authority()
         .ok_or_else(|| format!("bad endpoint {}", endpoint.url))?;
@@ -451,6 +464,61 @@ mod tests {
             .unwrap_or_else(|e| panic!("addr: {e}"))
             .port();
         format!("http://127.0.0.1:{port}")
+    }
+
+    #[tokio::test]
+    async fn https_endpoints_are_left_out_of_active_checks() {
+        // A TLS port: a plain-HTTP check would fail there and mark a sound
+        // endpoint down. Nothing may connect to it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let tls = format!(
+            "https://{}",
+            listener
+                .local_addr()
+                .unwrap_or_else(|e| panic!("addr: {e}"))
+        );
+        let connected = Arc::new(AtomicU64::new(0));
+        tokio::spawn({
+            let connected = connected.clone();
+            async move {
+                while listener.accept().await.is_ok() {
+                    connected.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        let dead = dead_url();
+        let backend = StaticDiscovery::new();
+        backend.register("svc", vec![Endpoint::new(&tls), Endpoint::new(&dead)]);
+        let discovery = HealthChecked::new(
+            backend,
+            HealthConfig {
+                interval: Duration::from_millis(10),
+                timeout: Duration::from_millis(200),
+                unhealthy_threshold: 1,
+                ..HealthConfig::default()
+            },
+        );
+        discovery
+            .resolve("svc")
+            .await
+            .unwrap_or_else(|e| panic!("resolve: {e}"));
+        // The checker runs: the dead plain endpoint goes down.
+        let started = Instant::now();
+        while discovery.is_endpoint_usable("svc", &dead) {
+            assert!(started.elapsed() < Duration::from_secs(10), "no check ran");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(discovery.is_endpoint_usable("svc", &tls));
+        assert_eq!(connected.load(Ordering::SeqCst), 0);
+        let refused = check(&Endpoint::new(&tls), Duration::from_secs(1)).await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("TLS")),
+            "{refused:?}"
+        );
+        assert_eq!(connected.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

@@ -55,7 +55,7 @@ impl StaticDiscovery {
     ///   (`mcp+http://…`, see [`Endpoint::parse`]); default `cortex`.
     ///
     /// A comma-separated value lists replicas. A value that cannot be used
-    /// (no scheme, a bad port, `https`, a route's path, an unknown
+    /// (no scheme or one other than `http` and `https`, a bad port, a route's path, an unknown
     /// protocol) is [`DiscoveryError::InvalidEndpoint`] naming the variable
     /// and the value: a typo must not turn into "no endpoint" later.
     pub fn from_env(
@@ -170,6 +170,7 @@ mod tests {
             ("EVERYTHING_SERVICE_URL", "mcp+http://127.0.0.1:3001/mcp"),
             ("TIME_SERVICE_URL", "http://127.0.0.1:3002/mcp"),
             ("TIME_SERVICE_PROTOCOL", "auto"),
+            ("AUDIT_SERVICE_URL", "https://audit.internal:8443"),
             ("COGNITION_SERVICE_PROTOCOL", "mcp"),
             ("PATH", "/bin"),
         ]))
@@ -188,6 +189,11 @@ mod tests {
         assert_eq!(protocol(d.resolve("everything").await), Ok(Protocol::Mcp));
         assert_eq!(protocol(d.resolve("time").await), Ok(Protocol::Auto));
         assert_eq!(
+            d.resolve("audit").await.map(|s| s.endpoints.clone()),
+            Ok(vec![Endpoint::new("https://audit.internal:8443")]),
+            "https endpoints are taken"
+        );
+        assert_eq!(
             d.resolve("nope").await,
             Err(DiscoveryError::Unknown("nope".into()))
         );
@@ -205,8 +211,8 @@ mod tests {
             ("MEMORY_SERVICE_URL", "http://localhost:90000", "bad port"),
             (
                 "MEMORY_SERVICE_URL",
-                "https://memory.example",
-                "https is not supported",
+                "ftp://memory.example",
+                "unsupported scheme",
             ),
             (
                 "MEMORY_SERVICE_URL",

@@ -204,7 +204,7 @@ async fn a_dead_etcd_at_start_is_a_backend_error_naming_the_endpoint() {
     let bad = EtcdRegistration::register(
         EtcdConfig::default(),
         "m",
-        Endpoint::new("https://h:1"),
+        Endpoint::new("ftp://h:1"),
         Duration::from_secs(5),
     )
     .await;

@@ -289,6 +289,16 @@ impl McpError {
                 Retry::for_status(*status)
             }
             Self::Tool { code, .. } if *code == ErrorCode::Unavailable => Retry::Always,
+            // A refused TLS handshake: the client's TLS layer reports its
+            // failures (a certificate refused by either side, a peer that
+            // does not speak TLS) as I/O errors of kind `InvalidData`, which
+            // nothing else raises before a request is sent. The same
+            // handshake would fail the same way.
+            Self::Connection { sent: false, .. }
+                if self.io_kind() == Some(std::io::ErrorKind::InvalidData) =>
+            {
+                Retry::Never
+            }
             Self::Connection { sent: false, .. } | Self::PoolTimeout { .. } => Retry::Always,
             // It may have run; and a timeout has used up its call's deadline.
             Self::Connection { sent: true, .. } | Self::Timeout { .. } => Retry::IfIdempotent,

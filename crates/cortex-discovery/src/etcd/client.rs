@@ -715,6 +715,7 @@ mod tests {
             Ok(Endpoint::new("http://h:1"))
         );
         assert!(parse_endpoint(b"http://h:1").is_err());
-        assert!(parse_endpoint(br#"{"url":"https://h:1"}"#).is_err());
+        assert!(parse_endpoint(br#"{"url":"ftp://h:1"}"#).is_err());
+        assert!(parse_endpoint(br#"{"url":"https://h:1"}"#).is_ok());
     }
 }
