@@ -29,6 +29,7 @@
 //! also bounds the handshakes in flight, and a kept-alive connection costs
 //! one handshake for all its calls.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -38,7 +39,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 use crate::error::Cause;
@@ -112,6 +113,15 @@ struct Idle {
     since: Instant,
 }
 
+/// How a queued caller's wait ended.
+enum Waited {
+    /// A connection given back was handed over (`None`: the pool is gone).
+    Handed(Option<SendRequest<Full<Bytes>>>),
+    /// A slot freed: dial (`None`: the semaphore closed).
+    Slot(Option<OwnedSemaphorePermit>),
+    TimedOut,
+}
+
 /// The pool of one endpoint (`host:port`).
 pub(crate) struct EndpointPool {
     authority: String,
@@ -120,8 +130,12 @@ pub(crate) struct EndpointPool {
     /// until the socket is closed.
     slots: Arc<Semaphore>,
     idle: Mutex<Vec<Idle>>,
-    /// Woken when a connection goes back to the idle list.
-    returned: Notify,
+    /// Callers waiting for a connection, oldest first: a connection given
+    /// back goes to the oldest, never to the idle list while one waits.
+    /// (Handing it to whoever asks next let a caller that had just given
+    /// one back take it again, and a waiter starved for a whole run.)
+    /// Locked before `idle` wherever both are.
+    waiters: Mutex<VecDeque<oneshot::Sender<SendRequest<Full<Bytes>>>>>,
     open: Arc<AtomicUsize>,
     in_use: AtomicUsize,
     waiting: AtomicUsize,
@@ -145,7 +159,7 @@ impl EndpointPool {
             slots: Arc::new(Semaphore::new(settings.max_connections)),
             settings,
             idle: Mutex::new(Vec::new()),
-            returned: Notify::new(),
+            waiters: Mutex::new(VecDeque::new()),
             open: Arc::new(AtomicUsize::new(0)),
             in_use: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
@@ -177,8 +191,11 @@ impl EndpointPool {
     ) -> Result<PooledConn, AcquireError> {
         // The common case, an idle connection, takes no wake-up
         // registration and no timer; the rest is boxed so that its state
-        // (dialling, waiting) does not weigh on every call's future.
-        if let Some(sender) = self.take_idle().await {
+        // (dialling, waiting) does not weigh on every call's future. When
+        // callers wait, they go first: join the queue behind them.
+        if self.waiting.load(Ordering::Acquire) == 0
+            && let Some(sender) = self.take_idle().await
+        {
             return Ok(self.checked_out(sender));
         }
         Box::pin(self.dial_or_wait(deadline)).await
@@ -192,57 +209,109 @@ impl EndpointPool {
         }
         let started = Instant::now();
         loop {
-            // Register for wake-ups before looking again, so a connection
-            // returned between the look and the wait is not missed.
-            let returned = self.returned.notified();
-            tokio::pin!(returned);
-            returned.as_mut().enable();
-
-            if let Some(sender) = self.take_idle().await {
-                return Ok(self.checked_out(sender));
-            }
-            if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-                return self.dial(slot).await.map(|sender| self.checked_out(sender));
-            }
-            self.waiting.fetch_add(1, Ordering::Relaxed);
-            let outcome = tokio::select! {
-                () = &mut returned => None,
-                slot = self.slots.clone().acquire_owned() => Some(slot),
-                () = tokio::time::sleep_until(deadline) => {
-                    self.waiting.fetch_sub(1, Ordering::Relaxed);
-                    return Err(AcquireError::PoolTimeout { waited: started.elapsed() });
+            // Queue up, and look at the idle list under the same lock that
+            // `give_back` holds: a connection given back before we queued
+            // is in the list, one given back after comes to us.
+            let (handoff, mut handed) = oneshot::channel();
+            let found = {
+                let mut waiters = self.waiter_list();
+                let found = self.idle_list().pop();
+                if found.is_none() {
+                    waiters.push_back(handoff);
+                    self.waiting.fetch_add(1, Ordering::AcqRel);
                 }
+                found
             };
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-            if let Some(Ok(slot)) = outcome {
-                return self.dial(slot).await.map(|sender| self.checked_out(sender));
+            if let Some(idle) = found {
+                if let Some(sender) = self.usable(idle).await {
+                    return Ok(self.checked_out(sender));
+                }
+                continue;
+            }
+            let outcome = tokio::select! {
+                sender = &mut handed => Waited::Handed(sender.ok()),
+                slot = self.slots.clone().acquire_owned() => Waited::Slot(slot.ok()),
+                () = tokio::time::sleep_until(deadline) => Waited::TimedOut,
+            };
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            // Leaving the queue: a connection handed over meanwhile is ours
+            // (our entry stays queued until a hand-off finds it closed).
+            handed.close();
+            let late = handed.try_recv().ok();
+            match (outcome, late) {
+                (Waited::Handed(Some(sender)), _) | (_, Some(sender)) => {
+                    if let Some(sender) = self.usable_now(sender).await {
+                        return Ok(self.checked_out(sender));
+                    }
+                }
+                (Waited::Slot(Some(slot)), None) => {
+                    return self.dial(slot).await.map(|sender| self.checked_out(sender));
+                }
+                (Waited::TimedOut, None) => {
+                    return Err(AcquireError::PoolTimeout {
+                        waited: started.elapsed(),
+                    });
+                }
+                // A closed semaphore or channel: look again.
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(AcquireError::PoolTimeout {
+                    waited: started.elapsed(),
+                });
             }
         }
+    }
+
+    fn waiter_list(
+        &self,
+    ) -> std::sync::MutexGuard<'_, VecDeque<oneshot::Sender<SendRequest<Full<Bytes>>>>> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The most recently used idle connection that is still usable.
     async fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
         loop {
             let idle = self.idle_list().pop()?;
-            if idle.sender.is_closed() || idle.since.elapsed() >= self.settings.idle_timeout {
-                continue; // dropping it closes the socket and frees its slot
+            if let Some(sender) = self.usable(idle).await {
+                return Some(sender);
             }
-            let mut sender = idle.sender;
-            // An idle HTTP/1 connection is normally ready at once: check
-            // without a timer first.
-            match futures::FutureExt::now_or_never(sender.ready()) {
-                Some(Ok(())) => return Some(sender),
-                Some(Err(_)) => continue,
-                None => {}
-            }
-            // Its driver may not have noticed the last answer's end yet;
-            // give it a moment, but don't wait on a connection the peer
-            // closed.
-            let wait = tokio::time::timeout(Duration::from_millis(50), sender.ready());
-            match Box::pin(wait).await {
-                Ok(Ok(())) => return Some(sender),
-                _ => continue,
-            }
+        }
+    }
+
+    /// `idle`'s connection if it can carry a call now; else it is dropped
+    /// (which closes the socket and frees its slot).
+    async fn usable(&self, idle: Idle) -> Option<SendRequest<Full<Bytes>>> {
+        if idle.since.elapsed() >= self.settings.idle_timeout {
+            return None;
+        }
+        self.usable_now(idle.sender).await
+    }
+
+    /// `sender` if its connection is open and ready.
+    async fn usable_now(
+        &self,
+        mut sender: SendRequest<Full<Bytes>>,
+    ) -> Option<SendRequest<Full<Bytes>>> {
+        if sender.is_closed() {
+            return None;
+        }
+        // An idle HTTP/1 connection is normally ready at once: check
+        // without a timer first.
+        match futures::FutureExt::now_or_never(sender.ready()) {
+            Some(Ok(())) => return Some(sender),
+            Some(Err(_)) => return None,
+            None => {}
+        }
+        // Its driver may not have noticed the last answer's end yet;
+        // give it a moment, but don't wait on a connection the peer
+        // closed.
+        let wait = tokio::time::timeout(Duration::from_millis(50), sender.ready());
+        match Box::pin(wait).await {
+            Ok(Ok(())) => Some(sender),
+            _ => None,
         }
     }
 
@@ -364,11 +433,19 @@ impl EndpointPool {
         if sender.is_closed() {
             return;
         }
+        let mut sender = sender;
+        let mut waiters = self.waiter_list();
+        while let Some(waiter) = waiters.pop_front() {
+            match waiter.send(sender) {
+                Ok(()) => return,
+                // That caller stopped waiting: the next one.
+                Err(back) => sender = back,
+            }
+        }
         self.idle_list().push(Idle {
             sender,
             since: Instant::now(),
         });
-        self.returned.notify_one();
     }
 
     /// Closes idle connections past `idle_timeout`.
