@@ -23,7 +23,11 @@
 //! - `mcp`: standard MCP (Streamable HTTP, the stateless 2026-07-28
 //!   revision, the legacy HTTP+SSE transport) for services whose discovery
 //!   entry says `protocol = "mcp"` (or `"auto"`), over the same machinery.
-//! - `pool`: the connection pool with a hard cap per endpoint.
+//! - `pool`: the connection pool with a hard cap per endpoint, waiters
+//!   served in turn.
+//! - [`proxy`]: HTTP proxies (forwarding or `CONNECT`), [`proxy::ProxyError`].
+//! - [`tls`]: TLS to `https://` endpoints (rustls): trust and client certificates.
+//! - `operation`: what one exchange is, for errors, metrics and retry safety.
 //! - `stream`: resumable SSE streams.
 //! - [`metrics`]: per service and operation counters, Prometheus text.
 //! - [`typed`]: [`MemoryServiceClient`], [`CognitionServiceClient`], [`call_batch`].

@@ -6,7 +6,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cortex_client::{BatchCall, McpClient, McpError, MemoryServiceClient, call_batch};
+use cortex_client::{
+    BatchCall, ClientConfig, McpClient, McpError, MemoryServiceClient, call_batch,
+};
 use cortex_service::{InProcessMcpClient, ServiceConfig};
 use cortex_test_support::{memory_service, start_memory};
 use futures::StreamExt;
@@ -142,4 +144,22 @@ async fn typed_memory_client_in_process() {
     let client = InProcessMcpClient::new();
     client.register(service);
     exercise(Arc::new(client)).await;
+}
+
+/// A key HTTP cannot carry (a line break) is refused before anything is
+/// sent, naming what is wrong; nothing listens at the address, so a sent
+/// request would have been a connection error instead.
+#[tokio::test]
+async fn an_idempotency_key_http_cannot_carry_is_refused_before_sending() {
+    let url = format!("http://127.0.0.1:{}", common::dead_port());
+    let client = common::client_for(&url, ClientConfig::default());
+    let memory = MemoryServiceClient::new(Arc::new(client));
+    let refused = memory
+        .store_input_with_key("u1", json!({"content": "x"}), "line\nbreak")
+        .await;
+    assert!(
+        matches!(&refused, Err(McpError::InvalidRequest { reason, .. })
+            if reason.contains("idempotency key")),
+        "{refused:?}"
+    );
 }

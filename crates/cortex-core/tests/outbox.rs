@@ -243,3 +243,24 @@ async fn an_input_memory_refuses_for_good_is_marked_failed_and_does_not_block() 
     assert!(events.iter().any(|e| e.kind == "failed"), "{events:?}");
     memory.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn an_outbox_that_cannot_be_opened_names_what_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the outbox's directory should be.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").unwrap();
+    let refused = Outbox::open(blocker.join("outbox.sqlite3"), 10);
+    assert!(
+        matches!(&refused, Err(OutboxError::Directory { path, .. }) if *path == blocker),
+        "{refused:?}"
+    );
+    // A directory where the database file should be.
+    let taken = dir.path().join("taken");
+    std::fs::create_dir(&taken).unwrap();
+    let refused = Outbox::open(&taken, 10);
+    assert!(
+        matches!(&refused, Err(OutboxError::Database { path, .. }) if *path == taken),
+        "{refused:?}"
+    );
+}
