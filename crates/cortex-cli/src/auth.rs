@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use clap::Args;
 use cortex_client::{Endpoint, TokenProvider};
 use cortex_service::AuthConfig;
-use cortex_service::auth::{ADMIN_ROLE, MIN_SECRET_BYTES, TokenClaims, mint_hs256};
+use cortex_service::auth::{ADMIN_ROLE, MIN_SECRET_BYTES, SERVICE_ROLE, TokenClaims, mint_hs256};
 use serde_json::json;
 
 use crate::exit::Failure;
@@ -362,6 +362,33 @@ pub(crate) fn local_tokens(
         None => claims_for(&login_name(), vec![ADMIN_ROLE.into()], CLIENT_TOKEN_TTL),
     };
     // Fail now, with the reason, rather than on the first call.
+    mint_hs256(secret.as_bytes(), &claims).map_err(|e| Failure::usage(e.to_string()))?;
+    Ok(Some(std::sync::Arc::new(LocalTokens {
+        secret,
+        claims,
+        current: Mutex::new(None),
+    })))
+}
+
+/// The user core's own tokens name (with the `service` role).
+pub(crate) const CORE_USER: &str = "cortex-core";
+
+/// The token provider of a service that acts for its users on its own
+/// (core, whose drain stores inputs long after their callers left): tokens
+/// with the `service` role made from JWT_SECRET_KEY or the secret in
+/// `data_dir`; `None` when there is neither (the services then need no
+/// token, or core is told one with CORTEX_TOKEN).
+pub(crate) fn service_tokens(
+    data_dir: &Path,
+) -> Result<Option<std::sync::Arc<dyn TokenProvider>>, Failure> {
+    let secret = match secret_from_env() {
+        Some(secret) => secret,
+        None => match find_secret(data_dir)? {
+            Some(secret) => secret,
+            None => return Ok(None),
+        },
+    };
+    let claims = claims_for(CORE_USER, vec![SERVICE_ROLE.into()], CLIENT_TOKEN_TTL);
     mint_hs256(secret.as_bytes(), &claims).map_err(|e| Failure::usage(e.to_string()))?;
     Ok(Some(std::sync::Arc::new(LocalTokens {
         secret,

@@ -227,6 +227,27 @@ pub(crate) enum Command {
         override_usage = "cortex bench SERVICE TOOL [ARG]... [OPTIONS]\n       cortex --url URL bench TOOL [ARG]... [OPTIONS]"
     )]
     Bench(BenchArgs),
+    /// Send an input to core: stored in memory now when memory answers,
+    /// else kept by core and stored when memory is back, exactly once.
+    ///
+    /// The user is --user (default: your login name). Prints where the
+    /// input went; `cortex output` shows what happens to it next.
+    ///
+    /// Example: cortex input "remember the milk" --conversation shopping
+    ///
+    /// Example: cortex --user alice input "hello"
+    Input(InputArgs),
+    /// Follow your output stream from core: each input (stored or
+    /// pending), each pending input stored, cognition's context for it, and
+    /// memory and cognition going down or coming back; until Ctrl-C.
+    ///
+    /// Resumes after faults without losing or repeating an event; --from
+    /// starts after an event id (as printed: `#ID`).
+    ///
+    /// Example: cortex output --from 10
+    ///
+    /// Example: cortex --user alice output --count 5 --json
+    Output(OutputArgs),
     /// Print a bearer token (JWT, HS256) for the services of `cortex up` and
     /// `cortex serve`.
     ///
@@ -250,6 +271,8 @@ pub(crate) enum Command {
     /// Example: cortex serve memory --port 9000 --db ./.cortex/memory.sqlite3
     ///
     /// Example: MEMORY_SERVICE_URL=http://127.0.0.1:9000 cortex serve cognition --port 9100
+    ///
+    /// Example: cortex serve core --port 8000 --data-dir ./.cortex
     Serve(ServeArgs),
     /// Print a shell completion script.
     ///
@@ -278,6 +301,10 @@ pub(crate) struct UpArgs {
     /// Port of the cognition service.
     #[arg(long, default_value_t = cortex_cognition::DEFAULT_PORT)]
     pub(crate) cognition_port: u16,
+    /// Port of core (the front door: POST /input, GET /output/stream, the
+    /// console at /).
+    #[arg(long, default_value_t = cortex_core::DEFAULT_PORT)]
+    pub(crate) core_port: u16,
     /// Directory of the SQLite database (memory.sqlite3) and the JWT secret
     /// (jwt-secret); created (mode 0700) if missing.
     #[arg(long, env = "CORTEX_DATA_DIR", default_value = crate::auth::DEFAULT_DATA_DIR)]
@@ -285,10 +312,33 @@ pub(crate) struct UpArgs {
     /// Seconds in-flight calls may take to finish after Ctrl-C.
     #[arg(long, default_value_t = 10)]
     pub(crate) grace_secs: u64,
+    /// Inputs core's outbox keeps while memory is down; past it, POST
+    /// /input answers 503 with Retry-After.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub(crate) max_pending: usize,
     #[command(flatten)]
     pub(crate) auth: crate::auth::AuthArgs,
     #[command(flatten)]
     pub(crate) limits: crate::limits::LimitArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InputArgs {
+    /// The text to send.
+    pub(crate) text: String,
+    /// The conversation it belongs to.
+    #[arg(long, value_name = "ID")]
+    pub(crate) conversation: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct OutputArgs {
+    /// Start after this event id.
+    #[arg(long, value_name = "ID")]
+    pub(crate) from: Option<u64>,
+    /// Stop after this many events of the log (`status` lines not counted).
+    #[arg(long, value_name = "N")]
+    pub(crate) count: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -366,6 +416,11 @@ pub(crate) enum ServiceName {
     /// Builds context from memory, which it finds through discovery
     /// (MEMORY_SERVICE_URL or --service memory=URL; default http://localhost:9000).
     Cognition,
+    /// The front door users send inputs to (POST /input) and read their
+    /// output from (GET /output/stream, the console at /); it keeps inputs
+    /// in its outbox (DATA_DIR/core-outbox.sqlite3) while memory is down.
+    /// Finds memory and cognition through discovery.
+    Core,
 }
 
 #[derive(Debug, Args)]
@@ -375,7 +430,8 @@ pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub(crate) host: String,
-    /// Port to listen on (memory defaults to 9000, cognition to 9100).
+    /// Port to listen on (memory defaults to 9000, cognition to 9100, core
+    /// to 8000).
     #[arg(long, env = "PORT")]
     pub(crate) port: Option<u16>,
     /// SQLite file of the memory service; created with its directory on first
@@ -401,10 +457,15 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 10, requires = "register")]
     pub(crate) register_ttl: u64,
     /// Directory of the JWT secret (jwt-secret), made on first start when
-    /// neither JWT_SECRET_KEY nor --jwks-url gives the key (default: the
-    /// database's directory for memory, ./.cortex for cognition).
+    /// neither JWT_SECRET_KEY nor --jwks-url gives the key, and of core's
+    /// outbox (default: the database's directory for memory, ./.cortex for
+    /// cognition and core).
     #[arg(long, env = "CORTEX_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Core: inputs its outbox keeps while memory is down; past it, POST
+    /// /input answers 503 with Retry-After.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub(crate) max_pending: usize,
     #[command(flatten)]
     pub(crate) auth: crate::auth::AuthArgs,
     #[command(flatten)]

@@ -52,6 +52,9 @@ pub(crate) enum Credentials {
         /// `--user`.
         user: Option<String>,
     },
+    /// Core's own tokens (role `service`) from the secret in this
+    /// directory or JWT_SECRET_KEY (see [`crate::auth::service_tokens`]).
+    Service(PathBuf),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -61,6 +64,7 @@ impl std::fmt::Debug for Credentials {
             Self::None => f.write_str("None"),
             Self::Token(_) => f.write_str("Token(…)"),
             Self::Local { user } => f.debug_struct("Local").field("user", user).finish(),
+            Self::Service(dir) => f.debug_tuple("Service").field(dir).finish(),
         }
     }
 }
@@ -196,6 +200,11 @@ impl ClientFlags {
             Credentials::Local { user } => {
                 if let Some(tokens) = crate::auth::local_tokens(user.as_deref(), self.url.as_ref())?
                 {
+                    builder = builder.token_provider(tokens);
+                }
+            }
+            Credentials::Service(dir) => {
+                if let Some(tokens) = crate::auth::service_tokens(dir)? {
                     builder = builder.token_provider(tokens);
                 }
             }

@@ -11,6 +11,7 @@ mod bench;
 mod cli;
 mod client_cmds;
 mod connect;
+mod core_cmds;
 mod demo;
 mod exit;
 mod hints;
@@ -95,6 +96,8 @@ fn main() -> ExitCode {
             Command::Status => client_cmds::status(&flags, json).await,
             Command::Bench(args) => bench::run(args, &flags, json).await,
             Command::Serve(args) => serve::run(args, &flags).await,
+            Command::Input(args) => core_cmds::input(args, &flags, user.as_deref(), json).await,
+            Command::Output(args) => core_cmds::output(args, &flags, user.as_deref(), json).await,
             Command::Token(args) => auth::token(args, user, json),
             Command::Completions(_) => Ok(()),
         }

@@ -7,7 +7,7 @@ use cortex_cognition::CognitionConfig;
 use cortex_service::{ServiceConfig, serve, shutdown_signal};
 
 use crate::cli::{ServeArgs, ServiceName};
-use crate::connect::ClientFlags;
+use crate::connect::{ClientFlags, Credentials};
 use crate::exit::Failure;
 use crate::system;
 
@@ -34,8 +34,10 @@ pub(crate) async fn run(args: ServeArgs, flags: &ClientFlags) -> Result<(), Fail
             "cognition",
             args.port.unwrap_or(cortex_cognition::DEFAULT_PORT),
         ),
+        ServiceName::Core => ("core", args.port.unwrap_or(cortex_core::DEFAULT_PORT)),
     };
     let listener = system::bind(&args.host, port, name, "--port or PORT").await?;
+    let mut background = None;
     let service = match args.service {
         ServiceName::Memory => {
             let path = args.db_path().map_err(Failure::usage)?;
@@ -59,6 +61,22 @@ pub(crate) async fn run(args: ServeArgs, flags: &ClientFlags) -> Result<(), Fail
             tracing::info!(memory = %memory, "cognition reads memory through discovery");
             system::cognition_service(target.client, CognitionConfig::default())?
         }
+        ServiceName::Core => {
+            // Memory and cognition through discovery, health-checked, as
+            // core itself (role `service`): its drain stores inputs after
+            // their callers are gone (see cortex_core::front).
+            let dir = data_dir(&args)?;
+            let flags = ClientFlags {
+                credentials: Credentials::Service(dir.clone()),
+                ..flags.clone()
+            };
+            let health = crate::connect::health_checks(&flags.config()?, "memory");
+            let target = flags.connect_checked(|c| c, Some(health)).await?;
+            let (service, running) =
+                system::core_service(&dir, target.client, &config.auth, args.max_pending)?;
+            background = Some(running);
+            service
+        }
     };
     let bound = listener
         .local_addr()
@@ -75,6 +93,9 @@ pub(crate) async fn run(args: ServeArgs, flags: &ClientFlags) -> Result<(), Fail
         if let Err(error) = registration.deregister().await {
             tracing::warn!(%error, "could not deregister; the lease will expire");
         }
+    }
+    if let Some(background) = background {
+        background.abort();
     }
     served.map_err(|e| Failure::other(format!("server failed: {e}")))?;
     tracing::info!("stopped");
@@ -95,7 +116,7 @@ fn data_dir(args: &ServeArgs) -> Result<PathBuf, Failure> {
             .parent()
             .filter(|dir| !dir.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-        ServiceName::Cognition => PathBuf::from(crate::auth::DEFAULT_DATA_DIR),
+        ServiceName::Cognition | ServiceName::Core => PathBuf::from(crate::auth::DEFAULT_DATA_DIR),
     })
 }
 

@@ -70,6 +70,32 @@ pub(crate) fn cognition_service(
     cortex_cognition::build_networked(memory, config).map_err(|e| Failure::other(e.to_string()))
 }
 
+/// The outbox file of core in its data directory.
+pub(crate) const CORE_OUTBOX: &str = "core-outbox.sqlite3";
+
+/// Core, keeping its outbox in `data_dir`, reaching memory and cognition
+/// through `client`; its background work (the drain, health checks,
+/// context) runs in the returned task until it is aborted.
+pub(crate) fn core_service(
+    data_dir: &Path,
+    client: NetworkMcpClient,
+    auth: &cortex_service::AuthConfig,
+    max_pending: usize,
+) -> Result<(Service, JoinHandle<()>), Failure> {
+    let path = data_dir.join(CORE_OUTBOX);
+    let outbox = cortex_core::Outbox::open(&path, max_pending)
+        .map_err(|e| Failure::other(format!("cannot open core's outbox: {e}")))?;
+    let core = cortex_core::Core::new(
+        outbox,
+        std::sync::Arc::new(client),
+        cortex_core::CoreConfig::default(),
+    );
+    let service = cortex_core::service(core.clone(), auth.clone())
+        .map_err(|e| Failure::other(e.to_string()))?;
+    let background = tokio::spawn(async move { core.run(std::future::pending()).await });
+    Ok((service, background))
+}
+
 /// The URL to reach a listener at: a wildcard address is reached on loopback.
 pub(crate) fn url_of(addr: SocketAddr) -> String {
     let ip = match addr.ip() {

@@ -1,4 +1,4 @@
-//! `cortex up`: memory and cognition in one process until Ctrl-C.
+//! `cortex up`: memory, cognition and core in one process until Ctrl-C.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,7 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
         "--cognition-port",
     )
     .await?;
+    let core_listener = system::bind(&args.host, args.core_port, "core", "--core-port").await?;
 
     let mut config = args.limits.apply(
         ServiceConfig {
@@ -60,11 +61,11 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
         },
         &args.host,
     );
-    // Two services share this process's open files: each gets half.
+    // Three services share this process's open files: each gets a third.
     let files = crate::limits::raise_open_files_limit();
     let wanted = config.limits.max_connections;
     config.limits.max_connections =
-        crate::limits::share_connections(wanted, config.limits.health_connections, 2, files);
+        crate::limits::share_connections(wanted, config.limits.health_connections, 3, files);
     if config.limits.max_connections < wanted {
         tracing::warn!(
             wanted,
@@ -90,21 +91,42 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
         crate::connect::health_checks(&client_config, "memory"),
     );
     let memory_client = NetworkMcpClient::builder(Arc::new(memory_discovery))
-        .config(client_config)
+        .config(client_config.clone())
         .build()?;
     let cognition = Running::spawn(
         cognition_listener,
         system::cognition_service(memory_client, CognitionConfig::default())?,
-        config,
+        config.clone(),
     )?;
+    // Core reaches both as itself (role `service`, see cortex_core::front),
+    // checking memory's health actively like cognition does.
+    let core_discovery = HealthChecked::new(
+        StaticDiscovery::new()
+            .with("memory", memory.url())
+            .with("cognition", cognition.url()),
+        crate::connect::health_checks(&client_config, "memory"),
+    );
+    let mut core_client = NetworkMcpClient::builder(Arc::new(core_discovery)).config(client_config);
+    if auth.is_enabled()
+        && let Some(tokens) = crate::auth::service_tokens(&data_dir)?
+    {
+        core_client = core_client.token_provider(tokens);
+    }
+    let (core_service, core_work) =
+        system::core_service(&data_dir, core_client.build()?, &auth, args.max_pending)?;
+    let core = Running::spawn(core_listener, core_service, config)?;
 
     let probe = NetworkMcpClient::new(Arc::new(
         StaticDiscovery::new()
             .with("memory", memory.url())
-            .with("cognition", cognition.url()),
+            .with("cognition", cognition.url())
+            .with("core", core.url()),
     ))?;
-    if let Err(failure) = system::wait_healthy(&probe, &["memory", "cognition"], READY_WITHIN).await
+    if let Err(failure) =
+        system::wait_healthy(&probe, &["memory", "cognition", "core"], READY_WITHIN).await
     {
+        core_work.abort();
+        let _ = core.stop().await;
         let _ = cognition.stop().await;
         let _ = memory.stop().await;
         return Err(failure);
@@ -115,11 +137,18 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
         db.display()
     ))?;
     line(format!("cognition  {}", cognition.url()))?;
+    line(format!(
+        "core       {}  (outbox {}; console {}/)",
+        core.url(),
+        data_dir.join(system::CORE_OUTBOX).display(),
+        core.url()
+    ))?;
     if auth.is_enabled() {
         line(&auth_summary)?;
     }
     let defaults = args.memory_port == 9000
         && args.cognition_port == cortex_cognition::DEFAULT_PORT
+        && args.core_port == cortex_core::DEFAULT_PORT
         && matches!(args.host.as_str(), "127.0.0.1" | "localhost" | "0.0.0.0");
     // Client commands find the secret in ./.cortex; elsewhere they need to
     // be told.
@@ -129,6 +158,7 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
     if !defaults {
         variables.push(format!("MEMORY_SERVICE_URL={}", memory.url()));
         variables.push(format!("COGNITION_SERVICE_URL={}", cognition.url()));
+        variables.push(format!("CORE_SERVICE_URL={}", core.url()));
     }
     if auth.is_enabled() && !default_dir {
         variables.push(format!("CORTEX_DATA_DIR={}", data_dir.display()));
@@ -139,20 +169,25 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
         line(format!("try: {} cortex status", variables.join(" ")))?;
     }
     line(format!(
-        "ready: memory {} cognition {} (Ctrl-C stops both)",
+        "ready: memory {} cognition {} core {} (Ctrl-C stops all three)",
         memory.url(),
-        cognition.url()
+        cognition.url(),
+        core.url()
     ))?;
 
     // Run until a signal, or until a server fails on its own.
+    let servers = [&memory, &cognition, &core];
     let failed = tokio::select! {
         () = shutdown_signal() => None,
-        () = watch_finished(&memory, &cognition) => Some(()),
+        () = watch_finished(&servers) => Some(()),
     };
     let _ = line("stopping: finishing calls in flight");
-    // Cognition first: it depends on memory.
+    // Core first, then cognition: each depends on what comes after it.
+    core_work.abort();
+    let core_stopped = core.stop().await;
     let cognition_stopped = cognition.stop().await;
     let memory_stopped = memory.stop().await;
+    core_stopped?;
     cognition_stopped?;
     memory_stopped?;
     if failed.is_some() {
@@ -162,9 +197,9 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
     Ok(())
 }
 
-/// Resolves when either server has ended on its own.
-async fn watch_finished(a: &Running, b: &Running) {
-    while !a.is_finished() && !b.is_finished() {
+/// Resolves when any server has ended on its own.
+async fn watch_finished(servers: &[&Running]) {
+    while !servers.iter().any(|s| s.is_finished()) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

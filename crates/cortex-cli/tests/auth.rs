@@ -41,6 +41,7 @@ fn up(data: &Path) -> (Process, Vec<String>, String) {
         .arg(data)
         .args(["--memory-port", &port.to_string()])
         .args(["--cognition-port", &free_port().to_string()])
+        .args(["--core-port", &free_port().to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

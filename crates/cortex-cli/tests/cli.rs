@@ -85,6 +85,7 @@ struct Up {
     process: Guard,
     memory: String,
     cognition: String,
+    core: String,
     ready: Vec<String>,
     /// Its data directory, where client commands find its JWT secret.
     data: std::path::PathBuf,
@@ -95,20 +96,22 @@ impl Up {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let (memory_port, cognition_port) = (free_port(), free_port());
+        let (memory_port, cognition_port, core_port) = (free_port(), free_port(), free_port());
         let process = Guard::spawn(
             cortex()
                 .arg("up")
                 .arg("--data-dir")
                 .arg(&data)
                 .args(["--memory-port", &memory_port.to_string()])
-                .args(["--cognition-port", &cognition_port.to_string()]),
+                .args(["--cognition-port", &cognition_port.to_string()])
+                .args(["--core-port", &core_port.to_string()]),
         );
         let ready = process.wait_for("ready:");
         Self {
             process,
             memory: format!("http://127.0.0.1:{memory_port}"),
             cognition: format!("http://127.0.0.1:{cognition_port}"),
+            core: format!("http://127.0.0.1:{core_port}"),
             ready,
             data,
             _dir: dir,
@@ -123,7 +126,15 @@ impl Up {
     fn run_with(&self, args: &[&str], stdin: Option<&str>) -> Run {
         let memory = format!("memory={}", self.memory);
         let cognition = format!("cognition={}", self.cognition);
-        let mut all = vec!["--service", &memory, "--service", &cognition];
+        let core = format!("core={}", self.core);
+        let mut all = vec![
+            "--service",
+            &memory,
+            "--service",
+            &cognition,
+            "--service",
+            &core,
+        ];
         all.extend_from_slice(args);
         run_with_env(&all, stdin, &[("CORTEX_DATA_DIR", &self.data)])
     }
@@ -173,6 +184,8 @@ fn up_names_a_taken_port() {
             &port,
             "--cognition-port",
             &free,
+            "--core-port",
+            &free_port().to_string(),
         ],
         None,
     )
@@ -187,6 +200,8 @@ fn up_names_a_taken_port() {
             &free,
             "--cognition-port",
             &port,
+            "--core-port",
+            &free_port().to_string(),
         ],
         None,
     )
@@ -526,7 +541,8 @@ fn serve_cognition_finds_memory_through_discovery_and_reports_it_down() {
         all.extend(args.iter().map(|a| a.to_string()));
         run(&all.iter().map(String::as_str).collect::<Vec<_>>(), None)
     };
-    flags(&["health"]).ok();
+    flags(&["health", "memory"]).ok();
+    flags(&["health", "cognition"]).ok();
 
     assert_eq!(memory.signal_and_wait("TERM"), 0);
     let health = flags(&["health", "cognition"]).fails(4, "cognition is unhealthy");

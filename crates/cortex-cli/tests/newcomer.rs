@@ -248,6 +248,7 @@ fn up_logs_nothing_unless_verbose() {
         .arg(dir.path())
         .args(["--memory-port", &free_port().to_string()])
         .args(["--cognition-port", &free_port().to_string()])
+        .args(["--core-port", &free_port().to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -11,12 +11,27 @@
 //! - [`drain`]: stores pending inputs in memory, in order per user, each
 //!   under its own idempotency key, so a lost acknowledgement never stores
 //!   an input twice.
-//!
-//! Built so far: the outbox and its drain. The HTTP front door
-//! (`POST /input`, `GET /output/stream`, the console) is not built yet.
+//! - [`front`]: [`Core`]: accepting an input (stored now, or pending in
+//!   the outbox), history, health; what runs in the background.
+//! - [`stream`]: a user's output stream: the log from a position, then
+//!   live, each event once, with `status` events.
+//! - [`deps`]: memory and cognition, up or down, checked on a timer.
+//! - [`context`]: `context` events from cognition after each stored input.
+//! - [`tickets`]: short-lived stream tickets for browsers' `EventSource`.
+//! - [`http`]: core on the service kit: `POST /input`, `GET
+//!   /output/stream`, `GET /history`, the console at `/`, and the tool
+//!   `input` and resource `output/{user_id}`.
 
+pub mod context;
+pub mod deps;
 pub mod drain;
+pub mod front;
+pub mod http;
 pub mod outbox;
+pub mod stream;
+pub mod tickets;
 
 pub use drain::Drainer;
+pub use front::{Accepted, Core, CoreConfig, CoreError, NewInput};
+pub use http::{DEFAULT_PORT, service};
 pub use outbox::{Event, Input, InputState, Outbox, OutboxError};

@@ -369,7 +369,7 @@ mod tests {
             )])
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(names, ["cognition", "memory", "search"]);
+        assert_eq!(names, ["cognition", "core", "memory", "search"]);
         let set = discovery
             .resolve("search")
             .await

@@ -44,9 +44,10 @@ impl StaticDiscovery {
     /// The embedded default from environment variables, which are passed in
     /// (library code does not read the process environment itself):
     ///
-    /// - `memory` at `MEMORY_SERVICE_URL` (default `http://localhost:9000`)
-    ///   and `cognition` at `COGNITION_SERVICE_URL` (default
-    ///   `http://localhost:9100`);
+    /// - `memory` at `MEMORY_SERVICE_URL` (default `http://localhost:9000`),
+    ///   `cognition` at `COGNITION_SERVICE_URL` (default
+    ///   `http://localhost:9100`) and `core` at `CORE_SERVICE_URL` (default
+    ///   `http://localhost:8000`);
     /// - any `NAME_SERVICE_URL` as service `name` (lower case);
     /// - `SERVICE_NAME_URL`, the spelling some Cortex documents use, as an
     ///   alias; `NAME_SERVICE_URL` wins when both are set;
@@ -63,7 +64,8 @@ impl StaticDiscovery {
     ) -> Result<Self, DiscoveryError> {
         let discovery = Self::new()
             .with("memory", "http://localhost:9000")
-            .with("cognition", "http://localhost:9100");
+            .with("cognition", "http://localhost:9100")
+            .with("core", "http://localhost:8000");
         let mut primary = Vec::new();
         let mut alias = Vec::new();
         let mut protocols = std::collections::HashMap::new();

@@ -76,4 +76,5 @@ pub use pattern::{MAX_SEGMENT_ID_BYTES, Params, check_id_length, check_segment_i
 pub use registry::{
     BuildError, CallContext, EventStream, Resource, ResourceContent, Service, ServiceBuilder, Tool,
 };
+pub use routes::Stopping;
 pub use server::{serve, shutdown_signal};

@@ -95,6 +95,7 @@ type StreamHandler = Arc<
         + Sync,
 >;
 type HealthCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+type HealthInfo = Arc<dyn Fn() -> BoxFuture<'static, Value> + Send + Sync>;
 
 /// The content of a resource read.
 #[derive(Debug, Clone, PartialEq)]
@@ -249,8 +250,11 @@ pub struct ServiceBuilder {
     tools: Vec<Tool>,
     resources: Vec<Resource>,
     health_checks: Vec<(String, HealthCheck)>,
+    health_info: Vec<(String, HealthInfo)>,
     idempotency: Option<Arc<dyn IdempotencyStore>>,
     extra_metrics: Vec<ExtraMetrics>,
+    routes: Option<axum::Router>,
+    public_routes: Option<axum::Router>,
 }
 
 impl ServiceBuilder {
@@ -275,6 +279,47 @@ impl ServiceBuilder {
     {
         self.health_checks
             .push((name.into(), Arc::new(move || Box::pin(check()))));
+        self
+    }
+
+    /// Adds what `info()` reports under `name` in `GET /health`, without
+    /// deciding the status: a dependency the service works without (an
+    /// application that queues while its store is away), reported so an
+    /// operator sees it.
+    pub fn health_info<F, Fut>(mut self, name: impl Into<String>, info: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Value> + Send + 'static,
+    {
+        self.health_info
+            .push((name.into(), Arc::new(move || Box::pin(info()))));
+        self
+    }
+
+    /// Serves `routes` beside the dialect's, behind the same layers: the
+    /// auth layer (each handler finds the verified caller through
+    /// [`CallContext::from_headers`]), the bounds on hosts, origins, sizes
+    /// and request slots, and the request id. For an application on the
+    /// kit, such as a front door with routes of its own. A route the
+    /// dialect has (`/health`, `/tool/{name}`, …) must not be given again.
+    /// Long-lived answers (streams) should end when [`Stopping`](crate::Stopping)
+    /// says so, which the kit hands every request as an extension.
+    pub fn routes(mut self, routes: axum::Router) -> Self {
+        self.routes = Some(match self.routes.take() {
+            Some(existing) => existing.merge(routes),
+            None => routes,
+        });
+        self
+    }
+
+    /// Serves `routes` without the auth layer (still behind the bounds and
+    /// the request id): only what holds nobody's data, such as a static
+    /// page that asks its user for a token.
+    pub fn public_routes(mut self, routes: axum::Router) -> Self {
+        self.public_routes = Some(match self.public_routes.take() {
+            Some(existing) => existing.merge(routes),
+            None => routes,
+        });
         self
     }
 
@@ -346,6 +391,9 @@ impl ServiceBuilder {
                 tools,
                 resources,
                 health_checks: self.health_checks,
+                health_info: self.health_info,
+                routes: self.routes,
+                public_routes: self.public_routes,
                 idempotency: self
                     .idempotency
                     .unwrap_or_else(|| Arc::new(InMemoryIdempotencyStore::default())),
@@ -369,6 +417,10 @@ struct Inner {
     tools: BTreeMap<String, CompiledTool>,
     resources: Vec<CompiledResource>,
     health_checks: Vec<(String, HealthCheck)>,
+    health_info: Vec<(String, HealthInfo)>,
+    /// An application's own routes (see [`ServiceBuilder::routes`]).
+    routes: Option<axum::Router>,
+    public_routes: Option<axum::Router>,
     idempotency: Arc<dyn IdempotencyStore>,
     key_locks: Arc<KeyLocks>,
     /// Streams open at once, once the server set a cap
@@ -386,8 +438,11 @@ impl Service {
             tools: Vec::new(),
             resources: Vec::new(),
             health_checks: Vec::new(),
+            health_info: Vec::new(),
             idempotency: None,
             extra_metrics: Vec::new(),
+            routes: None,
+            public_routes: None,
         }
     }
 
@@ -405,12 +460,13 @@ impl Service {
     /// `unhealthy`, with each check's `ok` or failure (the body of `GET
     /// /health`).
     pub async fn health(&self) -> (u16, Health) {
-        let results = self.check_health().await;
+        let (results, info) = futures::join!(self.check_health(), self.health_info());
         let healthy = results.iter().all(|(_, r)| r.is_ok());
-        let checks = results
+        let mut checks: serde_json::Map<String, Value> = results
             .into_iter()
             .map(|(name, r)| (name, Value::String(r.err().unwrap_or_else(|| "ok".into()))))
             .collect();
+        checks.extend(info);
         let body = Health {
             status: if healthy { "healthy" } else { "unhealthy" }.into(),
             service: self.name().into(),
@@ -499,6 +555,27 @@ impl Service {
                 streaming: r.resource.stream.is_some(),
             })
             .collect()
+    }
+
+    /// What every [`ServiceBuilder::health_info`] source reports now; one
+    /// that takes over 2 s reports that it timed out.
+    async fn health_info(&self) -> Vec<(String, Value)> {
+        let infos = self
+            .inner
+            .health_info
+            .iter()
+            .map(|(name, info)| async move {
+                let value = tokio::time::timeout(std::time::Duration::from_secs(2), info())
+                    .await
+                    .unwrap_or_else(|_| Value::String("timed out after 2 s".into()));
+                (name.clone(), value)
+            });
+        futures::future::join_all(infos).await
+    }
+
+    /// An application's own routes: behind auth, and public.
+    pub(crate) fn app_routes(&self) -> (Option<axum::Router>, Option<axum::Router>) {
+        (self.inner.routes.clone(), self.inner.public_routes.clone())
     }
 
     /// Runs every health check; the failures by name.

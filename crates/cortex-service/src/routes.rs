@@ -47,6 +47,24 @@ pub struct ShutdownSignals {
     pub expired: watch::Receiver<bool>,
 }
 
+/// Whether the service is shutting down, for a handler that answers for a
+/// long time (a stream): the kit adds it to every request's extensions.
+#[derive(Debug, Clone)]
+pub struct Stopping(watch::Receiver<bool>);
+
+impl Stopping {
+    /// Resolves once shutdown has started (at once if it has).
+    pub async fn wait(mut self) {
+        // An error means the server is gone: also a reason to stop.
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_stopping(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
 /// The dialect's routes for `service`. `shutdown` ends open streams when it
 /// turns true.
 pub fn router(service: Service, config: ServiceConfig, signals: ShutdownSignals) -> Router {
@@ -54,7 +72,13 @@ pub fn router(service: Service, config: ServiceConfig, signals: ShutdownSignals)
     let expired = signals.expired.clone();
     service.limit_streams(config.limits.max_streams);
     let guard = crate::bounds::Guard::new(&config);
-    crate::mcp::mount(Router::new(), &service, &config, &signals.stopping)
+    let (app_routes, public_routes) = service.app_routes();
+    let app_routes = app_routes.map(|routes| routes.with_state(()));
+    let mut router = crate::mcp::mount(Router::new(), &service, &config, &signals.stopping);
+    if let Some(routes) = app_routes {
+        router = router.merge(routes);
+    }
+    let mut router = router
         .route("/tool/{tool}", post(call_tool))
         .route("/resource/{*uri}", get(read_resource))
         .route("/tools", get(list_tools))
@@ -64,7 +88,12 @@ pub fn router(service: Service, config: ServiceConfig, signals: ShutdownSignals)
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)
         // After every route: the auth layer covers only what is there.
-        .protected_by(&config.auth, service.name())
+        .protected_by(&config.auth, service.name());
+    if let Some(routes) = public_routes {
+        router = router.merge(routes.with_state(()));
+    }
+    router
+        .layer(axum::Extension(Stopping(signals.stopping.clone())))
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(move |request, next| {
             cut_off_after_grace(expired.clone(), request, next)
@@ -246,12 +275,28 @@ async fn read_resource(
 /// Frames events as SSE: a `retry:` advice first, keep-alive comments while
 /// idle, an `error` event if the stream fails, and a cut at shutdown.
 fn event_stream_response(events: crate::registry::EventStream, state: &AppState) -> Response {
-    let keep_alive = state.config.keep_alive;
-    let retry_ms = state.config.stream_retry.as_millis() as u64;
-    let mut shutdown = state.shutdown.clone();
-    let stopped = async move {
-        let _ = shutdown.wait_for(|stopping| *stopping).await;
-    };
+    event_stream(
+        events,
+        Stopping(state.shutdown.clone()),
+        state.config.keep_alive,
+        state.config.stream_retry,
+    )
+}
+
+/// `events` as a `text/event-stream` answer, as the kit sends its own
+/// resource streams: a `retry:` advice first, a keep-alive comment after
+/// each `keep_alive` without an event, an error as an `error` event, and
+/// at shutdown a cut (not an end), so the reader resumes with
+/// `Last-Event-ID` elsewhere or after the restart. For an application's
+/// own stream routes ([`ServiceBuilder::routes`](crate::ServiceBuilder::routes)).
+pub fn event_stream(
+    events: crate::registry::EventStream,
+    stopping: Stopping,
+    keep_alive: Duration,
+    retry: Duration,
+) -> Response {
+    let retry_ms = retry.as_millis() as u64;
+    let stopped = stopping.clone().wait();
     let advice = stream::once(async move {
         Ok::<_, std::io::Error>(Bytes::from(format!("retry: {retry_ms}\n\n")))
     });
@@ -267,9 +312,8 @@ fn event_stream_response(events: crate::registry::EventStream, state: &AppState)
     // At shutdown a live stream is cut, not ended: a normal end would tell
     // the reader the resource is complete, while a cut tells it to resume
     // (with Last-Event-ID) on a replica or after the restart.
-    let stopping = state.shutdown.clone();
     let cut = stream::once(async move {
-        if *stopping.borrow() {
+        if stopping.is_stopping() {
             Some(Err(std::io::Error::other("the service is shutting down")))
         } else {
             None

@@ -1,0 +1,507 @@
+//! Core's front door over real sockets, with real memory and cognition
+//! services and tokens: an input is stored or kept, streamed to its user
+//! once, in order, and to nobody else.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cortex_client::{
+    ClientConfig, MemoryServiceClient, NetworkMcpClient, StaticDiscovery, StaticToken,
+};
+use cortex_core::{Core, CoreConfig, Outbox};
+use cortex_service::ServiceConfig;
+use cortex_test_support::auth::{bearer, config as auth_config, token};
+use cortex_test_support::{SseReader, TestServer};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn service_config() -> ServiceConfig {
+    ServiceConfig {
+        auth: auth_config(),
+        ..ServiceConfig::default()
+    }
+}
+
+/// A client of memory and cognition that acts as core (role `service`),
+/// quick to give up so that "down" shows at once.
+fn core_client(memory: SocketAddr, cognition: SocketAddr) -> Arc<NetworkMcpClient> {
+    let discovery = StaticDiscovery::new()
+        .with("memory", format!("http://{memory}"))
+        .with("cognition", format!("http://{cognition}"));
+    let config = ClientConfig::builder()
+        .initial_backoff(Duration::from_millis(5))
+        .max_backoff(Duration::from_millis(20))
+        .max_retries(1)
+        .connect_timeout(Duration::from_millis(300))
+        .request_timeout(Duration::from_secs(5))
+        .reset_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    Arc::new(
+        NetworkMcpClient::builder(Arc::new(discovery))
+            .config(config)
+            .token_provider(Arc::new(StaticToken(token("core", &["service"]))))
+            .build()
+            .unwrap(),
+    )
+}
+
+async fn memory_on(listener: TcpListener, dir: &Path) -> TestServer {
+    let store = cortex_memory::store::Store::open(dir.join("memory.sqlite3"))
+        .await
+        .unwrap();
+    let service = cortex_memory::service::build(store).unwrap();
+    TestServer::start_on(listener, service, service_config())
+}
+
+async fn cognition_on(listener: TcpListener, memory: SocketAddr) -> TestServer {
+    let discovery = StaticDiscovery::new().with("memory", format!("http://{memory}"));
+    let client = NetworkMcpClient::new(Arc::new(discovery)).unwrap();
+    let service =
+        cortex_cognition::build_networked(client, cortex_cognition::CognitionConfig::default())
+            .unwrap();
+    TestServer::start_on(listener, service, service_config())
+}
+
+/// Memory, cognition and core on loopback.
+struct System {
+    memory_dir: tempfile::TempDir,
+    _core_dir: tempfile::TempDir,
+    memory_addr: SocketAddr,
+    memory: Option<TestServer>,
+    cognition: Option<TestServer>,
+    core: TestServer,
+    running: tokio::task::JoinHandle<()>,
+    http: reqwest::Client,
+}
+
+impl System {
+    async fn start(config: CoreConfig, max_pending: usize, memory_up: bool) -> Self {
+        let memory_dir = tempfile::tempdir().unwrap();
+        let memory_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let memory_addr = memory_listener.local_addr().unwrap();
+        let cognition_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cognition_addr = cognition_listener.local_addr().unwrap();
+        let memory = if memory_up {
+            Some(memory_on(memory_listener, memory_dir.path()).await)
+        } else {
+            drop(memory_listener);
+            None
+        };
+        let cognition = Some(cognition_on(cognition_listener, memory_addr).await);
+        let core_dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(core_dir.path().join("outbox.sqlite3"), max_pending).unwrap();
+        let core = Core::new(outbox, core_client(memory_addr, cognition_addr), config);
+        let service = cortex_core::service(core.clone(), auth_config()).unwrap();
+        let server = TestServer::start(service, service_config()).await;
+        let running = tokio::spawn(async move { core.run(std::future::pending()).await });
+        Self {
+            memory_dir,
+            _core_dir: core_dir,
+            memory_addr,
+            memory,
+            cognition,
+            core: server,
+            running,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn stop_memory(&mut self) {
+        if let Some(memory) = self.memory.take() {
+            memory.shutdown(WAIT).await;
+        }
+    }
+
+    async fn start_memory(&mut self) {
+        let listener = TcpListener::bind(self.memory_addr).await.unwrap();
+        self.memory = Some(memory_on(listener, self.memory_dir.path()).await);
+    }
+
+    async fn input(&self, user: &str, body: Value, key: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .post(self.core.url("/input"))
+            .header("authorization", bearer(&token(user, &[])))
+            .json(&body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn stream(&self, user: &str, last: Option<&str>) -> SseReader {
+        let mut request = self
+            .http
+            .get(self.core.url("/output/stream"))
+            .header("authorization", bearer(&token(user, &[])));
+        if let Some(last) = last {
+            request = request.header("last-event-id", last);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        SseReader::new(response)
+    }
+
+    fn memory_client(&self) -> MemoryServiceClient {
+        let discovery =
+            StaticDiscovery::new().with("memory", format!("http://{}", self.memory_addr));
+        let client = NetworkMcpClient::builder(Arc::new(discovery))
+            .token_provider(Arc::new(StaticToken(token("admin", &["admin"]))))
+            .build()
+            .unwrap();
+        MemoryServiceClient::new(Arc::new(client))
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.running.abort();
+    }
+}
+
+/// The next events of `reader` that are not `status`, until `n` are read.
+async fn log_events(reader: &mut SseReader, n: usize) -> Vec<(String, String, Value)> {
+    let mut events = Vec::new();
+    while events.len() < n {
+        let event = reader
+            .next(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("only {} of {n} events: {events:?}", events.len()));
+        if event.event_type() == "status" {
+            continue;
+        }
+        let data: Value = event.json().unwrap();
+        events.push((
+            event.event_type().to_string(),
+            event.id.clone().unwrap_or_default(),
+            data,
+        ));
+    }
+    events
+}
+
+#[tokio::test]
+async fn an_input_is_stored_at_once_and_its_user_sees_it_with_context() {
+    let system = System::start(CoreConfig::default(), 100, true).await;
+    let (status, body) = system
+        .input(
+            "alice",
+            json!({"content": "hello core", "conversation_id": "c1"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "stored");
+    let item_id = body["item_id"].as_i64().unwrap();
+
+    let mut stream = system.stream("alice", None).await;
+    let events = log_events(&mut stream, 2).await;
+    assert_eq!(events[0].0, "input");
+    assert_eq!(events[0].1, "1");
+    assert_eq!(events[0].2["item_id"], item_id);
+    assert_eq!(events[1].0, "context");
+    assert_eq!(events[1].2["degraded"], false, "{}", events[1].2);
+    assert_eq!(events[1].2["item_id"], item_id);
+
+    // The same through the seed's other field name, and a retry with the
+    // same Idempotency-Key is the same input: one item.
+    let (s1, first) = system
+        .input("alice", json!({"message": "again"}), Some("k-1"))
+        .await;
+    let (s2, second) = system
+        .input("alice", json!({"message": "again"}), Some("k-1"))
+        .await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(first, second);
+    let history = system.memory_client().get_history("alice").await.unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
+
+    // Bob's same key is bob's own input.
+    let (_, bobs) = system
+        .input("bob", json!({"message": "again"}), Some("k-1"))
+        .await;
+    assert_ne!(bobs["input_id"], first["input_id"]);
+    assert_eq!(
+        system
+            .memory_client()
+            .get_history("bob")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn while_memory_is_down_inputs_are_pending_then_stored_once_in_order() {
+    let mut system = System::start(CoreConfig::default(), 100, false).await;
+    let mut stream = system.stream("alice", None).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let (status, body) = system
+            .input("alice", json!({"content": format!("n{n}")}), None)
+            .await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["status"], "storage_pending");
+        ids.push(body["input_id"].as_str().unwrap().to_string());
+    }
+    let health: Value = system
+        .http
+        .get(system.core.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["checks"]["core"]["outbox"]["pending"], 5, "{health}");
+
+    system.start_memory().await;
+    // Five `pending`, then five `stored` in the same order; contexts may
+    // interleave after each `stored`.
+    let mut pending = Vec::new();
+    let mut stored = Vec::new();
+    let mut last_id = 0;
+    while stored.len() < 5 {
+        let (kind, id, data) = log_events(&mut stream, 1).await.remove(0);
+        let id: i64 = id.parse().unwrap();
+        assert_eq!(id, last_id + 1, "ids are dense and in order");
+        last_id = id;
+        match kind.as_str() {
+            "pending" => pending.push(data["input_id"].as_str().unwrap().to_string()),
+            "stored" => stored.push(data["input_id"].as_str().unwrap().to_string()),
+            "context" => {}
+            other => panic!("unexpected {other}: {data}"),
+        }
+    }
+    assert_eq!(pending, ids);
+    assert_eq!(stored, ids);
+    let history = system.memory_client().get_history("alice").await.unwrap();
+    let contents: Vec<&str> = history
+        .iter()
+        .rev()
+        .map(|i| i["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["n0", "n1", "n2", "n3", "n4"]);
+
+    // A stream resumed after the third event starts at the fourth.
+    let mut resumed = system.stream("alice", Some("3")).await;
+    let next = log_events(&mut resumed, 1).await;
+    assert_eq!(next[0].1, "4");
+    system.stop_memory().await;
+}
+
+#[tokio::test]
+async fn a_full_outbox_answers_503_with_retry_after_and_keeps_nothing() {
+    let system = System::start(CoreConfig::default(), 2, false).await;
+    for n in 0..2 {
+        let (status, _) = system
+            .input("alice", json!({"content": n.to_string()}), None)
+            .await;
+        assert_eq!(status, 202);
+    }
+    let response = system
+        .http
+        .post(system.core.url("/input"))
+        .header("authorization", bearer(&token("alice", &[])))
+        .json(&json!({"content": "third"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    let mut stream = system.stream("alice", None).await;
+    let events = log_events(&mut stream, 2).await;
+    assert!(events.iter().all(|e| e.0 == "pending"));
+    let rest = stream.raw_for(Duration::from_millis(300)).await;
+    assert!(
+        !rest.contains("id:"),
+        "the refused input left an event: {rest}"
+    );
+}
+
+#[tokio::test]
+async fn a_user_sees_only_their_own_stream_and_bad_credentials_are_refused() {
+    let system = System::start(CoreConfig::default(), 100, true).await;
+    let (status, _) = system
+        .input("alice", json!({"content": "alice's secret"}), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = system
+        .input("bob", json!({"content": "bob's note"}), None)
+        .await;
+    assert_eq!(status, 200);
+
+    // Bob's ticket opens bob's stream, which has only bob's events.
+    let ticket: Value = system
+        .http
+        .post(system.core.url("/output/ticket"))
+        .header("authorization", bearer(&token("bob", &[])))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ticket = ticket["ticket"].as_str().unwrap();
+    let response = system
+        .http
+        .get(system.core.url(&format!("/output/stream?ticket={ticket}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut bobs = SseReader::new(response);
+    let events = log_events(&mut bobs, 2).await;
+    for (_, _, data) in &events {
+        assert!(!data.to_string().contains("alice"), "{data}");
+    }
+    assert!(events[0].2.to_string().contains("bob's note"));
+
+    // No token, a bad token, an unknown ticket: 401, nothing streamed.
+    for (path, authorization) in [
+        ("/output/stream", None),
+        ("/output/stream", Some("Bearer not-a-token".to_string())),
+        ("/output/stream?ticket=0123", None),
+        ("/input", None),
+        ("/history", None),
+    ] {
+        let mut request = if path == "/input" {
+            system
+                .http
+                .post(system.core.url(path))
+                .json(&json!({"content": "x"}))
+        } else {
+            system.http.get(system.core.url(path))
+        };
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+    }
+    // Through the resource, another user's output is forbidden.
+    let other = system
+        .http
+        .get(system.core.url("/resource/output/alice"))
+        .header("authorization", bearer(&token("bob", &[])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 403);
+
+    // History is the caller's own.
+    let history: Value = system
+        .http
+        .get(system.core.url("/history?limit=10"))
+        .header("authorization", bearer(&token("bob", &[])))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = history["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{history}");
+    assert_eq!(items[0]["content"], "bob's note");
+}
+
+#[tokio::test]
+async fn with_cognition_down_context_is_degraded_and_inputs_are_stored() {
+    let mut system = System::start(CoreConfig::default(), 100, true).await;
+    if let Some(cognition) = system.cognition.take() {
+        cognition.shutdown(WAIT).await;
+    }
+    let (status, body) = system
+        .input("alice", json!({"content": "still stored"}), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut stream = system.stream("alice", None).await;
+    let events = log_events(&mut stream, 2).await;
+    assert_eq!(events[0].0, "input");
+    assert_eq!(events[1].0, "context");
+    assert_eq!(events[1].2["degraded"], true, "{}", events[1].2);
+    assert!(
+        events[1].2["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cognition")
+    );
+}
+
+#[tokio::test]
+async fn malformed_inputs_are_refused_and_nothing_is_kept() {
+    let system = System::start(CoreConfig::default(), 100, true).await;
+    for body in [
+        json!({}),
+        json!({"content": 5}),
+        json!({"content": "a", "user_id": "bob"}),
+        json!({"content": "a", "conversation_id": "a/b"}),
+        json!({"content": "x".repeat(cortex_core::front::MAX_CONTENT_BYTES + 1)}),
+    ] {
+        let (status, answer) = system.input("alice", body.clone(), None).await;
+        assert_eq!(status, 400, "{body} -> {answer}");
+        assert!(answer["error"]["message"].is_string(), "{answer}");
+    }
+    let response = system
+        .http
+        .post(system.core.url("/input"))
+        .header("authorization", bearer(&token("alice", &[])))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let bad_resume = system
+        .http
+        .get(system.core.url("/output/stream"))
+        .header("authorization", bearer(&token("alice", &[])))
+        .header("last-event-id", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_resume.status(), 400);
+    assert_eq!(
+        system
+            .memory_client()
+            .get_history("alice")
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        system.core_outbox_depth().await,
+        0,
+        "nothing refused is kept"
+    );
+}
+
+impl System {
+    async fn core_outbox_depth(&self) -> u64 {
+        let health: Value = self
+            .http
+            .get(self.core.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        health["checks"]["core"]["outbox"]["pending"]
+            .as_u64()
+            .unwrap()
+    }
+}
