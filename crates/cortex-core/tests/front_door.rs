@@ -489,6 +489,80 @@ async fn malformed_inputs_are_refused_and_nothing_is_kept() {
     );
 }
 
+#[tokio::test]
+async fn a_lost_acknowledgement_still_stores_the_input_once() {
+    // Core reaches memory through a front that loses memory's answers: the
+    // store happens, core never hears of it.
+    let memory_dir = tempfile::tempdir().unwrap();
+    let memory = memory_on(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        memory_dir.path(),
+    )
+    .await;
+    let front = cortex_test_support::proxy::TcpProxy::start(memory.addr).await;
+    front.set_mode(cortex_test_support::proxy::Mode::LoseAnswers);
+    let cognition =
+        cognition_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), memory.addr).await;
+    let core_dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(core_dir.path().join("outbox.sqlite3"), 100).unwrap();
+    let core = Core::new(
+        outbox,
+        core_client(front.addr, cognition.addr),
+        CoreConfig::default(),
+    );
+    let server = TestServer::start(
+        cortex_core::service(core.clone(), auth_config()).unwrap(),
+        service_config(),
+    )
+    .await;
+    let running = tokio::spawn(async move { core.run(std::future::pending()).await });
+    let http = reqwest::Client::new();
+    let answer: Value = http
+        .post(server.url("/input"))
+        .header("authorization", bearer(&token("alice", &[])))
+        .json(&json!({"content": "once only"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], "storage_pending", "{answer}");
+    let admin = MemoryServiceClient::new(Arc::new(
+        NetworkMcpClient::builder(Arc::new(
+            StaticDiscovery::new().with("memory", format!("http://{}", memory.addr)),
+        ))
+        .token_provider(Arc::new(StaticToken(token("admin", &["admin"]))))
+        .build()
+        .unwrap(),
+    ));
+    let first = admin.get_history("alice").await.unwrap();
+    assert_eq!(first.len(), 1, "memory did store it: {first:?}");
+
+    // The front heals; the drain repeats the store under the same key.
+    front.set_mode(cortex_test_support::proxy::Mode::Forward);
+    let response = http
+        .get(server.url("/output/stream"))
+        .header("authorization", bearer(&token("alice", &[])))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = SseReader::new(response);
+    let events = log_events(&mut stream, 2).await;
+    assert_eq!(events[0].0, "pending");
+    assert_eq!(events[1].0, "stored");
+    assert_eq!(
+        events[1].2["item_id"], first[0]["item_id"],
+        "the first store, replayed"
+    );
+    assert_eq!(
+        admin.get_history("alice").await.unwrap().len(),
+        1,
+        "stored once"
+    );
+    running.abort();
+}
+
 impl System {
     async fn core_outbox_depth(&self) -> u64 {
         let health: Value = self

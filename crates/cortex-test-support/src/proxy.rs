@@ -3,8 +3,8 @@
 //! It sits between a client and a service on loopback and counts the client
 //! connections open through it (and the most ever open at once), so tests can
 //! check a pool's cap from the server's side of the wire. Faults: refuse new
-//! connections, hold them without forwarding (blackhole), or cut every open
-//! connection at once.
+//! connections, hold them without forwarding (blackhole), lose every answer
+//! after the upstream did the work, or cut every open connection at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +23,10 @@ pub enum Mode {
     Refuse,
     /// Accept and never answer.
     Blackhole,
+    /// Forward the request, then close the client's connection the moment
+    /// the upstream starts answering: the upstream did the work, the client
+    /// never learns it (a lost acknowledgement).
+    LoseAnswers,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +135,7 @@ fn mode_of(value: u8) -> Mode {
     match value {
         1 => Mode::Refuse,
         2 => Mode::Blackhole,
+        3 => Mode::LoseAnswers,
         _ => Mode::Forward,
     }
 }
@@ -188,6 +193,16 @@ async fn serve(client: TcpStream, upstream: SocketAddr, mode: Mode) {
     };
     let _ = server.set_nodelay(true);
     let (mut server_read, mut server_write) = server.into_split();
+    if mode == Mode::LoseAnswers {
+        let upstream = tokio::io::copy(&mut client_read, &mut server_write);
+        let mut first = [0u8; 1];
+        tokio::select! {
+            _ = upstream => {},
+            // The answer begins: drop both connections unanswered.
+            _ = server_read.read(&mut first) => {},
+        }
+        return;
+    }
     let upstream = tokio::io::copy(&mut client_read, &mut server_write);
     let downstream = tokio::io::copy(&mut server_read, &mut client_write);
     tokio::select! {
