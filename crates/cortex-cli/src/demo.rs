@@ -1,10 +1,12 @@
 //! `cortex demo`: the whole system in one process, narrated.
 //!
-//! Memory and cognition run on free loopback ports with a throw-away
+//! Memory, cognition and core run on free loopback ports with a throw-away
 //! database, so the demo never collides with a running `cortex up`. It
 //! stores and reads items, streams them live, asks cognition for context,
-//! then stops memory to show the circuit breaker, restarts it on the same
-//! port and database, and checks that the stream saw every item once.
+//! then stops memory to show the circuit breaker and core keeping inputs
+//! in its outbox, restarts memory on the same port and database, and
+//! checks that the stream saw every item once and core stored each kept
+//! input once.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +27,15 @@ use crate::output::{self, line};
 use crate::system::{self, Running};
 
 const USER: &str = "ada";
+
+/// The user who sends inputs through core while memory is down.
+const CORE_USER: &str = "grace";
+
+/// What `CORE_USER` sends through core during the outage.
+const THROUGH_CORE: [&str; 2] = [
+    "Water the plants on Friday",
+    "Call the plumber about the kitchen tap",
+];
 
 /// What the demo stores before, during and after the outage.
 const BEFORE: [(&str, &str); 3] = [
@@ -66,6 +77,11 @@ struct Demo {
     memory_port: u16,
     memory: Option<Running>,
     cognition: Running,
+    core: Running,
+    /// Core's drain, health checks and context events.
+    core_work: tokio::task::JoinHandle<()>,
+    /// The input ids core accepted while memory was down.
+    kept: Vec<String>,
     client: NetworkMcpClient,
     /// Ids of the items memory acknowledged, in order.
     stored: Vec<i64>,
@@ -124,10 +140,27 @@ impl Demo {
             )?,
             service_config(),
         )?;
-        let client = NetworkMcpClient::builder(Arc::new(
+        let core_listener = system::bind("127.0.0.1", 0, "core", "-").await?;
+        let core_client = NetworkMcpClient::builder(Arc::new(
             StaticDiscovery::new()
                 .with("memory", memory.url())
                 .with("cognition", cognition.url()),
+        ))
+        .config(client_config()?)
+        .build()?;
+        let data = db.parent().unwrap_or(Path::new("."));
+        let (core_service, core_work) = system::core_service(
+            data,
+            core_client,
+            &cortex_service::AuthConfig::disabled(),
+            1000,
+        )?;
+        let core = Running::spawn(core_listener, core_service, service_config())?;
+        let client = NetworkMcpClient::builder(Arc::new(
+            StaticDiscovery::new()
+                .with("memory", memory.url())
+                .with("cognition", cognition.url())
+                .with("core", core.url()),
         ))
         .config(client_config()?)
         .build()?;
@@ -136,6 +169,9 @@ impl Demo {
             memory_port: memory.addr.port(),
             memory: Some(memory),
             cognition,
+            core,
+            core_work,
+            kept: Vec::new(),
             client,
             stored: Vec::new(),
             streamed: Vec::new(),
@@ -145,6 +181,8 @@ impl Demo {
 
     async fn shut_down(self) {
         self.client.close().await;
+        self.core_work.abort();
+        let _ = self.core.stop().await;
         let _ = self.cognition.stop().await;
         if let Some(memory) = self.memory {
             let _ = memory.stop().await;
@@ -159,7 +197,7 @@ impl Demo {
 
     async fn tell(&mut self) -> Result<(), Failure> {
         line(
-            "Cortex demo: the memory and cognition services in this process, on free ports,\n\
+            "Cortex demo: the memory, cognition and core services in this process, on free ports,\n\
              with a throw-away database, and a client that talks to them over HTTP.",
         )?;
 
@@ -173,8 +211,12 @@ impl Demo {
             "   cognition  {}   builds context; reads memory through the network client",
             self.cognition.url()
         ))?;
-        system::wait_healthy(&self.client, &["memory", "cognition"], STEP_TIMEOUT).await?;
-        line("   both answer /health: healthy")?;
+        line(format!(
+            "   core       {}   the front door: takes users' inputs, keeps them while memory is away",
+            self.core.url()
+        ))?;
+        system::wait_healthy(&self.client, &["memory", "cognition", "core"], STEP_TIMEOUT).await?;
+        line("   all three answer /health: healthy")?;
 
         step(2, &format!("Store three inputs for user \"{USER}\""))?;
         for (content, conversation) in BEFORE {
@@ -305,6 +347,30 @@ impl Demo {
                 .as_str()
                 .unwrap_or("memory is unavailable")
         ))?;
+        line(format!(
+            "   core still takes inputs: \"{CORE_USER}\" sends two, and core keeps them in its outbox (on disk):"
+        ))?;
+        for content in THROUGH_CORE {
+            let answer = self
+                .client
+                .call_tool(
+                    "core",
+                    "input",
+                    json!({"user_id": CORE_USER, "content": content}),
+                )
+                .await?;
+            if answer["status"] != "storage_pending" {
+                return Err(Failure::other(format!(
+                    "core should keep the input while memory is down: {answer}"
+                )));
+            }
+            let input = answer["input_id"].as_str().unwrap_or_default().to_string();
+            line(format!(
+                "   input -> storage_pending  (input {})  \"{content}\"",
+                short_id(&input)
+            ))?;
+            self.kept.push(input);
+        }
         Ok(())
     }
 
@@ -366,6 +432,61 @@ impl Demo {
             let event = self.next_event().await?;
             line(format!("   stream <- #{}", show_event(&event)))?;
         }
+        self.core_drained().await
+    }
+
+    /// Core's outbox drains by itself once memory answers: `CORE_USER`'s
+    /// output stream tells each kept input `pending`, then `stored`, once.
+    async fn core_drained(&mut self) -> Result<(), Failure> {
+        line(format!(
+            "   core's outbox drains by itself; {CORE_USER}'s output stream (from the start):"
+        ))?;
+        let mut output = self
+            .client
+            .stream_resource("core", &format!("output/{CORE_USER}"))
+            .await?;
+        let mut stored = Vec::new();
+        while stored.len() < self.kept.len() {
+            let event = match tokio::time::timeout(STEP_TIMEOUT, output.next()).await {
+                Ok(Some(event)) => event?,
+                Ok(None) => return Err(Failure::other("core's output stream ended")),
+                Err(_) => {
+                    return Err(Failure::other(format!(
+                        "core stored {} of {} kept inputs within {}",
+                        stored.len(),
+                        self.kept.len(),
+                        output::duration(STEP_TIMEOUT)
+                    )));
+                }
+            };
+            let input = event.data["input_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            match event.event.as_str() {
+                "pending" => line(format!(
+                    "   output <- #{} pending  (input {})",
+                    event.id.as_deref().unwrap_or("-"),
+                    short_id(&input)
+                ))?,
+                "stored" => {
+                    line(format!(
+                        "   output <- #{} stored   (input {} is item #{})",
+                        event.id.as_deref().unwrap_or("-"),
+                        short_id(&input),
+                        event.data["item_id"]
+                    ))?;
+                    stored.push(input);
+                }
+                _ => {}
+            }
+        }
+        if stored != self.kept {
+            return Err(Failure::other(format!(
+                "core stored {stored:?}, but kept {:?}",
+                self.kept
+            )));
+        }
         Ok(())
     }
 
@@ -411,10 +532,29 @@ impl Demo {
             "   the stream delivered {}: each stored item exactly once, in order, across the restart",
             list(&self.streamed)
         ))?;
+        let kept = self
+            .client
+            .read_resource("memory", &format!("history/{CORE_USER}"))
+            .await?;
+        let kept = kept.content.as_array().map_or(0, Vec::len);
+        if kept != self.kept.len() {
+            return Err(Failure::other(format!(
+                "memory holds {kept} items of {CORE_USER}, but core accepted {}",
+                self.kept.len()
+            )));
+        }
+        line(format!(
+            "   memory holds {kept} items of {CORE_USER}: each input core accepted during the outage, once"
+        ))?;
         line(
             "   Why: memory acknowledges an item only once it is on disk, a failed call stored nothing,",
         )?;
-        line("   and a stream resumes after the last event id it delivered.")
+        line(
+            "   a stream resumes after the last event id it delivered, and core stores each kept",
+        )?;
+        line(
+            "   input under its own idempotency key, so a repeat is recognised, never stored twice.",
+        )
     }
 
     /// Stores one input and remembers its id.
@@ -511,6 +651,11 @@ fn show_event(event: &StreamEvent) -> String {
         event.id.as_deref().unwrap_or("-"),
         event.data["content"].as_str().unwrap_or_default()
     )
+}
+
+/// The first block of an input id: enough to tell them apart on screen.
+fn short_id(id: &str) -> &str {
+    id.split('-').next().unwrap_or(id)
 }
 
 /// The gist of an error, for one narrated line.

@@ -557,7 +557,7 @@ fn demo_runs_and_shows_resilience() {
     let demo = run(&["demo"], None).ok();
     let out = &demo.stdout;
     for needle in [
-        "both answer /health: healthy",
+        "all three answer /health: healthy",
         "(live,",
         "Memory stops",
         "failed fast",
@@ -566,6 +566,8 @@ fn demo_runs_and_shows_resilience() {
         "the breaker closed",
         "Last-Event-ID",
         "each stored item exactly once, in order",
+        "input -> storage_pending",
+        "each input core accepted during the outage, once",
         "Done in",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
