@@ -2,7 +2,8 @@
 # Installs the system packages the build and the tests need, when missing:
 #   protoc (building the `etcd` feature's etcd client; the default build
 #   needs none), etcd (discovery tests run a real etcd), tinyproxy (the
-#   client's proxy tests run a real HTTP proxy).
+#   client's proxy tests run a real HTTP proxy), chromium and chromedriver
+#   (core's console test drives the page in headless Chromium).
 # Debian/Ubuntu only; run as root or with sudo available.
 set -euo pipefail
 
@@ -10,6 +11,8 @@ need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then
