@@ -377,7 +377,10 @@ impl Core {
             None => uuid::Uuid::new_v4().to_string(),
         };
         let outbox = &self.inner.outbox;
-        if let Some(known) = outbox.input(&input_id).await? {
+        // Only a keyed request can name an input core already has.
+        if idempotency_key.is_some()
+            && let Some(known) = outbox.input(&input_id).await?
+        {
             return answer_for(known);
         }
         let input = Input::with_id(input_id.clone(), user_id, data);
@@ -393,18 +396,20 @@ impl Core {
         .await;
         match stored {
             Ok(Ok(receipt)) => {
-                outbox
+                let recorded = outbox
                     .record_stored(&input, receipt.item_id, input.data.clone())
                     .await?;
-                // A concurrent repeat may have queued it first: the outbox
-                // says where it is.
-                match outbox.input(&input_id).await? {
-                    Some(known) => answer_for(known),
-                    None => Ok(Accepted::Stored {
-                        input_id,
-                        item_id: receipt.item_id,
-                    }),
+                if recorded.is_none() {
+                    // A concurrent repeat recorded it first (or queued it):
+                    // the outbox says where it is.
+                    if let Some(known) = outbox.input(&input_id).await? {
+                        return answer_for(known);
+                    }
                 }
+                Ok(Accepted::Stored {
+                    input_id,
+                    item_id: receipt.item_id,
+                })
             }
             Ok(Err(error)) if refused_for_good(&error) => Err(CoreError::Refused(error)),
             Ok(Err(error)) => {
@@ -420,15 +425,19 @@ impl Core {
 
     async fn queue(&self, input: &Input) -> Result<Accepted, CoreError> {
         match self.inner.outbox.enqueue(input).await {
-            Ok(_) => {
+            Ok(Some(_)) => {
                 self.inner.wake.notify_one();
-                match self.inner.outbox.input(&input.input_id).await? {
-                    Some(known) => answer_for(known),
-                    None => Ok(Accepted::Pending {
-                        input_id: input.input_id.clone(),
-                    }),
-                }
+                Ok(Accepted::Pending {
+                    input_id: input.input_id.clone(),
+                })
             }
+            // A concurrent repeat got there first: answer as it stands.
+            Ok(None) => match self.inner.outbox.input(&input.input_id).await? {
+                Some(known) => answer_for(known),
+                None => Ok(Accepted::Pending {
+                    input_id: input.input_id.clone(),
+                }),
+            },
             Err(OutboxError::Full { pending }) => Err(CoreError::Full {
                 pending,
                 retry_after: self.inner.config.full_retry_after,
