@@ -15,108 +15,29 @@
 //! short run).
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
-use cortex_client::{
-    ClientConfig, MemoryServiceClient, NetworkMcpClient, StaticDiscovery, StaticToken,
-};
-use cortex_core::{Core, CoreConfig, Outbox};
-use cortex_service::ServiceConfig;
-use cortex_test_support::auth::{bearer, config as auth_config, token};
-use cortex_test_support::{SseReader, TestServer};
+use common::{System, core_client};
+use cortex_client::{ClientConfig, MemoryServiceClient};
+use cortex_test_support::SseReader;
+use cortex_test_support::auth::{bearer, token};
 use futures::StreamExt;
 use serde_json::json;
-use tokio::net::TcpListener;
 
-fn service_config() -> ServiceConfig {
-    ServiceConfig {
-        auth: auth_config(),
-        ..ServiceConfig::default()
-    }
-}
-
-async fn memory_on(listener: TcpListener, dir: &std::path::Path) -> TestServer {
-    let store = cortex_memory::store::Store::open(dir.join("memory.sqlite3"))
-        .await
-        .unwrap();
-    TestServer::start_on(
-        listener,
-        cortex_memory::service::build(store).unwrap(),
-        service_config(),
-    )
-}
-
-fn client(memory: SocketAddr, cognition: SocketAddr) -> Arc<NetworkMcpClient> {
-    let discovery = StaticDiscovery::new()
-        .with("memory", format!("http://{memory}"))
-        .with("cognition", format!("http://{cognition}"));
-    let config = ClientConfig::builder()
+/// Core's client in the benchmark: enough connections for concurrency 32.
+fn config() -> ClientConfig {
+    ClientConfig::builder()
         .max_connections(64)
         .reset_timeout(Duration::from_millis(200))
         .build()
-        .unwrap();
-    Arc::new(
-        NetworkMcpClient::builder(Arc::new(discovery))
-            .config(config)
-            .token_provider(Arc::new(StaticToken(token("core", &["service"]))))
-            .build()
-            .unwrap(),
-    )
-}
-
-struct System {
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
-    memory_dir: std::path::PathBuf,
-    memory_addr: SocketAddr,
-    memory: Option<TestServer>,
-    _cognition: TestServer,
-    core: TestServer,
-    _running: tokio::task::JoinHandle<()>,
+        .unwrap()
 }
 
 async fn system(memory_up: bool, max_pending: usize) -> System {
-    let memory_dir = tempfile::tempdir().unwrap();
-    let memory_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let memory_addr = memory_listener.local_addr().unwrap();
-    let memory = if memory_up {
-        Some(memory_on(memory_listener, memory_dir.path()).await)
-    } else {
-        drop(memory_listener);
-        None
-    };
-    let cognition_client = NetworkMcpClient::new(Arc::new(
-        StaticDiscovery::new().with("memory", format!("http://{memory_addr}")),
-    ))
-    .unwrap();
-    let cognition = TestServer::start(
-        cortex_cognition::build_networked(cognition_client, Default::default()).unwrap(),
-        service_config(),
-    )
-    .await;
-    let core_dir = tempfile::tempdir().unwrap();
-    let outbox = Outbox::open(core_dir.path().join("outbox.sqlite3"), max_pending).unwrap();
-    let core = Core::new(
-        outbox,
-        client(memory_addr, cognition.addr),
-        CoreConfig::default(),
-    );
-    let server = TestServer::start(
-        cortex_core::service(core.clone(), auth_config()).unwrap(),
-        service_config(),
-    )
-    .await;
-    let running = tokio::spawn(async move { core.run(std::future::pending()).await });
-    System {
-        memory_dir: memory_dir.path().to_path_buf(),
-        _dirs: (memory_dir, core_dir),
-        memory_addr,
-        memory,
-        _cognition: cognition,
-        core: server,
-        _running: running,
-    }
+    System::start_with(config(), max_pending, memory_up).await
 }
 
 /// Calls/s of `calls` POSTs of `body(i)` to `url` at `concurrency`; every
@@ -268,9 +189,7 @@ async fn drain(quick: bool) {
         started.elapsed(),
         n as f64 / started.elapsed().as_secs_f64()
     );
-    let listener = TcpListener::bind(system.memory_addr).await.unwrap();
-    let memory_dir = system.memory_dir.clone();
-    system.memory = Some(memory_on(listener, &memory_dir).await);
+    system.start_memory().await;
     let started = Instant::now();
     loop {
         let health: serde_json::Value = http
@@ -295,7 +214,11 @@ async fn drain(quick: bool) {
 
     // The baseline: the same number of keyed stores straight to memory at
     // the drain's concurrency.
-    let memory = MemoryServiceClient::new(client(system.memory_addr, system.memory_addr));
+    let memory = MemoryServiceClient::new(core_client(
+        system.memory_addr,
+        system.memory_addr,
+        config(),
+    ));
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {

@@ -47,6 +47,10 @@ use crate::tickets::Tickets;
 /// refuse later.
 pub const MAX_CONTENT_BYTES: usize = 256 * 1024;
 
+/// The most `metadata` core accepts, in bytes of JSON: with the content,
+/// well inside memory's 1 MiB request.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+
 /// The longest `Idempotency-Key`, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
 
@@ -146,6 +150,15 @@ impl NewInput {
             data.insert("conversation_id".into(), Value::String(conversation));
         }
         if let Some(metadata) = self.metadata {
+            let size = serde_json::to_string(&metadata).map_or(usize::MAX, |text| text.len());
+            if size > MAX_METADATA_BYTES {
+                return Err(CoreError::Invalid {
+                    field: "metadata",
+                    message: format!(
+                        "is {size} bytes as JSON; at most {MAX_METADATA_BYTES} are accepted"
+                    ),
+                });
+            }
             data.insert("metadata".into(), Value::Object(metadata));
         }
         Ok(Value::Object(data))
@@ -371,6 +384,15 @@ impl Core {
         input: NewInput,
         idempotency_key: Option<&str>,
     ) -> Result<Accepted, CoreError> {
+        // Memory reads a user's items back by a path segment: a user id
+        // it could not serve (from a token's `sub`) is refused before
+        // anything is kept.
+        cortex_service::check_segment_id("user_id", user_id).map_err(|error| {
+            CoreError::Invalid {
+                field: "user_id",
+                message: error.message.trim_start_matches("user_id: ").to_string(),
+            }
+        })?;
         let data = input.into_data()?;
         let input_id = match idempotency_key {
             Some(key) => input_id_for(user_id, key)?,
@@ -595,6 +617,16 @@ mod tests {
             input(json!({"message": "hi"})).unwrap(),
             json!({"content": "hi"})
         );
+        let metadata: Map<String, Value> = (0..10_000)
+            .map(|i| (format!("k{i}"), Value::String("v".repeat(10))))
+            .collect();
+        assert!(matches!(
+            input(json!({"content": "a", "metadata": metadata})),
+            Err(CoreError::Invalid {
+                field: "metadata",
+                ..
+            })
+        ));
         let big = "x".repeat(MAX_CONTENT_BYTES + 1);
         assert!(matches!(
             input(json!({"content": big})),

@@ -13,20 +13,17 @@
 //! a second copy of `http`, `cookie` and ICU's segmenter data for them.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cortex_client::{ClientConfig, NetworkMcpClient, StaticDiscovery, StaticToken};
-use cortex_core::{Core, CoreConfig, Outbox};
-use cortex_service::ServiceConfig;
-use cortex_test_support::TestServer;
-use cortex_test_support::auth::{bearer, config as auth_config, token};
+use common::System;
+use cortex_test_support::auth::{bearer, token};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::net::TcpListener;
 
 /// The longest the page may take to show what the test waits for.
 const PAGE_WAIT: Duration = Duration::from_secs(20);
@@ -34,110 +31,9 @@ const PAGE_WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(100);
 /// The longest chromedriver may take to listen.
 const DRIVER_START: Duration = Duration::from_secs(15);
-const SERVER_STOP: Duration = Duration::from_secs(10);
 
-fn service_config() -> ServiceConfig {
-    ServiceConfig {
-        auth: auth_config(),
-        ..ServiceConfig::default()
-    }
-}
-
-/// Core's client of memory and cognition (role `service`), quick to give
-/// up so that "memory is down" shows at once.
-fn core_client(memory: SocketAddr, cognition: SocketAddr) -> Arc<NetworkMcpClient> {
-    let discovery = StaticDiscovery::new()
-        .with("memory", format!("http://{memory}"))
-        .with("cognition", format!("http://{cognition}"));
-    let config = ClientConfig::builder()
-        .initial_backoff(Duration::from_millis(5))
-        .max_backoff(Duration::from_millis(20))
-        .max_retries(1)
-        .connect_timeout(Duration::from_millis(300))
-        .request_timeout(Duration::from_secs(5))
-        .reset_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    Arc::new(
-        NetworkMcpClient::builder(Arc::new(discovery))
-            .config(config)
-            .token_provider(Arc::new(StaticToken(token("core", &["service"]))))
-            .build()
-            .unwrap(),
-    )
-}
-
-async fn memory_on(listener: TcpListener, dir: &Path) -> TestServer {
-    let store = cortex_memory::store::Store::open(dir.join("memory.sqlite3"))
-        .await
-        .unwrap();
-    let service = cortex_memory::service::build(store).unwrap();
-    TestServer::start_on(listener, service, service_config())
-}
-
-async fn cognition_on(listener: TcpListener, memory: SocketAddr) -> TestServer {
-    let discovery = StaticDiscovery::new().with("memory", format!("http://{memory}"));
-    let client = NetworkMcpClient::new(Arc::new(discovery)).unwrap();
-    let service =
-        cortex_cognition::build_networked(client, cortex_cognition::CognitionConfig::default())
-            .unwrap();
-    TestServer::start_on(listener, service, service_config())
-}
-
-/// Memory, cognition and core on loopback, auth on.
-struct System {
-    memory_dir: tempfile::TempDir,
-    _core_dir: tempfile::TempDir,
-    memory_addr: SocketAddr,
-    memory: Option<TestServer>,
-    _cognition: TestServer,
-    core: TestServer,
-    running: tokio::task::JoinHandle<()>,
-    http: reqwest::Client,
-}
-
+/// What the tests ask of the front door over HTTP, beside the page.
 impl System {
-    async fn start() -> Self {
-        let memory_dir = tempfile::tempdir().unwrap();
-        let memory_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let memory_addr = memory_listener.local_addr().unwrap();
-        let memory = memory_on(memory_listener, memory_dir.path()).await;
-        let cognition_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let cognition_addr = cognition_listener.local_addr().unwrap();
-        let cognition = cognition_on(cognition_listener, memory_addr).await;
-        let core_dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(core_dir.path().join("outbox.sqlite3"), 100).unwrap();
-        let core = Core::new(
-            outbox,
-            core_client(memory_addr, cognition_addr),
-            CoreConfig::default(),
-        );
-        let service = cortex_core::service(core.clone(), auth_config()).unwrap();
-        let server = TestServer::start(service, service_config()).await;
-        let running = tokio::spawn(async move { core.run(std::future::pending()).await });
-        Self {
-            memory_dir,
-            _core_dir: core_dir,
-            memory_addr,
-            memory: Some(memory),
-            _cognition: cognition,
-            core: server,
-            running,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn stop_memory(&mut self) {
-        if let Some(memory) = self.memory.take() {
-            memory.shutdown(SERVER_STOP).await;
-        }
-    }
-
-    async fn start_memory(&mut self) {
-        let listener = TcpListener::bind(self.memory_addr).await.unwrap();
-        self.memory = Some(memory_on(listener, self.memory_dir.path()).await);
-    }
-
     /// `user` sends `content` over HTTP, not through the page; its input id.
     async fn input(&self, user: &str, content: &str) -> String {
         let response = self
@@ -151,12 +47,6 @@ impl System {
         assert!(response.status().is_success(), "{}", response.status());
         let body: Value = response.json().await.unwrap();
         body["input_id"].as_str().unwrap().to_string()
-    }
-}
-
-impl Drop for System {
-    fn drop(&mut self) {
-        self.running.abort();
     }
 }
 
@@ -455,7 +345,7 @@ impl Browser {
 
 #[tokio::test]
 async fn the_console_shows_an_input_stored_with_its_context_and_pending_while_memory_is_down() {
-    let mut system = System::start().await;
+    let mut system = System::start(100, true).await;
     // Bob's input before alice connects and while she is connected: neither
     // may reach her page.
     let mut bobs = vec![system.input("bob", "bob's first note").await];

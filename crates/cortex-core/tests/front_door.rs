@@ -3,127 +3,23 @@
 //! once, in order, and to nobody else.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use cortex_client::{
-    ClientConfig, MemoryServiceClient, NetworkMcpClient, StaticDiscovery, StaticToken,
-};
-use cortex_core::{Core, CoreConfig, Outbox};
-use cortex_service::ServiceConfig;
-use cortex_test_support::auth::{bearer, config as auth_config, token};
-use cortex_test_support::{SseReader, TestServer};
+use common::{System, cognition_on, core_client, core_on, memory_on, quick_config};
+use cortex_client::{MemoryServiceClient, NetworkMcpClient, StaticDiscovery, StaticToken};
+use cortex_test_support::SseReader;
+use cortex_test_support::auth::{bearer, token};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn service_config() -> ServiceConfig {
-    ServiceConfig {
-        auth: auth_config(),
-        ..ServiceConfig::default()
-    }
-}
-
-/// A client of memory and cognition that acts as core (role `service`),
-/// quick to give up so that "down" shows at once.
-fn core_client(memory: SocketAddr, cognition: SocketAddr) -> Arc<NetworkMcpClient> {
-    let discovery = StaticDiscovery::new()
-        .with("memory", format!("http://{memory}"))
-        .with("cognition", format!("http://{cognition}"));
-    let config = ClientConfig::builder()
-        .initial_backoff(Duration::from_millis(5))
-        .max_backoff(Duration::from_millis(20))
-        .max_retries(1)
-        .connect_timeout(Duration::from_millis(300))
-        .request_timeout(Duration::from_secs(5))
-        .reset_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    Arc::new(
-        NetworkMcpClient::builder(Arc::new(discovery))
-            .config(config)
-            .token_provider(Arc::new(StaticToken(token("core", &["service"]))))
-            .build()
-            .unwrap(),
-    )
-}
-
-async fn memory_on(listener: TcpListener, dir: &Path) -> TestServer {
-    let store = cortex_memory::store::Store::open(dir.join("memory.sqlite3"))
-        .await
-        .unwrap();
-    let service = cortex_memory::service::build(store).unwrap();
-    TestServer::start_on(listener, service, service_config())
-}
-
-async fn cognition_on(listener: TcpListener, memory: SocketAddr) -> TestServer {
-    let discovery = StaticDiscovery::new().with("memory", format!("http://{memory}"));
-    let client = NetworkMcpClient::new(Arc::new(discovery)).unwrap();
-    let service =
-        cortex_cognition::build_networked(client, cortex_cognition::CognitionConfig::default())
-            .unwrap();
-    TestServer::start_on(listener, service, service_config())
-}
-
-/// Memory, cognition and core on loopback.
-struct System {
-    memory_dir: tempfile::TempDir,
-    _core_dir: tempfile::TempDir,
-    memory_addr: SocketAddr,
-    memory: Option<TestServer>,
-    cognition: Option<TestServer>,
-    core: TestServer,
-    running: tokio::task::JoinHandle<()>,
-    http: reqwest::Client,
-}
-
+/// What the tests ask of the front door, over HTTP as a user.
 impl System {
-    async fn start(config: CoreConfig, max_pending: usize, memory_up: bool) -> Self {
-        let memory_dir = tempfile::tempdir().unwrap();
-        let memory_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let memory_addr = memory_listener.local_addr().unwrap();
-        let cognition_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let cognition_addr = cognition_listener.local_addr().unwrap();
-        let memory = if memory_up {
-            Some(memory_on(memory_listener, memory_dir.path()).await)
-        } else {
-            drop(memory_listener);
-            None
-        };
-        let cognition = Some(cognition_on(cognition_listener, memory_addr).await);
-        let core_dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(core_dir.path().join("outbox.sqlite3"), max_pending).unwrap();
-        let core = Core::new(outbox, core_client(memory_addr, cognition_addr), config);
-        let service = cortex_core::service(core.clone(), auth_config()).unwrap();
-        let server = TestServer::start(service, service_config()).await;
-        let running = tokio::spawn(async move { core.run(std::future::pending()).await });
-        Self {
-            memory_dir,
-            _core_dir: core_dir,
-            memory_addr,
-            memory,
-            cognition,
-            core: server,
-            running,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn stop_memory(&mut self) {
-        if let Some(memory) = self.memory.take() {
-            memory.shutdown(WAIT).await;
-        }
-    }
-
-    async fn start_memory(&mut self) {
-        let listener = TcpListener::bind(self.memory_addr).await.unwrap();
-        self.memory = Some(memory_on(listener, self.memory_dir.path()).await);
-    }
-
     async fn input(&self, user: &str, body: Value, key: Option<&str>) -> (StatusCode, Value) {
         let mut request = self
             .http
@@ -151,20 +47,19 @@ impl System {
         SseReader::new(response)
     }
 
-    fn memory_client(&self) -> MemoryServiceClient {
-        let discovery =
-            StaticDiscovery::new().with("memory", format!("http://{}", self.memory_addr));
-        let client = NetworkMcpClient::builder(Arc::new(discovery))
-            .token_provider(Arc::new(StaticToken(token("admin", &["admin"]))))
-            .build()
+    async fn core_outbox_depth(&self) -> u64 {
+        let health: Value = self
+            .http
+            .get(self.core.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
             .unwrap();
-        MemoryServiceClient::new(Arc::new(client))
-    }
-}
-
-impl Drop for System {
-    fn drop(&mut self) {
-        self.running.abort();
+        health["checks"]["core"]["outbox"]["pending"]
+            .as_u64()
+            .unwrap()
     }
 }
 
@@ -191,7 +86,7 @@ async fn log_events(reader: &mut SseReader, n: usize) -> Vec<(String, String, Va
 
 #[tokio::test]
 async fn an_input_is_stored_at_once_and_its_user_sees_it_with_context() {
-    let system = System::start(CoreConfig::default(), 100, true).await;
+    let system = System::start(100, true).await;
     let (status, body) = system
         .input(
             "alice",
@@ -243,7 +138,7 @@ async fn an_input_is_stored_at_once_and_its_user_sees_it_with_context() {
 
 #[tokio::test]
 async fn while_memory_is_down_inputs_are_pending_then_stored_once_in_order() {
-    let mut system = System::start(CoreConfig::default(), 100, false).await;
+    let mut system = System::start(100, false).await;
     let mut stream = system.stream("alice", None).await;
     let mut ids = Vec::new();
     for n in 0..5 {
@@ -302,7 +197,7 @@ async fn while_memory_is_down_inputs_are_pending_then_stored_once_in_order() {
 
 #[tokio::test]
 async fn a_full_outbox_answers_503_with_retry_after_and_keeps_nothing() {
-    let system = System::start(CoreConfig::default(), 2, false).await;
+    let system = System::start(2, false).await;
     for n in 0..2 {
         let (status, _) = system
             .input("alice", json!({"content": n.to_string()}), None)
@@ -333,7 +228,7 @@ async fn a_full_outbox_answers_503_with_retry_after_and_keeps_nothing() {
 
 #[tokio::test]
 async fn a_user_sees_only_their_own_stream_and_bad_credentials_are_refused() {
-    let system = System::start(CoreConfig::default(), 100, true).await;
+    let system = System::start(100, true).await;
     let (status, _) = system
         .input("alice", json!({"content": "alice's secret"}), None)
         .await;
@@ -419,7 +314,7 @@ async fn a_user_sees_only_their_own_stream_and_bad_credentials_are_refused() {
 
 #[tokio::test]
 async fn with_cognition_down_context_is_degraded_and_inputs_are_stored() {
-    let mut system = System::start(CoreConfig::default(), 100, true).await;
+    let mut system = System::start(100, true).await;
     if let Some(cognition) = system.cognition.take() {
         cognition.shutdown(WAIT).await;
     }
@@ -442,7 +337,7 @@ async fn with_cognition_down_context_is_degraded_and_inputs_are_stored() {
 
 #[tokio::test]
 async fn malformed_inputs_are_refused_and_nothing_is_kept() {
-    let system = System::start(CoreConfig::default(), 100, true).await;
+    let system = System::start(100, true).await;
     for body in [
         json!({}),
         json!({"content": 5}),
@@ -504,18 +399,12 @@ async fn a_lost_acknowledgement_still_stores_the_input_once() {
     let cognition =
         cognition_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), memory.addr).await;
     let core_dir = tempfile::tempdir().unwrap();
-    let outbox = Outbox::open(core_dir.path().join("outbox.sqlite3"), 100).unwrap();
-    let core = Core::new(
-        outbox,
-        core_client(front.addr, cognition.addr),
-        CoreConfig::default(),
-    );
-    let server = TestServer::start(
-        cortex_core::service(core.clone(), auth_config()).unwrap(),
-        service_config(),
+    let (server, running) = core_on(
+        core_dir.path(),
+        100,
+        core_client(front.addr, cognition.addr, quick_config()),
     )
     .await;
-    let running = tokio::spawn(async move { core.run(std::future::pending()).await });
     let http = reqwest::Client::new();
     let answer: Value = http
         .post(server.url("/input"))
@@ -561,21 +450,4 @@ async fn a_lost_acknowledgement_still_stores_the_input_once() {
         "stored once"
     );
     running.abort();
-}
-
-impl System {
-    async fn core_outbox_depth(&self) -> u64 {
-        let health: Value = self
-            .http
-            .get(self.core.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        health["checks"]["core"]["outbox"]["pending"]
-            .as_u64()
-            .unwrap()
-    }
 }
