@@ -182,8 +182,8 @@ server() {
 }
 
 # Client scenarios (`conformance list --client`) that apply to an MCP client
-# without OAuth or elicitation: the network client has neither (docs/mcp.md).
-CLIENT_SCENARIOS=(initialize tools_call sse-retry)
+# without OAuth (docs/mcp.md): the network client has none yet.
+CLIENT_SCENARIOS=(initialize tools_call sse-retry elicitation-sep1034-client-defaults)
 
 client() {
   local scenarios=()

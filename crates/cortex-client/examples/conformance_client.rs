@@ -7,16 +7,45 @@
 //! server registered as an `mcp` endpoint: `connect` (initialize,
 //! `notifications/initialized`, `ping`), `mcp_tools` (`tools/list`), then
 //! each listed tool called with arguments made from its input schema, and
-//! `close` (DELETE of the session).
+//! `close` (DELETE of the session). It answers the server's elicitation
+//! requests as an application would that accepts each form with its
+//! defaults (SEP-1034), through a [`ServerRequestHandler`].
 //!
 //! Run by hand: `cargo run -p cortex-client --example conformance_client -- http://127.0.0.1:3001/mcp`
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use cortex_client::discovery::Protocol;
+use cortex_client::server_requests::{RequestError, ServerRequestHandler, schema_defaults};
 use cortex_client::{ClientConfig, Endpoint, McpClient, NetworkMcpClient, StaticDiscovery};
 use serde_json::{Map, Value, json};
+
+/// Accepts every elicitation with the defaults of its schema.
+struct AcceptDefaults;
+
+#[async_trait]
+impl ServerRequestHandler for AcceptDefaults {
+    fn capabilities(&self) -> Value {
+        json!({"elicitation": {}})
+    }
+
+    async fn handle(
+        &self,
+        _service: &str,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, RequestError> {
+        match method {
+            "elicitation/create" => Ok(json!({
+                "action": "accept",
+                "content": schema_defaults(&params["requestedSchema"]),
+            })),
+            other => Err(RequestError::method_not_found(other)),
+        }
+    }
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -42,6 +71,7 @@ async fn run(url: &str, scenario: &str) -> Result<(), cortex_client::McpError> {
         .build()?;
     let client = NetworkMcpClient::builder(Arc::new(discovery))
         .config(config)
+        .server_requests(Arc::new(AcceptDefaults))
         .build()?;
     client.connect("server").await?;
     eprintln!("{scenario}: connected: {:?}", client.mcp_sessions("server"));

@@ -62,6 +62,7 @@ pub mod network;
 mod operation;
 mod pool;
 pub mod proxy;
+pub mod server_requests;
 mod stream;
 pub mod tls;
 pub mod typed;

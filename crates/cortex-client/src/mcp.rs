@@ -49,6 +49,7 @@ use crate::api::{EventStream, Resource};
 use crate::dialect::Dialect;
 use crate::engine::{Engine, Exchange, ServiceState, lock};
 use crate::error::McpError;
+use crate::server_requests::ServerRequestHandler;
 use cortex_discovery::{Endpoint, Protocol};
 use cortex_proto::listing::{Health, ResourceInfo, ResourceList, ToolInfo, ToolList};
 
@@ -67,16 +68,30 @@ pub(crate) struct McpDialect {
 pub(crate) struct McpInner {
     pub(crate) engine: Arc<Engine>,
     pub(crate) mcp: McpState,
+    /// What answers the server's requests (see [`crate::server_requests`]).
+    pub(crate) requests: Option<Arc<dyn ServerRequestHandler>>,
 }
 
 impl McpDialect {
-    pub(crate) fn new(engine: Arc<Engine>) -> Self {
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        requests: Option<Arc<dyn ServerRequestHandler>>,
+    ) -> Self {
         Self {
             inner: Arc::new(McpInner {
                 engine,
                 mcp: McpState::default(),
+                requests,
             }),
         }
+    }
+
+    /// The client capabilities declared at `initialize`.
+    pub(crate) fn capabilities(&self) -> Value {
+        self.inner
+            .requests
+            .as_ref()
+            .map_or_else(|| json!({}), |handler| handler.capabilities())
     }
 
     /// Whether `service` speaks standard MCP (see the module docs for `auto`).

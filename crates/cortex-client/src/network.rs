@@ -52,6 +52,7 @@ pub struct NetworkMcpClientBuilder {
     balancer: Balancer,
     tokens: Option<Arc<dyn TokenProvider>>,
     user_agent: String,
+    requests: Option<Arc<dyn crate::server_requests::ServerRequestHandler>>,
 }
 
 impl NetworkMcpClientBuilder {
@@ -71,6 +72,19 @@ impl NetworkMcpClientBuilder {
     /// power of two choices).
     pub fn balancer(mut self, balancer: Balancer) -> Self {
         self.balancer = balancer;
+        self
+    }
+
+    /// Answers what MCP servers ask of the client (elicitation, sampling,
+    /// roots) with `handler`, declares its capabilities, and opens each
+    /// MCP session's standalone event stream so such requests can arrive
+    /// (see [`crate::server_requests`]). Without one, every such request is
+    /// refused at once.
+    pub fn server_requests(
+        mut self,
+        handler: Arc<dyn crate::server_requests::ServerRequestHandler>,
+    ) -> Self {
+        self.requests = Some(handler);
         self
     }
 
@@ -99,7 +113,7 @@ impl NetworkMcpClientBuilder {
         Ok(NetworkMcpClient {
             inner: Arc::new(Inner {
                 cortex: Cortex::new(engine.clone()),
-                mcp: McpDialect::new(engine.clone()),
+                mcp: McpDialect::new(engine.clone(), self.requests),
                 engine,
             }),
         })
@@ -132,6 +146,7 @@ impl NetworkMcpClient {
             balancer: Balancer::default(),
             tokens: None,
             user_agent: format!("cortex-client/{}", env!("CARGO_PKG_VERSION")),
+            requests: None,
         }
     }
 

@@ -354,7 +354,7 @@ pub(crate) async fn open_sse(
         client,
         service,
         &session,
-        &session::initialize_call(),
+        &session::initialize_call(client.capabilities()),
         INITIALIZE_ID,
         answer,
         deadline,

@@ -178,9 +178,11 @@ impl Session {
         hub.reply(id, deadline).await
     }
 
-    /// Answers what the server asks on a stream: `ping` with `{}`, anything
-    /// else (sampling, roots, elicitation: the client offers none) with
-    /// "method not found". Notifications need nothing.
+    /// Answers what the server asks on a stream: `ping` with `{}`,
+    /// elicitation, sampling and roots with the application's handler
+    /// (see [`crate::server_requests`]), anything else, or anything without
+    /// a handler, with "method not found" at once. Notifications need
+    /// nothing.
     pub(crate) fn on_server_message(
         self: &Session,
         client: &McpDialect,
@@ -193,21 +195,28 @@ impl Session {
         ) else {
             return;
         };
-        let answer = if method == "ping" {
-            json!({"jsonrpc": "2.0", "id": id, "result": {}})
-        } else {
-            json!({"jsonrpc": "2.0", "id": id, "error": {"code": wire::code::METHOD_NOT_FOUND, "message": format!("the client does not offer {method}")}})
-        };
+        let (method, id) = (method.to_string(), id.clone());
+        let params = message.get("params").cloned().unwrap_or(Value::Null);
         let mut prepared = self.prepare_get();
         if let Era::Sse { post_path, .. } = &self.era {
             prepared.path = Some(post_path.clone());
         }
-        prepared.body = Some(Bytes::from(answer.to_string()));
         let (client, endpoint) = (client.clone(), self.endpoint.clone());
         let Ok(service) = client.service_state(&service.name) else {
             return;
         };
+        // A task per request: a handler may wait on a person while the
+        // stream goes on, and other requests are answered meanwhile.
         tokio::spawn(async move {
+            let answer = crate::server_requests::answer(
+                client.inner.requests.as_deref(),
+                &service.name,
+                &id,
+                &method,
+                params,
+            )
+            .await;
+            prepared.body = Some(Bytes::from(answer.to_string()));
             let sent = rpc::post(
                 &client,
                 &service,
@@ -246,6 +255,19 @@ pub(crate) async fn open(
     let session = crate::forward::as_client(handshake(client, service, endpoint)).await?;
     tracing::info!(service = %service.name, endpoint = %endpoint.url, era = ?session.era, "MCP session open");
     mcp.insert(&service.name, session.clone());
+    if client.inner.requests.is_some() && matches!(session.era, Era::Streamable { .. }) {
+        // The server's own requests (not answers to ours) come on the
+        // session's standalone stream: open it now, in the background. A
+        // server that offers none (405) only sends requests in answers.
+        let (client, service, session) = (client.clone(), service.clone(), session.clone());
+        tokio::spawn(async move {
+            if let Err(error) =
+                crate::forward::as_client(super::hub::hub_of(&client, &service, &session)).await
+            {
+                tracing::debug!(%error, "no standalone event stream: server requests come only in answers");
+            }
+        });
+    }
     Ok(session)
 }
 
@@ -309,7 +331,7 @@ async fn handshake(
         client,
         service,
         &provisional,
-        &initialize_call(),
+        &initialize_call(client.capabilities()),
         INITIALIZE_ID,
         answer,
         deadline,
@@ -379,17 +401,17 @@ pub(crate) fn agreed(
 /// The JSON-RPC id of every `initialize`: it goes alone on its exchange.
 pub(crate) const INITIALIZE_ID: u64 = 0;
 
-pub(crate) fn initialize_call() -> Call<'static> {
+pub(crate) fn initialize_call(capabilities: Value) -> Call<'static> {
     Call {
         method: "initialize",
-        params: initialize_params(),
+        params: initialize_params(capabilities),
         op: Operation::Other("initialize"),
         idempotent: true,
     }
 }
 
-pub(crate) fn initialize_params() -> Value {
-    json!({"protocolVersion": HANDSHAKE_VERSIONS[0], "capabilities": {}, "clientInfo": wire::client_info()})
+pub(crate) fn initialize_params(capabilities: Value) -> Value {
+    json!({"protocolVersion": HANDSHAKE_VERSIONS[0], "capabilities": capabilities, "clientInfo": wire::client_info()})
 }
 
 /// Sends `initialize` through `session` (its era decides the shape).
@@ -398,7 +420,11 @@ pub(crate) async fn initialize(
     service: &ServiceState,
     session: &Session,
 ) -> Result<Answer, McpError> {
-    let prepared = session.prepare("initialize", &initialize_params(), Some(INITIALIZE_ID));
+    let prepared = session.prepare(
+        "initialize",
+        &initialize_params(client.capabilities()),
+        Some(INITIALIZE_ID),
+    );
     rpc::post(
         client,
         service,
