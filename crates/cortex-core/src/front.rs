@@ -491,7 +491,9 @@ impl Core {
     /// `user_id`'s output after event `after` (0: from the start), then live.
     ///
     /// # Errors
-    /// [`StreamSlots`]' refusal when too many streams are open.
+    /// 503 `unavailable` when too many streams are open (by default 8 per
+    /// user, 1,024
+    /// in all).
     pub fn output(
         &self,
         user_id: &str,
