@@ -492,8 +492,7 @@ impl Core {
     ///
     /// # Errors
     /// 503 `unavailable` when too many streams are open (by default 8 per
-    /// user, 1,024
-    /// in all).
+    /// user, 1,024 in all).
     pub fn output(
         &self,
         user_id: &str,
