@@ -80,7 +80,7 @@ pub use cortex_mcp_api::{
 pub use engine::{StaticToken, TokenProvider};
 pub use mcp::McpSessionInfo;
 pub use metrics::EndpointStatus;
-pub use network::{NetworkMcpClient, NetworkMcpClientBuilder};
+pub use network::{McpFeatures, NetworkMcpClient, NetworkMcpClientBuilder};
 pub use pool::PoolStats;
 pub use typed::{
     BatchCall, CognitionServiceClient, ContextQuery, HistoryPage, MemoryServiceClient,

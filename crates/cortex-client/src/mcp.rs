@@ -112,6 +112,37 @@ impl McpDialect {
         list_all(self, service, "tools/list", "tools").await
     }
 
+    /// Every page of the listing `method` (`prompts/list`, …): the items
+    /// under `key`.
+    pub(crate) async fn raw_list(
+        &self,
+        service: &Arc<ServiceState>,
+        method: &'static str,
+        key: &str,
+    ) -> Result<Vec<Value>, McpError> {
+        list_all(self, service, method, key).await
+    }
+
+    /// One request `method` with `params`; its result. `idempotent`: safe
+    /// to repeat after it may have run.
+    pub(crate) async fn request(
+        &self,
+        service: &Arc<ServiceState>,
+        method: &'static str,
+        params: Value,
+        idempotent: bool,
+    ) -> Result<Value, McpError> {
+        let call = Call {
+            method,
+            params,
+            op: Operation::Other(method),
+            idempotent,
+        };
+        rpc::call(self, service, &call)
+            .await
+            .map(|(_, result)| result)
+    }
+
     /// `resources/list` as the server describes each resource, all pages.
     pub(crate) async fn raw_resources(
         &self,

@@ -252,6 +252,151 @@ impl NetworkMcpClient {
     }
 }
 
+/// The MCP features beyond the seed's interface: prompts, completion and
+/// logging. A service that speaks the Cortex dialect has none of them:
+/// each call to one is an [`McpError::InvalidRequest`] saying so.
+///
+/// ```no_run
+/// use cortex_client::{McpFeatures, NetworkMcpClient};
+/// use serde_json::json;
+///
+/// # async fn run(client: &NetworkMcpClient) -> Result<(), cortex_client::McpError> {
+/// for prompt in client.list_prompts("everything").await? {
+///     println!("{}", prompt["name"]);
+/// }
+/// let prompt = client
+///     .get_prompt("everything", "args-prompt", json!({"city": "Lisbon"}))
+///     .await?;
+/// let choices = client
+///     .complete(
+///         "everything",
+///         json!({"type": "ref/prompt", "name": "completable-prompt"}),
+///         "department",
+///         "Eng",
+///         json!({}),
+///     )
+///     .await?;
+/// client.set_log_level("everything", "warning").await?;
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait McpFeatures {
+    /// `prompts/list`: every prompt as the server describes it, all pages.
+    async fn list_prompts(&self, service: &str) -> Result<Vec<Value>, McpError>;
+
+    /// `prompts/get`: the prompt `name` filled with `arguments` (an object
+    /// of strings): its `description` and `messages`.
+    async fn get_prompt(
+        &self,
+        service: &str,
+        name: &str,
+        arguments: Value,
+    ) -> Result<Value, McpError>;
+
+    /// `completion/complete`: values for the argument `argument` of
+    /// `reference` (`{"type": "ref/prompt", "name": …}` or `{"type":
+    /// "ref/resource", "uri": …}`) that start from `value`, given the
+    /// arguments already chosen in `context` (an object, may be empty).
+    /// Returns the `completion` object (`values`, `total`, `hasMore`).
+    async fn complete(
+        &self,
+        service: &str,
+        reference: Value,
+        argument: &str,
+        value: &str,
+        context: Value,
+    ) -> Result<Value, McpError>;
+
+    /// `logging/setLevel`: the least severe log messages the server should
+    /// send (`debug` … `emergency`). It applies to the session it goes
+    /// through: with several replicas, to the one that took it. The
+    /// messages (`notifications/message`) are logged through `tracing`
+    /// under the target `cortex_client::mcp::server_log`.
+    async fn set_log_level(&self, service: &str, level: &str) -> Result<(), McpError>;
+}
+
+impl NetworkMcpClient {
+    /// The MCP dialect's state of `service`, or what to say when `service`
+    /// speaks the Cortex dialect, which has no `feature`.
+    async fn mcp_only(
+        &self,
+        service: &str,
+        feature: &str,
+    ) -> Result<Arc<crate::engine::ServiceState>, McpError> {
+        let state = self.service_state(service)?;
+        if self.inner.mcp.speaks(&state).await? {
+            Ok(state)
+        } else {
+            Err(McpError::InvalidRequest {
+                service: service.to_string(),
+                operation: feature.to_string(),
+                reason: format!(
+                    "the service speaks the Cortex dialect, which has no {feature} (an MCP-only feature)"
+                ),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl McpFeatures for NetworkMcpClient {
+    async fn list_prompts(&self, service: &str) -> Result<Vec<Value>, McpError> {
+        let state = self.mcp_only(service, "prompts").await?;
+        self.inner
+            .mcp
+            .raw_list(&state, "prompts/list", "prompts")
+            .await
+    }
+
+    async fn get_prompt(
+        &self,
+        service: &str,
+        name: &str,
+        arguments: Value,
+    ) -> Result<Value, McpError> {
+        let state = self.mcp_only(service, "prompts").await?;
+        let params = serde_json::json!({"name": name, "arguments": arguments});
+        self.inner
+            .mcp
+            .request(&state, "prompts/get", params, true)
+            .await
+    }
+
+    async fn complete(
+        &self,
+        service: &str,
+        reference: Value,
+        argument: &str,
+        value: &str,
+        context: Value,
+    ) -> Result<Value, McpError> {
+        let state = self.mcp_only(service, "completion").await?;
+        let mut params = serde_json::json!({
+            "ref": reference,
+            "argument": {"name": argument, "value": value},
+        });
+        if context.as_object().is_some_and(|c| !c.is_empty()) {
+            params["context"] = serde_json::json!({"arguments": context});
+        }
+        let result = self
+            .inner
+            .mcp
+            .request(&state, "completion/complete", params, true)
+            .await?;
+        Ok(result.get("completion").cloned().unwrap_or(result))
+    }
+
+    async fn set_log_level(&self, service: &str, level: &str) -> Result<(), McpError> {
+        let state = self.mcp_only(service, "logging").await?;
+        let params = serde_json::json!({"level": level});
+        self.inner
+            .mcp
+            .request(&state, "logging/setLevel", params, true)
+            .await
+            .map(|_| ())
+    }
+}
+
 #[async_trait]
 impl McpClient for NetworkMcpClient {
     async fn connect(&self, service: &str) -> Result<(), McpError> {

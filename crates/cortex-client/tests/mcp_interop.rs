@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use cortex_client::discovery::Protocol;
 use cortex_client::{
-    ClientConfig, Endpoint, McpClient, McpError, NetworkMcpClient, StaticDiscovery,
+    ClientConfig, Endpoint, McpClient, McpError, McpFeatures, NetworkMcpClient, StaticDiscovery,
 };
 use cortex_test_support::mcp_servers::{everything, python};
 use futures::StreamExt;
@@ -145,6 +145,49 @@ async fn server_everything_over_streamable_http() {
         "{event:?}"
     );
     drop(stream);
+
+    // Prompts, completion and logging (McpFeatures).
+    let prompts = ok("prompts/list", client.list_prompts("svc").await).await;
+    let names: Vec<&str> = prompts.iter().filter_map(|p| p["name"].as_str()).collect();
+    for name in ["simple-prompt", "args-prompt", "completable-prompt"] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    let prompt = ok(
+        "prompts/get",
+        client
+            .get_prompt("svc", "args-prompt", json!({"city": "Lisbon"}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        prompt["messages"][0]["content"]["text"],
+        "What's weather in Lisbon?"
+    );
+    let reference = json!({"type": "ref/prompt", "name": "completable-prompt"});
+    let departments = ok(
+        "completion/complete",
+        client
+            .complete("svc", reference.clone(), "department", "Eng", json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(departments["values"], json!(["Engineering"]));
+    // The second argument's choices depend on the first (the context).
+    let names = ok(
+        "completion/complete with context",
+        client
+            .complete("svc", reference, "name", "", json!({"department": "Sales"}))
+            .await,
+    )
+    .await;
+    assert_eq!(names["values"], json!(["David", "Eve", "Frank"]));
+    ok(
+        "logging/setLevel",
+        client.set_log_level("svc", "debug").await,
+    )
+    .await;
+    let unknown = client.get_prompt("svc", "no-such-prompt", json!({})).await;
+    assert!(unknown.is_err(), "{unknown:?}");
     client.close().await;
 }
 
@@ -332,5 +375,11 @@ async fn the_memory_service_over_its_own_mcp_endpoint() {
     assert!(
         auto.mcp_sessions("svc").is_empty(),
         "auto chose the Cortex dialect"
+    );
+    // MCP-only features on a Cortex-dialect service: a clear refusal.
+    let prompts = auto.list_prompts("svc").await;
+    assert!(
+        matches!(&prompts, Err(McpError::InvalidRequest { reason, .. }) if reason.contains("Cortex dialect")),
+        "{prompts:?}"
     );
 }

@@ -189,6 +189,10 @@ impl Session {
         service: &ServiceState,
         message: &Value,
     ) {
+        if message.get("method").and_then(Value::as_str) == Some("notifications/message") {
+            server_log(&service.name, message.get("params").unwrap_or(&Value::Null));
+            return;
+        }
         let (Some(method), Some(id)) = (
             message.get("method").and_then(Value::as_str),
             message.get("id"),
@@ -229,6 +233,31 @@ impl Session {
                 tracing::debug!(%error, "answer to a server request was not delivered");
             }
         });
+    }
+}
+
+/// A server's log message (`notifications/message`), as a `tracing` event
+/// at its level: the server chooses what it sends with `logging/setLevel`.
+fn server_log(service: &str, params: &Value) {
+    let level = params
+        .get("level")
+        .and_then(Value::as_str)
+        .unwrap_or("info");
+    let logger = params.get("logger").and_then(Value::as_str).unwrap_or("");
+    let data = params.get("data").unwrap_or(&Value::Null);
+    match level {
+        "debug" => {
+            tracing::debug!(target: "cortex_client::mcp::server_log", service, logger, %data)
+        }
+        "info" | "notice" => {
+            tracing::info!(target: "cortex_client::mcp::server_log", service, logger, %data);
+        }
+        "warning" => {
+            tracing::warn!(target: "cortex_client::mcp::server_log", service, logger, %data)
+        }
+        _ => {
+            tracing::error!(target: "cortex_client::mcp::server_log", service, logger, level, %data)
+        }
     }
 }
 
