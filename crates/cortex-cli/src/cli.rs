@@ -203,6 +203,20 @@ pub(crate) enum Command {
     /// Example: cortex resources memory
     #[command(override_usage = "cortex resources SERVICE\n       cortex --url URL resources")]
     Resources(ServiceArg),
+    /// List an MCP server's prompts with their arguments (`name*` is
+    /// required).
+    ///
+    /// Example: cortex --url http://127.0.0.1:3001/mcp prompts
+    #[command(override_usage = "cortex prompts SERVICE\n       cortex --url URL prompts")]
+    Prompts(ServiceArg),
+    /// Get one prompt of an MCP server, filled with `key=value` arguments,
+    /// and print its messages.
+    ///
+    /// Example: cortex --url http://127.0.0.1:3001/mcp prompt args-prompt city=Lisbon
+    #[command(
+        override_usage = "cortex prompt SERVICE NAME [ARG]...\n       cortex --url URL prompt NAME [ARG]..."
+    )]
+    Prompt(CallArgs),
     /// Check health: of SERVICE, or of every known service. Over MCP the
     /// check is a `ping`.
     ///

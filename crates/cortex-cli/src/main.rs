@@ -18,6 +18,7 @@ mod hints;
 mod input;
 mod limits;
 mod output;
+mod prompt_cmds;
 mod serve;
 mod system;
 mod up;
@@ -92,6 +93,8 @@ fn main() -> ExitCode {
             Command::Stream(args) => client_cmds::stream(args, &flags, json).await,
             Command::Tools(args) => client_cmds::tools(args, &flags, json).await,
             Command::Resources(args) => client_cmds::resources(args, &flags, json).await,
+            Command::Prompts(args) => prompt_cmds::prompts(args, &flags, json).await,
+            Command::Prompt(args) => prompt_cmds::prompt(args, &flags, json).await,
             Command::Health(args) => client_cmds::health(args, &flags, json).await,
             Command::Status => client_cmds::status(&flags, json).await,
             Command::Bench(args) => bench::run(args, &flags, json).await,

@@ -101,6 +101,20 @@ fn server_everything_by_url() {
     let echo = at(&url, &["call", "echo", "message=hello there"]).ok();
     assert!(echo.stdout.contains("hello there"), "{echo:?}");
 
+    let prompts = at(&url, &["prompts"]).ok();
+    assert!(
+        prompts
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("args-prompt") && l.contains("city*, state")),
+        "{prompts:?}"
+    );
+    let prompt = at(&url, &["prompt", "args-prompt", "city=Lisbon"]).ok();
+    assert!(
+        prompt.stdout.contains("user: What's weather in Lisbon?"),
+        "{prompt:?}"
+    );
+
     let resources = at(&url, &["resources"]).ok();
     assert!(
         resources
