@@ -17,6 +17,7 @@ mod hints;
 mod input;
 mod limits;
 mod output;
+mod replicas;
 mod serve;
 mod system;
 mod up;
