@@ -323,6 +323,16 @@ pub(crate) struct UpArgs {
     /// (jwt-secret); created (mode 0700) if missing.
     #[arg(long, env = "CORTEX_DATA_DIR", default_value = crate::auth::DEFAULT_DATA_DIR)]
     pub(crate) data_dir: PathBuf,
+    /// Keep memory on PostgreSQL (`postgres://USER@HOST:PORT/DB`) instead
+    /// of the SQLite file in the data directory.
+    #[arg(long, value_name = "URL")]
+    pub(crate) database_url: Option<String>,
+    /// How many memory processes to run on the --database-url database:
+    /// this one and N-1 `cortex serve memory` processes, all listed in
+    /// DATA_DIR/discovery.toml, which cognition follows (and `cortex
+    /// status` with CORTEX_DISCOVERY=file:DATA_DIR/discovery.toml).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub(crate) memory_replicas: usize,
     /// Seconds in-flight calls may take to finish after Ctrl-C.
     #[arg(long, default_value_t = 10)]
     pub(crate) grace_secs: u64,
@@ -448,9 +458,16 @@ pub(crate) struct ServeArgs {
     /// to 8000).
     #[arg(long, env = "PORT")]
     pub(crate) port: Option<u16>,
-    /// SQLite file of the memory service; created with its directory on first
-    /// start. Also read from DATABASE_URL (`sqlite:PATH` or a plain path).
-    #[arg(long, env = "DATABASE_URL", default_value = "./.cortex/memory.sqlite3")]
+    /// Database of the memory service: a SQLite file (`sqlite:PATH` or a
+    /// plain path; created with its directory on first start), or
+    /// PostgreSQL (`postgres://USER@HOST:PORT/DB`), which any number of
+    /// memory replicas may share. Also read from DATABASE_URL.
+    #[arg(
+        long,
+        visible_alias = "database-url",
+        env = "DATABASE_URL",
+        default_value = "./.cortex/memory.sqlite3"
+    )]
     pub(crate) db: String,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
@@ -486,28 +503,51 @@ pub(crate) struct ServeArgs {
     pub(crate) limits: crate::limits::LimitArgs,
 }
 
+/// The database of the memory service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Database {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
 impl ServeArgs {
-    /// The database file named by `--db` or `DATABASE_URL`.
-    pub(crate) fn db_path(&self) -> Result<PathBuf, String> {
-        let raw = self.db.trim();
-        let path = if let Some(rest) = raw.strip_prefix("sqlite://") {
-            rest
-        } else if let Some(rest) = raw.strip_prefix("sqlite:") {
-            rest
-        } else if raw.contains("://") {
-            return Err(format!(
-                "--db / DATABASE_URL `{raw}`: only SQLite is supported so far (use `sqlite:PATH` or a file path)"
-            ));
-        } else {
-            raw
-        };
-        // `sqlite:///abs/path` leaves `/abs/path`; drop query options.
-        let path = path.split('?').next().unwrap_or_default();
-        if path.is_empty() {
-            return Err("--db / DATABASE_URL is empty".into());
-        }
-        Ok(PathBuf::from(path))
+    /// The database named by `--db`, `--database-url` or `DATABASE_URL`.
+    pub(crate) fn database(&self) -> Result<Database, String> {
+        parse_database(&self.db)
     }
+}
+
+/// Reads a database address: `postgres://…` (or `postgresql://…`), else a
+/// SQLite file as `sqlite://PATH`, `sqlite:PATH` or a plain path.
+pub(crate) fn parse_database(raw: &str) -> Result<Database, String> {
+    let raw = raw.trim();
+    if cortex_memory::store::is_postgres_url(raw) {
+        return Ok(Database::Postgres(raw.to_owned()));
+    }
+    db_path(raw).map(Database::Sqlite)
+}
+
+/// The SQLite file of a database address.
+fn db_path(raw: &str) -> Result<PathBuf, String> {
+    let path = if let Some(rest) = raw.strip_prefix("sqlite://") {
+        rest
+    } else if let Some(rest) = raw.strip_prefix("sqlite:") {
+        rest
+    } else if raw.contains("://") {
+        return Err(format!(
+            "--db / DATABASE_URL `{raw}`: use `postgres://…`, `sqlite:PATH` or a file path"
+        ));
+    } else {
+        raw
+    };
+    // `sqlite:///abs/path` leaves `/abs/path`; drop query options.
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() {
+        return Err("--db / DATABASE_URL is empty".into());
+    }
+    Ok(PathBuf::from(path))
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::cli::Database;
 use crate::exit::Failure;
 use crate::output::{self, line};
 use crate::system::{self, Running};
@@ -121,7 +122,7 @@ impl Demo {
         let cognition_listener = system::bind("127.0.0.1", 0, "cognition", "-").await?;
         let memory = Running::spawn(
             memory_listener,
-            system::memory_service(db).await?,
+            system::memory_service(&Database::Sqlite(db.to_path_buf())).await?,
             service_config(),
         )?;
         let memory_reader = NetworkMcpClient::builder(Arc::new(
@@ -383,7 +384,7 @@ impl Demo {
         let db = self.db.clone();
         let memory = Running::spawn(
             listener,
-            system::memory_service(&db).await?,
+            system::memory_service(&Database::Sqlite(db)).await?,
             service_config(),
         )?;
         line(format!("   memory restarted at {}", memory.url()))?;

@@ -19,6 +19,7 @@ mod input;
 mod limits;
 mod output;
 mod prompt_cmds;
+mod replicas;
 mod serve;
 mod system;
 mod up;

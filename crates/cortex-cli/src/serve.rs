@@ -6,7 +6,7 @@ use std::time::Duration;
 use cortex_cognition::CognitionConfig;
 use cortex_service::{ServiceConfig, serve, shutdown_signal};
 
-use crate::cli::{ServeArgs, ServiceName};
+use crate::cli::{Database, ServeArgs, ServiceName};
 use crate::connect::{ClientFlags, Credentials};
 use crate::exit::Failure;
 use crate::system;
@@ -40,8 +40,8 @@ pub(crate) async fn run(args: ServeArgs, flags: &ClientFlags) -> Result<(), Fail
     let mut background = None;
     let service = match args.service {
         ServiceName::Memory => {
-            let path = args.db_path().map_err(Failure::usage)?;
-            system::memory_service(&path).await?
+            let database = args.database().map_err(Failure::usage)?;
+            system::memory_service(&database).await?
         }
         ServiceName::Cognition => {
             // Memory is found through discovery, like any client's, and its
@@ -103,19 +103,20 @@ pub(crate) async fn run(args: ServeArgs, flags: &ClientFlags) -> Result<(), Fail
 }
 
 /// Where the JWT secret is kept: `--data-dir` (or `CORTEX_DATA_DIR`), else
-/// memory's database directory (`./.cortex` by default, as `cortex up`
-/// keeps it), else `./.cortex`.
+/// memory's SQLite database directory (`./.cortex` by default, as `cortex
+/// up` keeps it), else `./.cortex`.
 fn data_dir(args: &ServeArgs) -> Result<PathBuf, Failure> {
     if let Some(dir) = &args.data_dir {
         return Ok(dir.clone());
     }
     Ok(match args.service {
-        ServiceName::Memory => args
-            .db_path()
-            .map_err(Failure::usage)?
-            .parent()
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        ServiceName::Memory => match args.database().map_err(Failure::usage)? {
+            Database::Sqlite(path) => path
+                .parent()
+                .filter(|dir| !dir.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            Database::Postgres(_) => PathBuf::from(crate::auth::DEFAULT_DATA_DIR),
+        },
         ServiceName::Cognition | ServiceName::Core => PathBuf::from(crate::auth::DEFAULT_DATA_DIR),
     })
 }

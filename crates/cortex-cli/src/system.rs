@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::cli::Database;
 use crate::exit::Failure;
 
 /// Binds `host:port` for `what` (a service name); a port in use is an error
@@ -39,9 +40,43 @@ pub(crate) async fn bind(
     })
 }
 
-/// The memory service over the SQLite file `db` (created with its
-/// directory, which is private: 0700, like the file's 0600).
-pub(crate) async fn memory_service(db: &Path) -> Result<Service, Failure> {
+/// The memory service over `database`: a SQLite file (created with its
+/// directory, which is private: 0700, like the file's 0600), or PostgreSQL
+/// (migrated at start; unreachable is an `unavailable` failure).
+pub(crate) async fn memory_service(database: &Database) -> Result<Service, Failure> {
+    match database {
+        Database::Sqlite(path) => sqlite_memory_service(path).await,
+        Database::Postgres(url) => {
+            let store = cortex_memory::store::Store::connect(url)
+                .await
+                .map_err(|e| {
+                    if e.is_retryable() {
+                        Failure::new(crate::exit::Code::Unavailable, e.to_string())
+                    } else {
+                        Failure::other(e.to_string())
+                    }
+                })?;
+            tracing::info!(database = %redact(url), "memory store open on PostgreSQL");
+            cortex_memory::service::build(store).map_err(|e| Failure::other(e.to_string()))
+        }
+    }
+}
+
+/// `url` without its password, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn sqlite_memory_service(db: &Path) -> Result<Service, Failure> {
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true);

@@ -3,15 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cortex_client::discovery::FileDiscovery;
 use cortex_client::discovery::HealthChecked;
 use cortex_client::{NetworkMcpClient, StaticDiscovery};
 use cortex_cognition::CognitionConfig;
 use cortex_service::{ServiceConfig, shutdown_signal};
 
-use crate::cli::UpArgs;
+use crate::cli::{Database, UpArgs};
 use crate::connect::ClientFlags;
 use crate::exit::Failure;
 use crate::output::line;
+use crate::replicas::{self, Replica, ReplicaArgs};
 use crate::system::{self, Running};
 
 /// How long both services get to become healthy.
@@ -35,7 +37,24 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
             args.data_dir.display()
         ))
     })?;
-    let db = data_dir.join("memory.sqlite3");
+    if args.memory_replicas == 0 {
+        return Err(Failure::usage("--memory-replicas must be at least 1"));
+    }
+    let database = match &args.database_url {
+        Some(url) => crate::cli::parse_database(url)
+            .map_err(|e| Failure::usage(format!("--database-url: {e}")))?,
+        None => Database::Sqlite(data_dir.join("memory.sqlite3")),
+    };
+    let shared_url = match &database {
+        Database::Postgres(url) => Some(url.clone()),
+        Database::Sqlite(_) if args.memory_replicas > 1 => {
+            return Err(Failure::usage(
+                "--memory-replicas above 1 needs --database-url postgres://…: replicas share \
+                 one PostgreSQL database (a SQLite file belongs to one process)",
+            ));
+        }
+        Database::Sqlite(_) => None,
+    };
     line(format!("data directory: {}", data_dir.display()))?;
     let (auth, auth_summary) = crate::auth::service_auth(&args.auth, &data_dir)?;
     if !auth.is_enabled() {
@@ -76,9 +95,44 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
     }
     let memory = Running::spawn(
         memory_listener,
-        system::memory_service(&db).await?,
+        system::memory_service(&database).await?,
         config.clone(),
     )?;
+    // More replicas: processes of their own on the same database, listed
+    // with this one in a discovery file that cognition follows.
+    let mut replicas = Vec::new();
+    let discovery_file = data_dir.join("discovery.toml");
+    if let Some(url) = shared_url.as_deref().filter(|_| args.memory_replicas > 1) {
+        let replica_args = ReplicaArgs {
+            host: &args.host,
+            database_url: url,
+            data_dir: &data_dir,
+            no_auth: !auth.is_enabled(),
+        };
+        for _ in 1..args.memory_replicas {
+            match Replica::start(&replica_args).await {
+                Ok(replica) => replicas.push(replica),
+                Err(failure) => {
+                    for replica in replicas {
+                        replica.stop().await;
+                    }
+                    let _ = memory.stop().await;
+                    return Err(failure);
+                }
+            }
+        }
+    }
+    let memory_urls: Vec<String> = std::iter::once(memory.url())
+        .chain(replicas.iter().map(|r| r.url.clone()))
+        .collect();
+    if !replicas.is_empty() {
+        let cognition_url = system::url_of(
+            cognition_listener
+                .local_addr()
+                .map_err(|e| Failure::other(format!("cannot read the bound address: {e}")))?,
+        );
+        replicas::write_discovery(&discovery_file, &memory_urls, &cognition_url)?;
+    }
     // Cognition reads memory over the network, through the client, at the
     // address just bound (with the client settings of --config and env),
     // checking memory's health actively: when memory is back after an
@@ -86,11 +140,19 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
     // so cognition uses memory again at once instead of failing fast for the
     // rest of `reset_timeout`.
     let client_config = flags.config()?;
-    let memory_discovery = HealthChecked::new(
-        StaticDiscovery::new().with("memory", memory.url()),
-        crate::connect::health_checks(&client_config, "memory"),
-    );
-    let memory_client = NetworkMcpClient::builder(Arc::new(memory_discovery))
+    let checks = crate::connect::health_checks(&client_config, "memory");
+    let memory_discovery: Arc<dyn cortex_client::ServiceDiscovery> = if replicas.is_empty() {
+        Arc::new(HealthChecked::new(
+            StaticDiscovery::new().with("memory", memory.url()),
+            checks,
+        ))
+    } else {
+        let file = FileDiscovery::open(&discovery_file, Duration::from_secs(1))
+            .await
+            .map_err(|e| Failure::other(e.to_string()))?;
+        Arc::new(HealthChecked::new(file, checks))
+    };
+    let memory_client = NetworkMcpClient::builder(memory_discovery)
         .config(client_config.clone())
         .build()?;
     let cognition = Running::spawn(
@@ -100,10 +162,17 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
     )?;
     // Core reaches both as itself (role `service`, see cortex_core::front),
     // checking memory's health actively like cognition does.
+    // Every memory replica, when there are several.
+    let core_targets = StaticDiscovery::new().with("cognition", cognition.url());
+    core_targets.register(
+        "memory",
+        memory_urls
+            .iter()
+            .map(cortex_client::Endpoint::new)
+            .collect(),
+    );
     let core_discovery = HealthChecked::new(
-        StaticDiscovery::new()
-            .with("memory", memory.url())
-            .with("cognition", cognition.url()),
+        core_targets,
         crate::connect::health_checks(&client_config, "memory"),
     );
     let mut core_client = NetworkMcpClient::builder(Arc::new(core_discovery)).config(client_config);
@@ -131,11 +200,23 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
         let _ = memory.stop().await;
         return Err(failure);
     }
-    line(format!(
-        "memory     {}  (SQLite {})",
-        memory.url(),
-        db.display()
-    ))?;
+    let stored_in = match &database {
+        Database::Sqlite(path) => format!("SQLite {}", path.display()),
+        Database::Postgres(url) => format!("PostgreSQL {}", system::redact(url)),
+    };
+    line(format!("memory     {}  ({stored_in})", memory.url()))?;
+    for replica in &replicas {
+        line(format!(
+            "memory     {}  (replica, process {})",
+            replica.url,
+            replica
+                .pid()
+                .map_or_else(|| "-".to_owned(), |p| p.to_string())
+        ))?;
+    }
+    if !replicas.is_empty() {
+        line(format!("discovery  {}", discovery_file.display()))?;
+    }
     line(format!("cognition  {}", cognition.url()))?;
     line(format!(
         "core       {}  (outbox {}; console {}/)",
@@ -155,7 +236,12 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
     let default_dir = std::fs::canonicalize(crate::auth::DEFAULT_DATA_DIR)
         .is_ok_and(|default| default == data_dir);
     let mut variables = Vec::new();
-    if !defaults {
+    if !replicas.is_empty() {
+        variables.push(format!(
+            "CORTEX_DISCOVERY=file:{}",
+            discovery_file.display()
+        ));
+    } else if !defaults {
         variables.push(format!("MEMORY_SERVICE_URL={}", memory.url()));
         variables.push(format!("COGNITION_SERVICE_URL={}", cognition.url()));
         variables.push(format!("CORE_SERVICE_URL={}", core.url()));
@@ -170,7 +256,7 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
     }
     line(format!(
         "ready: memory {} cognition {} core {} (Ctrl-C stops all three)",
-        memory.url(),
+        memory_urls.join(","),
         cognition.url(),
         core.url()
     ))?;
@@ -186,6 +272,9 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
     core_work.abort();
     let core_stopped = core.stop().await;
     let cognition_stopped = cognition.stop().await;
+    for replica in replicas {
+        replica.stop().await;
+    }
     let memory_stopped = memory.stop().await;
     core_stopped?;
     cognition_stopped?;

@@ -67,15 +67,37 @@ async fn acknowledged_items_survive_sigkill() {
 }
 
 #[test]
-fn a_non_sqlite_database_url_is_a_usage_error() {
+fn an_unknown_database_url_is_a_usage_error() {
     let output = Command::new(env!("CARGO_BIN_EXE_cortex"))
         .args(["serve", "memory", "--port", "0"])
-        .env("DATABASE_URL", "postgres://localhost/test")
+        .env("DATABASE_URL", "mysql://localhost/test")
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("only SQLite is supported"), "{stderr}");
+    assert!(stderr.contains("use `postgres://…`"), "{stderr}");
+}
+
+#[test]
+fn an_unreachable_postgres_database_is_unavailable_and_named() {
+    let port = common::free_port();
+    let output = common::cortex()
+        .args(["serve", "memory", "--port", "0", "--database-url"])
+        .arg(format!(
+            "postgres://someone:pw-xyzzy@127.0.0.1:{port}/memory"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}/memory")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("pw-xyzzy"),
+        "the password leaked: {stderr}"
+    );
 }
 
 #[test]

@@ -47,7 +47,7 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::store::{Item, ItemUpdate, NewItem, PageLimit, Store, StoreError};
+use crate::store::{Feed, Item, ItemUpdate, NewItem, PageLimit, Store, StoreError};
 
 /// How many backlog items a stream reads from the database at a time.
 const BACKLOG_PAGE: usize = 500;
@@ -611,10 +611,13 @@ fn history_stream(store: Store, config: MemoryConfig) -> Resource {
 /// The backlog after `after`, then live items, each exactly once and in id
 /// order.
 ///
-/// It subscribes before reading the backlog, so an item committed while the
-/// backlog is read arrives on the subscription too; `last` drops it there.
-/// When the subscription lags (a slow reader), it re-reads from the database
-/// instead of losing items.
+/// It takes the store's feed before reading the backlog, so an item
+/// committed while the backlog is read arrives on the feed too; `last`
+/// drops it there. With an item feed (SQLite), live items are delivered as
+/// they come, and a lagging subscription re-reads from the database
+/// instead of losing items. With a wake-up feed (PostgreSQL, any replica),
+/// the database is the only source: a wake-up for this user, a lag, or
+/// `poll` without a wake-up makes the stream re-read after `last`.
 fn live_history(store: Store, user_id: String, after: i64, max_page_bytes: usize) -> EventStream {
     let backlog_page = PageLimit {
         items: BACKLOG_PAGE,
@@ -624,13 +627,13 @@ fn live_history(store: Store, user_id: String, after: i64, max_page_bytes: usize
         store: Store,
         user_id: String,
         last: i64,
-        subscription: tokio::sync::broadcast::Receiver<Item>,
+        feed: Feed,
         pending: std::collections::VecDeque<Item>,
         catching_up: bool,
         failed: bool,
     }
     let state = State {
-        subscription: store.subscribe(),
+        feed: store.feed(),
         store,
         user_id,
         last: after,
@@ -674,17 +677,29 @@ fn live_history(store: Store, user_id: String, after: i64, max_page_bytes: usize
                     }
                 }
             }
-            match state.subscription.recv().await {
-                Ok(item) if item.user_id == state.user_id => state.pending.push_back(item),
-                Ok(_) => {}
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::debug!(
-                        missed,
-                        "history stream lagged; re-reading from the database"
-                    );
-                    state.catching_up = true;
+            match &mut state.feed {
+                Feed::Items(subscription) => match subscription.recv().await {
+                    Ok(item) if item.user_id == state.user_id => state.pending.push_back(item),
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::debug!(
+                            missed,
+                            "history stream lagged; re-reading from the database"
+                        );
+                        state.catching_up = true;
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+                Feed::WakeUps { users, poll } => {
+                    match tokio::time::timeout(*poll, users.recv()).await {
+                        Ok(Ok(user)) => {
+                            state.catching_up = user.is_empty() || *user == *state.user_id;
+                        }
+                        // A lag or the poll interval: re-read, in case.
+                        Ok(Err(RecvError::Lagged(_))) | Err(_) => state.catching_up = true,
+                        Ok(Err(RecvError::Closed)) => return None,
+                    }
                 }
-                Err(RecvError::Closed) => return None,
             }
         }
     })

@@ -5,12 +5,14 @@
 //! wrong signature, `alg: none`, another user's, an admin's, the owner's).
 //! Also: another user's item ids reveal nothing, refused changes change
 //! nothing, and the same idempotency key from two users stores twice.
+//! On both backends.
 #![allow(clippy::unwrap_used)]
 
 use cortex_service::ServiceConfig;
 use cortex_test_support::auth::McpReply;
 use cortex_test_support::auth::{Credential, McpSession, bearer, config, token};
-use cortex_test_support::{TestServer, start_memory};
+use cortex_test_support::pg::{Backend, StoreFixture};
+use cortex_test_support::{TestServer, start_memory_on};
 use serde_json::{Value, json};
 
 const OWNER: &str = "alice";
@@ -55,20 +57,23 @@ fn code_of(expected: Expect) -> Option<&'static str> {
 struct Memory {
     server: TestServer,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    _fixture: StoreFixture,
 }
 
 impl Memory {
-    async fn start() -> Self {
-        let (server, dir) = start_memory(ServiceConfig {
-            auth: config(),
-            ..ServiceConfig::default()
-        })
+    async fn start(backend: Backend) -> Self {
+        let (server, fixture) = start_memory_on(
+            backend,
+            ServiceConfig {
+                auth: config(),
+                ..ServiceConfig::default()
+            },
+        )
         .await;
         Self {
             server,
             http: reqwest::Client::new(),
-            _dir: dir,
+            _fixture: fixture,
         }
     }
 
@@ -189,9 +194,8 @@ fn check(cell: &str, expected: Expect, status: u16, code: Option<&str>) {
     assert_eq!(code, code_of(expected), "{cell}");
 }
 
-#[tokio::test]
-async fn every_tool_and_resource_with_every_credential_over_both_protocols() {
-    let memory = Memory::start().await;
+async fn every_tool_and_resource_with_every_credential_over_both_protocols(backend: Backend) {
+    let memory = Memory::start(backend).await;
     let (tools, resources) = memory.listing().await;
     assert!(
         tools.len() >= 4 && resources.len() >= 5,
@@ -340,9 +344,8 @@ fn check_mcp(cell: &str, expected: Expect, reply: &McpReply) {
     }
 }
 
-#[tokio::test]
-async fn another_users_item_reads_exactly_as_a_missing_one() {
-    let memory = Memory::start().await;
+async fn another_users_item_reads_exactly_as_a_missing_one(backend: Backend) {
+    let memory = Memory::start(backend).await;
     let item = memory.item_of(OWNER, "private").await;
     let missing = item + 1000;
     let mallory = bearer(&token("mallory", &[]));
@@ -381,9 +384,8 @@ async fn another_users_item_reads_exactly_as_a_missing_one() {
     assert_eq!(memory.content_of(item).await.as_deref(), Some("private"));
 }
 
-#[tokio::test]
-async fn the_same_idempotency_key_from_two_users_stores_twice() {
-    let memory = Memory::start().await;
+async fn the_same_idempotency_key_from_two_users_stores_twice(backend: Backend) {
+    let memory = Memory::start(backend).await;
     let store = |user: &'static str| {
         let request = memory
             .http
@@ -434,3 +436,12 @@ async fn the_same_idempotency_key_from_two_users_stores_twice() {
         .await;
     assert_ne!(body["result"]["item_id"], json!(alice));
 }
+
+cortex_test_support::on_both_backends!(
+    #[tokio::test]
+    every_tool_and_resource_with_every_credential_over_both_protocols,
+    #[tokio::test]
+    another_users_item_reads_exactly_as_a_missing_one,
+    #[tokio::test]
+    the_same_idempotency_key_from_two_users_stores_twice,
+);

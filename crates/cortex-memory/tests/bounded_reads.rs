@@ -6,15 +6,17 @@
 //! is the whole test process (service, client and test), from
 //! `/proc/self/status`: the peak resident size during the reads (after
 //! resetting the peak through `/proc/self/clear_refs`) against the resident
-//! size just before them.
+//! size just before them. It runs on SQLite, then on PostgreSQL, one after
+//! the other (in one test, so that the two never share the measurement).
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use cortex_memory::store::{NewItem, Store};
+use cortex_memory::store::NewItem;
 use cortex_service::ServiceConfig;
 use cortex_test_support::TestServer;
+use cortex_test_support::pg::Backend;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -41,13 +43,34 @@ fn reset_peak() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_item_history_is_read_a_page_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("memory.sqlite3"))
-        .await
-        .unwrap();
+    read_a_page_at_a_time(Backend::Sqlite).await;
+    read_a_page_at_a_time(Backend::Postgres).await;
+}
+
+/// The same items the SQLite run stores through the store, written by one
+/// statement: one user's stores are serialized on PostgreSQL (each waits
+/// for the previous commit), and this test is about reads.
+const POSTGRES_FILL: &str = r#"
+    INSERT INTO items (user_id, content, content_type, "timestamp", input_data, created_at)
+    SELECT 'heavy', c, 'text/plain', t, json_build_object('user_id', 'heavy', 'content', c)::text, t
+    FROM (SELECT i, lpad(i::text, 6, '0') || ' ' || repeat('x', 500) AS c,
+                 to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS t
+          FROM generate_series(0, 99999) AS i) AS rows
+    ORDER BY i"#;
+
+async fn read_a_page_at_a_time(backend: Backend) {
+    let fixture = backend.store("bounded_reads").await;
+    let store = fixture.store.clone();
     // ~1 KB per item as stored (content, and again inside input_data).
     let content = "x".repeat(500);
-    let inserted = futures::stream::iter(0..ITEMS)
+    let items = match &fixture.schema {
+        Some(schema) => {
+            schema.execute(POSTGRES_FILL).await;
+            0
+        }
+        None => ITEMS,
+    };
+    let inserted = futures::stream::iter(0..items)
         .map(|i| {
             let store = store.clone();
             let item = NewItem::new("heavy", format!("{i:06} {content}"));
@@ -61,7 +84,7 @@ async fn a_hundred_thousand_item_history_is_read_a_page_at_a_time() {
     let inserted = tokio::time::timeout(Duration::from_secs(600), inserted)
         .await
         .expect("100,000 inserts within the wait");
-    assert_eq!(inserted, ITEMS);
+    assert_eq!(inserted, items);
     let service = cortex_memory::service::build(store).unwrap();
     let server = TestServer::start(service, ServiceConfig::default()).await;
     let http = reqwest::Client::new();

@@ -1,10 +1,11 @@
-//! The memory service over real loopback HTTP with a temporary SQLite file.
+//! The memory service over real loopback HTTP, on both backends: a
+//! temporary SQLite file, and a PostgreSQL schema of the test's own.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use cortex_memory::store::Store;
 use cortex_service::ServiceConfig;
+use cortex_test_support::pg::{Backend, StoreFixture};
 use cortex_test_support::{SseReader, TestServer, json_of};
 use serde_json::{Value, json};
 
@@ -13,20 +14,17 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Memory {
     server: TestServer,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    _fixture: StoreFixture,
 }
 
-async fn memory() -> Memory {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("memory.sqlite3"))
-        .await
-        .unwrap();
-    let service = cortex_memory::service::build(store).unwrap();
+async fn memory(backend: Backend) -> Memory {
+    let fixture = backend.store("memory_service").await;
+    let service = cortex_memory::service::build(fixture.store.clone()).unwrap();
     let server = TestServer::start(service, ServiceConfig::default()).await;
     Memory {
         server,
         http: reqwest::Client::new(),
-        _dir: dir,
+        _fixture: fixture,
     }
 }
 
@@ -83,9 +81,8 @@ fn code(body: &Value) -> &str {
         .unwrap_or_else(|| panic!("not an error envelope: {body}"))
 }
 
-#[tokio::test]
-async fn seed_shape_bare_in_bare_out_with_message() {
-    let m = memory().await;
+async fn seed_shape_bare_in_bare_out_with_message(backend: Backend) {
+    let m = memory(backend).await;
     // Exactly what the seed's Python client and examples send.
     let (status, body) = m
         .call("store_input", json!({"user_id": "u1", "input_data": {"message": "hello", "timestamp": "2026-01-01T00:00:00Z"}}))
@@ -104,9 +101,8 @@ async fn seed_shape_bare_in_bare_out_with_message() {
     );
 }
 
-#[tokio::test]
-async fn phase4_shape_envelope_in_envelope_out() {
-    let m = memory().await;
+async fn phase4_shape_envelope_in_envelope_out(backend: Backend) {
+    let m = memory(backend).await;
     let (status, body) = m
         .call(
             "store_input",
@@ -131,9 +127,8 @@ async fn phase4_shape_envelope_in_envelope_out() {
     assert_eq!(item["input_data"]["mood"], "calm");
 }
 
-#[tokio::test]
-async fn bad_input_is_400_naming_the_field() {
-    let m = memory().await;
+async fn bad_input_is_400_naming_the_field(backend: Backend) {
+    let m = memory(backend).await;
     let cases = [
         (json!({"user_id": "u1", "input_data": "text"}), "input_data"),
         (json!({"user_id": "u1", "input_data": [1]}), "input_data"),
@@ -171,9 +166,8 @@ async fn bad_input_is_400_naming_the_field() {
     assert_eq!(history, json!([]), "nothing was stored");
 }
 
-#[tokio::test]
-async fn unknown_items_are_404_not_500() {
-    let m = memory().await;
+async fn unknown_items_are_404_not_500(backend: Backend) {
+    let m = memory(backend).await;
     for tool in ["get_item", "delete_item"] {
         let (status, body) = m.call(tool, json!({"item_id": 999})).await;
         assert_eq!((status, code(&body)), (404, "resource_not_found"), "{tool}");
@@ -188,9 +182,8 @@ async fn unknown_items_are_404_not_500() {
     assert_eq!((status, code(&body)), (400, "invalid_arguments"));
 }
 
-#[tokio::test]
-async fn update_and_delete() {
-    let m = memory().await;
+async fn update_and_delete(backend: Backend) {
+    let m = memory(backend).await;
     let id = m.store("u1", "first").await;
     let (status, body) = m
         .call("update_item", json!({"item_id": id, "content": "changed"}))
@@ -207,9 +200,8 @@ async fn update_and_delete() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test]
-async fn history_resources_newest_first_limit_and_conversation() {
-    let m = memory().await;
+async fn history_resources_newest_first_limit_and_conversation(backend: Backend) {
+    let m = memory(backend).await;
     for (i, cid) in ["a", "b", "a", "b", "a"].iter().enumerate() {
         let (status, _) = m
             .call("store_input", json!({"user_id": "u1", "input_data": {"content": format!("m{i}"), "conversation_id": cid}}))
@@ -236,9 +228,8 @@ async fn history_resources_newest_first_limit_and_conversation() {
     assert_eq!((status, code(&body)), (400, "invalid_arguments"));
 }
 
-#[tokio::test]
-async fn stream_resumes_with_last_event_id_none_twice_none_missing() {
-    let m = memory().await;
+async fn stream_resumes_with_last_event_id_none_twice_none_missing(backend: Backend) {
+    let m = memory(backend).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(m.store("u1", &format!("before {i}")).await);
@@ -286,9 +277,8 @@ async fn stream_resumes_with_last_event_id_none_twice_none_missing() {
     assert_eq!(response.status(), 400);
 }
 
-#[tokio::test]
-async fn keyed_store_input_sent_five_times_concurrently_stores_once() {
-    let m = memory().await;
+async fn keyed_store_input_sent_five_times_concurrently_stores_once(backend: Backend) {
+    let m = memory(backend).await;
     let body = json!({"arguments": {"user_id": "u1", "input_data": {"content": "once"}}});
     let calls = (0..5).map(|_| {
         m.http
@@ -309,9 +299,8 @@ async fn keyed_store_input_sent_five_times_concurrently_stores_once() {
     assert_eq!(history.as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn many_writers_and_streamers_never_see_a_locked_database() {
-    let m = memory().await;
+async fn many_writers_and_streamers_never_see_a_locked_database(backend: Backend) {
+    let m = memory(backend).await;
     const WRITERS: usize = 16;
     const EACH: usize = 25;
     let mut readers = Vec::new();
@@ -344,9 +333,8 @@ async fn many_writers_and_streamers_never_see_a_locked_database() {
     }
 }
 
-#[tokio::test]
-async fn health_reports_the_database() {
-    let m = memory().await;
+async fn health_reports_the_database(backend: Backend) {
+    let m = memory(backend).await;
     let response = m.http.get(m.server.url("/health")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
@@ -354,9 +342,8 @@ async fn health_reports_the_database() {
     assert_eq!(body["checks"]["database"], "ok");
 }
 
-#[tokio::test]
-async fn ids_too_long_to_read_back_are_refused_and_the_longest_round_trips() {
-    let m = memory().await;
+async fn ids_too_long_to_read_back_are_refused_and_the_longest_round_trips(backend: Backend) {
+    let m = memory(backend).await;
     // Stored, it could never be read: its URI would be over any limit.
     let huge = "u".repeat(100_000);
     let (status, body) = m
@@ -410,9 +397,8 @@ async fn ids_too_long_to_read_back_are_refused_and_the_longest_round_trips() {
     assert_eq!(history[0]["content"], "kept");
 }
 
-#[tokio::test]
-async fn conversation_pages_chain_by_item_id() {
-    let m = memory().await;
+async fn conversation_pages_chain_by_item_id(backend: Backend) {
+    let m = memory(backend).await;
     let mut ids = Vec::new();
     for i in 0..150 {
         let (status, body) = m
@@ -449,3 +435,30 @@ async fn conversation_pages_chain_by_item_id() {
     assert_eq!(status, 400);
     assert_eq!(body["error"]["details"]["field"], "item_id");
 }
+
+cortex_test_support::on_both_backends!(
+    #[tokio::test]
+    seed_shape_bare_in_bare_out_with_message,
+    #[tokio::test]
+    phase4_shape_envelope_in_envelope_out,
+    #[tokio::test]
+    bad_input_is_400_naming_the_field,
+    #[tokio::test]
+    unknown_items_are_404_not_500,
+    #[tokio::test]
+    update_and_delete,
+    #[tokio::test]
+    history_resources_newest_first_limit_and_conversation,
+    #[tokio::test]
+    stream_resumes_with_last_event_id_none_twice_none_missing,
+    #[tokio::test]
+    keyed_store_input_sent_five_times_concurrently_stores_once,
+    #[tokio::test]
+    many_writers_and_streamers_never_see_a_locked_database,
+    #[tokio::test]
+    health_reports_the_database,
+    #[tokio::test]
+    ids_too_long_to_read_back_are_refused_and_the_longest_round_trips,
+    #[tokio::test]
+    conversation_pages_chain_by_item_id,
+);

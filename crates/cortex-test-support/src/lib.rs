@@ -7,6 +7,8 @@
 //! - `etcd::Etcd`: a real etcd server on loopback (with the `etcd` feature).
 //! - [`mcp_servers`]: third-party MCP servers (server-everything, a Python
 //!   SDK server) as processes on loopback, for interop tests.
+//! - [`pg`]: memory stores on SQLite or on a PostgreSQL schema of a test's
+//!   own, and [`on_both_backends!`] to run one suite on both.
 //! - [`stats::percentile`]: shared by the benchmarks.
 //! - [`auth`]: tokens good and bad, and an MCP session client that sends them.
 //! - [`prometheus::parse`]: a strict reading of `/metrics` text.
@@ -15,6 +17,7 @@ pub mod auth;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod mcp_servers;
+pub mod pg;
 pub mod prometheus;
 pub mod proxy;
 pub mod stats;
@@ -29,6 +32,18 @@ pub async fn start_memory(config: ServiceConfig) -> (TestServer, tempfile::TempD
     let service =
         cortex_memory::service::build(store).unwrap_or_else(|e| panic!("build memory: {e}"));
     (TestServer::start(service, config).await, dir)
+}
+
+/// A memory service on loopback over a fresh store on `backend` (kept
+/// alive, and removed, by the returned fixture).
+pub async fn start_memory_on(
+    backend: pg::Backend,
+    config: ServiceConfig,
+) -> (TestServer, pg::StoreFixture) {
+    let fixture = backend.store("memory").await;
+    let service = cortex_memory::service::build(fixture.store.clone())
+        .unwrap_or_else(|e| panic!("build memory: {e}"));
+    (TestServer::start(service, config).await, fixture)
 }
 
 /// The memory service for an in-process client, with its temporary directory.
