@@ -19,6 +19,7 @@ mod limits;
 mod output;
 mod serve;
 mod system;
+mod tls;
 mod up;
 mod words;
 
