@@ -142,7 +142,15 @@ pub(crate) enum Command {
     /// their tokens from it, and `cortex token` prints one. --no-auth turns
     /// this off.
     ///
+    /// With --tls-cert and --tls-key both services serve https://, and
+    /// cognition reaches memory over TLS trusting the --tls-cert file (or
+    /// the ca_file of --config / CORTEX_CLIENT_CA_FILE); client commands
+    /// need CORTEX_CLIENT_CA_FILE too when the certificate is not signed
+    /// by a CA the system trusts.
+    ///
     /// Example: cortex up --data-dir ./.cortex --memory-port 9000 --cognition-port 9100
+    ///
+    /// Example: cortex up --tls-cert cert.pem --tls-key key.pem
     Up(UpArgs),
     /// Show the whole system at work in one process, narrated (about 5 s).
     ///
@@ -284,6 +292,8 @@ pub(crate) enum Command {
     ///
     /// Example: cortex serve memory --port 9000 --db ./.cortex/memory.sqlite3
     ///
+    /// Example: cortex serve memory --tls-cert cert.pem --tls-key key.pem --tls-client-ca clients-ca.pem
+    ///
     /// Example: MEMORY_SERVICE_URL=http://127.0.0.1:9000 cortex serve cognition --port 9100
     ///
     /// Example: cortex serve core --port 8000 --data-dir ./.cortex
@@ -342,6 +352,8 @@ pub(crate) struct UpArgs {
     pub(crate) max_pending: usize,
     #[command(flatten)]
     pub(crate) auth: crate::auth::AuthArgs,
+    #[command(flatten)]
+    pub(crate) tls: crate::tls::TlsArgs,
     #[command(flatten)]
     pub(crate) limits: crate::limits::LimitArgs,
 }
@@ -481,7 +493,8 @@ pub(crate) struct ServeArgs {
     /// process dies.
     #[arg(long, env = "CORTEX_REGISTER", value_name = "ETCD_URL")]
     pub(crate) register: Option<String>,
-    /// The URL clients should use (default: http://HOST:PORT as bound).
+    /// The URL clients should use (default: http://HOST:PORT as bound, or
+    /// https:// with --tls-cert).
     #[arg(long, value_name = "URL", requires = "register")]
     pub(crate) advertise: Option<String>,
     /// Lease TTL of the registration, in seconds.
@@ -499,6 +512,8 @@ pub(crate) struct ServeArgs {
     pub(crate) max_pending: usize,
     #[command(flatten)]
     pub(crate) auth: crate::auth::AuthArgs,
+    #[command(flatten)]
+    pub(crate) tls: crate::tls::TlsArgs,
     #[command(flatten)]
     pub(crate) limits: crate::limits::LimitArgs,
 }

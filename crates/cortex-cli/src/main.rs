@@ -22,6 +22,7 @@ mod prompt_cmds;
 mod replicas;
 mod serve;
 mod system;
+mod tls;
 mod up;
 mod words;
 

@@ -12,6 +12,9 @@ use crate::exit::Failure;
 use crate::system;
 
 pub(crate) async fn run(args: ServeArgs, flags: &ClientFlags) -> Result<(), Failure> {
+    // Files first: a bad one fails before anything is made or opened.
+    let tls = args.tls.server()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let (auth, auth_summary) = crate::auth::service_auth(&args.auth, &data_dir(&args)?)?;
     if auth.is_enabled() {
         tracing::info!("{auth_summary}");
@@ -22,6 +25,7 @@ pub(crate) async fn run(args: ServeArgs, flags: &ClientFlags) -> Result<(), Fail
         max_body_bytes: args.max_body_bytes,
         grace_period: Duration::from_secs(args.grace_secs),
         auth,
+        tls,
         ..ServiceConfig::default()
     };
     let config = args.limits.apply(config, &args.host);
@@ -82,11 +86,11 @@ pub(crate) async fn run(args: ServeArgs, flags: &ClientFlags) -> Result<(), Fail
         .local_addr()
         .map_err(|e| Failure::other(e.to_string()))?;
     let registration = match &args.register {
-        Some(url) => Some(register(url, name, &args, bound).await?),
+        Some(url) => Some(register(url, name, &args, &format!("{scheme}://{bound}")).await?),
         None => None,
     };
     // One line a script or a test can wait for.
-    crate::output::line(format!("{name} service listening on http://{bound}"))?;
+    crate::output::line(format!("{name} service listening on {scheme}://{bound}"))?;
     let served = serve(listener, service, config, shutdown_signal()).await;
     if let Some(registration) = registration {
         // Leave discovery at once rather than after the lease expires.
@@ -121,21 +125,19 @@ fn data_dir(args: &ServeArgs) -> Result<PathBuf, Failure> {
     })
 }
 
-/// Registers `name` at its advertised URL in the etcd at `url`.
+/// Registers `name` at its advertised URL (by default `bound`, the URL it
+/// is served at) in the etcd at `url`.
 #[cfg(feature = "etcd")]
 async fn register(
     url: &str,
     name: &str,
     args: &ServeArgs,
-    bound: std::net::SocketAddr,
+    bound: &str,
 ) -> Result<cortex_client::discovery::EtcdRegistration, Failure> {
     use cortex_client::discovery::{Endpoint, EtcdConfig, EtcdRegistration};
     let config =
         EtcdConfig::from_url(url).map_err(|e| Failure::usage(format!("--register: {e}")))?;
-    let advertise = args
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("http://{bound}"));
+    let advertise = args.advertise.clone().unwrap_or_else(|| bound.to_owned());
     let endpoint = Endpoint::new(advertise);
     endpoint
         .validate()
@@ -155,7 +157,7 @@ async fn register(
     url: &str,
     _name: &str,
     _args: &ServeArgs,
-    _bound: std::net::SocketAddr,
+    _bound: &str,
 ) -> Result<Registration, Failure> {
     cortex_client::discovery::EtcdConfig::from_url(url)
         .map_err(|e| Failure::usage(format!("--register: {e}")))?;

@@ -131,20 +131,24 @@ pub(crate) fn core_service(
     Ok((service, background))
 }
 
-/// The URL to reach a listener at: a wildcard address is reached on loopback.
-pub(crate) fn url_of(addr: SocketAddr) -> String {
+/// The URL to reach a listener at (`https://` when it serves TLS): a
+/// wildcard address is reached on loopback.
+pub(crate) fn url_of(addr: SocketAddr, tls: bool) -> String {
     let ip = match addr.ip() {
         std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
         std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
         ip => ip,
     };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// A service serving in the background until [`Running::stop`].
 pub(crate) struct Running {
     pub(crate) name: String,
     pub(crate) addr: SocketAddr,
+    /// It serves TLS: its URL is `https://`.
+    tls: bool,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -160,6 +164,7 @@ impl Running {
             .local_addr()
             .map_err(|e| Failure::other(format!("cannot read the bound address: {e}")))?;
         let name = service.name().to_string();
+        let tls = config.tls.is_some();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(cortex_service::serve(
             listener,
@@ -172,6 +177,7 @@ impl Running {
         Ok(Self {
             name,
             addr,
+            tls,
             stop: Some(stop),
             task,
         })
@@ -179,7 +185,7 @@ impl Running {
 
     /// The URL clients use.
     pub(crate) fn url(&self) -> String {
-        url_of(self.addr)
+        url_of(self.addr, self.tls)
     }
 
     /// True once the server ended on its own (it failed).

@@ -20,6 +20,15 @@ use crate::system::{self, Running};
 const READY_WITHIN: Duration = Duration::from_secs(10);
 
 pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure> {
+    // Files first: a bad one fails before anything is made or opened.
+    let tls = args.tls.server()?;
+    if tls.is_some() && args.memory_replicas > 1 {
+        // The replica processes are started without the certificate files.
+        return Err(Failure::usage(
+            "--memory-replicas and --tls-cert cannot be combined yet: run the replicas with \
+             `cortex serve memory --tls-cert …` and list them in a discovery file",
+        ));
+    }
     // Private: it holds every user's data and the secret that signs tokens.
     let mut dir = std::fs::DirBuilder::new();
     dir.recursive(true);
@@ -76,6 +85,7 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
         ServiceConfig {
             grace_period: Duration::from_secs(args.grace_secs),
             auth: auth.clone(),
+            tls: tls.clone(),
             ..ServiceConfig::default()
         },
         &args.host,
@@ -130,6 +140,7 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
             cognition_listener
                 .local_addr()
                 .map_err(|e| Failure::other(format!("cannot read the bound address: {e}")))?,
+            false,
         );
         replicas::write_discovery(&discovery_file, &memory_urls, &cognition_url)?;
     }
@@ -138,8 +149,9 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
     // checking memory's health actively: when memory is back after an
     // outage, the first passing check half-opens the client's open breaker,
     // so cognition uses memory again at once instead of failing fast for the
-    // rest of `reset_timeout`.
-    let client_config = flags.config()?;
+    // rest of `reset_timeout`. Over TLS it trusts the services' own
+    // certificate unless the client settings name a CA (see `crate::tls`).
+    let client_config = args.tls.internal_client(flags.config()?);
     let checks = crate::connect::health_checks(&client_config, "memory");
     let memory_discovery: Arc<dyn cortex_client::ServiceDiscovery> = if replicas.is_empty() {
         Arc::new(HealthChecked::new(
@@ -175,7 +187,8 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
         core_targets,
         crate::connect::health_checks(&client_config, "memory"),
     );
-    let mut core_client = NetworkMcpClient::builder(Arc::new(core_discovery)).config(client_config);
+    let mut core_client =
+        NetworkMcpClient::builder(Arc::new(core_discovery)).config(client_config.clone());
     if auth.is_enabled()
         && let Some(tokens) = crate::auth::service_tokens(&data_dir)?
     {
@@ -185,12 +198,14 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
         system::core_service(&data_dir, core_client.build()?, &auth, args.max_pending)?;
     let core = Running::spawn(core_listener, core_service, config)?;
 
-    let probe = NetworkMcpClient::new(Arc::new(
+    let probe = NetworkMcpClient::builder(Arc::new(
         StaticDiscovery::new()
             .with("memory", memory.url())
             .with("cognition", cognition.url())
             .with("core", core.url()),
-    ))?;
+    ))
+    .config(client_config.clone())
+    .build()?;
     if let Err(failure) =
         system::wait_healthy(&probe, &["memory", "cognition", "core"], READY_WITHIN).await
     {
@@ -227,7 +242,9 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
     if auth.is_enabled() {
         line(&auth_summary)?;
     }
-    let defaults = args.memory_port == 9000
+    // Client commands reach the defaults over http://; with TLS they are told.
+    let defaults = tls.is_none()
+        && args.memory_port == 9000
         && args.cognition_port == cortex_cognition::DEFAULT_PORT
         && args.core_port == cortex_core::DEFAULT_PORT
         && matches!(args.host.as_str(), "127.0.0.1" | "localhost" | "0.0.0.0");
@@ -248,6 +265,22 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
     }
     if auth.is_enabled() && !default_dir {
         variables.push(format!("CORTEX_DATA_DIR={}", data_dir.display()));
+    }
+    // Client commands trust, and show, what the internal clients do.
+    if tls.is_some() {
+        let files = [
+            ("CORTEX_CLIENT_CA_FILE", &client_config.ca_file),
+            ("CORTEX_CLIENT_CLIENT_CERT", &client_config.client_cert),
+            ("CORTEX_CLIENT_CLIENT_KEY", &client_config.client_key),
+        ];
+        for (variable, file) in files {
+            if let Some(file) = file
+                && std::env::var_os(variable).is_none()
+            {
+                let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+                variables.push(format!("{variable}={}", file.display()));
+            }
+        }
     }
     if variables.is_empty() {
         line("try: cortex status   (another terminal)")?;

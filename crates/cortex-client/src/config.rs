@@ -20,8 +20,8 @@
 //!   `CORTEX_CLIENT_*` names are rejected. Per-service overrides are not
 //!   settable from the environment. The variables are passed in:
 //!   only [`ClientConfig::from_env`] reads the process environment.
-//!   The standard proxy variables (`HTTP_PROXY`, `NO_PROXY` and their
-//!   kin) are read there too, for what the file leaves to them (see
+//!   The standard proxy variables (`HTTP_PROXY`, `HTTPS_PROXY`,
+//!   `NO_PROXY` and their kin) are read there too, for what the file leaves to them (see
 //!   [`proxy`](crate::proxy)).
 //!
 //! Every source validates the result ([`ClientConfig::validate`]).
@@ -89,7 +89,7 @@
 //! stream_max_backoff = 60     # s
 //!
 //! # HTTP proxy (see cortex_client::proxy)
-//! proxy = "env"               # env (HTTP_PROXY...), none, or http://[user:password@]host:port
+//! proxy = "env"               # env (HTTP_PROXY, HTTPS_PROXY...), none, or http://[user:password@]host:port
 //! no_proxy = ""               # hosts, domains, IPs, CIDRs reached directly; empty: NO_PROXY
 //! proxy_tunnel = false        # CONNECT tunnels instead of forwarded requests
 //!
@@ -247,9 +247,11 @@ macro_rules! client_options {
                     => "must be between 1 s and 60 s";
             /// Longest `Retry-After` honoured; longer ones are capped to this.
             retry_after_cap: Duration = 60 s;
-            /// The HTTP proxy targets are reached through: `env` (the one the
-            /// standard variables name, when read with [`ClientConfig::with_env`]),
-            /// `none` (or `""`), or `http://[USER:PASSWORD@]HOST[:PORT]`
+            /// The HTTP proxy targets are reached through: `env` (the ones the
+            /// standard variables name per target scheme, `HTTP_PROXY` for
+            /// `http://`, `HTTPS_PROXY` for `https://`, `ALL_PROXY` for both,
+            /// when read with [`ClientConfig::with_env`]), `none` (or `""`), or
+            /// `http://[USER:PASSWORD@]HOST[:PORT]` for every target
             /// (see [`proxy`](crate::proxy)).
             proxy: Proxy = "env";
             /// Targets reached directly, not through `proxy`: comma-separated
@@ -622,7 +624,8 @@ impl ClientConfig {
 
     /// Fills what the configuration leaves to the standard proxy variables:
     /// `proxy = "env"` (in the base and in each service's overrides)
-    /// becomes the proxy they name, and an empty `no_proxy` takes
+    /// becomes the proxies they name (one per target scheme, see
+    /// [`proxy`](crate::proxy)), and an empty `no_proxy` takes
     /// `NO_PROXY`. A variable is only checked when it is used: with
     /// `proxy = "none"`, a malformed `HTTP_PROXY` meant for other programs
     /// is no error here.
@@ -634,15 +637,14 @@ impl ClientConfig {
             .values()
             .any(|overrides| overrides.proxy.as_ref().is_some_and(left_to_env));
         if (base || services)
-            && let Some((variable, url)) = standard.proxy()?
+            && let Some(proxy) = standard.proxy()?
         {
-            tracing::debug!(variable, proxy = %url, "proxy from the environment");
             if base {
-                self.proxy = Proxy::Url(url.clone());
+                self.proxy = proxy.clone();
             }
             for overrides in self.services.values_mut() {
                 if overrides.proxy.as_ref().is_some_and(left_to_env) {
-                    overrides.proxy = Some(Proxy::Url(url.clone()));
+                    overrides.proxy = Some(proxy.clone());
                 }
             }
         }
@@ -1178,7 +1180,7 @@ mod tests {
         fn changed(self) -> Self {
             match self {
                 Proxy::Env => Proxy::parse("http://alice:s3cret@127.0.0.1:3128").unwrap(),
-                Proxy::Url(_) => Proxy::Off,
+                Proxy::Url(_) | Proxy::PerScheme { .. } => Proxy::Off,
                 Proxy::Off => Proxy::Env,
             }
         }

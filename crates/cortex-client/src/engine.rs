@@ -419,6 +419,7 @@ impl Engine {
                 &service.config.no_proxy,
                 service.config.proxy_tunnel,
                 &authority,
+                endpoint.is_tls(),
             )?,
             tls: crate::tls::Tls::for_endpoint(
                 &crate::tls::TlsSettings {

@@ -8,22 +8,29 @@
 //! targets reached directly), plus
 //! [`proxy_tunnel`](crate::ClientConfig::proxy_tunnel). As in curl,
 //! each falls back to the standard variables when the configuration does not
-//! set it: `proxy = "env"` (the default) takes `HTTP_PROXY` (else
-//! `http_proxy`, `ALL_PROXY`, `all_proxy`), and an empty `no_proxy` takes
-//! `NO_PROXY` (else `no_proxy`). The variables are read by
+//! set it, and an empty `no_proxy` takes `NO_PROXY` (else `no_proxy`).
+//! `proxy = "env"` (the default) takes a proxy per target scheme:
+//!
+//! | targets | variables, first set wins |
+//! |---|---|
+//! | `http://` | `HTTP_PROXY`, `http_proxy`, `ALL_PROXY`, `all_proxy` |
+//! | `https://` | `HTTPS_PROXY`, `https_proxy`, `ALL_PROXY`, `all_proxy` |
+//!
+//! So `HTTP_PROXY` alone leaves `https://` targets direct, and `ALL_PROXY`
+//! serves both. A proxy named in the configuration (`proxy`, or
+//! `CORTEX_CLIENT_PROXY`) serves every scheme, as curl's `--proxy` does.
+//! Upper case first, as hyper-util and reqwest read them (curl reads
+//! `http_proxy` only, and the lower-case forms first): where both forms are
+//! set they normally agree, and an empty one counts as unset.
+//!
+//! The variables are read by
 //! [`ClientConfig::with_env`](crate::ClientConfig::with_env) and
 //! [`ClientConfig::from_env`](crate::ClientConfig::from_env), like the
 //! `CORTEX_CLIENT_*` ones, and never behind the caller's back: a
-//! configuration built in code uses a proxy only when it names one.
-//!
-//! `HTTPS_PROXY` is not read: the proxy these options name (or that
-//! `HTTP_PROXY` names) serves `https://` targets too, which `no_proxy` can
-//! exempt. Keeping one proxy per scheme would need the configuration to
-//! carry two resolved proxies; until then, a setup whose `HTTPS_PROXY`
-//! differs from `HTTP_PROXY` sets `proxy` (or `services.NAME.proxy`)
-//! instead. When the process runs as a CGI script (`REQUEST_METHOD` is
-//! set), the variables are ignored, as hyper-util and curl do: there
-//! `HTTP_PROXY` may come from a request's `Proxy:` header ("httpoxy").
+//! configuration built in code uses a proxy only when it names one. When
+//! the process runs as a CGI script (`REQUEST_METHOD` is set), the
+//! variables are ignored, as hyper-util and curl do: there `HTTP_PROXY` may
+//! come from a request's `Proxy:` header ("httpoxy").
 //!
 //! Which targets skip the proxy follows curl's `NO_PROXY` rules, applied by
 //! hyper-util's [`Matcher`]: comma-separated entries; `*` matches every
@@ -77,16 +84,28 @@ use cortex_mcp_api::ConfigError;
 /// The `proxy` option: where targets' requests go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Proxy {
-    /// `env`: the proxy the standard variables name (`HTTP_PROXY`,
-    /// `http_proxy`, `ALL_PROXY`, `all_proxy`), read by
-    /// [`ClientConfig::with_env`](crate::ClientConfig::with_env); none when
-    /// they name none, or when the configuration was not read with them.
+    /// `env`: the proxies the standard variables name (see [the module
+    /// docs](self)), read by
+    /// [`ClientConfig::with_env`](crate::ClientConfig::with_env), which
+    /// turns it into [`Proxy::Url`] or [`Proxy::PerScheme`]; none when they
+    /// name none, or when the configuration was not read with them.
     #[default]
     Env,
     /// `none` (or `""`): no proxy, whatever the variables say.
     Off,
     /// This proxy for every target that `no_proxy` does not exclude.
     Url(ProxyUrl),
+    /// What `env` became when the standard variables name different
+    /// proxies for `http://` and `https://` targets (or one for a scheme
+    /// and none for the other). Made by
+    /// [`ClientConfig::with_env`](crate::ClientConfig::with_env) only, and
+    /// written back as `env`.
+    PerScheme {
+        /// The proxy of `http://` targets; `None`: reached directly.
+        http: Option<ProxyUrl>,
+        /// The proxy of `https://` targets; `None`: reached directly.
+        https: Option<ProxyUrl>,
+    },
 }
 
 impl Proxy {
@@ -103,10 +122,11 @@ impl Proxy {
     }
 
     /// The text [`Proxy::parse`] reads back: credentials included, so it is
-    /// for serializing, not for messages (use `Display`).
+    /// for serializing, not for messages (use `Display`). What the
+    /// variables named is written as `env`, where it came from.
     pub(crate) fn to_text(&self) -> String {
         match self {
-            Self::Env => "env".to_owned(),
+            Self::Env | Self::PerScheme { .. } => "env".to_owned(),
             Self::Off => "none".to_owned(),
             Self::Url(url) => url.raw.clone(),
         }
@@ -130,6 +150,13 @@ impl std::fmt::Display for Proxy {
             Self::Env => f.write_str("env"),
             Self::Off => f.write_str("none"),
             Self::Url(url) => std::fmt::Display::fmt(url, f),
+            Self::PerScheme { http, https } => {
+                let shown = |url: &Option<ProxyUrl>| {
+                    url.as_ref()
+                        .map_or_else(|| "none".to_owned(), ToString::to_string)
+                };
+                write!(f, "http: {}, https: {}", shown(http), shown(https))
+            }
         }
     }
 }
@@ -378,9 +405,11 @@ pub(crate) struct StandardVars {
 }
 
 /// The variables that name the proxy of `http://` targets, in the order
-/// they are looked at (hyper-util's and curl's: the scheme's own, then the
-/// one for all schemes; upper case first).
-const PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
+/// they are looked at (hyper-util's: the scheme's own, then the one for
+/// all schemes; upper case first).
+const HTTP_PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
+/// The same for `https://` targets.
+const HTTPS_PROXY_VARS: [&str; 4] = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
 const NO_PROXY_VARS: [&str; 2] = ["NO_PROXY", "no_proxy"];
 /// Set when running as a CGI script (see [the module docs](self)).
 const CGI_VAR: &str = "REQUEST_METHOD";
@@ -390,8 +419,9 @@ impl StandardVars {
     /// An empty value counts as unset, so that `HTTP_PROXY=` does not hide
     /// `http_proxy`.
     pub(crate) fn offer(&mut self, name: &str, value: &str) {
-        let known = PROXY_VARS
+        let known = HTTP_PROXY_VARS
             .iter()
+            .chain(&HTTPS_PROXY_VARS)
             .chain(&NO_PROXY_VARS)
             .chain([&CGI_VAR])
             .find(|known| **known == name);
@@ -402,23 +432,36 @@ impl StandardVars {
         }
     }
 
-    /// The proxy the variables name, and the variable that named it; an
-    /// unusable value is an error naming the variable and the value
-    /// (without its password).
-    pub(crate) fn proxy(&self) -> Result<Option<(&'static str, ProxyUrl)>, ConfigError> {
+    /// What `proxy = "env"` becomes: one [`Proxy::Url`] when the variables
+    /// name the same proxy for both schemes, [`Proxy::PerScheme`] when they
+    /// differ, `None` when they name none (or under CGI). An unusable value
+    /// is an error naming the variable and the value (without its
+    /// password).
+    pub(crate) fn proxy(&self) -> Result<Option<Proxy>, ConfigError> {
         if self.found.contains_key(CGI_VAR) {
             tracing::debug!("running as a CGI script: proxy variables ignored");
             return Ok(None);
         }
-        let Some((name, value)) = PROXY_VARS
+        let http = self.first_of(&HTTP_PROXY_VARS)?;
+        let https = self.first_of(&HTTPS_PROXY_VARS)?;
+        Ok(match (http, https) {
+            (None, None) => None,
+            (Some(http), Some(https)) if http == https => Some(Proxy::Url(http)),
+            (http, https) => Some(Proxy::PerScheme { http, https }),
+        })
+    }
+
+    /// The proxy named by the first of `names` that is set, checked.
+    fn first_of(&self, names: &[&'static str]) -> Result<Option<ProxyUrl>, ConfigError> {
+        let Some((name, value)) = names
             .iter()
             .find_map(|name| self.found.get(name).map(|value| (*name, value)))
         else {
             return Ok(None);
         };
-        ProxyUrl::parse(value)
-            .map(|url| Some((name, url)))
-            .map_err(|reason| ConfigError::invalid(name, reason))
+        let url = ProxyUrl::parse(value).map_err(|reason| ConfigError::invalid(name, reason))?;
+        tracing::debug!(variable = name, proxy = %url, "proxy from the environment");
+        Ok(Some(url))
     }
 
     /// The `NO_PROXY` list, if set.
@@ -468,18 +511,31 @@ impl std::fmt::Debug for Hop {
 }
 
 impl Route {
-    /// The route to the target at `authority` (`host:port`) under a
-    /// service's effective `proxy`, `no_proxy` and `proxy_tunnel`.
-    /// `proxy = "env"` at this point means the environment named no proxy
-    /// (or was not read): direct.
+    /// The route to the target at `authority` (`host:port`; `tls`: an
+    /// `https://` target) under a service's effective `proxy`, `no_proxy`
+    /// and `proxy_tunnel`. `proxy = "env"` at this point means the
+    /// environment named no proxy (or was not read): direct.
     pub(crate) fn for_target(
         proxy: &Proxy,
         no_proxy: &NoProxy,
         tunnel: bool,
         authority: &str,
+        tls: bool,
     ) -> Result<Self, String> {
-        let Proxy::Url(url) = proxy else {
-            return Ok(Self::Direct);
+        let url = match proxy {
+            Proxy::Url(url) => url,
+            Proxy::PerScheme { http, https } => {
+                let Some(url) = (if tls { https } else { http }) else {
+                    tracing::debug!(
+                        target = authority,
+                        tls,
+                        "no proxy for this scheme in the environment: reached directly"
+                    );
+                    return Ok(Self::Direct);
+                };
+                url
+            }
+            Proxy::Env | Proxy::Off => return Ok(Self::Direct),
         };
         let target: Authority = authority
             .parse()
@@ -829,40 +885,91 @@ mod tests {
         assert_eq!(lenient.entries(), ["host:8080", "*.example.com"]);
     }
 
+    fn url(text: &str) -> Option<ProxyUrl> {
+        Some(ProxyUrl::parse(text).unwrap())
+    }
+
+    /// What the variables make of `proxy = "env"`.
+    fn from_vars(pairs: &[(&str, &str)]) -> Option<Proxy> {
+        vars(pairs).proxy().unwrap()
+    }
+
     #[test]
-    fn standard_variables_are_read_in_curls_order() {
-        let (name, url) = vars(&[
-            ("ALL_PROXY", "http://all:1"),
-            ("http_proxy", "http://lower:1"),
-            ("HTTP_PROXY", "http://upper:1"),
+    fn standard_variables_are_read_per_scheme_upper_case_first() {
+        // The scheme's own, upper case first, then ALL_PROXY.
+        assert_eq!(
+            from_vars(&[
+                ("ALL_PROXY", "http://all:1"),
+                ("http_proxy", "http://lower:1"),
+                ("HTTP_PROXY", "http://upper:1"),
+                ("https_proxy", "http://lower-s:1"),
+                ("HTTPS_PROXY", "http://upper-s:1"),
+            ]),
+            Some(Proxy::PerScheme {
+                http: url("http://upper:1"),
+                https: url("http://upper-s:1"),
+            })
+        );
+        assert_eq!(
+            from_vars(&[("HTTP_PROXY", " "), ("http_proxy", "http://lower:1")]),
+            Some(Proxy::PerScheme {
+                http: url("http://lower:1"),
+                https: None,
+            }),
+            "an empty variable counts as unset; HTTP_PROXY is not for https://"
+        );
+        assert_eq!(
+            from_vars(&[("https_proxy", "http://s:1"), ("ALL_PROXY", "http://all:1")]),
+            Some(Proxy::PerScheme {
+                http: url("http://all:1"),
+                https: url("http://s:1"),
+            })
+        );
+        assert_eq!(
+            from_vars(&[("HTTPS_PROXY", "http://s:1")]),
+            Some(Proxy::PerScheme {
+                http: None,
+                https: url("http://s:1"),
+            })
+        );
+        // One proxy for both schemes is one proxy.
+        assert_eq!(
+            from_vars(&[("all_proxy", "http://all:1")]),
+            Some(Proxy::Url(ProxyUrl::parse("http://all:1").unwrap()))
+        );
+        assert_eq!(
+            from_vars(&[("HTTP_PROXY", "http://p:1"), ("HTTPS_PROXY", "http://p:1")]),
+            Some(Proxy::Url(ProxyUrl::parse("http://p:1").unwrap()))
+        );
+        assert_eq!(from_vars(&[("NO_PROXY", "a")]), None);
+
+        let cgi = vars(&[
+            ("HTTP_PROXY", "http://evil:1"),
+            ("HTTPS_PROXY", "http://evil:1"),
+            ("REQUEST_METHOD", "GET"),
+        ]);
+        assert!(cgi.proxy().unwrap().is_none(), "httpoxy: ignored under CGI");
+
+        // What was read is shown without passwords, and written as `env`.
+        let both = from_vars(&[
+            ("HTTP_PROXY", "http://u:pw@p:1"),
+            ("HTTPS_PROXY", "http://u:pw@s:1"),
         ])
-        .proxy()
-        .unwrap()
         .unwrap();
         assert_eq!(
-            (name, url.to_string().as_str()),
-            ("HTTP_PROXY", "http://upper:1")
+            both.to_string(),
+            "http: http://u:***@p:1, https: http://u:***@s:1"
         );
+        assert_eq!(both.to_text(), "env");
 
-        let (name, _) = vars(&[("HTTP_PROXY", " "), ("http_proxy", "http://lower:1")])
+        let error = vars(&[("https_proxy", "socks5://u:pw@h:1")])
             .proxy()
-            .unwrap()
-            .unwrap();
-        assert_eq!(name, "http_proxy", "an empty variable counts as unset");
-        let (name, _) = vars(&[("all_proxy", "http://all:1")])
-            .proxy()
-            .unwrap()
-            .unwrap();
-        assert_eq!(name, "all_proxy");
-        assert!(
-            vars(&[("HTTPS_PROXY", "http://s:1")])
-                .proxy()
-                .unwrap()
-                .is_none()
-        );
-
-        let cgi = vars(&[("HTTP_PROXY", "http://evil:1"), ("REQUEST_METHOD", "GET")]);
-        assert!(cgi.proxy().unwrap().is_none(), "httpoxy: ignored under CGI");
+            .unwrap_err();
+        let ConfigError::Invalid { option, reason } = error else {
+            panic!("{error:?}")
+        };
+        assert_eq!(option, "https_proxy");
+        assert!(reason.contains("socks5://u:***@h:1"), "{reason}");
 
         let error = vars(&[("http_proxy", "socks5://u:pw@h:1")])
             .proxy()
@@ -885,8 +992,42 @@ mod tests {
             &NoProxy::parse(no_proxy).unwrap(),
             tunnel,
             target,
+            false,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn routes_take_the_proxy_of_the_targets_scheme() {
+        let per_scheme = Proxy::PerScheme {
+            http: url("http://plain:1"),
+            https: url("http://secure:2"),
+        };
+        let dial = |proxy: &Proxy, no_proxy: &str, tls: bool| match Route::for_target(
+            proxy,
+            &NoProxy::parse(no_proxy).unwrap(),
+            false,
+            "h:443",
+            tls,
+        )
+        .unwrap()
+        {
+            Route::Forward(hop) | Route::Tunnel(hop) => Some(hop.dial),
+            Route::Direct => None,
+        };
+        assert_eq!(dial(&per_scheme, "", false).as_deref(), Some("plain:1"));
+        assert_eq!(dial(&per_scheme, "", true).as_deref(), Some("secure:2"));
+        assert_eq!(dial(&per_scheme, "h", true), None, "no_proxy still applies");
+        let http_only = Proxy::PerScheme {
+            http: url("http://plain:1"),
+            https: None,
+        };
+        assert_eq!(dial(&http_only, "", true), None, "https:// direct");
+        assert_eq!(dial(&http_only, "", false).as_deref(), Some("plain:1"));
+        // A proxy named in the configuration serves both schemes.
+        let one = Proxy::parse("http://one:3").unwrap();
+        assert_eq!(dial(&one, "", true).as_deref(), Some("one:3"));
+        assert_eq!(dial(&one, "", false).as_deref(), Some("one:3"));
     }
 
     #[test]

@@ -343,6 +343,81 @@ async fn no_proxy_targets_are_reached_directly() {
     assert_eq!(tinyproxy.requests(&through), 2, "NO_PROXY bypasses it");
 }
 
+/// `HTTPS_PROXY` carries `https://` targets (in a `CONNECT` tunnel) and
+/// `HTTP_PROXY` `http://` ones, each leaving the other scheme direct: a
+/// memory service over plain HTTP and one over TLS (a self-signed
+/// certificate the client trusts as its `ca_file`), one tinyproxy.
+#[tokio::test]
+async fn https_proxy_carries_https_targets_and_http_proxy_http_ones() {
+    let Some(tinyproxy) = Tinyproxy::start("").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (plain, _plain_dir) = start_memory(ServiceConfig::default()).await;
+    let (secure, _secure_dir) = start_memory(ServiceConfig {
+        tls: Some(cortex_service::TlsConfig::from_pem_files(&cert, &key, None).unwrap()),
+        ..ServiceConfig::default()
+    })
+    .await;
+    let plain_target = plain.url("");
+    let secure_target = format!("https://{}", secure.addr);
+    let forwarded = format!("POST {plain_target}/tool/store_input");
+    let tunnelled = format!("CONNECT {}", secure.addr);
+
+    let from_env = |target: &str, vars: &[(&str, &str)]| {
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let config = common::fast_config()
+            .ca_file(Some(cert.clone()))
+            .build()
+            .unwrap()
+            .with_env(vars)
+            .unwrap();
+        client(&[target], config, Balancer::default())
+    };
+    let url = tinyproxy.url();
+    for variable in ["HTTPS_PROXY", "https_proxy"] {
+        let before = tinyproxy.requests(&tunnelled);
+        store(&from_env(&secure_target, &[(variable, &url)]), variable)
+            .await
+            .unwrap();
+        assert_eq!(
+            tinyproxy.requests(&tunnelled),
+            before + 1,
+            "{variable} tunnels the https:// target"
+        );
+        store(&from_env(&plain_target, &[(variable, &url)]), variable)
+            .await
+            .unwrap();
+        assert_eq!(
+            tinyproxy.requests(&forwarded),
+            0,
+            "{variable} leaves http:// targets direct"
+        );
+    }
+    let tunnels = tinyproxy.requests(&tunnelled);
+    store(&from_env(&secure_target, &[("HTTP_PROXY", &url)]), "direct")
+        .await
+        .unwrap();
+    assert_eq!(
+        tinyproxy.requests(&tunnelled),
+        tunnels,
+        "HTTP_PROXY leaves https:// targets direct"
+    );
+    store(&from_env(&plain_target, &[("HTTP_PROXY", &url)]), "proxied")
+        .await
+        .unwrap();
+    assert_eq!(
+        tinyproxy.requests(&forwarded),
+        1,
+        "HTTP_PROXY forwards http://"
+    );
+}
+
 #[tokio::test]
 async fn proxy_credentials_are_sent_and_refused_ones_are_a_typed_error() {
     let Some(tinyproxy) = Tinyproxy::start("BasicAuth alice s3cret").await else {
@@ -713,7 +788,22 @@ fn proxy_settings_come_from_the_config_then_the_standard_variables() {
     let defaults = ClientConfig::default();
     assert_eq!(defaults.proxy, Proxy::Env);
     let read = env(defaults.clone(), &[("HTTP_PROXY", "proxy.example:3128")]).unwrap();
-    assert_eq!(read.proxy.to_string(), "http://proxy.example:3128");
+    assert_eq!(
+        read.proxy.to_string(),
+        "http: http://proxy.example:3128, https: none"
+    );
+    let read = env(
+        defaults.clone(),
+        &[
+            ("HTTP_PROXY", "http://plain:1"),
+            ("HTTPS_PROXY", "http://secure:2"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        read.proxy.to_string(),
+        "http: http://plain:1, https: http://secure:2"
+    );
     let read = env(
         defaults.clone(),
         &[("ALL_PROXY", "http://all:1"), ("NO_PROXY", "a,.b")],
@@ -747,7 +837,7 @@ fn proxy_settings_come_from_the_config_then_the_standard_variables() {
     let file =
         ClientConfig::from_toml_str("proxy = \"none\"\n[services.memory]\nproxy = \"env\"\n")
             .unwrap();
-    let read = env(file, &[("http_proxy", "http://p:1")]).unwrap();
+    let read = env(file, &[("all_proxy", "http://p:1")]).unwrap();
     assert_eq!(read.for_service("memory").proxy.to_string(), "http://p:1");
     assert_eq!(read.for_service("other").proxy, Proxy::Off);
 
@@ -764,6 +854,17 @@ fn proxy_settings_come_from_the_config_then_the_standard_variables() {
             ),
             "HTTP_PROXY",
             "`socks5://u:***@h:1080`: SOCKS proxies are not supported",
+        ),
+        (
+            env(
+                defaults.clone(),
+                &[
+                    ("HTTP_PROXY", "http://fine:1"),
+                    ("HTTPS_PROXY", "https://u:hunter2@h:443"),
+                ],
+            ),
+            "HTTPS_PROXY",
+            "`https://u:***@h:443`: a proxy reached over TLS (https://) is not supported",
         ),
         (
             env(

@@ -1,14 +1,18 @@
 //! What authentication costs a tool call, through the kit's whole router
 //! (request id, bounds, auth layer, body limit, route, registry, handler,
 //! JSON answer) but without sockets, so the auth layer is not lost in
-//! network noise. Three routers over the same `echo` tool: auth off (the
+//! network noise. Routers over the same `echo` tool: auth off (the
 //! baseline), HS256, and RS256 from a JWKS (fetched once from a server on
-//! loopback, then cached). Each is run in rounds, interleaved, best of
-//! three; the figures are µs per call and the ratio of calls/s against the
-//! baseline measured in the same run.
+//! loopback, then cached), each with one token sent again and again (as a
+//! client does; verified once, then remembered) and with thousands of
+//! distinct tokens (each checked in full). Each is run in rounds,
+//! interleaved, best of three; the figures are µs per call and the ratio
+//! of calls/s against the baseline measured in the same run.
 //!
 //! Run: `cargo bench -p cortex-service --bench auth` (`-- --quick` for a
-//! short run).
+//! short run; `-- --only TEXT` for the baseline and the cases whose name
+//! holds TEXT, as under a profiler). Over real sockets:
+//! `benches/auth_loopback.rs`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -18,10 +22,11 @@ use cortex_service::auth::{TokenClaims, mint_hs256};
 use cortex_service::routes::{ShutdownSignals, router};
 use cortex_service::{AuthConfig, Service, ServiceConfig, Tool};
 use http_body_util::BodyExt;
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tower::ServiceExt;
+
+mod common;
+use common::{fail, rs256};
 
 const SECRET: &str = "a benchmark secret that is longer than 32 bytes";
 
@@ -41,11 +46,6 @@ fn service() -> Service {
         Ok(service) => service,
         Err(error) => fail(&format!("cannot build the service: {error}")),
     }
-}
-
-fn fail(message: &str) -> ! {
-    eprintln!("bench: {message}");
-    std::process::exit(1)
 }
 
 /// The shutdown signals' senders: a dropped sender reads as "the grace
@@ -96,58 +96,6 @@ async fn call(app: &axum::Router, authorization: Option<&str>) {
 /// than the verifier remembers, so none of them is found remembered.
 const DISTINCT_TOKENS: usize = 5000;
 
-/// An RS256 key, its JWKS served on loopback, an auth config over it, and
-/// `count` distinct tokens signed by it.
-async fn rs256(count: usize) -> (AuthConfig, Vec<String>) {
-    use rsa::pkcs1::EncodeRsaPrivateKey;
-    let private = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048)
-        .unwrap_or_else(|e| fail(&format!("RSA key: {e}")));
-    let der = private
-        .to_pkcs1_der()
-        .unwrap_or_else(|e| fail(&format!("RSA key: {e}")));
-    let key = EncodingKey::from_rsa_der(der.as_bytes());
-    let mut jwk = serde_json::to_value(
-        Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap_or_else(|e| fail(&e.to_string())),
-    )
-    .unwrap_or_default();
-    jwk["kid"] = json!("bench");
-    let jwks = json!({ "keys": [jwk] });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| fail(&e.to_string()));
-    let url = match listener.local_addr() {
-        Ok(addr) => format!("http://{addr}/keys"),
-        Err(error) => fail(&error.to_string()),
-    };
-    let keys = axum::Router::new().route(
-        "/keys",
-        axum::routing::get(move || {
-            let jwks = jwks.clone();
-            async move { axum::Json(jwks) }
-        }),
-    );
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, keys).await;
-    });
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("bench".into());
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-        + 3600;
-    let tokens = (0..count)
-        .map(|jti| {
-            let claims = json!({"sub": "bench", "exp": exp, "jti": jti});
-            let token = jsonwebtoken::encode(&header, &claims, &key)
-                .unwrap_or_else(|e| fail(&e.to_string()));
-            format!("Bearer {token}")
-        })
-        .collect();
-    let auth = AuthConfig::jwks(&url).unwrap_or_else(|e| fail(&e.to_string()));
-    (auth, tokens)
-}
-
 /// `calls` calls, each with the next of `authorizations` after `*next`
 /// (cycled, continuing where the last round stopped; none when it is
 /// empty).
@@ -172,9 +120,17 @@ async fn round(
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     if std::env::args().any(|a| a == "--help") {
-        println!("cargo bench -p cortex-service --bench auth [-- --quick]");
+        println!("cargo bench -p cortex-service --bench auth [-- --quick] [-- --only TEXT]");
+        println!(
+            "  --only TEXT: the baseline and the cases whose name contains TEXT (for a profiler)"
+        );
         return;
     }
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
     let calls = if quick { 2_000 } else { 20_000 };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -190,21 +146,43 @@ fn main() {
         )
         .unwrap_or_else(|e| fail(&e.to_string()));
         let hs = vec![format!("Bearer {hs_token}")];
+        let hs_tokens: Vec<String> = (0..DISTINCT_TOKENS)
+            .map(|jti| {
+                let claims = TokenClaims {
+                    // Distinct tokens: the same user, distinct expiry times.
+                    ttl: Duration::from_secs(3600 + jti as u64),
+                    ..TokenClaims::new("bench", Duration::ZERO)
+                };
+                mint_hs256(SECRET.as_bytes(), &claims)
+                    .map(|token| format!("Bearer {token}"))
+                    .unwrap_or_else(|e| fail(&e.to_string()))
+            })
+            .collect();
         let (rs_auth, rs_tokens) = rs256(DISTINCT_TOKENS).await;
+        let rs_tokens: Vec<String> = rs_tokens.iter().map(|t| format!("Bearer {t}")).collect();
         let rs_one = rs_tokens[..1].to_vec();
         let hs_auth = AuthConfig::hs256(SECRET).unwrap_or_else(|e| fail(&e.to_string()));
-        let cases: [(&str, (axum::Router, Signals), &[String]); 4] = [
+        let all: [(&str, (axum::Router, Signals), &[String]); 5] = [
             ("auth off (baseline)", app(AuthConfig::disabled()), &[]),
-            ("HS256", app(hs_auth), &hs),
+            ("HS256, same token", app(hs_auth.clone()), &hs),
+            ("HS256, new tokens", app(hs_auth), &hs_tokens),
             ("RS256, same token", app(rs_auth.clone()), &rs_one),
             ("RS256, new tokens", app(rs_auth), &rs_tokens),
         ];
-        let mut next = [0usize; 4];
+        let cases: Vec<_> = all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (name, ..))| {
+                *i == 0 || only.as_deref().is_none_or(|only| name.contains(only))
+            })
+            .map(|(_, case)| case)
+            .collect();
+        let mut next = vec![0usize; cases.len()];
         // Warm up (and let the RS256 routers fetch their keys).
         for (i, (_, (app, _), authorizations)) in cases.iter().enumerate() {
             round(app, authorizations, calls / 10, &mut next[i]).await;
         }
-        let mut best = [Duration::MAX; 4];
+        let mut best = vec![Duration::MAX; cases.len()];
         for _ in 0..3 {
             for (i, (_, (app, _), authorizations)) in cases.iter().enumerate() {
                 best[i] = best[i].min(round(app, authorizations, calls, &mut next[i]).await);
@@ -215,7 +193,7 @@ fn main() {
         );
         println!(
             "(\"same token\": one client reusing its token, verified once and then remembered; \
-             \"new tokens\": {DISTINCT_TOKENS} tokens in turn, each signature checked)"
+             \"new tokens\": {DISTINCT_TOKENS} tokens in turn, each one checked in full)"
         );
         println!(
             "{:<22} {:>12} {:>12} {:>10}",

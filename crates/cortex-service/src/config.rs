@@ -25,6 +25,9 @@ pub struct ServiceConfig {
     /// Bounds on what one client can hold: timeouts, connection, request
     /// and stream caps, header and URI sizes, accepted `Host` names.
     pub limits: HttpLimits,
+    /// TLS on the listener (see [`crate::tls`]): `None` serves plain
+    /// HTTP. With a client CA, clients must present a certificate.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for ServiceConfig {
@@ -37,6 +40,7 @@ impl Default for ServiceConfig {
             mcp: McpConfig::default(),
             auth: crate::auth::AuthConfig::default(),
             limits: HttpLimits::default(),
+            tls: None,
         }
     }
 }
@@ -102,7 +106,8 @@ impl Default for McpConfig {
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     /// A request head (request line and headers) must arrive within this
-    /// long of its first byte, and a new connection must send its first
+    /// long of its first byte, and a new connection must finish its TLS
+    /// handshake (when [`ServiceConfig::tls`] is set) and send its first
     /// head within this long of being accepted; otherwise the connection is
     /// closed. Slowloris clients that trickle a header byte at a time hold
     /// a connection for at most this long.

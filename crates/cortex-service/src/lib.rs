@@ -26,6 +26,8 @@
 //!   limits, timings, and the bounds on what one client can hold.
 //! - [`auth`]: [`AuthConfig`]: bearer tokens (JWT) checked in front of every
 //!   route, and the verified [`Caller`] in each handler's [`CallContext`].
+//! - [`tls`]: [`TlsConfig`]: TLS on the listener from PEM files,
+//!   optionally requiring client certificates (mutual TLS).
 //! - [`in_process`]: [`InProcessMcpClient`], the `McpClient` of services in
 //!   this process: the registry called directly, no sockets.
 //!
@@ -66,6 +68,7 @@ mod rate_log;
 pub mod registry;
 pub mod routes;
 pub mod server;
+pub mod tls;
 
 pub use auth::{AuthConfig, Caller};
 pub use config::{HttpLimits, McpConfig, ServiceConfig};
@@ -78,3 +81,4 @@ pub use registry::{
 };
 pub use routes::Stopping;
 pub use server::{serve, shutdown_signal};
+pub use tls::{TlsConfig, TlsSetupError};

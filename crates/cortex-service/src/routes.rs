@@ -88,7 +88,7 @@ pub fn router(service: Service, config: ServiceConfig, signals: ShutdownSignals)
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)
         // After every route: the auth layer covers only what is there.
-        .protected_by(&config.auth, service.name());
+        .protected_by(&config.auth, service.name(), config.tls.is_some());
     if let Some(routes) = public_routes {
         router = router.merge(routes.with_state(()));
     }

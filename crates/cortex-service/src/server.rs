@@ -19,6 +19,9 @@
 //!   response the peer stops reading is dropped after `idle_timeout`.
 //! - **Head size**: hyper refuses a head over `max_header_bytes` with 431,
 //!   which (like its 400 and 414) goes out with the error envelope.
+//! - **TLS** ([`ServiceConfig::tls`]): the handshake runs in the
+//!   connection's task, after admission, within the header timeout from
+//!   accept (see [`crate::tls`]); the loop itself never waits on a peer.
 //!
 //! [`HttpLimits::max_connections`]: crate::config::HttpLimits::max_connections
 //! [`HttpLimits::health_connections`]: crate::config::HttpLimits::health_connections
@@ -50,6 +53,7 @@ use crate::metrics::CountedListener;
 use crate::rate_log::RateLimitedLog;
 use crate::registry::Service;
 use crate::routes::{ShutdownSignals, router};
+use crate::tls::TlsConfig;
 
 /// How long the accept loop waits for a connection it asked to close to
 /// free its slot.
@@ -94,6 +98,10 @@ pub async fn serve(
         );
     }
     let limits = Arc::new(config.limits.clone());
+    let tls = config.tls.clone();
+    if let Some(tls) = &tls {
+        tracing::info!(service = %name, ?tls, "serving over TLS");
+    }
     let app = router(
         service,
         config,
@@ -113,7 +121,7 @@ pub async fn serve(
         listener,
         open: open_connections,
     };
-    let server = accept_loop(listener, app, limits, bound, stopping.clone());
+    let server = accept_loop(listener, app, limits, tls, bound, stopping.clone());
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => return result,
@@ -221,6 +229,7 @@ async fn accept_loop<L, I>(
     mut listener: L,
     app: Router,
     limits: Arc<HttpLimits>,
+    tls: Option<TlsConfig>,
     bound: SocketAddr,
     mut stopping: watch::Receiver<bool>,
 ) -> std::io::Result<()>
@@ -247,19 +256,18 @@ where
         let Some(slot) = slot else { break };
         let state = Arc::new(ConnState::new());
         let registered = (!slot.health_only).then(|| open.register(state.clone()));
-        tasks.spawn(connection(
-            io,
-            Conn {
-                peer,
-                bound,
-                _registered: registered,
-                slot,
-                state,
-            },
-            app.clone(),
-            limits.clone(),
-            stopping.clone(),
-        ));
+        let conn = Conn {
+            peer,
+            bound,
+            _registered: registered,
+            slot,
+            state,
+        };
+        let (app, limits, stopping) = (app.clone(), limits.clone(), stopping.clone());
+        match &tls {
+            None => tasks.spawn(connection(io, conn, app, limits, stopping)),
+            Some(tls) => tasks.spawn(tls_connection(io, tls.clone(), conn, app, limits, stopping)),
+        };
     }
     // Dropping the listener closes its socket: new connections are refused.
     drop(listener);
@@ -311,6 +319,48 @@ struct Conn {
     _registered: Option<Registered>,
     slot: Slot,
     state: Arc<ConnState>,
+}
+
+/// Runs the TLS handshake on a connection just admitted, then serves it
+/// as [`connection`] does. The handshake must end within the header
+/// timeout from accept (the first request head has what is left of it);
+/// a connection closed to make room, or shutdown, ends it at once.
+async fn tls_connection<I>(
+    io: I,
+    tls: TlsConfig,
+    conn: Conn,
+    app: Router,
+    limits: Arc<HttpLimits>,
+    mut stopping: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let state = conn.state.clone();
+    // A new connection's deadline is its header timeout from accept.
+    let deadline = state
+        .deadline(limits.header_timeout, limits.idle_timeout)
+        .map_or_else(|| Instant::now() + limits.header_timeout, |(at, _)| at);
+    let stream = tokio::select! {
+        result = tls.accept(io) => match result {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "TLS handshake failed; connection closed");
+                return;
+            }
+        },
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::debug!(
+                %peer,
+                timeout_secs = limits.header_timeout.as_secs_f64(),
+                "no TLS handshake within the header timeout; closing"
+            );
+            return;
+        }
+        () = state.evict.notified() => return,
+        _ = stopping.wait_for(|s| *s) => return,
+    };
+    connection(stream, conn, app, limits, stopping).await;
 }
 
 /// Serves one connection until the peer closes it, it expires, it is

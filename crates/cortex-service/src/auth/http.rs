@@ -1,15 +1,24 @@
 //! The HTTP side of authentication: the layer in front of every route, its
 //! challenges (RFC 6750), and the protected-resource metadata (RFC 9728).
+//!
+//! The layer is on the path of every request, so what it does for a
+//! request that passes is kept to the token check itself: it is a tower
+//! service of its own rather than `axum::middleware::from_fn`, which boxes
+//! the inner service and takes the request apart and back together for
+//! every request; and a challenge header, needed only for a `401`, is made
+//! only when one goes out.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cortex_proto::ErrorCode;
+use futures::future::BoxFuture;
 use serde_json::json;
 
 use super::{ADMIN_ROLE, AuthConfig, AuthError, METRICS_ROLE, serve_as};
@@ -27,13 +36,21 @@ struct Gate {
     /// The service's name: the challenge's realm and the metadata's
     /// `resource_name`.
     realm: String,
+    /// `https` when the service is served over TLS, else `http`: the
+    /// scheme of the default resource URL.
+    scheme: &'static str,
 }
 
 /// Puts the auth layer in front of every route of `router` and adds the
 /// protected-resource metadata; returns `router` unchanged when `auth` is
-/// off. Call it after every route and fallback is added: a layer covers
-/// only what is already there.
-pub(crate) fn protect<S>(router: Router<S>, auth: &AuthConfig, service: &str) -> Router<S>
+/// off. `tls`: the service is served over TLS. Call it after every route
+/// and fallback is added: a layer covers only what is already there.
+pub(crate) fn protect<S>(
+    router: Router<S>,
+    auth: &AuthConfig,
+    service: &str,
+    tls: bool,
+) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -43,6 +60,7 @@ where
     let gate = Arc::new(Gate {
         auth: auth.clone(),
         realm: service.to_string(),
+        scheme: if tls { "https" } else { "http" },
     });
     let (root, mcp) = (gate.clone(), gate.clone());
     router
@@ -54,30 +72,80 @@ where
             MCP_METADATA_PATH,
             get(move |headers: HeaderMap| async move { mcp.metadata(&headers, crate::paths::MCP_PATH) }),
         )
-        .layer(middleware::from_fn_with_state(gate, authenticate))
+        .layer(AuthLayer(gate))
 }
 
 /// [`protect`] as a step of a router's builder chain.
 pub(crate) trait Protect {
     /// See [`protect`].
-    fn protected_by(self, auth: &AuthConfig, service: &str) -> Self;
+    fn protected_by(self, auth: &AuthConfig, service: &str, tls: bool) -> Self;
 }
 
 impl<S> Protect for Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    fn protected_by(self, auth: &AuthConfig, service: &str) -> Self {
-        protect(self, auth, service)
+    fn protected_by(self, auth: &AuthConfig, service: &str, tls: bool) -> Self {
+        protect(self, auth, service, tls)
     }
 }
 
-/// Lets a request through as its verified caller, or answers it with a
-/// challenge.
-async fn authenticate(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
+/// The auth layer: [`Authenticate`] around each route.
+#[derive(Clone)]
+struct AuthLayer(Arc<Gate>);
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate {
+            gate: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// Lets a request through to `inner` as its verified caller, or answers it
+/// with a challenge.
+#[derive(Clone)]
+struct Authenticate<S> {
+    gate: Arc<Gate>,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for Authenticate<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The service that was made ready serves this request; a clone
+        // takes its place for the next (tower's usual move).
+        let ready = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, ready);
+        Box::pin(authenticate(self.gate.clone(), inner, request))
+    }
+}
+
+async fn authenticate<S>(
+    gate: Arc<Gate>,
+    mut inner: S,
+    request: Request,
+) -> Result<Response, Infallible>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
     let path = request.uri().path();
     if gate.is_open(request.method(), path) {
-        return next.run(request).await;
+        return inner.call(request).await;
     }
     let metrics = path == "/metrics";
     let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
@@ -92,28 +160,30 @@ async fn authenticate(State(gate): State<Arc<Gate>>, request: Request, next: Nex
     };
     let caller = match verified {
         Ok(Some(caller)) => caller,
-        Ok(None) => return next.run(request).await,
+        Ok(None) => return inner.call(request).await,
         Err(error) => {
             tracing::debug!(%error, path, "request refused: no valid token");
-            return gate.refuse(&error, request.headers());
+            return Ok(gate.refuse(&error, request.headers()));
         }
     };
     if metrics && !(caller.has_role(ADMIN_ROLE) || caller.has_role(METRICS_ROLE)) {
-        return gate.forbidden_metrics(request.headers());
+        return Ok(gate.forbidden_metrics(request.headers()));
     }
-    let challenge = gate.challenge(Some("invalid_token"), None, request.headers());
-    let mut response = serve_as(caller, next.run(request)).await;
+    // Kept for a challenge on a 401 from further in (a handle on the
+    // request's buffer, not a copy); the challenge is made only then.
+    let host = request.headers().get(header::HOST).cloned();
+    let mut response = serve_as(caller, inner.call(request)).await?;
     // A 401 from further in (a dependency refusing the forwarded token)
     // still tells the client how to authenticate.
     if response.status() == StatusCode::UNAUTHORIZED
         && !response.headers().contains_key(header::WWW_AUTHENTICATE)
-        && let Some(challenge) = challenge
+        && let Some(challenge) = gate.challenge(Some("invalid_token"), None, host.as_ref())
     {
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, challenge);
     }
-    response
+    Ok(response)
 }
 
 impl Gate {
@@ -130,19 +200,19 @@ impl Gate {
     }
 
     /// The base URL of this service as the client reached it: the
-    /// configured resource, else `http://` and the request's `Host`.
-    fn base_url(&self, headers: &HeaderMap) -> String {
+    /// configured resource, else `http://` (`https://` over TLS) and the
+    /// request's `Host`.
+    fn base_url(&self, host: Option<&HeaderValue>) -> String {
         if let Some(resource) = &self.auth.resource {
             return resource.clone();
         }
-        let host = headers
-            .get(header::HOST)
+        let host = host
             .and_then(|v| v.to_str().ok())
             .and_then(|h| h.parse::<http::uri::Authority>().ok())
             .filter(|a| !a.as_str().contains('@'))
             .map(|a| a.as_str().to_string())
             .unwrap_or_else(|| "localhost".into());
-        format!("http://{host}")
+        format!("{}://{host}", self.scheme)
     }
 
     /// `WWW-Authenticate: Bearer realm=…, error=…, error_description=…,
@@ -151,7 +221,7 @@ impl Gate {
         &self,
         error: Option<&str>,
         description: Option<&str>,
-        headers: &HeaderMap,
+        host: Option<&HeaderValue>,
     ) -> Option<HeaderValue> {
         let mut text = format!("Bearer realm=\"{}\"", quoted(&self.realm));
         if let Some(error) = error {
@@ -162,7 +232,7 @@ impl Gate {
         }
         text.push_str(&format!(
             ", resource_metadata=\"{}{METADATA_PATH}\"",
-            quoted(&self.base_url(headers))
+            quoted(&self.base_url(host))
         ));
         HeaderValue::from_str(&text).ok()
     }
@@ -177,9 +247,11 @@ impl Gate {
             }
             _ => {
                 let description = (error != &AuthError::Missing).then(|| error.to_string());
-                if let Some(challenge) =
-                    self.challenge(error.challenge_code(), description.as_deref(), headers)
-                {
+                if let Some(challenge) = self.challenge(
+                    error.challenge_code(),
+                    description.as_deref(),
+                    headers.get(header::HOST),
+                ) {
                     response
                         .headers_mut()
                         .insert(header::WWW_AUTHENTICATE, challenge);
@@ -192,8 +264,11 @@ impl Gate {
     fn forbidden_metrics(&self, headers: &HeaderMap) -> Response {
         let message = "/metrics needs a token with the role `admin` or `metrics`";
         let mut response = ServiceError::new(ErrorCode::Forbidden, message).into_response();
-        if let Some(challenge) = self.challenge(Some("insufficient_scope"), Some(message), headers)
-        {
+        if let Some(challenge) = self.challenge(
+            Some("insufficient_scope"),
+            Some(message),
+            headers.get(header::HOST),
+        ) {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, challenge);
@@ -205,7 +280,7 @@ impl Gate {
     /// `suffix` under the base URL.
     fn metadata(&self, headers: &HeaderMap, suffix: &str) -> Response {
         let body = json!({
-            "resource": format!("{}{suffix}", self.base_url(headers)),
+            "resource": format!("{}{suffix}", self.base_url(headers.get(header::HOST))),
             "authorization_servers": self.auth.authorization_servers,
             "bearer_methods_supported": ["header"],
             "resource_name": self.realm,

@@ -5,8 +5,9 @@
 //! provider.
 //!
 //! The fetch is one plain HTTP/1 `GET` over hyper, the way discovery's
-//! health checks reach a service: this build has no TLS, so the URL must be
-//! `http://` (an identity provider's sidecar, or one on a trusted network).
+//! health checks reach a service. It speaks no TLS (the kit's TLS is on its
+//! listener, not in this client), so the URL must be `http://` (an identity
+//! provider's sidecar, or one on a trusted network).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

@@ -77,9 +77,14 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// The clock skew allowed on `exp` and `nbf`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
-/// Who made a call, as the verified token says.
+/// Who made a call, as the verified token says. Cheap to clone (shared):
+/// every request copies it from the verifier's memory of tokens into the
+/// request's context.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
+pub struct Caller(Arc<CallerInner>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct CallerInner {
     user_id: String,
     roles: Vec<String>,
 }
@@ -87,31 +92,31 @@ pub struct Caller {
 impl Caller {
     /// A caller with a user id and roles.
     pub fn new(user_id: impl Into<String>, roles: Vec<String>) -> Self {
-        Self {
+        Self(Arc::new(CallerInner {
             user_id: user_id.into(),
             roles,
-        }
+        }))
     }
 
     /// The user: the token's `oid` claim, else its `sub`.
     pub fn user_id(&self) -> &str {
-        &self.user_id
+        &self.0.user_id
     }
 
     /// The token's `roles`.
     pub fn roles(&self) -> &[String] {
-        &self.roles
+        &self.0.roles
     }
 
     /// Whether the token carries `role`.
     pub fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
+        self.0.roles.iter().any(|r| r == role)
     }
 
     /// Whether this caller may read and change `user_id`'s data: it is that
     /// user, or an `admin`, or a `service` acting for them.
     pub fn may_act_for(&self, user_id: &str) -> bool {
-        self.user_id == user_id || self.has_role(ADMIN_ROLE) || self.has_role(SERVICE_ROLE)
+        self.0.user_id == user_id || self.has_role(ADMIN_ROLE) || self.has_role(SERVICE_ROLE)
     }
 }
 
@@ -159,7 +164,7 @@ pub struct AuthConfig {
     /// The authorization servers named in the protected-resource metadata.
     authorization_servers: Vec<String>,
     /// The resource identifier (the service's base URL) published in the
-    /// metadata; by default `http://` and the request's `Host`.
+    /// metadata; by default `http://` (`https://` over TLS) and the request's `Host`.
     resource: Option<String>,
     /// `/metrics` without a token.
     open_metrics: bool,
@@ -202,8 +207,8 @@ impl AuthConfig {
         Ok(Self::with_verifier(verifier))
     }
 
-    /// Tokens signed by the keys published at `url` (`http://` only: this
-    /// build has no TLS), with the default [`JwksSettings`].
+    /// Tokens signed by the keys published at `url` (`http://` only: the
+    /// key fetch speaks no TLS), with the default [`JwksSettings`].
     pub fn jwks(url: &str) -> Result<Self, AuthSetupError> {
         Self::jwks_with(url, JwksSettings::default())
     }
@@ -262,7 +267,7 @@ impl AuthConfig {
 
     /// The resource identifier published in the metadata (the service's
     /// public base URL, such as `https://memory.example.com`), for a service
-    /// behind a proxy; by default `http://` and the request's `Host`.
+    /// behind a proxy; by default `http://` (`https://` over TLS) and the request's `Host`.
     pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
         self.resource = Some(resource.into().trim_end_matches('/').to_string());
         self

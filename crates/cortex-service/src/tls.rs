@@ -1,0 +1,268 @@
+//! TLS on a service's listener, with rustls.
+//!
+//! [`TlsConfig`] (in [`ServiceConfig::tls`](crate::ServiceConfig::tls)) is
+//! made from PEM files: the server's certificate chain and its private key,
+//! and optionally the CA certificates that sign clients' certificates. With
+//! a client CA, every client must present a certificate it signed (mutual
+//! TLS); without one, none is asked for.
+//!
+//! The files are read once, when the configuration is made, so that a
+//! missing, unreadable or malformed file, or a key that is not the
+//! certificate's, is a start-up error naming the file
+//! ([`TlsSetupError`]) rather than a failure of every handshake later.
+//!
+//! # Where the handshake runs
+//! The accept loop (`server.rs`) only accepts and admits: the handshake
+//! runs in the connection's own task, so a peer that opens TCP and never
+//! sends a `ClientHello` cannot hold up anyone else's accept. Until it
+//! completes, the connection holds a slot of
+//! [`HttpLimits::max_connections`](crate::HttpLimits::max_connections) like
+//! any other, counts as idle since it was accepted (so it is among the
+//! first closed when the cap is reached), and has the header timeout from
+//! accept for the handshake and its first request head together: a
+//! silent or trickling peer is closed when it runs out.
+//!
+//! Only HTTP/1.1 is served: ALPN offers `http/1.1` alone. TLS 1.3 and 1.2,
+//! with the `ring` provider (see the workspace's Cargo.toml for why not the
+//! default one).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio_rustls::TlsAcceptor;
+
+/// TLS settings of a service's listener: what it presents and whom it
+/// asks for a certificate. Cheap to clone (shared), as the service's
+/// configuration is cloned for every request.
+#[derive(Clone)]
+pub struct TlsConfig(Arc<Inner>);
+
+struct Inner {
+    acceptor: TlsAcceptor,
+    /// The certificate chain file, for logs.
+    cert: PathBuf,
+    /// The client CA file, when client certificates are required.
+    client_ca: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("cert", &self.0.cert)
+            .field("client_ca", &self.0.client_ca)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which of the files a [`TlsSetupError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsFile {
+    /// The server's certificate chain (PEM, its own certificate first).
+    Certificate,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    Key,
+    /// The CA certificates that sign clients' certificates (PEM).
+    ClientCa,
+}
+
+impl std::fmt::Display for TlsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Certificate => "TLS certificate file",
+            Self::Key => "TLS private key file",
+            Self::ClientCa => "TLS client CA file",
+        })
+    }
+}
+
+/// Why a [`TlsConfig`] cannot be made: a start-up error that names the
+/// file at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsSetupError {
+    /// The file cannot be read.
+    #[error("cannot read the {file} {}: {source}", path.display())]
+    Read {
+        /// Which file.
+        file: TlsFile,
+        /// Its path, as given.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file does not hold what it should (no PEM certificate, no PEM
+    /// key, a certificate or key rustls cannot use).
+    #[error("the {file} {}: {reason}", path.display())]
+    Invalid {
+        /// Which file.
+        file: TlsFile,
+        /// Its path, as given.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The private key is not the key of the certificate.
+    #[error(
+        "the private key in {} is not the key of the certificate in {}",
+        key.display(),
+        cert.display()
+    )]
+    KeyMismatch {
+        /// The certificate chain file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+}
+
+impl TlsSetupError {
+    /// The file at fault (for a key that does not match, the key file).
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Read { path, .. } | Self::Invalid { path, .. } => path,
+            Self::KeyMismatch { key, .. } => key,
+        }
+    }
+
+    /// Which file is at fault.
+    pub fn file(&self) -> TlsFile {
+        match self {
+            Self::Read { file, .. } | Self::Invalid { file, .. } => *file,
+            Self::KeyMismatch { .. } => TlsFile::Key,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Reads the certificate chain at `cert` (PEM, the server's own
+    /// certificate first, then any intermediates), its private key at
+    /// `key`, and, when given, the CA certificates at `client_ca`: with
+    /// them, every client must present a certificate one of them signed
+    /// (mutual TLS). One file holding both the chain and the key may be
+    /// named twice.
+    pub fn from_pem_files(
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+        client_ca: Option<&Path>,
+    ) -> Result<Self, TlsSetupError> {
+        let (cert, key) = (cert.as_ref(), key.as_ref());
+        let chain = read_certificates(TlsFile::Certificate, cert)?;
+        let key_der = read_private_key(key)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(TlsFile::Certificate, cert, e.to_string()))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                let certificates = read_certificates(TlsFile::ClientCa, path)?;
+                let count = certificates.len();
+                for (i, certificate) in certificates.into_iter().enumerate() {
+                    roots.add(certificate).map_err(|e| {
+                        invalid(
+                            TlsFile::ClientCa,
+                            path,
+                            format!(
+                                "certificate {} of {count} is not a usable CA certificate: {e}",
+                                i + 1
+                            ),
+                        )
+                    })?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| invalid(TlsFile::ClientCa, path, e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(chain, key_der)
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => TlsSetupError::KeyMismatch {
+                    cert: cert.to_path_buf(),
+                    key: key.to_path_buf(),
+                },
+                other => invalid(TlsFile::Key, key, other.to_string()),
+            })?;
+        // The kit serves HTTP/1.1 only; a client offering h2 alone is
+        // refused in the handshake rather than misunderstood after it.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self(Arc::new(Inner {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            cert: cert.to_path_buf(),
+            client_ca: client_ca.map(Path::to_path_buf),
+        })))
+    }
+
+    /// Whether clients must present a certificate (mutual TLS).
+    pub fn requires_client_certificate(&self) -> bool {
+        self.0.client_ca.is_some()
+    }
+
+    /// The server side of a TLS handshake on `io`; the caller bounds it in
+    /// time.
+    pub(crate) fn accept<IO>(&self, io: IO) -> tokio_rustls::Accept<IO>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.0.acceptor.accept(io)
+    }
+}
+
+fn invalid(file: TlsFile, path: &Path, reason: String) -> TlsSetupError {
+    TlsSetupError::Invalid {
+        file,
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+fn read_file(file: TlsFile, path: &Path) -> Result<Vec<u8>, TlsSetupError> {
+    std::fs::read(path).map_err(|source| TlsSetupError::Read {
+        file,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The certificates (`-----BEGIN CERTIFICATE-----`) of a PEM file, in
+/// order; other sections (a private key) are skipped. None is an error.
+fn read_certificates(
+    file: TlsFile,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let pem = read_file(file, path)?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(file, path, format!("not valid PEM: {e}")))?;
+    if certificates.is_empty() {
+        return Err(invalid(
+            file,
+            path,
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned(),
+        ));
+    }
+    Ok(certificates)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
+fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+    let pem = read_file(TlsFile::Key, path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => invalid(
+            TlsFile::Key,
+            path,
+            "holds no PEM private key (-----BEGIN PRIVATE KEY-----, or RSA or EC PRIVATE KEY)"
+                .to_owned(),
+        ),
+        other => invalid(TlsFile::Key, path, format!("not valid PEM: {other}")),
+    })
+}
