@@ -289,6 +289,7 @@ fn up_runs_replicas_that_status_lists_and_stops_them() {
         .arg(&data)
         .args(["--memory-port", &common::free_port().to_string()])
         .args(["--cognition-port", &common::free_port().to_string()])
+        .args(["--core-port", &common::free_port().to_string()])
         .args([
             "--database-url",
             &schema.schema_url(),
@@ -371,6 +372,8 @@ fn replicas_without_a_shared_database_are_a_usage_error() {
             "--memory-port",
             "0",
             "--cognition-port",
+            "0",
+            "--core-port",
             "0",
             "--memory-replicas",
             "2",

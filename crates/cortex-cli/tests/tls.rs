@@ -173,7 +173,7 @@ fn serve_refuses_tls_files_it_cannot_use_naming_the_flag_and_file() {
 }
 
 #[test]
-fn up_with_a_self_signed_certificate_and_mutual_tls_serves_both_services_over_https() {
+fn up_with_a_self_signed_certificate_and_mutual_tls_serves_every_service_over_https() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // Self-signed, no extended key usage: valid for the server and, with
@@ -193,6 +193,7 @@ fn up_with_a_self_signed_certificate_and_mutual_tls_serves_both_services_over_ht
         .arg(&data)
         .args(["--memory-port", &free_port().to_string()])
         .args(["--cognition-port", &free_port().to_string()])
+        .args(["--core-port", &free_port().to_string()])
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")
@@ -203,7 +204,7 @@ fn up_with_a_self_signed_certificate_and_mutual_tls_serves_both_services_over_ht
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // `ready:` comes once both answered /health over TLS.
+    // `ready:` comes once all three answered /health over TLS.
     let lines = lines_until(&mut child, "ready:");
     let _up = Process(child);
     let text = lines.join("\n");
@@ -212,7 +213,7 @@ fn up_with_a_self_signed_certificate_and_mutual_tls_serves_both_services_over_ht
         .split_whitespace()
         .filter(|word| word.starts_with("https://"))
         .collect();
-    assert_eq!(urls.len(), 2, "{text}");
+    assert_eq!(urls.len(), 3, "memory, cognition and core: {text}");
     let cert = std::fs::canonicalize(&cert).unwrap();
     let key = std::fs::canonicalize(&key).unwrap();
     for variable in [

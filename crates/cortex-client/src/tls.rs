@@ -52,18 +52,27 @@
 //! untrusted one) arrives as an alert on the first read, after the request
 //! was written. The pool recognises those alerts and reports the request as
 //! not sent, which it was not: the server's TLS layer never accepted the
-//! connection.
+//! connection. When the alert closes the connection before the request is
+//! dispatched, though, all hyper reports is a closed channel. So a client
+//! without a certificate that a server asked for one waits, before the
+//! connection is used, for the server's verdict: as long as the handshake
+//! took (at least 10 ms, at most 1 s). A refusal then fails the handshake
+//! with the server's alert and its advice; silence means the certificate
+//! was optional.
 
 use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cortex_discovery::Endpoint;
+use rustls::client::ResolvesClientCert;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::sign::CertifiedKey;
 use rustls::{AlertDescription, RootCertStore};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -75,6 +84,9 @@ pub use rustls;
 #[derive(Clone)]
 pub(crate) struct Tls {
     connector: TlsConnector,
+    /// Whether a client certificate is configured; without one, each
+    /// handshake notes whether the server asked for one.
+    has_client_cert: bool,
     server_name: ServerName<'static>,
     /// The endpoint's host, for messages.
     host: Arc<str>,
@@ -166,8 +178,10 @@ impl Tls {
         };
         // One request at a time per connection is what the pool counts on.
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let has_client_cert = config.client_cert.is_some();
         Ok(Some(Self {
             connector: TlsConnector::from(Arc::new(tls)),
+            has_client_cert,
             server_name,
             host: Arc::from(host),
             trusted: Arc::from(trusted.join(", ")),
@@ -187,8 +201,22 @@ impl Tls {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let connect = self.connector.connect(self.server_name.clone(), io);
+        // Without a certificate of our own: note whether the server asks.
+        let asked = (!self.has_client_cert).then(|| Arc::new(AskedForCertificate::default()));
+        let connector = match &asked {
+            Some(asked) => {
+                let mut config = (**self.connector.config()).clone();
+                config.client_auth_cert_resolver = asked.clone();
+                TlsConnector::from(Arc::new(config))
+            }
+            None => self.connector.clone(),
+        };
+        let started = tokio::time::Instant::now();
+        let connect = connector.connect(self.server_name.clone(), io);
         match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(stream)) if asked.is_some_and(|a| a.0.load(Ordering::Acquire)) => {
+                self.verdict(stream, started.elapsed()).await
+            }
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(error)) => Err(self.failed(error)),
             Err(_) => Err(std::io::Error::new(
@@ -197,6 +225,43 @@ impl Tls {
                     "TLS handshake with {} timed out after {}",
                     self.host,
                     cortex_resilience::human::HumanDuration(timeout)
+                ),
+            )),
+        }
+    }
+
+    /// Waits for a server that asked for a client certificate (and got
+    /// none) to refuse the connection, for as long as the handshake took
+    /// (10 ms to 1 s): a TLS 1.3 server's verdict comes after our side of
+    /// the handshake. Its alert fails the handshake; silence keeps the
+    /// connection. An HTTP/1.1 server never speaks first, so nothing of
+    /// the application's is read here.
+    async fn verdict<IO>(
+        &self,
+        mut stream: TlsStream<IO>,
+        took: Duration,
+    ) -> Result<TlsStream<IO>, std::io::Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let wait = took.clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(wait, stream.read(&mut first)).await {
+            Err(_) => Ok(stream),
+            Ok(Err(error)) => Err(self.failed(error)),
+            Ok(Ok(0)) => Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                format!(
+                    "TLS handshake with {} failed: the server closed the connection after asking \
+                     for a client certificate (set client_cert and client_key)",
+                    self.host
+                ),
+            )),
+            Ok(Ok(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} sent data before any request (not an HTTP/1.1 server?)",
+                    self.host
                 ),
             )),
         }
@@ -329,6 +394,27 @@ pub fn rustls_error<'e>(error: &'e (dyn StdError + 'static)) -> Option<&'e rustl
         current = error.source();
     }
     None
+}
+
+/// Notes that the server asked for a client certificate; offers none (the
+/// handshake goes on with an empty certificate, as without a resolver).
+#[derive(Debug, Default)]
+struct AskedForCertificate(AtomicBool);
+
+impl ResolvesClientCert for AskedForCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.store(true, Ordering::Release);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        // Asked, so that `resolve` learns of the request; it gives nothing.
+        true
+    }
 }
 
 /// The alerts of a failing handshake (RFC 8446 §6.2, RFC 5246 §7.2.2):
