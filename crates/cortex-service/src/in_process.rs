@@ -131,6 +131,7 @@ impl InProcessMcpClient {
                 })
                 .unwrap_or_default(),
             caller,
+            notifier: None,
         })
     }
 }

@@ -17,6 +17,9 @@
 //! - [`error`]: [`ServiceError`], what handlers return, and how it becomes a response.
 //! - [`idempotency`]: keyed tool calls run once; the store that remembers them.
 //! - [`pattern`]: resource URI patterns such as `history/{user_id}/limit/{n}`.
+//! - [`prompt`]: [`Prompt`]s (MCP `prompts/*`) and completers of their
+//!   arguments and of resource pattern parameters (`completion/complete`).
+//! - [`notify`]: [`CallContext::log`], log messages to an MCP caller.
 //! - [`routes`]: the axum routes of the dialect.
 //! - [`metrics`]: `GET /metrics`: per tool and resource pattern, calls,
 //!   errors by code and latency; open streams and connections.
@@ -62,8 +65,10 @@ pub mod idempotency;
 pub mod in_process;
 pub mod mcp;
 pub mod metrics;
+pub mod notify;
 mod paths;
 pub mod pattern;
+pub mod prompt;
 mod rate_log;
 pub mod registry;
 pub mod routes;
@@ -75,7 +80,9 @@ pub use config::{HttpLimits, McpConfig, ServiceConfig};
 pub use error::ServiceError;
 pub use idempotency::{IdempotencyStore, InMemoryIdempotencyStore};
 pub use in_process::InProcessMcpClient;
+pub use notify::LogLevel;
 pub use pattern::{MAX_SEGMENT_ID_BYTES, Params, check_id_length, check_segment_id};
+pub use prompt::{Completer, Prompt, PromptArgument, PromptContent, PromptMessage, Role};
 pub use registry::{
     BuildError, CallContext, EventStream, Resource, ResourceContent, Service, ServiceBuilder, Tool,
 };

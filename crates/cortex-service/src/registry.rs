@@ -33,6 +33,9 @@ pub struct CallContext {
     /// authentication is off or the call comes from inside the process
     /// (see [`crate::auth`]). Check it with [`CallContext::authorize_user`].
     pub caller: Option<crate::auth::Caller>,
+    /// Where [`CallContext::log`] sends: the caller's MCP session, if the
+    /// call came over one.
+    pub(crate) notifier: Option<crate::notify::Notifier>,
 }
 
 impl CallContext {
@@ -47,6 +50,39 @@ impl CallContext {
     /// (see [`authorize`](crate::auth::authorize)).
     pub fn authorize_user(&self, user_id: &str) -> Result<(), ServiceError> {
         crate::auth::authorize(self.caller.as_ref(), user_id)
+    }
+
+    /// Sends a log message to the caller, as MCP `notifications/message`
+    /// with `data`, when the call came over an MCP session whose level
+    /// (`logging/setLevel`, `info` until set) is at or below `level`.
+    /// Returns whether it was queued; it never waits. Other callers (the
+    /// Cortex dialect, in process) get nothing. See [`crate::notify`] for
+    /// the bounds.
+    pub fn log(&self, level: crate::notify::LogLevel, data: Value) -> bool {
+        self.log_as(level, None, data)
+    }
+
+    /// Reports progress to the caller, as MCP `notifications/progress`,
+    /// when the call is an MCP `tools/call` whose request gave a
+    /// `_meta.progressToken` and whose answer is therefore a stream (see
+    /// `docs/mcp.md`); otherwise nothing is sent. `progress` should grow
+    /// with each report. Returns whether it was queued; it never waits.
+    pub fn progress(&self, progress: f64, total: Option<f64>, message: Option<&str>) -> bool {
+        self.notifier
+            .as_ref()
+            .is_some_and(|n| n.progress(progress, total, message))
+    }
+
+    /// [`CallContext::log`] naming the `logger`.
+    pub fn log_as(
+        &self,
+        level: crate::notify::LogLevel,
+        logger: Option<&str>,
+        data: Value,
+    ) -> bool {
+        self.notifier
+            .as_ref()
+            .is_some_and(|n| n.log(level, logger, data))
     }
 }
 
@@ -68,6 +104,7 @@ impl CallContext {
             idempotency_key: text(cortex_proto::IDEMPOTENCY_KEY_HEADER).filter(|k| !k.is_empty()),
             headers,
             caller: crate::auth::current_caller(),
+            notifier: None,
         }
     }
 }
@@ -171,6 +208,8 @@ pub struct Resource {
     mime_type: String,
     read: ReadHandler,
     stream: Option<StreamHandler>,
+    /// Completers of the pattern's parameters, by parameter name.
+    completers: Vec<(String, crate::prompt::Completer)>,
 }
 
 impl Resource {
@@ -186,12 +225,24 @@ impl Resource {
             mime_type: "application/json".into(),
             read: Arc::new(move |ctx, params| Box::pin(read(ctx, params))),
             stream: None,
+            completers: Vec::new(),
         }
     }
 
     /// Declares the media type reads are sent with.
     pub fn with_mime_type(mut self, mime_type: impl Into<String>) -> Self {
         self.mime_type = mime_type.into();
+        self
+    }
+
+    /// Suggests values for the pattern's parameter `param` (MCP
+    /// `completion/complete`). It runs on the request's task, so it must be
+    /// quick and never block.
+    pub fn with_completer<F>(mut self, param: impl Into<String>, complete: F) -> Self
+    where
+        F: Fn(&str, &Map<String, Value>) -> Vec<String> + Send + Sync + 'static,
+    {
+        self.completers.push((param.into(), Arc::new(complete)));
         self
     }
 
@@ -238,6 +289,9 @@ pub enum BuildError {
         /// What the schema compiler said.
         message: String,
     },
+    /// Two prompts share a name.
+    #[error("prompt `{0}` is registered twice")]
+    DuplicatePrompt(String),
     /// A resource pattern is malformed or registered twice.
     #[error(transparent)]
     Pattern(#[from] PatternError),
@@ -249,6 +303,7 @@ pub struct ServiceBuilder {
     version: String,
     tools: Vec<Tool>,
     resources: Vec<Resource>,
+    prompts: Vec<crate::prompt::Prompt>,
     health_checks: Vec<(String, HealthCheck)>,
     health_info: Vec<(String, HealthInfo)>,
     idempotency: Option<Arc<dyn IdempotencyStore>>,
@@ -267,6 +322,12 @@ impl ServiceBuilder {
     /// Adds a resource.
     pub fn resource(mut self, resource: Resource) -> Self {
         self.resources.push(resource);
+        self
+    }
+
+    /// Adds a prompt (served over MCP: `prompts/list`, `prompts/get`).
+    pub fn prompt(mut self, prompt: crate::prompt::Prompt) -> Self {
+        self.prompts.push(prompt);
         self
     }
 
@@ -384,9 +445,17 @@ impl ServiceBuilder {
                 pattern,
             });
         }
+        let mut prompts = BTreeMap::new();
+        for prompt in self.prompts {
+            let name = prompt.name.clone();
+            if prompts.insert(name.clone(), prompt).is_some() {
+                return Err(BuildError::DuplicatePrompt(name));
+            }
+        }
         Ok(Service {
             inner: Arc::new(Inner {
                 name: self.name,
+                prompts,
                 version: self.version,
                 tools,
                 resources,
@@ -416,6 +485,7 @@ struct Inner {
     version: String,
     tools: BTreeMap<String, CompiledTool>,
     resources: Vec<CompiledResource>,
+    prompts: BTreeMap<String, crate::prompt::Prompt>,
     health_checks: Vec<(String, HealthCheck)>,
     health_info: Vec<(String, HealthInfo)>,
     /// An application's own routes (see [`ServiceBuilder::routes`]).
@@ -437,6 +507,7 @@ impl Service {
             version: version.into(),
             tools: Vec::new(),
             resources: Vec::new(),
+            prompts: Vec::new(),
             health_checks: Vec::new(),
             health_info: Vec::new(),
             idempotency: None,
@@ -555,6 +626,97 @@ impl Service {
                 streaming: r.resource.stream.is_some(),
             })
             .collect()
+    }
+
+    /// Every prompt, sorted by name.
+    pub fn prompts(&self) -> Vec<&crate::prompt::Prompt> {
+        self.inner.prompts.values().collect()
+    }
+
+    /// Whether any prompt argument or resource parameter has a completer.
+    pub fn has_completers(&self) -> bool {
+        self.inner
+            .prompts
+            .values()
+            .any(|p| p.arguments.iter().any(|a| a.completer.is_some()))
+            || self
+                .inner
+                .resources
+                .iter()
+                .any(|r| !r.resource.completers.is_empty())
+    }
+
+    /// Runs a prompt: `invalid_arguments` when it is unknown (field `name`)
+    /// or a required argument is missing (field: the argument); a handler
+    /// panic is a 500.
+    pub async fn get_prompt(
+        &self,
+        ctx: CallContext,
+        name: &str,
+        arguments: BTreeMap<String, String>,
+    ) -> Result<Vec<crate::prompt::PromptMessage>, ServiceError> {
+        let prompt = self.inner.prompts.get(name).ok_or_else(|| {
+            ServiceError::invalid_argument(
+                "name",
+                format!("unknown prompt `{name}` on service `{}`", self.inner.name),
+            )
+        })?;
+        if let Some(missing) = prompt
+            .arguments
+            .iter()
+            .find(|a| a.required && !arguments.contains_key(&a.name))
+        {
+            return Err(ServiceError::invalid_argument(
+                &missing.name,
+                format!(
+                    "prompt `{name}` needs the argument `{}`: {}",
+                    missing.name, missing.description
+                ),
+            ));
+        }
+        run_guarded(name, (prompt.handler)(ctx, arguments)).await
+    }
+
+    /// The completer of argument `argument` of prompt `prompt`, if it has one.
+    pub(crate) fn prompt_completer(
+        &self,
+        prompt: &str,
+        argument: &str,
+    ) -> Result<Option<crate::prompt::Completer>, ServiceError> {
+        let prompt = self.inner.prompts.get(prompt).ok_or_else(|| {
+            ServiceError::invalid_argument("ref.name", format!("unknown prompt `{prompt}`"))
+        })?;
+        Ok(prompt
+            .arguments
+            .iter()
+            .find(|a| a.name == argument)
+            .and_then(|a| a.completer.clone()))
+    }
+
+    /// The completer of parameter `param` of the resource registered with
+    /// `pattern` exactly, if it has one.
+    pub(crate) fn resource_completer(
+        &self,
+        pattern: &str,
+        param: &str,
+    ) -> Result<Option<crate::prompt::Completer>, ServiceError> {
+        let resource = self
+            .inner
+            .resources
+            .iter()
+            .find(|r| r.resource.pattern == pattern)
+            .ok_or_else(|| {
+                ServiceError::invalid_argument(
+                    "ref.uri",
+                    format!("no resource template `{pattern}`"),
+                )
+            })?;
+        Ok(resource
+            .resource
+            .completers
+            .iter()
+            .find(|(name, _)| name == param)
+            .map(|(_, c)| c.clone()))
     }
 
     /// What every [`ServiceBuilder::health_info`] source reports now; one

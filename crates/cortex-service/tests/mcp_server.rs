@@ -444,7 +444,7 @@ async fn http_level_errors() {
         .unwrap();
     assert_eq!(reply.status(), 406);
     // An unknown method: -32601; ping: {}.
-    let reply = mcp.rpc(&session, "prompts/list", json!({})).await;
+    let reply = mcp.rpc(&session, "roots/list", json!({})).await;
     assert_eq!(reply["error"]["code"], -32601);
     let reply = mcp.rpc(&session, "ping", json!({})).await;
     assert_eq!(reply["result"], json!({}));

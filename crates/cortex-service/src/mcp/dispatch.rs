@@ -75,12 +75,25 @@ impl Shared {
         }
     }
 
-    /// The capabilities announced by `initialize` and `server/discover`.
-    pub(crate) fn capabilities(&self) -> Value {
-        json!({
+    /// The capabilities announced by `initialize` (`session`) and
+    /// `server/discover`: prompts and completions only when the registry
+    /// has some, logging only with a session (the stateless revision has
+    /// no `logging/setLevel`).
+    pub(crate) fn capabilities(&self, session: bool) -> Value {
+        let mut capabilities = json!({
             "tools": {"listChanged": false},
             "resources": {"subscribe": true, "listChanged": false},
-        })
+        });
+        if !self.service.prompts().is_empty() {
+            capabilities["prompts"] = json!({"listChanged": false});
+        }
+        if self.service.has_completers() {
+            capabilities["completions"] = json!({});
+        }
+        if session {
+            capabilities["logging"] = json!({});
+        }
+        capabilities
     }
 
     /// `serverInfo`.
@@ -139,6 +152,29 @@ impl Shared {
                 Ok(json!({ "resourceTemplates": self.resources.templates() }))
             }
             "resources/read" => self.read_resource(call, params).await,
+            "prompts/list" => {
+                no_cursor(params)?;
+                let prompts: Vec<Value> =
+                    self.service.prompts().iter().map(|p| p.to_mcp()).collect();
+                Ok(json!({ "prompts": prompts }))
+            }
+            "prompts/get" => self.get_prompt(call, params).await,
+            "completion/complete" => self.complete(params),
+            "logging/setLevel" if !call.stateless() => {
+                let level = params.get("level").and_then(Value::as_str).ok_or_else(|| {
+                    RpcError::invalid_params("logging/setLevel needs a string `level`")
+                })?;
+                let level = crate::notify::LogLevel::parse(level).ok_or_else(|| {
+                    RpcError::invalid_params(format!(
+                        "unknown log level `{level}`; one of debug, info, notice, warning, \
+                         error, critical, alert, emergency"
+                    ))
+                })?;
+                if let Some(session) = &call.session {
+                    crate::notify::set_level(&session.log_level, level);
+                }
+                Ok(json!({}))
+            }
             "resources/subscribe" if !call.stateless() => self.subscribe(call, params).await,
             "resources/unsubscribe" if !call.stateless() => {
                 let uri = uri_param(params)?;
@@ -185,6 +221,98 @@ impl Shared {
             }
             Err(error) => Ok(tool_error(&error, call.structured)),
         }
+    }
+
+    async fn get_prompt(
+        &self,
+        call: &Call,
+        params: &Map<String, Value>,
+    ) -> Result<Value, RpcError> {
+        let name = params
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| RpcError::invalid_params("prompts/get needs a string `name`"))?;
+        let arguments = string_map(params.get("arguments"), "prompts/get `arguments`")?;
+        let messages = self
+            .service
+            .get_prompt(call.ctx.clone(), name, arguments)
+            .await
+            .map_err(|e| RpcError::from_service(&e, call.stateless()))?;
+        let description = self
+            .service
+            .prompts()
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.description.clone())
+            .unwrap_or_default();
+        let messages: Vec<Value> = messages.iter().map(|m| m.to_mcp()).collect();
+        Ok(json!({"description": description, "messages": messages}))
+    }
+
+    /// `completion/complete` for a prompt argument (`ref/prompt`) or a
+    /// resource template parameter (`ref/resource`); an argument without a
+    /// completer completes to nothing.
+    fn complete(&self, params: &Map<String, Value>) -> Result<Value, RpcError> {
+        let reference = params
+            .get("ref")
+            .and_then(Value::as_object)
+            .ok_or_else(|| RpcError::invalid_params("completion/complete needs an object `ref`"))?;
+        let argument = params
+            .get("argument")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                RpcError::invalid_params("completion/complete needs an object `argument`")
+            })?;
+        let (Some(name), Some(value)) = (
+            argument.get("name").and_then(Value::as_str),
+            argument.get("value").and_then(Value::as_str),
+        ) else {
+            return Err(RpcError::invalid_params(
+                "completion/complete `argument` needs a string `name` and a string `value`",
+            ));
+        };
+        let context = params
+            .get("context")
+            .and_then(|c| c.get("arguments"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let text = |key: &str| reference.get(key).and_then(Value::as_str);
+        let completer = match text("type") {
+            Some("ref/prompt") => {
+                let prompt = text("name")
+                    .ok_or_else(|| RpcError::invalid_params("`ref/prompt` needs a `name`"))?;
+                self.service.prompt_completer(prompt, name)
+            }
+            Some("ref/resource") => {
+                let uri = text("uri")
+                    .ok_or_else(|| RpcError::invalid_params("`ref/resource` needs a `uri`"))?;
+                let pattern = self.resources.path_of(uri).ok_or_else(|| {
+                    RpcError::invalid_params(format!("no resource template `{uri}`"))
+                })?;
+                self.service.resource_completer(pattern, name)
+            }
+            _ => {
+                return Err(RpcError::invalid_params(
+                    "`ref.type` must be `ref/prompt` or `ref/resource`",
+                ));
+            }
+        }
+        .map_err(|e| RpcError::from_service(&e, false))?;
+        let Some(completer) = completer else {
+            return Ok(crate::prompt::completion(Vec::new()));
+        };
+        // A completer that panics fails this request, not the connection.
+        let values =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| completer(value, &context)))
+                .map_err(|_| {
+                tracing::error!(argument = name, "a completer panicked");
+                RpcError::new(
+                    super::jsonrpc::INTERNAL_ERROR,
+                    format!("completing `{name}` failed unexpectedly"),
+                )
+            })?;
+        Ok(crate::prompt::completion(values))
     }
 
     fn not_found(&self, uri: &str, stateless: bool) -> RpcError {
@@ -362,6 +490,28 @@ fn backoff(retry: Duration, failures: u32) -> Duration {
 fn unknown_tool(name: &str, service: &str) -> RpcError {
     RpcError::invalid_params(format!("unknown tool `{name}` on service `{service}`"))
         .with_data(json!({ "tool": name }))
+}
+
+/// An object of strings (prompt arguments); anything else is -32602.
+fn string_map(
+    value: Option<&Value>,
+    what: &str,
+) -> Result<std::collections::BTreeMap<String, String>, RpcError> {
+    match value {
+        None | Some(Value::Null) => Ok(Default::default()),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(text) => Ok((k.clone(), text.clone())),
+                _ => Err(RpcError::invalid_params(format!(
+                    "{what}: `{k}` must be a string"
+                ))),
+            })
+            .collect(),
+        Some(_) => Err(RpcError::invalid_params(format!(
+            "{what} must be an object"
+        ))),
+    }
 }
 
 fn uri_param(params: &Map<String, Value>) -> Result<&str, RpcError> {

@@ -469,7 +469,7 @@ fn initialize(mcp: &Arc<Shared>, body: Value, peer: Option<IpAddr>) -> Response 
     tracing::debug!(session = %session.id, revision = revision.as_str(), %client, "MCP session opened");
     let result = json!({
         "protocolVersion": revision.as_str(),
-        "capabilities": mcp.capabilities(),
+        "capabilities": mcp.capabilities(true),
         "serverInfo": mcp.server_info(),
         "instructions": mcp.instructions(),
     });
@@ -515,14 +515,28 @@ async fn one_message(mcp: &Shared, call: &Call, message: Value) -> Outcome {
 }
 
 async fn session_post(
-    mcp: &Shared,
+    mcp: &Arc<Shared>,
     headers: &HeaderMap,
     session: Arc<Session>,
     revision: Revision,
     body: Value,
 ) -> Response {
+    if let Some(token) = streamed_progress(headers, &body) {
+        // The stream outlives the request slot, so it holds a stream slot;
+        // with none free the call is answered as JSON, without progress.
+        if let Ok(slot) = mcp.service.stream_slot() {
+            return streamed_call(mcp, headers, (session, revision), body, token, slot);
+        }
+    }
+    let ctx = CallContext {
+        notifier: Some(crate::notify::Notifier::new(
+            session.outbox.clone(),
+            session.log_level.clone(),
+        )),
+        ..CallContext::from_headers(headers.clone())
+    };
     let call = Call {
-        ctx: CallContext::from_headers(headers.clone()),
+        ctx,
         session: Some(session),
         structured: revision.has_structured_content(),
     };
@@ -582,6 +596,92 @@ async fn session_post(
     }
 }
 
+/// The progress token of a request answered as an SSE stream: a single
+/// `tools/call` whose `_meta` has a `progressToken` (a string or a number),
+/// from a client whose `Accept` lists `text/event-stream`. Every other
+/// request is answered as JSON.
+fn streamed_progress(headers: &HeaderMap, body: &Value) -> Option<Value> {
+    if body.get("method").and_then(Value::as_str) != Some("tools/call")
+        || body.get("id").is_none()
+        || headers.get(header::ACCEPT).is_none()
+        || !accepts(headers, "text/event-stream")
+    {
+        return None;
+    }
+    body.get("params")?
+        .get("_meta")?
+        .get("progressToken")
+        .filter(|t| t.is_string() || t.is_number())
+        .cloned()
+}
+
+/// Ends the call's task when its stream is dropped (the client went away),
+/// as a JSON answer's handler ends when its connection does.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Answers one `tools/call` as an SSE stream: the call's progress and log
+/// messages as they come, then its response, then the stream ends. They
+/// pass through a buffer of `notification_buffer` entries that drops its
+/// oldest when a slow client lets it fill, so the handler never waits;
+/// the response is queued last and nothing after it, so it is never the
+/// one dropped. The stream has no event ids: it cannot be resumed. It holds
+/// one of the service's stream slots.
+fn streamed_call(
+    mcp: &Arc<Shared>,
+    headers: &HeaderMap,
+    (session, revision): (Arc<Session>, Revision),
+    body: Value,
+    token: Value,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Response {
+    let outbox = Arc::new(Outbox::new(mcp.config.mcp.notification_buffer));
+    let notifier = crate::notify::Notifier::new(outbox.clone(), session.log_level.clone())
+        .with_progress(token);
+    let call = Call {
+        ctx: CallContext {
+            notifier: Some(notifier.clone()),
+            ..CallContext::from_headers(headers.clone())
+        },
+        session: Some(session),
+        structured: revision.has_structured_content(),
+    };
+    let shared = mcp.clone();
+    let answer = {
+        let outbox = outbox.clone();
+        async move {
+            let reply = match one_message(&shared, &call, body).await {
+                Outcome::Reply(reply) | Outcome::Invalid(reply) => reply,
+                Outcome::Accepted => return,
+            };
+            notifier.close();
+            outbox.push(reply, None);
+        }
+    };
+    // The task serves the same caller the request does.
+    let task = match crate::auth::current_caller() {
+        Some(caller) => tokio::spawn(crate::auth::serve_as(caller, answer)),
+        None => tokio::spawn(answer),
+    };
+    notification_stream(
+        mcp,
+        StreamPlan {
+            prelude: Vec::new(),
+            outbox,
+            cursor: 0,
+            with_ids: false,
+            session: None,
+            guard: Box::new((AbortOnDrop(task.abort_handle()), slot)),
+            ends_with_response: true,
+        },
+    )
+}
+
 /// `GET`: the session's server→client stream.
 fn get(mcp: &Arc<Shared>, headers: &HeaderMap) -> Response {
     if !accepts(headers, "text/event-stream") || headers.get(header::ACCEPT).is_none() {
@@ -616,6 +716,7 @@ fn get(mcp: &Arc<Shared>, headers: &HeaderMap) -> Response {
             with_ids: true,
             guard: Box::new((session.stream_guard(), slot)),
             session: Some((session, revision.primes_streams())),
+            ends_with_response: false,
         },
     )
 }
@@ -654,6 +755,8 @@ pub(crate) struct StreamPlan {
     pub(crate) session: Option<(Arc<Session>, bool)>,
     /// Dropped when the stream is.
     pub(crate) guard: Box<dyn Send>,
+    /// End after sending a JSON-RPC response (a POST answered as a stream).
+    pub(crate) ends_with_response: bool,
 }
 
 fn frame(message: &Value, id: Option<u64>) -> Bytes {
@@ -707,6 +810,8 @@ pub(crate) fn notification_stream(mcp: &Shared, plan: StreamPlan) -> Response {
         end: BoxFuture<'static, ()>,
         session: Option<Arc<Session>>,
         keep_alive: std::time::Duration,
+        ends_with_response: bool,
+        answered: bool,
         _guard: Box<dyn Send>,
     }
     let feed = Feed {
@@ -718,6 +823,8 @@ pub(crate) fn notification_stream(mcp: &Shared, plan: StreamPlan) -> Response {
         end,
         session,
         keep_alive,
+        ends_with_response: plan.ends_with_response,
+        answered: false,
         _guard: plan.guard,
     };
     let body: BoxStream<'static, Result<Bytes, std::io::Error>> =
@@ -726,11 +833,17 @@ pub(crate) fn notification_stream(mcp: &Shared, plan: StreamPlan) -> Response {
                 if let Some(bytes) = feed.pending.pop_front() {
                     return Some((Ok(bytes), feed));
                 }
+                if feed.answered {
+                    return None;
+                }
                 feed.changed.borrow_and_update();
                 let entries = feed.outbox.take_after(feed.cursor);
                 if !entries.is_empty() {
                     for entry in entries {
                         feed.cursor = entry.id;
+                        if feed.ends_with_response && entry.message.get("id").is_some() {
+                            feed.answered = true;
+                        }
                         let id = feed.with_ids.then_some(entry.id);
                         feed.pending.push_back(frame(&entry.message, id));
                     }

@@ -28,6 +28,14 @@
 //! | `resources/templates/list` | patterns with parameters, as `uriTemplate` |
 //! | `resources/read` | [`Service::read_resource`] on the URI without its scheme |
 //! | `resources/subscribe` | [`Service::stream_resource`] run in a task per subscription |
+//! | `prompts/list`, `prompts/get` | [`Service::prompts`], [`Service::get_prompt`] |
+//! | `completion/complete` | the completers of prompt arguments and resource parameters |
+//! | `logging/setLevel` | the session's level for [`CallContext::log`] |
+//!
+//! A `tools/call` whose request carries `_meta.progressToken`, from a client
+//! accepting `text/event-stream`, is answered as an SSE stream carrying the
+//! call's [`CallContext::progress`] and log messages before its response;
+//! every other request is answered as JSON.
 //!
 //! The URI scheme is the service's name (`memory://history/{user_id}`), see
 //! [`uri_scheme`].
@@ -36,11 +44,15 @@
 //! [`Service::read_resource`]: crate::Service::read_resource
 //! [`Service::stream_resource`]: crate::Service::stream_resource
 //! [`Service::tools`]: crate::Service::tools
+//! [`Service::prompts`]: crate::Service::prompts
+//! [`Service::get_prompt`]: crate::Service::get_prompt
+//! [`CallContext::log`]: crate::CallContext::log
+//! [`CallContext::progress`]: crate::CallContext::progress
 
 mod dispatch;
 mod http;
-mod jsonrpc;
-mod outbox;
+pub(crate) mod jsonrpc;
+pub(crate) mod outbox;
 mod resources;
 mod session;
 mod stateless;

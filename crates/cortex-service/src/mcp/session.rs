@@ -74,6 +74,8 @@ pub(crate) struct Session {
     /// token's user, else the peer's IP address.
     client: Arc<str>,
     open_streams: AtomicUsize,
+    /// The level of log messages sent to it (`logging/setLevel`).
+    pub(crate) log_level: Arc<std::sync::atomic::AtomicU8>,
 }
 
 impl Session {
@@ -89,6 +91,7 @@ impl Session {
             owner: std::sync::OnceLock::new(),
             client,
             open_streams: AtomicUsize::new(0),
+            log_level: crate::notify::session_level(),
         }
     }
 

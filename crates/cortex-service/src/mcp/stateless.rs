@@ -185,7 +185,12 @@ const REMOVED_METHODS: [&str; 5] = [
 ];
 
 /// Results that carry caching hints.
-const LIST_METHODS: [&str; 3] = ["tools/list", "resources/list", "resources/templates/list"];
+const LIST_METHODS: [&str; 4] = [
+    "tools/list",
+    "resources/list",
+    "resources/templates/list",
+    "prompts/list",
+];
 
 /// Adds `resultType: "complete"`, which every result of this revision has,
 /// and names the server in `_meta`.
@@ -213,7 +218,7 @@ fn cacheable(mut result: Value, ttl: std::time::Duration) -> Value {
 fn discover(mcp: &Shared) -> Value {
     json!({
         "supportedVersions": supported_versions(),
-        "capabilities": mcp.capabilities(),
+        "capabilities": mcp.capabilities(false),
         "serverInfo": mcp.server_info(),
         "instructions": mcp.instructions(),
     })
@@ -500,6 +505,7 @@ async fn listen(
             with_ids: false,
             session: None,
             guard: Box::new((AbortOnDrop(tasks), slot)),
+            ends_with_response: false,
         },
     )
 }
