@@ -90,7 +90,7 @@ pub(crate) async fn stream(
     let uri = words.required("URI")?;
     words.done()?;
     let target = flags.connect(|c| c).await?;
-    let mut events = match target
+    let events = match target
         .client
         .stream_resource_from(&service, &uri, args.from)
         .await
@@ -98,10 +98,38 @@ pub(crate) async fn stream(
         Ok(events) => events,
         Err(error) => return Err(explain(&target, error).await),
     };
+    follow(
+        events,
+        args.count,
+        |_| true,
+        |event| {
+            if json {
+                line(json!({"id": event.id, "event": event.event, "data": event.data}).to_string())
+            } else {
+                line(format!(
+                    "#{} {} {}",
+                    event.id.as_deref().unwrap_or("-"),
+                    event.event,
+                    event.data
+                ))
+            }
+        },
+    )
+    .await
+}
+
+/// Prints `events` with `print` until the stream ends, Ctrl-C, or `count`
+/// of the events `counts` accepts have come.
+pub(crate) async fn follow(
+    mut events: cortex_client::EventStream,
+    count: Option<u64>,
+    counts: impl Fn(&cortex_client::StreamEvent) -> bool,
+    print: impl Fn(&cortex_client::StreamEvent) -> Result<(), Failure>,
+) -> Result<(), Failure> {
     let stop = cortex_service::shutdown_signal();
     tokio::pin!(stop);
     let mut seen = 0u64;
-    while args.count.is_none_or(|count| seen < count) {
+    while count.is_none_or(|count| seen < count) {
         let event = tokio::select! {
             () = &mut stop => break,
             event = events.next() => match event {
@@ -110,17 +138,10 @@ pub(crate) async fn stream(
                 Some(event) => event?,
             },
         };
-        seen += 1;
-        if json {
-            line(json!({"id": event.id, "event": event.event, "data": event.data}).to_string())?;
-        } else {
-            line(format!(
-                "#{} {} {}",
-                event.id.as_deref().unwrap_or("-"),
-                event.event,
-                event.data
-            ))?;
+        if counts(&event) {
+            seen += 1;
         }
+        print(&event)?;
     }
     Ok(())
 }

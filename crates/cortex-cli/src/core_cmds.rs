@@ -3,10 +3,10 @@
 //! retries, breakers and stream resumption work as for any service.
 
 use cortex_client::McpClient;
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::cli::{InputArgs, OutputArgs};
+use crate::client_cmds::follow;
 use crate::connect::ClientFlags;
 use crate::exit::Failure;
 use crate::hints::explain;
@@ -70,7 +70,7 @@ pub(crate) async fn output(
     let user = user_of(user);
     let uri = format!("output/{}", cortex_client::typed::segment(&user));
     let target = flags.connect(|c| c).await?;
-    let mut events = match target
+    let events = match target
         .client
         .stream_resource_from(CORE, &uri, args.from.map(|id| id.to_string()))
         .await
@@ -78,28 +78,20 @@ pub(crate) async fn output(
         Ok(events) => events,
         Err(error) => return Err(explain(&target, error).await),
     };
-    let stop = cortex_service::shutdown_signal();
-    tokio::pin!(stop);
-    let mut seen = 0u64;
-    while args.count.is_none_or(|count| seen < count) {
-        let event = tokio::select! {
-            () = &mut stop => break,
-            event = events.next() => match event {
-                None => break,
-                Some(event) => event?,
-            },
-        };
-        // `status` events (no id) tell the present; only the log counts.
-        if event.id.is_some() {
-            seen += 1;
-        }
-        if json_out {
-            line(json!({"id": event.id, "event": event.event, "data": event.data}).to_string())?;
-        } else {
-            line(describe(event.id.as_deref(), &event.event, &event.data))?;
-        }
-    }
-    Ok(())
+    // `status` events (no id) tell the present; only the log counts.
+    follow(
+        events,
+        args.count,
+        |event| event.id.is_some(),
+        |event| {
+            if json_out {
+                line(json!({"id": event.id, "event": event.event, "data": event.data}).to_string())
+            } else {
+                line(describe(event.id.as_deref(), &event.event, &event.data))
+            }
+        },
+    )
+    .await
 }
 
 /// One line per event, for people: `#ID KIND what happened`.

@@ -307,3 +307,45 @@ async fn core_killed_while_draining_loses_and_repeats_nothing() {
         assert_eq!(stored, pending, "{user}: one `stored` per input, in order");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cortex_input_and_output_through_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = memory(&dir.path().join("memory.sqlite3"), "0");
+    let cognition = Served::start(
+        "cognition",
+        &["--port", "0"],
+        &[("MEMORY_SERVICE_URL", memory.url.clone())],
+    );
+    let core = core(&dir.path().join("core"), &memory.url, &cognition.url);
+    let secret = dir.path().join("secret");
+    let run = |args: &[&str]| {
+        let output = common::cortex()
+            .arg("--service")
+            .arg(format!("core={}", core.url))
+            .args(["--user", "alice"])
+            .args(args)
+            .env("JWT_SECRET_KEY", SECRET)
+            .env("CORTEX_DATA_DIR", &secret)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let (code, stdout, stderr) = run(&["input", "remember the milk", "--conversation", "shop"]);
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert!(stdout.starts_with("stored: input "), "{stdout}");
+    let (code, stdout, stderr) = run(&["--json", "output", "--count", "2"]);
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &Value| e["id"].is_string())
+        .collect();
+    assert_eq!(events[0]["event"], "input", "{stdout}");
+    assert_eq!(events[0]["data"]["item"]["content"], "remember the milk");
+    assert_eq!(events[1]["event"], "context", "{stdout}");
+}
