@@ -7,14 +7,15 @@
 //! stays stored. It is made once per stored input while core runs; an
 //! input stored just before core stops may have none.
 
+use std::future::Future;
 use std::time::Duration;
 
+use cortex_client::McpError;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::front::Core;
-use crate::outbox::Event;
+use crate::outbox::{Event, Outbox};
 
 /// How long cognition gets for one input's context.
 pub const CONTEXT_DEADLINE: Duration = Duration::from_secs(2);
@@ -22,10 +23,14 @@ pub const CONTEXT_DEADLINE: Duration = Duration::from_secs(2);
 /// Context requests in flight at once.
 const AT_ONCE: usize = 4;
 
-/// Makes `context` events for every input stored from now on, until the
-/// outbox's feed closes.
-pub(crate) async fn run(core: Core) {
-    let live = core.outbox().subscribe();
+/// Makes `context` events for every input stored in `outbox` from now on,
+/// until its feed closes; `context_for(user, input data)` asks cognition.
+pub(crate) async fn run<F, Fut>(outbox: Outbox, context_for: F)
+where
+    F: Fn(String, Value) -> Fut + Clone,
+    Fut: Future<Output = Result<Value, McpError>>,
+{
+    let live = outbox.subscribe();
     let stored = futures::stream::unfold(live, |mut live| async move {
         loop {
             match live.recv().await {
@@ -45,8 +50,8 @@ pub(crate) async fn run(core: Core) {
     });
     stored
         .map(|event| {
-            let core = core.clone();
-            async move { context_event(&core, event).await }
+            let (outbox, context_for) = (outbox.clone(), context_for.clone());
+            async move { context_event(&outbox, context_for, event).await }
         })
         .buffered(AT_ONCE)
         .for_each(|_| std::future::ready(()))
@@ -54,7 +59,11 @@ pub(crate) async fn run(core: Core) {
 }
 
 /// Appends the `context` event of the stored input `event` announces.
-async fn context_event(core: &Core, event: Event) {
+async fn context_event<F, Fut>(outbox: &Outbox, context_for: F, event: Event)
+where
+    F: Fn(String, Value) -> Fut,
+    Fut: Future<Output = Result<Value, McpError>>,
+{
     let Some(input_id) = event.data.get("input_id").and_then(Value::as_str) else {
         return;
     };
@@ -62,7 +71,7 @@ async fn context_event(core: &Core, event: Event) {
     // An `input` event carries the item; a `stored` one names the input.
     let data = match event.data.get("item") {
         Some(item) => Some(item.clone()),
-        None => match core.outbox().input(input_id).await {
+        None => match outbox.input(input_id).await {
             Ok(input) => input.map(|input| input.data),
             Err(error) => {
                 tracing::warn!(%error, "no context: the input cannot be read");
@@ -72,7 +81,7 @@ async fn context_event(core: &Core, event: Event) {
     };
     let Some(data) = data else { return };
     let context =
-        tokio::time::timeout(CONTEXT_DEADLINE, core.context_for(&event.user_id, &data)).await;
+        tokio::time::timeout(CONTEXT_DEADLINE, context_for(event.user_id.clone(), data)).await;
     let body = match context {
         Ok(Ok(context)) => json!({
             "input_id": input_id,
@@ -93,7 +102,7 @@ async fn context_event(core: &Core, event: Event) {
             "reason": format!("cognition gave no context within {CONTEXT_DEADLINE:?}"),
         }),
     };
-    if let Err(error) = core.outbox().append(&event.user_id, "context", body).await {
+    if let Err(error) = outbox.append(&event.user_id, "context", body).await {
         tracing::warn!(%error, "the context event could not be kept");
     }
 }

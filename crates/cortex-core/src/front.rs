@@ -364,7 +364,11 @@ impl Core {
                 }
             }
         });
-        let context = crate::context::run(self.clone());
+        let core = self.clone();
+        let context = crate::context::run(self.inner.outbox.clone(), move |user, data| {
+            let core = core.clone();
+            async move { core.context_for(&user, &data).await }
+        });
         tokio::select! {
             () = stop => {}
             () = drain => {}

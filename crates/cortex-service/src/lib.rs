@@ -58,6 +58,7 @@
 
 pub mod auth;
 mod bounds;
+pub mod call;
 pub mod config;
 mod conn;
 pub mod error;
@@ -66,6 +67,7 @@ pub mod in_process;
 pub mod mcp;
 pub mod metrics;
 pub mod notify;
+mod outbox;
 mod paths;
 pub mod pattern;
 pub mod prompt;

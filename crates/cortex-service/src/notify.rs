@@ -1,7 +1,7 @@
 //! Log messages from a handler to its MCP caller (`notifications/message`),
 //! through [`CallContext::log`](crate::CallContext::log).
 //!
-//! A call served over an MCP session carries a [`Notifier`] for its
+//! A call served over an MCP session carries a notifier for its
 //! session; any other call (the Cortex dialect, in process, the stateless
 //! MCP revision) carries none and its log messages go nowhere. A message is
 //! sent only at or above the level the session set with
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use serde_json::{Value, json};
 
-use crate::mcp::outbox::Outbox;
+use crate::outbox::Outbox;
 
 /// At most this many log messages are sent for one call.
 pub const MAX_LOGS_PER_CALL: u64 = 64;
@@ -171,10 +171,8 @@ impl Notifier {
             let message: String = message.chars().take(1024).collect();
             params["message"] = json!(message);
         }
-        self.outbox.push(
-            crate::mcp::jsonrpc::notification("notifications/progress", params),
-            None,
-        )
+        self.outbox
+            .push(notification("notifications/progress", params), None)
     }
 
     fn level(&self) -> LogLevel {
@@ -209,11 +207,15 @@ impl Notifier {
         if let Some(logger) = logger {
             params["logger"] = json!(logger);
         }
-        self.outbox.push(
-            crate::mcp::jsonrpc::notification("notifications/message", params),
-            None,
-        )
+        self.outbox
+            .push(notification("notifications/message", params), None)
     }
+}
+
+/// A JSON-RPC notification (the same shape as `mcp::jsonrpc`'s, built here
+/// so that this module stays below the MCP transport).
+fn notification(method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "method": method, "params": params})
 }
 
 #[cfg(test)]

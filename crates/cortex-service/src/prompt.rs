@@ -21,8 +21,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
+use crate::call::CallContext;
 use crate::error::ServiceError;
-use crate::registry::CallContext;
 
 /// At most this many values are sent in one completion answer (MCP's cap).
 pub const MAX_COMPLETION_VALUES: usize = 100;

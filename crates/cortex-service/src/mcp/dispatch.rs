@@ -11,12 +11,12 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::jsonrpc::{METHOD_NOT_FOUND, RpcError, notification};
-use super::outbox::Outbox;
 use super::resources::{LIVE_META_KEY, ResourceIndex};
 use super::session::{Session, Sessions};
 use super::stateless::HeaderParams;
 use crate::config::ServiceConfig;
 use crate::error::ServiceError;
+use crate::outbox::Outbox;
 use crate::registry::{CallContext, EventStream, ResourceContent, Service};
 
 /// Everything the endpoint shares between requests.

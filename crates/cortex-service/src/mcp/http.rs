@@ -24,10 +24,10 @@ use super::dispatch::{Call, Shared};
 use super::jsonrpc::{
     self, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Message, PARSE_ERROR, RpcError,
 };
-use super::outbox::Outbox;
 use super::session::{Full, Revision, Session};
 use super::stateless;
 use crate::config::ServiceConfig;
+use crate::outbox::Outbox;
 use crate::registry::{CallContext, Service};
 
 const SESSION_HEADER: &str = "mcp-session-id";

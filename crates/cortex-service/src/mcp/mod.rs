@@ -52,7 +52,6 @@
 mod dispatch;
 mod http;
 pub(crate) mod jsonrpc;
-pub(crate) mod outbox;
 mod resources;
 mod session;
 mod stateless;

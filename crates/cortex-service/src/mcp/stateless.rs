@@ -14,9 +14,9 @@ use super::jsonrpc::{
     self, HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, Message, RpcError,
     UNSUPPORTED_PROTOCOL_VERSION,
 };
-use super::outbox::Outbox;
 use super::{SESSION_VERSIONS, STATELESS_VERSION};
 use crate::CallContext;
+use crate::outbox::Outbox;
 
 /// The `_meta` key carrying a request's protocol version.
 pub(crate) const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
