@@ -314,20 +314,9 @@ fn serve_with(args: &[&str], vars: &[(&str, &str)], db: &Path) -> (Process, Stri
     let stderr = lines
         .recv_timeout(std::time::Duration::from_secs(30))
         .unwrap_or_default();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        url.starts_with("http://"),
-        "stdout {line:?}, stderr {stderr:?}"
-    );
+    // The stderr line first: it says why when no ready line comes.
+    eprintln!("service stderr: {stderr}");
+    let url = common::ready_url(&mut child);
     (Process(child), url, stderr)
 }
 

@@ -170,7 +170,14 @@ pub(crate) struct StreamSlots {
 struct Slots {
     max: usize,
     per_user: usize,
-    open: Mutex<HashMap<String, usize>>,
+    open: Mutex<Open>,
+}
+
+/// Streams open: in all, and per user with any open.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_user: HashMap<String, usize>,
 }
 
 impl StreamSlots {
@@ -179,7 +186,7 @@ impl StreamSlots {
             inner: Arc::new(Slots {
                 max,
                 per_user,
-                open: Mutex::new(HashMap::new()),
+                open: Mutex::new(Open::default()),
             }),
         }
     }
@@ -191,13 +198,13 @@ impl StreamSlots {
             .open
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let total: usize = open.values().sum();
+        let total = open.total;
         if total >= self.inner.max {
             return Err(ServiceError::unavailable(format!(
                 "core has {total} output streams open (its limit); retry later"
             )));
         }
-        let mine = open.entry(user_id.to_string()).or_insert(0);
+        let mine = open.per_user.entry(user_id.to_string()).or_insert(0);
         if *mine >= self.inner.per_user {
             return Err(ServiceError::unavailable(format!(
                 "this user already has {} output streams open (the limit); close one first",
@@ -205,6 +212,7 @@ impl StreamSlots {
             )));
         }
         *mine += 1;
+        open.total += 1;
         Ok(StreamSlot {
             slots: self.inner.clone(),
             user_id: user_id.to_string(),
@@ -225,10 +233,11 @@ impl Drop for StreamSlot {
             .open
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.user_id) {
+        open.total = open.total.saturating_sub(1);
+        if let Some(count) = open.per_user.get_mut(&self.user_id) {
             *count -= 1;
             if *count == 0 {
-                open.remove(&self.user_id);
+                open.per_user.remove(&self.user_id);
             }
         }
     }

@@ -451,3 +451,86 @@ async fn a_lost_acknowledgement_still_stores_the_input_once() {
     );
     running.abort();
 }
+
+#[tokio::test]
+async fn a_user_holds_at_most_eight_streams_and_others_still_get_theirs() {
+    let system = System::start(100, true).await;
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        open.push(system.stream("alice", None).await);
+    }
+    let ninth = system
+        .http
+        .get(system.core.url("/output/stream"))
+        .header("authorization", bearer(&token("alice", &[])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ninth.status(), 503);
+    let body: Value = ninth.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("8 output streams"),
+        "{body}"
+    );
+    // Bob's slots are his own.
+    let _bobs = system.stream("bob", None).await;
+    // A closed stream gives its slot back.
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let again = system
+            .http
+            .get(system.core.url("/output/stream"))
+            .header("authorization", bearer(&token("alice", &[])))
+            .send()
+            .await
+            .unwrap();
+        if again.status() == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_input_tool_refuses_another_users_id() {
+    let system = System::start(100, true).await;
+    let call = |user: &str, args: Value| {
+        system
+            .http
+            .post(system.core.url("/tool/input"))
+            .header("authorization", bearer(&token(user, &[])))
+            .json(&json!({"arguments": args}))
+            .send()
+    };
+    let refused = call("bob", json!({"content": "as alice", "user_id": "alice"}))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let own = call("bob", json!({"content": "as bob"})).await.unwrap();
+    assert_eq!(own.status(), 200);
+    assert!(
+        system
+            .memory_client()
+            .get_history("alice")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        system
+            .memory_client()
+            .get_history("bob")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -22,6 +22,13 @@ pub(crate) fn serve_memory(args: &[&str], db: &Path) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let url = ready_url(&mut child);
+    (child, url)
+}
+
+/// The URL a `cortex serve` child printed on its ready line (`… listening
+/// on URL`), its first line of stdout.
+pub(crate) fn ready_url(child: &mut Child) -> String {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -33,10 +40,10 @@ pub(crate) fn serve_memory(args: &[&str], db: &Path) -> (Child, String) {
         .unwrap_or_default()
         .to_string();
     assert!(
-        url.starts_with("http://"),
+        url.starts_with("http://") || url.starts_with("https://"),
         "unexpected ready line: {line:?}"
     );
-    (child, url)
+    url
 }
 
 /// The binary with a clean environment: no discovery, client or auth
