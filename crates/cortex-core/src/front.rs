@@ -391,12 +391,13 @@ impl Core {
         // Memory reads a user's items back by a path segment: a user id
         // it could not serve (from a token's `sub`) is refused before
         // anything is kept.
-        cortex_service::check_segment_id("user_id", user_id).map_err(|error| {
-            CoreError::Invalid {
+        if user_id.is_empty() || user_id.contains('/') {
+            return Err(CoreError::Invalid {
                 field: "user_id",
-                message: error.message.trim_start_matches("user_id: ").to_string(),
-            }
-        })?;
+                message: "must be non-empty and contain no `/`".into(),
+            });
+        }
+        check_short("user_id", user_id)?;
         let data = input.into_data()?;
         let input_id = match idempotency_key {
             Some(key) => input_id_for(user_id, key)?,
@@ -647,5 +648,34 @@ mod tests {
         assert!(
             serde_json::from_value::<NewInput>(json!({"content": "a", "user_id": "x"})).is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn a_user_id_memory_could_not_read_back_is_refused_and_nothing_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path().join("outbox.sqlite3"), 10).unwrap();
+        // No service is reachable: a refusal must come before any call.
+        let client =
+            NetworkMcpClient::new(Arc::new(cortex_client::StaticDiscovery::new())).unwrap();
+        let core = Core::new(outbox.clone(), Arc::new(client), CoreConfig::default());
+        let input = || serde_json::from_value::<NewInput>(json!({"content": "hi"})).unwrap();
+        for user in [
+            "",
+            "a/b",
+            &"u".repeat(cortex_service::MAX_SEGMENT_ID_BYTES + 1),
+        ] {
+            let refused = core.accept(user, input(), None).await;
+            assert!(
+                matches!(
+                    refused,
+                    Err(CoreError::Invalid {
+                        field: "user_id",
+                        ..
+                    })
+                ),
+                "{user:?}: {refused:?}"
+            );
+        }
+        assert_eq!(outbox.depth().await.unwrap().0, 0);
     }
 }
