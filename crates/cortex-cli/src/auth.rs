@@ -30,7 +30,9 @@ use async_trait::async_trait;
 use clap::Args;
 use cortex_client::{Endpoint, TokenProvider};
 use cortex_service::AuthConfig;
-use cortex_service::auth::{ADMIN_ROLE, MIN_SECRET_BYTES, SERVICE_ROLE, TokenClaims, mint_hs256};
+use cortex_service::auth::{
+    ADMIN_ROLE, JwksSettings, MIN_SECRET_BYTES, SERVICE_ROLE, TokenClaims, mint_hs256,
+};
 use serde_json::json;
 
 use crate::exit::Failure;
@@ -56,9 +58,14 @@ pub(crate) struct AuthArgs {
     #[arg(long)]
     pub(crate) no_auth: bool,
     /// Check tokens signed by the keys at this JWKS URL (RS256, ES256,
-    /// EdDSA; http:// only) instead of an HS256 secret.
+    /// EdDSA; https://, or http:// on a trusted network) instead of an
+    /// HS256 secret.
     #[arg(long, env = "JWKS_URL", value_name = "URL")]
     pub(crate) jwks_url: Option<String>,
+    /// Trust the CA certificates in this PEM file, besides the system's,
+    /// for an https:// --jwks-url (a private identity provider's CA).
+    #[arg(long, env = "JWKS_CA_FILE", value_name = "FILE", requires = "jwks_url")]
+    pub(crate) jwks_ca: Option<PathBuf>,
     /// Require this `iss` claim.
     #[arg(long, env = "JWT_ISSUER", value_name = "ISSUER")]
     pub(crate) jwt_issuer: Option<String>,
@@ -139,7 +146,11 @@ pub(crate) fn service_auth(
             ));
         }
         (Some(url), None) => (
-            AuthConfig::jwks(url).map_err(|e| Failure::usage(e.to_string()))?,
+            match &args.jwks_ca {
+                None => AuthConfig::jwks(url),
+                Some(ca) => AuthConfig::jwks_trusting(url, JwksSettings::default(), ca),
+            }
+            .map_err(|e| Failure::usage(e.to_string()))?,
             format!("auth: JWT from the keys at {url}"),
         ),
         (None, Some(secret)) => (

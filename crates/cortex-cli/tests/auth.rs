@@ -362,7 +362,17 @@ fn a_short_jwt_secret_or_a_bad_auth_setting_is_a_startup_error() {
     };
     start(&[("JWT_SECRET_KEY", "too short")], &[]).fails(2, "at least 32 bytes");
     start(&[("AUTH_ENABLED", "maybe")], &[]).fails(2, "AUTH_ENABLED");
-    start(&[], &["--jwks-url", "https://idp.example.com/keys"]).fails(2, "TLS");
+    start(&[], &["--jwks-url", "ftp://idp.example.com/keys"]).fails(2, "https://");
+    start(
+        &[],
+        &[
+            "--jwks-url",
+            "https://idp.example.com/keys",
+            "--jwks-ca",
+            "/nonexistent/idp-ca.pem",
+        ],
+    )
+    .fails(2, "idp-ca.pem");
     start(
         &[("JWT_SECRET_KEY", "a secret that is long enough for HS256!")],
         &["--jwks-url", "http://127.0.0.1:9/keys"],

@@ -68,6 +68,8 @@ pub enum TlsFile {
     Key,
     /// The CA certificates that sign clients' certificates (PEM).
     ClientCa,
+    /// The CA certificates trusted for an `https://` JWKS URL (PEM).
+    JwksCa,
 }
 
 impl std::fmt::Display for TlsFile {
@@ -76,6 +78,7 @@ impl std::fmt::Display for TlsFile {
             Self::Certificate => "TLS certificate file",
             Self::Key => "TLS private key file",
             Self::ClientCa => "TLS client CA file",
+            Self::JwksCa => "JWKS CA file",
         })
     }
 }
@@ -235,7 +238,7 @@ fn read_file(file: TlsFile, path: &Path) -> Result<Vec<u8>, TlsSetupError> {
 
 /// The certificates (`-----BEGIN CERTIFICATE-----`) of a PEM file, in
 /// order; other sections (a private key) are skipped. None is an error.
-fn read_certificates(
+pub(crate) fn read_certificates(
     file: TlsFile,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {

@@ -758,3 +758,105 @@ async fn an_unreachable_jwks_is_503_not_the_callers_fault() {
     let (server, _) = start(AuthConfig::jwks(&url).unwrap()).await;
     assert_eq!(whoami(&server, &signer.sign("alice")).await.0, 503);
 }
+
+/// An identity provider's JWKS endpoint over TLS on loopback, its
+/// certificate (for `127.0.0.1`) signed by a CA made here: the URL, the
+/// CA's PEM file, and what keeps them alive.
+async fn tls_provider(
+    keys: Vec<Value>,
+) -> (
+    String,
+    std::path::PathBuf,
+    tempfile::TempDir,
+    tokio::task::JoinHandle<()>,
+) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("idp-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![server_cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let body = serde_json::to_vec(&json!({ "keys": keys })).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/keys", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the CA ends the handshake.
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_request| {
+                    let body = body.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, ca_file, dir, task)
+}
+
+#[tokio::test]
+async fn an_https_jwks_is_trusted_through_its_ca_file_and_refused_without_it() {
+    let signer = ed_signer("tls-1");
+    let (url, ca_file, _dir, _task) = tls_provider(vec![signer.jwk.clone()]).await;
+
+    // Trusting the provider's CA: the keys are fetched over TLS and verify.
+    let auth = AuthConfig::jwks_trusting(&url, JwksSettings::default(), &ca_file).unwrap();
+    let (server, _) = start(auth).await;
+    let (status, body, _) = whoami(&server, &signer.sign("alice")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["caller"]["user"], "alice");
+
+    // The system's CAs alone do not know the test CA: the keys cannot be
+    // fetched, which is the service's problem (503), and nobody is let in.
+    match AuthConfig::jwks(&url) {
+        Ok(auth) => {
+            let (server, _) = start(auth).await;
+            let response = send(
+                http().post(server.url("/tool/whoami")).json(&json!({})),
+                Some(&bearer(&signer.sign("alice"))),
+            )
+            .await;
+            assert_eq!(response.status(), 503);
+            let body: Value = response.json().await.unwrap();
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("TLS handshake failed"), "{message}");
+        }
+        // A machine without a system trust store refuses at set-up.
+        Err(error) => assert!(error.to_string().contains("CA"), "{error}"),
+    }
+}

@@ -4,11 +4,16 @@
 //! tokens with made-up `kid`s cannot make the service hammer its identity
 //! provider.
 //!
-//! The fetch is one plain HTTP/1 `GET` over hyper, the way discovery's
-//! health checks reach a service. It speaks no TLS (the kit's TLS is on its
-//! listener, not in this client), so the URL must be `http://` (an identity
-//! provider's sidecar, or one on a trusted network).
+//! The fetch is one HTTP/1 `GET` over hyper, the way discovery's health
+//! checks reach a service, over TLS for an `https://` URL (rustls, the
+//! same `ring` provider as the kit's listener). An identity provider's
+//! certificate is checked against the operating system's trust store and,
+//! when given, the CA certificates of a PEM file (a private provider's or a
+//! test's CA): [`AuthConfig::jwks_trusting`](super::AuthConfig::jwks_trusting).
+//! Identity providers publish their keys over `https://`; `http://` is for
+//! a provider's sidecar or one on a trusted network.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -18,8 +23,12 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use rustls::RootCertStore;
+use rustls::pki_types::ServerName;
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
 use super::jwt::ASYMMETRIC;
 use super::{AuthError, AuthSetupError};
@@ -91,6 +100,9 @@ struct Target {
     host: String,
     /// The request target.
     path: String,
+    /// For an `https://` URL: the TLS client and the name the provider's
+    /// certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
 }
 
 /// The JWKS cache of one service.
@@ -106,7 +118,13 @@ pub(super) struct Jwks {
 }
 
 impl Jwks {
-    pub(super) fn new(url: &str, settings: JwksSettings) -> Result<Self, AuthSetupError> {
+    /// The cache of the keys at `url`; `ca_file`: CA certificates (PEM)
+    /// trusted besides the system's for an `https://` URL.
+    pub(super) fn new(
+        url: &str,
+        settings: JwksSettings,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, AuthSetupError> {
         let refuse = |reason: &str| AuthSetupError::JwksUrl {
             url: url.to_string(),
             reason: reason.to_string(),
@@ -115,15 +133,17 @@ impl Jwks {
             .trim()
             .parse()
             .map_err(|e| refuse(&format!("not a URL: {e}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(refuse(
-                    "https needs TLS, which this build does not include; serve the JWKS over \
-                     http:// on a trusted network (a sidecar or a local proxy of the provider)",
-                ));
-            }
-            _ => return Err(refuse("the URL must start with http://")),
+        let secure = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(refuse("the URL must start with https:// or http://")),
+        };
+        if !secure && let Some(path) = ca_file {
+            // A CA file with a plain URL says the operator expected TLS.
+            return Err(AuthSetupError::JwksCa {
+                path: path.to_path_buf(),
+                reason: "a CA file applies to an https:// JWKS URL only".into(),
+            });
         }
         let authority = uri
             .authority()
@@ -131,8 +151,17 @@ impl Jwks {
         if authority.as_str().contains('@') {
             return Err(refuse("credentials in the URL are not supported"));
         }
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority
+            .port_u16()
+            .unwrap_or(if secure { 443 } else { 80 });
         let host = authority.host();
+        let tls = if secure {
+            let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                .map_err(|e| refuse(&format!("`{host}` is not a TLS server name: {e}")))?;
+            Some((connector(ca_file)?, name))
+        } else {
+            None
+        };
         let address = if host.starts_with('[') || !host.contains(':') {
             format!("{host}:{port}")
         } else {
@@ -154,6 +183,7 @@ impl Jwks {
                 address,
                 host: authority.as_str().to_string(),
                 path,
+                tls,
             },
             settings,
             set: RwLock::new(Arc::new(KeySet::default())),
@@ -259,7 +289,24 @@ impl Jwks {
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        match &self.target.tls {
+            None => self.exchange(stream).await,
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                self.exchange(stream).await
+            }
+        }
+    }
+
+    /// The `GET` of the set on an open connection.
+    async fn exchange<IO>(&self, io: IO) -> Result<Vec<Arc<PublishedKey>>, String>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| e.to_string())?;
         // Drives the connection; it ends with the response (Connection: close).
@@ -293,6 +340,51 @@ impl Jwks {
         driver.abort();
         outcome
     }
+}
+
+/// The TLS client of an `https://` fetch: the system's trusted roots and
+/// those of `ca_file`; HTTP/1.1 only, as the fetch speaks.
+fn connector(ca_file: Option<&Path>) -> Result<TlsConnector, AuthSetupError> {
+    let mut roots = RootCertStore::empty();
+    // A system store that fails to load in part still gives what it read;
+    // with no root at all, nothing could be verified: a start-up error.
+    let system = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(system.certs);
+    if let Some(path) = ca_file {
+        let certificates = crate::tls::read_certificates(crate::tls::TlsFile::JwksCa, path)
+            .map_err(|e| AuthSetupError::JwksCa {
+                path: path.to_path_buf(),
+                reason: match e {
+                    crate::tls::TlsSetupError::Read { source, .. } => {
+                        format!("cannot read it: {source}")
+                    }
+                    crate::tls::TlsSetupError::Invalid { reason, .. } => reason,
+                    other => other.to_string(),
+                },
+            })?;
+        let (_, unusable) = roots.add_parsable_certificates(certificates);
+        if unusable > 0 {
+            return Err(AuthSetupError::JwksCa {
+                path: path.to_path_buf(),
+                reason: format!("{unusable} certificate(s) in it are not usable CA certificates"),
+            });
+        }
+    }
+    if roots.is_empty() {
+        return Err(AuthSetupError::Invalid(
+            "an https:// JWKS URL needs trusted CA certificates: the system has none; give a \
+             CA file"
+                .into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AuthSetupError::Invalid(format!("TLS for the JWKS fetch: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// The key for `kid` (any algorithm: the caller compares), or without a
@@ -392,20 +484,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_must_be_plain_http_with_a_host() {
+    fn urls_must_be_http_or_https_with_a_host() {
         let settings = JwksSettings::default();
-        assert!(Jwks::new("http://127.0.0.1:8080/keys", settings).is_ok());
-        let refused = |url: &str| Jwks::new(url, settings).err().map(|e| e.to_string());
-        assert!(refused("https://idp.example.com/keys").is_some_and(|e| e.contains("TLS")));
-        assert!(refused("ftp://idp/keys").is_some());
+        assert!(Jwks::new("http://127.0.0.1:8080/keys", settings, None).is_ok());
+        let refused = |url: &str| Jwks::new(url, settings, None).err().map(|e| e.to_string());
+        assert!(refused("ftp://idp/keys").is_some_and(|e| e.contains("https://")));
         assert!(refused("not a url").is_some());
         assert!(refused("http://user:pw@idp/keys").is_some());
-        let jwks = Jwks::new("http://[::1]:9/k?x=1", settings).unwrap_or_else(|e| panic!("{e}"));
+        let jwks =
+            Jwks::new("http://[::1]:9/k?x=1", settings, None).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(jwks.target.address, "[::1]:9");
         assert_eq!(jwks.target.path, "/k?x=1");
-        let default = Jwks::new("http://idp", settings).unwrap_or_else(|e| panic!("{e}"));
+        assert!(jwks.target.tls.is_none());
+        let default = Jwks::new("http://idp", settings, None).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(default.target.address, "idp:80");
         assert_eq!(default.target.path, "/");
+    }
+
+    #[test]
+    fn a_ca_file_is_read_at_setup_and_only_for_https() {
+        let settings = JwksSettings::default();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let missing = dir.path().join("missing.pem");
+        let error = Jwks::new("https://idp.example/keys", settings, Some(&missing))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("missing.pem"), "{error}");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "no certificate here").unwrap_or_else(|e| panic!("{e}"));
+        let error = Jwks::new("https://idp.example/keys", settings, Some(&garbage))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("no PEM certificate"), "{error}");
+        let error = Jwks::new("http://idp.example/keys", settings, Some(&garbage))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("https:// JWKS URL only"), "{error}");
     }
 
     #[test]

@@ -79,8 +79,14 @@ impl Verifier {
         Ok(Self::new(Keys::Hs256(key)))
     }
 
-    pub(super) fn jwks(url: &str, settings: JwksSettings) -> Result<Self, AuthSetupError> {
-        Ok(Self::new(Keys::Jwks(Arc::new(Jwks::new(url, settings)?))))
+    pub(super) fn jwks(
+        url: &str,
+        settings: JwksSettings,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, AuthSetupError> {
+        Ok(Self::new(Keys::Jwks(Arc::new(Jwks::new(
+            url, settings, ca_file,
+        )?))))
     }
 
     fn new(keys: Keys) -> Self {

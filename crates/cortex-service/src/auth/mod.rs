@@ -190,6 +190,14 @@ pub enum AuthSetupError {
         /// Why not.
         reason: String,
     },
+    /// The CA file for an `https://` JWKS URL cannot be used.
+    #[error("JWKS CA file {}: {reason}", path.display())]
+    JwksCa {
+        /// The file as given.
+        path: std::path::PathBuf,
+        /// Why not.
+        reason: String,
+    },
     /// A setting is out of range.
     #[error("{0}")]
     Invalid(String),
@@ -207,15 +215,29 @@ impl AuthConfig {
         Ok(Self::with_verifier(verifier))
     }
 
-    /// Tokens signed by the keys published at `url` (`http://` only: the
-    /// key fetch speaks no TLS), with the default [`JwksSettings`].
+    /// Tokens signed by the keys published at `url` (`https://`, checked
+    /// against the system's trusted CAs, or `http://`), with the default
+    /// [`JwksSettings`].
     pub fn jwks(url: &str) -> Result<Self, AuthSetupError> {
         Self::jwks_with(url, JwksSettings::default())
     }
 
     /// As [`Self::jwks`], with the cache's timings.
     pub fn jwks_with(url: &str, settings: JwksSettings) -> Result<Self, AuthSetupError> {
-        let verifier = jwt::Verifier::jwks(url, settings)?;
+        let verifier = jwt::Verifier::jwks(url, settings, None)?;
+        Ok(Self::with_verifier(verifier))
+    }
+
+    /// As [`Self::jwks_with`] for an `https://` URL whose certificate may
+    /// also be signed by a CA in `ca_file` (PEM): a private identity
+    /// provider's. The file is read now; a missing or malformed one is an
+    /// [`AuthSetupError::JwksCa`].
+    pub fn jwks_trusting(
+        url: &str,
+        settings: JwksSettings,
+        ca_file: &std::path::Path,
+    ) -> Result<Self, AuthSetupError> {
+        let verifier = jwt::Verifier::jwks(url, settings, Some(ca_file))?;
         Ok(Self::with_verifier(verifier))
     }
 
