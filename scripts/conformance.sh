@@ -11,8 +11,9 @@
 #       (crates/cortex-service/examples/mcp_fixtures.rs: prompts, completion,
 #       logging, progress), against it; every one must pass.
 #   scripts/conformance.sh client [--scenario NAME]...
-#       Client scenarios (default: initialize, tools_call, sse-retry) against
-#       the network client, as crates/cortex-client/examples/conformance_client.rs.
+#       Client scenarios (default: CLIENT_SCENARIOS below: the core ones and
+#       every auth/* one) against the network client, as
+#       crates/cortex-client/examples/conformance_client.rs.
 #
 # Tools go to ./.tools (gitignored): node 22 (npm package `node@22`) and the
 # suite, pinned below. Each scenario runs on its own; the script reads the
@@ -184,9 +185,17 @@ server() {
   [ ${#failed[@]} -eq 0 ] || die "failed: ${failed[*]}"
 }
 
-# Client scenarios (`conformance list --client`) that apply to an MCP client
-# without OAuth (docs/mcp.md): the network client has none yet.
-CLIENT_SCENARIOS=(initialize tools_call sse-retry elicitation-sep1034-client-defaults)
+# Client scenarios (`conformance list --client`): every one the suite has,
+# the OAuth ones (`auth/*`, docs/mcp.md "OAuth") included.
+CLIENT_SCENARIOS=(initialize tools_call sse-retry elicitation-sep1034-client-defaults
+  auth/metadata-default auth/metadata-var1 auth/metadata-var2 auth/metadata-var3
+  auth/basic-cimd auth/scope-from-www-authenticate auth/scope-from-scopes-supported
+  auth/scope-omitted-when-undefined auth/scope-step-up auth/scope-retry-limit
+  auth/token-endpoint-auth-basic auth/token-endpoint-auth-post auth/token-endpoint-auth-none
+  auth/pre-registration auth/2025-03-26-oauth-metadata-backcompat
+  auth/2025-03-26-oauth-endpoint-fallback auth/resource-mismatch auth/offline-access-scope
+  auth/offline-access-not-supported auth/client-credentials-jwt auth/client-credentials-basic
+  auth/cross-app-access-complete-flow)
 
 client() {
   local scenarios=()
@@ -199,7 +208,7 @@ client() {
   [ ${#scenarios[@]} -gt 0 ] || scenarios=("${CLIENT_SCENARIOS[@]}")
   install_tools
   log "building the conformance client (crates/cortex-client/examples/conformance_client.rs)"
-  cargo build -q -p cortex-client --example conformance_client >&2
+  cargo build -q -p cortex-client --features oauth-jwt --example conformance_client >&2
   local bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/conformance_client"
   [ -x "$bin" ] || die "no conformance client at $bin"
 
@@ -207,10 +216,11 @@ client() {
   rm -rf "$out" && mkdir -p "$out"
   local failed=() passed_total=0 checks_total=0
   for scenario in "${scenarios[@]}"; do
-    local file="$out/$scenario.txt"
+    # `auth/metadata-default` -> `auth_metadata-default.txt`
+    local file="$out/${scenario//\//_}.txt"
     # The runner appends the server URL to the command; its exit code is
     # not trusted alone: its summary line is read.
-    conformance client --command "$bin" --scenario "$scenario" -o "$out/$scenario" >"$file" 2>&1 || true
+    conformance client --command "$bin" --scenario "$scenario" -o "$out/${scenario//\//_}" >"$file" 2>&1 || true
     judge "$scenario" "$file"
   done
   printf '\nclient conformance: %d scenarios, checks Passed: %d/%d; %d scenario(s) failed; outputs in %s\n' \

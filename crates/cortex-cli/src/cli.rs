@@ -285,6 +285,25 @@ pub(crate) enum Command {
     ///
     /// Example: cortex token --user prometheus --role metrics --ttl 366d
     Token(crate::auth::TokenArgs),
+    /// Log in to an MCP server that requires OAuth; later commands with
+    /// `--url URL` use the token.
+    ///
+    /// Finds the server's authorization server (its protected resource
+    /// metadata, else the 2025-03-26 defaults), registers this client when
+    /// it has to (or uses --client-id), prints the authorization URL and
+    /// waits for the browser to come back to a loopback port; --open also
+    /// tries to open a browser. The token (and its refresh token) goes to
+    /// oauth-tokens.json in the data directory (--data-dir, else
+    /// CORTEX_DATA_DIR, else ./.cortex), mode 0600; client commands refresh
+    /// it before it expires. Run it again when a command says the
+    /// authorization failed.
+    ///
+    /// Example: cortex login https://mcp.example.com/mcp --open
+    ///
+    /// Example: cortex --url https://mcp.example.com/mcp tools
+    ///
+    /// Example: cortex login http://127.0.0.1:3001/mcp --port 8765 --scope mcp:read
+    Login(crate::login::LoginArgs),
     /// Run one service until Ctrl-C or SIGTERM.
     ///
     /// Callers need a bearer token (see `cortex token`) unless --no-auth;

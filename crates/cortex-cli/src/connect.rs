@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use cortex_client::discovery::{HealthChecked, HealthConfig};
 use cortex_client::{
     ClientConfig, DiscoveryError, DiscoverySpec, Endpoint, EndpointSet, NetworkMcpClient,
-    ServiceDiscovery, StaticDiscovery, StaticToken,
+    NetworkMcpClientBuilder, ServiceDiscovery, StaticDiscovery, StaticToken,
 };
 
 use crate::cli::ServiceUrl;
@@ -209,6 +209,8 @@ impl ClientFlags {
                 }
             }
         }
+        // Servers `cortex login` kept a token for.
+        let builder = with_kept_tokens(builder, self);
         let client = builder.build()?;
         Ok(Target {
             client,
@@ -269,4 +271,34 @@ impl ServiceDiscovery for Layered {
             Err(_) => self.backend.resolve(service).await,
         }
     }
+}
+
+/// Puts OAuth on each service of `flags` whose server has a token kept by
+/// `cortex login` (in CORTEX_DATA_DIR, else ./.cortex), so the token is
+/// sent, and refreshed, on its calls.
+fn with_kept_tokens(
+    mut builder: NetworkMcpClientBuilder,
+    flags: &ClientFlags,
+) -> NetworkMcpClientBuilder {
+    use cortex_client::oauth::{FileTokenStore, OAuth, OAuthConfig};
+    let path = crate::login::token_file(&crate::auth::data_dir_from_env());
+    if !path.exists() {
+        return builder;
+    }
+    let mut servers: Vec<(String, String)> = flags
+        .services
+        .iter()
+        .filter_map(|s| s.endpoints.first().map(|e| (s.name.clone(), e.url.clone())))
+        .collect();
+    if let (Some(name), Some(endpoint)) = (flags.url_service(), &flags.url) {
+        servers.push((name, endpoint.url.clone()));
+    }
+    let store = Arc::new(FileTokenStore::new(&path));
+    for (service, url) in servers {
+        let oauth = OAuth::new(OAuthConfig::default()).with_store(store.clone());
+        if matches!(oauth.stored(&url), Ok(Some(_))) {
+            builder = builder.oauth(service, Arc::new(oauth));
+        }
+    }
+    builder
 }

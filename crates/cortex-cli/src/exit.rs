@@ -179,6 +179,8 @@ pub(crate) fn code_for(error: &McpError) -> Code {
         | McpError::Timeout { .. }
         | McpError::PoolTimeout { .. } => Code::Unavailable,
         McpError::Config(_) | McpError::InvalidRequest { .. } => Code::Usage,
+        // The server's authorization refused or could not be had.
+        McpError::Auth { .. } => Code::ToolError,
         _ => Code::Other,
     }
 }

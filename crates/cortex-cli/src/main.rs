@@ -17,6 +17,7 @@ mod exit;
 mod hints;
 mod input;
 mod limits;
+mod login;
 mod output;
 mod prompt_cmds;
 mod replicas;
@@ -104,6 +105,10 @@ fn main() -> ExitCode {
             Command::Input(args) => core_cmds::input(args, &flags, user.as_deref(), json).await,
             Command::Output(args) => core_cmds::output(args, &flags, user.as_deref(), json).await,
             Command::Token(args) => auth::token(args, user, json),
+            Command::Login(args) => match flags.config() {
+                Ok(config) => login::run(args, &config, json).await,
+                Err(failure) => Err(failure),
+            },
             Command::Completions(_) => Ok(()),
         }
     });

@@ -11,13 +11,22 @@
 //! requests as an application would that accepts each form with its
 //! defaults (SEP-1034), through a [`ServerRequestHandler`].
 //!
-//! Run by hand: `cargo run -p cortex-client --example conformance_client -- http://127.0.0.1:3001/mcp`
+//! The `auth/*` scenarios put OAuth on the server ([`OAuth`]): the suite's
+//! authorization servers approve at once, so the authorization URL is
+//! asked directly and the code read from its redirect
+//! ([`FollowRedirect`]), as the official SDKs' conformance clients do.
+//! What a scenario hands over (pre-registered credentials, a private key,
+//! an identity provider's ID token) comes as JSON in
+//! `MCP_CONFORMANCE_CONTEXT`.
+//!
+//! Run by hand: `cargo run -p cortex-client --features oauth-jwt --example conformance_client -- http://127.0.0.1:3001/mcp`
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cortex_client::discovery::Protocol;
+use cortex_client::oauth::{FollowRedirect, Grant, OAuth, OAuthConfig};
 use cortex_client::server_requests::{RequestError, ServerRequestHandler, schema_defaults};
 use cortex_client::{ClientConfig, Endpoint, McpClient, NetworkMcpClient, StaticDiscovery};
 use serde_json::{Map, Value, json};
@@ -69,10 +78,17 @@ async fn run(url: &str, scenario: &str) -> Result<(), cortex_client::McpError> {
     let config = ClientConfig::builder()
         .request_timeout(Duration::from_secs(20))
         .build()?;
-    let client = NetworkMcpClient::builder(Arc::new(discovery))
+    let mut builder = NetworkMcpClient::builder(Arc::new(discovery))
         .config(config)
-        .server_requests(Arc::new(AcceptDefaults))
-        .build()?;
+        .server_requests(Arc::new(AcceptDefaults));
+    if scenario.starts_with("auth/") {
+        let context = std::env::var("MCP_CONFORMANCE_CONTEXT")
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .unwrap_or(Value::Null);
+        builder = builder.oauth("server", Arc::new(oauth_for(scenario, &context)));
+    }
+    let client = builder.build()?;
     client.connect("server").await?;
     eprintln!("{scenario}: connected: {:?}", client.mcp_sessions("server"));
     let tools = client.mcp_tools("server").await?;
@@ -86,6 +102,48 @@ async fn run(url: &str, scenario: &str) -> Result<(), cortex_client::McpError> {
     }
     client.close().await;
     Ok(())
+}
+
+/// The client's URL-based id where a server supports Client ID Metadata
+/// Documents: the one the suite expects.
+const CLIENT_METADATA_URL: &str = "https://conformance-test.local/client-metadata.json";
+
+/// OAuth as the scenario's context says: pre-registered credentials, a
+/// private key (`private_key_jwt`), an identity provider's ID token
+/// (enterprise-managed authorization), or nothing (the code flow with
+/// discovery and registration).
+fn oauth_for(scenario: &str, context: &Value) -> OAuth {
+    let text = |key: &str| context.get(key).and_then(Value::as_str).map(str::to_string);
+    let grant = if let Some(private_key_pem) = text("private_key_pem") {
+        Grant::PrivateKeyJwt {
+            private_key_pem,
+            algorithm: text("signing_algorithm").unwrap_or_else(|| "ES256".into()),
+        }
+    } else if let (Some(idp_token_endpoint), Some(id_token)) =
+        (text("idp_token_endpoint"), text("idp_id_token"))
+    {
+        Grant::IdentityAssertion {
+            idp_token_endpoint,
+            id_token,
+            idp_client_id: text("idp_client_id").unwrap_or_default(),
+            idp_client_secret: None,
+        }
+    } else if scenario.starts_with("auth/client-credentials") {
+        Grant::ClientCredentials
+    } else {
+        Grant::AuthorizationCode
+    };
+    let config = OAuthConfig {
+        grant,
+        client_id: text("client_id"),
+        client_secret: text("client_secret"),
+        client_metadata_url: Some(CLIENT_METADATA_URL.into()),
+        client_name: "cortex-conformance-client".into(),
+        ..OAuthConfig::default()
+    };
+    OAuth::new(config).with_handler(Arc::new(FollowRedirect::new(
+        "http://localhost:3000/callback",
+    )))
 }
 
 /// Arguments that satisfy a simple input schema: each required property

@@ -75,6 +75,51 @@ pub trait TokenProvider: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct StaticToken(pub String);
 
+/// The credentials of one service that the service itself can ask to
+/// change: OAuth ([`crate::oauth`]). Its token goes on every request to the
+/// service (not on those made inside [`crate::with_authorization`]); a 401,
+/// or a 403 with `insufficient_scope`, is handed to
+/// [`Authorizer::challenged`], and the request is sent again when it says
+/// so, outside the retry budget and with a fresh deadline (an
+/// authorization may wait on a person).
+#[async_trait]
+pub(crate) trait Authorizer: Send + Sync + 'static {
+    /// The bearer token for requests to `at.endpoint`, if there is one.
+    async fn token(&self, at: &AuthTarget<'_>) -> Option<String>;
+
+    /// The service refused a request; `Ok(true)`: a new token is ready, send
+    /// it again; `Ok(false)`: nothing more can be done, the refusal stands.
+    async fn challenged(
+        &self,
+        at: &AuthTarget<'_>,
+        challenge: &AuthChallenge,
+    ) -> Result<bool, McpError>;
+}
+
+/// Where an [`Authorizer`] is asked for a token.
+pub(crate) struct AuthTarget<'a> {
+    pub(crate) service: &'a str,
+    pub(crate) endpoint: &'a Endpoint,
+    /// The service's effective settings (proxy, TLS, timeouts), which the
+    /// authorizer's own requests follow.
+    pub(crate) config: &'a ClientConfig,
+}
+
+/// A refusal that asks for (other) credentials.
+#[derive(Clone)]
+pub(crate) struct AuthChallenge {
+    /// 401 or 403.
+    pub(crate) status: u16,
+    /// The `WWW-Authenticate` header, when there was one.
+    pub(crate) www_authenticate: Option<String>,
+    /// The token the refused request carried.
+    pub(crate) sent: Option<String>,
+}
+
+/// Authorizations one call may run before the refusal stands: the first
+/// authorization, and one step-up (more scopes) after it.
+const MAX_AUTH_ROUNDS: u32 = 2;
+
 #[async_trait]
 impl TokenProvider for StaticToken {
     async fn token(&self) -> Option<String> {
@@ -90,6 +135,8 @@ pub(crate) struct Engine {
     config: ClientConfig,
     services: Mutex<HashMap<String, Arc<ServiceState>>>,
     tokens: Option<Arc<dyn TokenProvider>>,
+    /// Per service: its own credentials (OAuth), which win over `tokens`.
+    authorizers: HashMap<String, Arc<dyn Authorizer>>,
     balancer: Balancer,
     user_agent: HeaderValue,
     closed: AtomicBool,
@@ -104,6 +151,7 @@ impl Engine {
         config: ClientConfig,
         balancer: Balancer,
         tokens: Option<Arc<dyn TokenProvider>>,
+        authorizers: HashMap<String, Arc<dyn Authorizer>>,
         user_agent: HeaderValue,
     ) -> Arc<Self> {
         let engine = Arc::new(Self {
@@ -111,6 +159,7 @@ impl Engine {
             config,
             services: Mutex::new(HashMap::new()),
             tokens,
+            authorizers,
             balancer,
             user_agent,
             closed: AtomicBool::new(false),
@@ -176,6 +225,8 @@ pub(crate) struct ServiceState {
     endpoints: Mutex<HashMap<Endpoint, Arc<EndpointState>>>,
     /// Round-robin start for endpoint choice.
     next: AtomicUsize,
+    /// Its own credentials (OAuth), when it has them.
+    auth: Option<Arc<dyn Authorizer>>,
 }
 
 /// Per endpoint of a service: its pool and its breaker.
@@ -303,6 +354,8 @@ struct AttemptFailure {
     error: McpError,
     retry_after: Option<Duration>,
     answer_started: bool,
+    /// The service asked for credentials (see [`Authorizer`]).
+    challenge: Option<AuthChallenge>,
 }
 
 impl From<McpError> for AttemptFailure {
@@ -311,6 +364,7 @@ impl From<McpError> for AttemptFailure {
             error,
             retry_after: None,
             answer_started: false,
+            challenge: None,
         }
     }
 }
@@ -393,6 +447,7 @@ impl Engine {
             breaker,
             endpoints: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
+            auth: self.authorizers.get(service).cloned(),
         });
         services.insert(service.to_string(), state.clone());
         Ok(state)
@@ -457,8 +512,9 @@ impl Engine {
         exchange: &Exchange<'_>,
     ) -> Result<(Arc<EndpointState>, Answer), McpError> {
         let started = Instant::now();
-        let deadline = started + service.config.request_timeout;
+        let mut deadline = started + service.config.request_timeout;
         let ids = CallIds::new();
+        let mut auth_rounds = 0;
         service.budget.deposit();
         // Endpoints that failed this call: a retry prefers the others.
         // Recorded only on failure, so a call that succeeds at once keeps
@@ -483,6 +539,28 @@ impl Engine {
                 Ok(answer) => return Ok(answer),
                 Err(failure) => failure,
             };
+            if let (Some(challenge), Some(auth), Some(state)) =
+                (&failure.challenge, &service.auth, &attempted)
+            {
+                if auth_rounds >= MAX_AUTH_ROUNDS {
+                    return Err(failure.error);
+                }
+                auth_rounds += 1;
+                let target = AuthTarget {
+                    service: &service.name,
+                    endpoint: &state.endpoint,
+                    config: &service.config,
+                };
+                // Boxed: rare, and its state would weigh on every call.
+                if !Box::pin(auth.challenged(&target, challenge)).await? {
+                    return Err(failure.error);
+                }
+                // Not a retry: the same request with new credentials, with
+                // the time the authorization took given back.
+                attempt -= 1;
+                deadline = Instant::now() + service.config.request_timeout;
+                continue;
+            }
             if let Some(state) = attempted {
                 tried.push(state.endpoint.clone());
             }
@@ -641,7 +719,10 @@ impl Engine {
 
         // Built before a connection is taken: a slow token provider does not
         // hold a pool slot, and a request that cannot be built costs none.
-        let request = match self.request(&state, exchange, prepared.as_ref(), ids).await {
+        let request = match self
+            .request(service, &state, exchange, prepared.as_ref(), ids)
+            .await
+        {
             Ok(request) => request,
             Err(reason) => {
                 permit.ignore();
@@ -652,6 +733,17 @@ impl Engine {
                 }));
             }
         };
+        // What a refusal asking for credentials is checked against: the
+        // bearer token sent, when the service's own authorizer gave it.
+        let sent_bearer: Option<Option<String>> =
+            (service.auth.is_some() && crate::forward::forwarded().is_none()).then(|| {
+                request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::to_string)
+            });
         let pool_deadline = deadline.min(Instant::now() + service.config.pool_timeout);
         let mut conn = match state.pool.acquire(pool_deadline).await {
             Ok(conn) => conn,
@@ -787,6 +879,24 @@ impl Engine {
             }
             _ => Bytes::new(),
         };
+        if let Some(challenge) =
+            sent_bearer.and_then(|sent| auth_challenge(status, &parts.headers, sent))
+        {
+            permit.ignore();
+            let envelope = ErrorEnvelope::from_response(status.as_u16(), &body);
+            let error = error_for(
+                &service.name,
+                exchange.operation,
+                &url,
+                attempt,
+                status,
+                envelope,
+            );
+            return Err(AttemptFailure {
+                challenge: Some(challenge),
+                ..AttemptFailure::from(error)
+            });
+        }
         if exchange.raw_client_errors
             && status.is_client_error()
             && !matches!(status.as_u16(), 408 | 429)
@@ -846,6 +956,7 @@ impl Engine {
     /// this is a good part of the client's own cost per call.
     async fn request(
         &self,
+        service: &ServiceState,
         endpoint: &EndpointState,
         exchange: &Exchange<'_>,
         prepared: Option<&Prepared>,
@@ -912,6 +1023,20 @@ impl Engine {
         // A caller's credentials forwarded for this work win over our own.
         if let Some(authorization) = crate::forward::forwarded() {
             headers.insert(header::AUTHORIZATION, authorization);
+        } else if let Some(auth) = &service.auth {
+            let target = AuthTarget {
+                service: &service.name,
+                endpoint: &endpoint.endpoint,
+                config: &service.config,
+            };
+            // Boxed: a refresh may run inside, which would otherwise weigh
+            // on every call's future.
+            if let Some(token) = Box::pin(auth.token(&target)).await {
+                headers.insert(
+                    header::AUTHORIZATION,
+                    text("the bearer token", &format!("Bearer {token}"))?,
+                );
+            }
         } else if let Some(tokens) = &self.tokens
             && let Some(token) = tokens.token().await
         {
@@ -939,6 +1064,32 @@ async fn within<F: std::future::Future>(
         output = work => Ok(output),
         () = expiry => Err(()),
     }
+}
+
+/// The challenge of a refusal that asks for credentials: a 401, or a 403
+/// whose `WWW-Authenticate` says `insufficient_scope` (any other 403 is a
+/// plain refusal: the same credentials will not do better).
+fn auth_challenge(
+    status: StatusCode,
+    headers: &HeaderMap,
+    sent: Option<String>,
+) -> Option<AuthChallenge> {
+    let www_authenticate = headers
+        .get(header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let asks = match status {
+        StatusCode::UNAUTHORIZED => true,
+        StatusCode::FORBIDDEN => www_authenticate
+            .as_deref()
+            .is_some_and(|w| w.contains("insufficient_scope")),
+        _ => false,
+    };
+    asks.then(|| AuthChallenge {
+        status: status.as_u16(),
+        www_authenticate,
+        sent,
+    })
 }
 
 /// Whether an error status counts against the endpoint's health (its

@@ -20,6 +20,8 @@
 //! - `dialect`: what a dialect answers; `cortex`: the Cortex dialect.
 //! - [`forward`]: [`with_authorization`], a caller's credentials on the calls made for it
 //!   (re-exported).
+//! - [`oauth`]: OAuth 2.1 for MCP servers that require authorization
+//!   ([`NetworkMcpClientBuilder::oauth`]).
 //! - `mcp`: standard MCP (Streamable HTTP, the stateless 2026-07-28
 //!   revision, the legacy HTTP+SSE transport) for services whose discovery
 //!   entry says `protocol = "mcp"` (or `"auto"`), over the same machinery.
@@ -59,6 +61,7 @@ mod engine;
 mod mcp;
 pub mod metrics;
 pub mod network;
+pub mod oauth;
 mod operation;
 mod pool;
 pub mod proxy;

@@ -20,7 +20,7 @@ use crate::api::{EventStream, McpClient, Resource};
 use crate::config::ClientConfig;
 use crate::cortex::Cortex;
 use crate::dialect::Dialect;
-use crate::engine::{Engine, ServiceState, TokenProvider};
+use crate::engine::{Authorizer, Engine, ServiceState, TokenProvider};
 use crate::error::McpError;
 use crate::mcp::{McpDialect, McpSessionInfo};
 use crate::metrics::{EndpointStatus, Metrics};
@@ -51,6 +51,8 @@ pub struct NetworkMcpClientBuilder {
     config: ClientConfig,
     balancer: Balancer,
     tokens: Option<Arc<dyn TokenProvider>>,
+    /// Per service: OAuth.
+    authorizers: std::collections::HashMap<String, Arc<dyn Authorizer>>,
     user_agent: String,
     requests: Option<Arc<dyn crate::server_requests::ServerRequestHandler>>,
 }
@@ -65,6 +67,16 @@ impl NetworkMcpClientBuilder {
     /// Sends `Authorization: Bearer <token>` from `provider`.
     pub fn token_provider(mut self, provider: Arc<dyn TokenProvider>) -> Self {
         self.tokens = Some(provider);
+        self
+    }
+
+    /// Authorizes requests to `service` with OAuth 2.1 (see
+    /// [`crate::oauth`]): its token goes on every request to the service
+    /// (instead of [`Self::token_provider`]'s); a 401 runs discovery and the
+    /// flow once, however many calls are refused at the same time, and a
+    /// 403 with `insufficient_scope` asks for the scopes it names.
+    pub fn oauth(mut self, service: impl Into<String>, oauth: Arc<crate::oauth::OAuth>) -> Self {
+        self.authorizers.insert(service.into(), oauth);
         self
     }
 
@@ -108,6 +120,7 @@ impl NetworkMcpClientBuilder {
             self.config,
             self.balancer,
             self.tokens,
+            self.authorizers,
             user_agent,
         );
         Ok(NetworkMcpClient {
@@ -145,6 +158,7 @@ impl NetworkMcpClient {
             config: ClientConfig::default(),
             balancer: Balancer::default(),
             tokens: None,
+            authorizers: std::collections::HashMap::new(),
             user_agent: format!("cortex-client/{}", env!("CARGO_PKG_VERSION")),
             requests: None,
         }

@@ -271,6 +271,22 @@ pub enum McpError {
         /// What could not be encoded.
         reason: String,
     },
+    /// The service asked for authorization (HTTP 401, or 403 with
+    /// `insufficient_scope`) and none could be obtained: discovery of its
+    /// authorization server, registration, the user's consent or the token
+    /// request failed, or the server kept refusing the token it gave.
+    /// Nothing was retried after it; the cause says which step failed.
+    #[error("authorization for service `{service}` failed: {reason}")]
+    Auth {
+        /// The service.
+        service: String,
+        /// What failed, in words.
+        reason: String,
+        /// The typed failure underneath (the client's OAuth error), when
+        /// there is one.
+        #[source]
+        cause: Option<Cause>,
+    },
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -354,6 +370,13 @@ impl McpError {
         matches!(self, Self::Discovery { .. })
     }
 
+    /// The service wants credentials this client could not obtain or that
+    /// it refused: an authorization that failed ([`Self::Auth`]), or an
+    /// answer of HTTP 401 or 403.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, Self::Auth { .. }) || matches!(self.status(), Some(401 | 403))
+    }
+
     /// How many attempts were made, where the error counts them.
     pub fn attempts(&self) -> Option<u32> {
         match self {
@@ -420,6 +443,7 @@ impl McpError {
             Self::Timeout { .. } => "timeout",
             Self::PoolTimeout { .. } => "pool_timeout",
             Self::InvalidRequest { .. } => "invalid_request",
+            Self::Auth { .. } => "auth",
             Self::Config(_) => "config",
             Self::Closed => "closed",
         }
