@@ -33,13 +33,14 @@ impl ToolRequest {
     pub fn from_body(body: Value) -> Result<Self, NotAnObject> {
         match body {
             Value::Object(mut map) => {
-                if map.len() == 1 && matches!(map.get("arguments"), Some(Value::Object(_))) {
-                    if let Some(Value::Object(arguments)) = map.remove("arguments") {
-                        return Ok(Self {
-                            arguments,
-                            enveloped: true,
-                        });
-                    }
+                if map.len() == 1
+                    && matches!(map.get("arguments"), Some(Value::Object(_)))
+                    && let Some(Value::Object(arguments)) = map.remove("arguments")
+                {
+                    return Ok(Self {
+                        arguments,
+                        enveloped: true,
+                    });
                 }
                 Ok(Self {
                     arguments: map,
