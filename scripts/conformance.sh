@@ -7,9 +7,11 @@
 #       `cargo run --release -p cortex-cli -- serve memory --port <free> --db <tmp>`
 #       (or against URL, an MCP endpoint already running).
 #   scripts/conformance.sh kit
-#       The server scenarios the service kit's fixture server implements
-#       (crates/cortex-service/examples/mcp_fixtures.rs: prompts, completion,
-#       logging, progress), against it; every one must pass.
+#       Every server scenario of the suite against the service kit's fixture
+#       server (crates/cortex-service/examples/mcp_fixtures.rs: content-type
+#       tools, sampling and elicitation, resumable streams, test://
+#       resources, prompts, completion, logging, progress); every one must
+#       pass.
 #   scripts/conformance.sh client [--scenario NAME]...
 #       Client scenarios (default: CLIENT_SCENARIOS below: the core ones and
 #       every auth/* one) against the network client, as
@@ -62,12 +64,12 @@ declare -A NOT_APPLICABLE=(
   [tools-call-with-logging]="fixture tool test_tool_with_logging (the kit's logging: examples/mcp_fixtures.rs)"
   [tools-call-error]="fixture tool test_error_handling (isError itself is tested in tests/mcp_server.rs)"
   [tools-call-with-progress]="fixture tool test_tool_with_progress (the kit's progress: examples/mcp_fixtures.rs)"
-  [tools-call-sampling]="fixture tool; the kit never asks the client for sampling"
-  [tools-call-elicitation]="fixture tool; the kit never asks the client for elicitation"
-  [elicitation-sep1034-defaults]="fixture tool; no elicitation"
-  [elicitation-sep1330-enums]="fixture tool; no elicitation"
+  [tools-call-sampling]="fixture tool test_sampling; memory tools ask nothing of the client (the kit's CallContext::sample: examples/mcp_fixtures.rs)"
+  [tools-call-elicitation]="fixture tool test_elicitation; memory tools ask nothing of the client (the kit's CallContext::elicit: examples/mcp_fixtures.rs)"
+  [elicitation-sep1034-defaults]="fixture tool test_elicitation_sep1034_defaults; memory does not elicit (the kit's elicitation: examples/mcp_fixtures.rs)"
+  [elicitation-sep1330-enums]="fixture tool test_elicitation_sep1330_enums; memory does not elicit (the kit's elicitation: examples/mcp_fixtures.rs)"
   [json-schema-2020-12]="fixture tool json_schema_2020_12_tool (schemas are passed through verbatim)"
-  [server-sse-polling]="fixture tool test_reconnection; POST streams (progress only) are not resumable"
+  [server-sse-polling]="fixture tool test_reconnection, which ends its stream early (the kit's resumable POST streams: examples/mcp_fixtures.rs)"
   [resources-read-text]="fixture resource test://static-text"
   [resources-read-binary]="fixture resource test://static-binary; memory resources are JSON text"
   [resources-templates-read]="fixture template test://template/{id}/data"
@@ -229,13 +231,20 @@ client() {
   [ ${#failed[@]} -eq 0 ] || die "failed: ${failed[*]}"
 }
 
-# The server scenarios the kit's fixture server implements. The suite's
-# other fixtures (content-type tools, test:// resources, elicitation and
-# sampling from a tool) are not in it yet: docs/mcp.md.
-KIT_SCENARIOS=(server-initialize ping tools-list resources-list logging-set-level
-  completion-complete prompts-list prompts-get-simple prompts-get-with-args
-  prompts-get-embedded-resource prompts-get-with-image tools-call-with-logging
-  tools-call-with-progress server-sse-multiple-streams dns-rebinding-protection)
+# Every server scenario of the suite (`conformance list --server`): the
+# kit's fixture server implements all their fixtures, and every one must
+# pass.
+KIT_SCENARIOS=(server-initialize logging-set-level ping completion-complete
+  tools-list tools-call-simple-text tools-call-image tools-call-audio
+  tools-call-embedded-resource tools-call-mixed-content tools-call-with-logging
+  tools-call-error tools-call-with-progress tools-call-sampling
+  tools-call-elicitation json-schema-2020-12 elicitation-sep1034-defaults
+  server-sse-polling server-sse-multiple-streams elicitation-sep1330-enums
+  resources-list resources-read-text resources-read-binary
+  resources-templates-read resources-subscribe resources-unsubscribe
+  prompts-list prompts-get-simple prompts-get-with-args
+  prompts-get-embedded-resource prompts-get-with-image
+  dns-rebinding-protection)
 
 kit() {
   install_tools

@@ -1,6 +1,6 @@
 //! [`CallContext`]: what a handler knows about the call it serves, and
 //! what it may send back to its caller before its answer (log messages,
-//! progress).
+//! progress), and what it may ask its MCP caller (elicitation, sampling).
 
 use http::HeaderMap;
 use serde_json::Value;
@@ -24,6 +24,9 @@ pub struct CallContext {
     /// Where [`CallContext::log`] sends: the caller's MCP session, if the
     /// call came over one.
     pub(crate) notifier: Option<crate::notify::Notifier>,
+    /// The call's MCP response stream, when its answer can become one: where
+    /// [`CallContext::elicit`] and [`CallContext::sample`] send.
+    pub(crate) stream: Option<crate::ask::CallStream>,
 }
 
 impl CallContext {
@@ -75,6 +78,72 @@ impl CallContext {
 }
 
 impl CallContext {
+    /// Asks the MCP client for input from its user (`elicitation/create`):
+    /// `message` says what is asked, `requested_schema` is the form, a flat
+    /// JSON Schema object of primitive properties (see the MCP
+    /// specification). The request goes out on the call's response stream,
+    /// which the answer to a `tools/call` becomes as soon as this is called;
+    /// the client's answer comes back as a POST of the same session.
+    ///
+    /// Fails without sending when the call has no MCP client that can
+    /// answer (the Cortex dialect, in process, a client without the
+    /// `elicitation` capability); fails after `McpConfig::client_request_timeout`
+    /// without an answer. See [`crate::ask`] for every bound.
+    pub async fn elicit(
+        &self,
+        message: impl Into<String>,
+        requested_schema: Value,
+    ) -> Result<crate::ask::ElicitResult, crate::ask::ClientRequestError> {
+        const METHOD: &str = "elicitation/create";
+        let stream = self
+            .stream
+            .as_ref()
+            .ok_or(crate::ask::ClientRequestError::NoClient)?;
+        let params = serde_json::json!({
+            "message": message.into(),
+            "requestedSchema": requested_schema,
+        });
+        let result = stream.ask(METHOD, params).await?;
+        crate::ask::typed(METHOD, result)
+    }
+
+    /// Asks the MCP client to sample a message from its language model
+    /// (`sampling/createMessage`), as [`CallContext::elicit`] asks for
+    /// input: the client must have declared `sampling`.
+    pub async fn sample(
+        &self,
+        params: crate::ask::CreateMessageParams,
+    ) -> Result<crate::ask::CreateMessageResult, crate::ask::ClientRequestError> {
+        const METHOD: &str = "sampling/createMessage";
+        let stream = self
+            .stream
+            .as_ref()
+            .ok_or(crate::ask::ClientRequestError::NoClient)?;
+        let params = serde_json::to_value(params).map_err(|e| {
+            crate::ask::ClientRequestError::InvalidAnswer {
+                method: METHOD,
+                reason: e.to_string(),
+            }
+        })?;
+        let result = stream.ask(METHOD, params).await?;
+        crate::ask::typed(METHOD, result)
+    }
+
+    /// Ends the call's MCP response stream now, while the call goes on: the
+    /// client reconnects (a `GET` with `Last-Event-ID`) after the stream's
+    /// `retry:` delay and receives what the call sends next, its answer
+    /// included. This lets a long call release its connection (SSE polling).
+    /// Returns whether the stream will end: only a stream with event ids (a
+    /// session at revision 2025-11-25 or later) can be resumed, and only an
+    /// MCP `tools/call` from a client accepting `text/event-stream` has one.
+    pub fn end_stream(&self) -> bool {
+        self.stream
+            .as_ref()
+            .is_some_and(crate::ask::CallStream::end_early)
+    }
+}
+
+impl CallContext {
     /// The context of a request: its id, its `Idempotency-Key` if it sent a
     /// non-empty one, its headers (credentials and tracing, for
     /// propagation), and the caller the auth layer verified for the request
@@ -93,6 +162,7 @@ impl CallContext {
             headers,
             caller: crate::auth::current_caller(),
             notifier: None,
+            stream: None,
         }
     }
 }

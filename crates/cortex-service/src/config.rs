@@ -81,6 +81,16 @@ pub struct McpConfig {
     /// (`ttlMs`, with `cacheScope: "public"`: the registry is the same for
     /// every caller and fixed while the process runs).
     pub list_cache_ttl: Duration,
+    /// How long a handler waits for its client's answer to an elicitation
+    /// or sampling request ([`CallContext::elicit`](crate::CallContext::elicit)).
+    pub client_request_timeout: Duration,
+    /// Requests to its client one session may wait on at once.
+    pub max_client_requests: usize,
+    /// Response streams of a session's calls kept for a client to resume
+    /// (`GET` with `Last-Event-ID`) after they ended early or broke; the
+    /// oldest is forgotten beyond this. Each keeps at most
+    /// `notification_buffer` messages.
+    pub max_resumable_streams: usize,
 }
 
 impl Default for McpConfig {
@@ -95,6 +105,9 @@ impl Default for McpConfig {
             max_subscriptions: 64,
             batch_concurrency: 8,
             list_cache_ttl: Duration::from_secs(60),
+            client_request_timeout: Duration::from_secs(60),
+            max_client_requests: 16,
+            max_resumable_streams: 16,
         }
     }
 }

@@ -132,6 +132,7 @@ impl InProcessMcpClient {
                 .unwrap_or_default(),
             caller,
             notifier: None,
+            stream: None,
         })
     }
 }
@@ -248,6 +249,14 @@ impl McpClient for InProcessMcpClient {
                 content: Value::String(text),
                 mime_type,
             }),
+            // As base64 text, as an MCP client would read a `blob`.
+            Ok(ResourceContent::Binary { data, mime_type }) => {
+                use base64::Engine as _;
+                Ok(Resource {
+                    content: Value::String(base64::engine::general_purpose::STANDARD.encode(data)),
+                    mime_type,
+                })
+            }
             Err(e) => Err(map_error(service, Operation::Resource(uri), e)),
         }
     }

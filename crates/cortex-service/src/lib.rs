@@ -20,6 +20,8 @@
 //! - [`prompt`]: [`Prompt`]s (MCP `prompts/*`) and completers of their
 //!   arguments and of resource pattern parameters (`completion/complete`).
 //! - [`notify`]: [`CallContext::log`], log messages to an MCP caller.
+//! - [`ask`]: [`CallContext::elicit`] and [`CallContext::sample`], requests
+//!   from a handler to its MCP caller, answered on the same session.
 //! - [`routes`]: the axum routes of the dialect.
 //! - [`metrics`]: `GET /metrics`: per tool and resource pattern, calls,
 //!   errors by code and latency; open streams and connections.
@@ -56,6 +58,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod ask;
 pub mod auth;
 mod bounds;
 pub mod call;
@@ -77,6 +80,10 @@ pub mod routes;
 pub mod server;
 pub mod tls;
 
+pub use ask::{
+    ClientRequestError, CreateMessageParams, CreateMessageResult, ElicitAction, ElicitResult,
+    SamplingMessage, SamplingRole,
+};
 pub use auth::{AuthConfig, Caller};
 pub use config::{HttpLimits, McpConfig, ServiceConfig};
 pub use error::ServiceError;

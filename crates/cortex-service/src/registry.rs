@@ -57,6 +57,14 @@ pub enum ResourceContent {
         /// Its media type, such as `text/markdown`.
         mime_type: String,
     },
+    /// Bytes in a media type of the resource's own (an image, a file): sent
+    /// as they are over the Cortex dialect, base64 in MCP's `blob`.
+    Binary {
+        /// The bytes.
+        data: Vec<u8>,
+        /// Their media type, such as `image/png`.
+        mime_type: String,
+    },
 }
 
 impl ResourceContent {
@@ -64,7 +72,7 @@ impl ResourceContent {
     pub fn mime_type(&self) -> &str {
         match self {
             Self::Json(_) => "application/json",
-            Self::Text { mime_type, .. } => mime_type,
+            Self::Text { mime_type, .. } | Self::Binary { mime_type, .. } => mime_type,
         }
     }
 }
@@ -80,9 +88,24 @@ pub struct Tool {
     /// Changes nothing: repeating it is always safe, so an idempotency key
     /// is not recorded (that would cost a durable write per read).
     read_only: bool,
+    /// Its value is an MCP `CallToolResult` (`{content: [...]}`), sent to
+    /// MCP callers as it is.
+    mcp_content: bool,
 }
 
 impl Tool {
+    /// Declares that the tool's value is an MCP `CallToolResult`: an object
+    /// with a `content` array of MCP content blocks (text, image, audio,
+    /// embedded resources), and optionally `structuredContent` and
+    /// `isError`. An MCP `tools/call` sends it as it is (`isError: false`
+    /// added when absent, `structuredContent` left out on revision
+    /// `2025-03-26`); a value of another shape is sent as any tool's is.
+    /// Cortex dialect and in-process callers get the value as JSON.
+    pub fn returns_mcp_content(mut self) -> Self {
+        self.mcp_content = true;
+        self
+    }
+
     /// Declares that the tool changes nothing (a lookup, a computation):
     /// callers may repeat it freely, and keyed calls of it are not recorded.
     pub fn read_only(mut self) -> Self {
@@ -107,6 +130,7 @@ impl Tool {
             schema,
             handler: Arc::new(move |ctx, args| Box::pin(handler(ctx, args))),
             read_only: false,
+            mcp_content: false,
         }
     }
 }
@@ -525,6 +549,17 @@ impl Service {
             .collect()
     }
 
+    /// The tools whose values are MCP `CallToolResult`s
+    /// ([`Tool::returns_mcp_content`]).
+    pub(crate) fn mcp_content_tools(&self) -> std::collections::BTreeSet<String> {
+        self.inner
+            .tools
+            .values()
+            .filter(|t| t.tool.mcp_content)
+            .map(|t| t.tool.name.clone())
+            .collect()
+    }
+
     /// Every resource pattern, in registration order.
     pub fn resources(&self) -> Vec<ResourceInfo> {
         self.inner
@@ -823,6 +858,11 @@ async fn open_stream(
             .collect(),
         ResourceContent::Json(value) => vec![Event::message(value.to_string()).with_id("1")],
         ResourceContent::Text { text, .. } => vec![Event::message(text).with_id("1")],
+        ResourceContent::Binary { data, .. } => {
+            use base64::Engine as _;
+            let text = base64::engine::general_purpose::STANDARD.encode(data);
+            vec![Event::message(text).with_id("1")]
+        }
     };
     Ok(stream::iter(events.into_iter().skip(skip).map(Ok)).boxed())
 }

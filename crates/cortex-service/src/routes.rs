@@ -269,6 +269,9 @@ async fn read_resource(
         ResourceContent::Text { text, mime_type } => {
             Ok(([(header::CONTENT_TYPE, mime_type)], text).into_response())
         }
+        ResourceContent::Binary { data, mime_type } => {
+            Ok(([(header::CONTENT_TYPE, mime_type)], data).into_response())
+        }
     }
 }
 

@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) sessions: Sessions,
     pub(crate) resources: ResourceIndex,
     tool_names: BTreeSet<String>,
+    /// Tools whose values are MCP `CallToolResult`s, sent as they are.
+    content_tools: BTreeSet<String>,
     /// Per tool, the arguments its schema mirrors into `Mcp-Param-*`
     /// headers (2026-07-28).
     pub(crate) header_params: HashMap<String, HeaderParams>,
@@ -65,9 +67,15 @@ impl Shared {
                 config.mcp.max_sessions,
                 config.mcp.max_sessions_per_client,
                 config.mcp.notification_buffer,
-            ),
+            )
+            .with_call_limits(super::session::CallLimits {
+                buffer: config.mcp.notification_buffer,
+                client_requests: config.mcp.max_client_requests,
+                resumable: config.mcp.max_resumable_streams,
+            }),
             resources: ResourceIndex::new(&service),
             tool_names: tools.into_iter().map(|t| t.name).collect(),
+            content_tools: service.mcp_content_tools(),
             header_params,
             service,
             config,
@@ -215,6 +223,9 @@ impl Shared {
             .call_tool(call.ctx.clone(), name, arguments)
             .await
         {
+            Ok(value) if self.content_tools.contains(name) => {
+                Ok(content_result(value, call.structured))
+            }
             Ok(value) => Ok(tool_result(value, call.structured)),
             Err(error) if error.code == ErrorCode::ToolNotFound => {
                 Err(unknown_tool(name, self.service.name()))
@@ -339,11 +350,20 @@ impl Shared {
             .read_resource(call.ctx.clone(), path)
             .await
             .map_err(|e| RpcError::from_service(&e, call.stateless()).with_uri(uri))?;
-        let (text, mime_type) = match content {
-            ResourceContent::Json(value) => (value.to_string(), "application/json".to_string()),
-            ResourceContent::Text { text, mime_type } => (text, mime_type),
+        let content = match content {
+            ResourceContent::Json(value) => {
+                json!({"uri": uri, "mimeType": "application/json", "text": value.to_string()})
+            }
+            ResourceContent::Text { text, mime_type } => {
+                json!({"uri": uri, "mimeType": mime_type, "text": text})
+            }
+            ResourceContent::Binary { data, mime_type } => {
+                use base64::Engine as _;
+                let blob = base64::engine::general_purpose::STANDARD.encode(data);
+                json!({"uri": uri, "mimeType": mime_type, "blob": blob})
+            }
         };
-        Ok(json!({"contents": [{"uri": uri, "mimeType": mime_type, "text": text}]}))
+        Ok(json!({ "contents": [content] }))
     }
 
     /// Opens the live stream of `uri`, checking that it has one.
@@ -546,6 +566,21 @@ fn tool_result(value: Value, structured: bool) -> Value {
         result["structuredContent"] = value;
     }
     result
+}
+
+/// The value of a tool declared with `Tool::returns_mcp_content`: sent as
+/// it is when it is an object with a `content` array, else as any value.
+fn content_result(value: Value, structured: bool) -> Value {
+    match value {
+        Value::Object(mut result) if result.get("content").is_some_and(Value::is_array) => {
+            result.entry("isError").or_insert(Value::Bool(false));
+            if !structured {
+                result.remove("structuredContent");
+            }
+            Value::Object(result)
+        }
+        other => tool_result(other, structured),
+    }
 }
 
 /// A failed call as a result with `isError: true`: the Cortex error as text

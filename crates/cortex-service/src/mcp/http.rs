@@ -465,6 +465,11 @@ fn initialize(mcp: &Arc<Shared>, body: Value, peer: Option<IpAddr>) -> Response 
     if let Some(caller) = crate::auth::current_caller() {
         let _ = session.owner.set(caller.user_id().to_string());
     }
+    let _ = session
+        .client_capabilities
+        .set(crate::ask::ClientCapabilities::declared(
+            params.get("capabilities"),
+        ));
     let client = params.get("clientInfo").cloned().unwrap_or_default();
     tracing::debug!(session = %session.id, revision = revision.as_str(), %client, "MCP session opened");
     let result = json!({
@@ -509,7 +514,25 @@ async fn one_message(mcp: &Shared, call: &Call, message: Value) -> Outcome {
             }
             Outcome::Accepted
         }
-        Ok(Message::Response) => Outcome::Accepted,
+        Ok(Message::Response { id, answer }) => {
+            // Only the session that was asked can answer (its requests are
+            // authenticated as its owner's), and only an id it waits on.
+            let known = call
+                .session
+                .as_ref()
+                .is_some_and(|session| session.pending.answer(&id, answer));
+            if known {
+                Outcome::Accepted
+            } else {
+                Outcome::Invalid(jsonrpc::error(
+                    Some(&id),
+                    &RpcError::new(
+                        INVALID_REQUEST,
+                        format!("no request of this session awaits an answer with id {id}"),
+                    ),
+                ))
+            }
+        }
         Err((id, error)) => Outcome::Invalid(jsonrpc::error(id.as_ref(), &error)),
     }
 }
@@ -521,11 +544,24 @@ async fn session_post(
     revision: Revision,
     body: Value,
 ) -> Response {
-    if let Some(token) = streamed_progress(headers, &body) {
-        // The stream outlives the request slot, so it holds a stream slot;
-        // with none free the call is answered as JSON, without progress.
-        if let Ok(slot) = mcp.service.stream_slot() {
-            return streamed_call(mcp, headers, (session, revision), body, token, slot);
+    if streams_answer(headers, &body) {
+        match streamed_progress(&body) {
+            // The stream outlives the request slot, so it holds a stream
+            // slot; with none free the call is answered as JSON, without
+            // progress.
+            Some(token) => {
+                if let Ok(slot) = mcp.service.stream_slot() {
+                    return answered_call(
+                        mcp,
+                        headers,
+                        (session, revision),
+                        body,
+                        Some((token, slot)),
+                    )
+                    .await;
+                }
+            }
+            None => return answered_call(mcp, headers, (session, revision), body, None).await,
         }
     }
     let ctx = CallContext {
@@ -596,18 +632,24 @@ async fn session_post(
     }
 }
 
-/// The progress token of a request answered as an SSE stream: a single
-/// `tools/call` whose `_meta` has a `progressToken` (a string or a number),
-/// from a client whose `Accept` lists `text/event-stream`. Every other
-/// request is answered as JSON.
-fn streamed_progress(headers: &HeaderMap, body: &Value) -> Option<Value> {
-    if body.get("method").and_then(Value::as_str) != Some("tools/call")
-        || body.get("id").is_none()
-        || headers.get(header::ACCEPT).is_none()
-        || !accepts(headers, "text/event-stream")
-    {
-        return None;
-    }
+/// Whether a request's answer may become an SSE stream: a single
+/// `tools/call` request from a client whose `Accept` lists
+/// `text/event-stream`. Every other request is answered as JSON.
+fn streams_answer(headers: &HeaderMap, body: &Value) -> bool {
+    body.get("method").and_then(Value::as_str) == Some("tools/call")
+        && body
+            .get("id")
+            .is_some_and(|id| id.is_string() || id.is_number())
+        && body.get("jsonrpc").and_then(Value::as_str) == Some("2.0")
+        && body
+            .get("params")
+            .is_none_or(|p| p.is_object() || p.is_null())
+        && headers.get(header::ACCEPT).is_some()
+        && accepts(headers, "text/event-stream")
+}
+
+/// The `_meta.progressToken` (a string or a number) of a request.
+fn streamed_progress(body: &Value) -> Option<Value> {
     body.get("params")?
         .get("_meta")?
         .get("progressToken")
@@ -615,40 +657,85 @@ fn streamed_progress(headers: &HeaderMap, body: &Value) -> Option<Value> {
         .cloned()
 }
 
-/// Ends the call's task when its stream is dropped (the client went away),
-/// as a JSON answer's handler ends when its connection does.
-struct AbortOnDrop(tokio::task::AbortHandle);
+/// A message the client sent a request for: a response, not a request of
+/// ours nor a notification.
+fn is_response(message: &Value) -> bool {
+    message.get("id").is_some() && message.get("method").is_none()
+}
 
-impl Drop for AbortOnDrop {
+/// The task of a call answered through its own outbox. Dropping this (the
+/// client went away, as a JSON answer's handler ends when its connection
+/// does) ends the call and forgets its stream, unless the handler ended
+/// the stream itself ([`CallContext::end_stream`]): then the call goes on
+/// and the client resumes.
+struct CallTask {
+    task: tokio::task::AbortHandle,
+    ended_by_handler: watch::Receiver<bool>,
+    session: Arc<Session>,
+    key: u64,
+}
+
+impl Drop for CallTask {
     fn drop(&mut self) {
-        self.0.abort();
+        if !*self.ended_by_handler.borrow() {
+            self.task.abort();
+            self.session.forget_call_stream(self.key);
+        }
     }
 }
 
-/// Answers one `tools/call` as an SSE stream: the call's progress and log
-/// messages as they come, then its response, then the stream ends. They
-/// pass through a buffer of `notification_buffer` entries that drops its
-/// oldest when a slow client lets it fill, so the handler never waits;
-/// the response is queued last and nothing after it, so it is never the
-/// one dropped. The stream has no event ids: it cannot be resumed. It holds
-/// one of the service's stream slots.
-fn streamed_call(
+/// Answers one `tools/call` from a client accepting `text/event-stream`.
+/// The call runs in its own task and queues what it sends in an outbox of
+/// its own: requests to the client ([`CallContext::elicit`],
+/// [`CallContext::sample`]), progress (with a progress token), then its
+/// response. With a progress token the answer is an SSE stream from the
+/// start; without one it is JSON, unless the call asks its client
+/// something or ends its stream before its response, in which case it
+/// becomes an SSE stream then. The outbox holds `notification_buffer`
+/// entries and drops its oldest when a slow client lets it fill, so the
+/// handler never waits; the response is queued last and nothing after it.
+///
+/// On a session at 2025-11-25 or later the stream is resumable: a priming
+/// event, event ids `c<stream>-<n>`, and the session keeps the outbox (up
+/// to `max_resumable_streams`) so a `GET` with `Last-Event-ID` continues
+/// it. A stream holds one of the service's stream slots.
+async fn answered_call(
     mcp: &Arc<Shared>,
     headers: &HeaderMap,
     (session, revision): (Arc<Session>, Revision),
     body: Value,
-    token: Value,
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    progress: Option<(Value, Option<tokio::sync::OwnedSemaphorePermit>)>,
 ) -> Response {
+    let request_id = body.get("id").cloned().unwrap_or_default();
+    let key = session.next_stream_key();
     let outbox = Arc::new(Outbox::new(mcp.config.mcp.notification_buffer));
-    let notifier = crate::notify::Notifier::new(outbox.clone(), session.log_level.clone())
-        .with_progress(token);
+    let resumable = session.revision.primes_streams();
+    let end = Arc::new(watch::Sender::new(false));
+    let (notifier, slot) = match progress {
+        Some((token, slot)) => (
+            crate::notify::Notifier::new(outbox.clone(), session.log_level.clone())
+                .with_progress(token),
+            Some(slot),
+        ),
+        None => (
+            crate::notify::Notifier::new(session.outbox.clone(), session.log_level.clone()),
+            None,
+        ),
+    };
     let call = Call {
         ctx: CallContext {
             notifier: Some(notifier.clone()),
+            stream: Some(crate::ask::CallStream {
+                outbox: outbox.clone(),
+                pending: session.pending.clone(),
+                capabilities: session.capabilities(),
+                timeout: mcp.config.mcp.client_request_timeout,
+                end: end.clone(),
+                resumable,
+            }),
             ..CallContext::from_headers(headers.clone())
         },
-        session: Some(session),
+        session: Some(session.clone()),
         structured: revision.has_structured_content(),
     };
     let shared = mcp.clone();
@@ -664,9 +751,65 @@ fn streamed_call(
         }
     };
     // The task serves the same caller the request does.
-    let task = match crate::auth::current_caller() {
+    let mut task = match crate::auth::current_caller() {
         Some(caller) => tokio::spawn(crate::auth::serve_as(caller, answer)),
         None => tokio::spawn(answer),
+    };
+    let guard = CallTask {
+        task: task.abort_handle(),
+        ended_by_handler: end.subscribe(),
+        session: session.clone(),
+        key,
+    };
+    let slot = match slot {
+        Some(slot) => slot,
+        None => {
+            // JSON unless the call sends something before its response.
+            let mut changed = outbox.watch();
+            let mut ended = end.subscribe();
+            let mut finished = false;
+            loop {
+                changed.borrow_and_update();
+                let queued = outbox.take_after(0);
+                if let [only] = queued.as_slice()
+                    && is_response(&only.message)
+                {
+                    return axum::Json(only.message.clone()).into_response();
+                }
+                if !queued.is_empty() || *ended.borrow_and_update() {
+                    break;
+                }
+                if finished {
+                    return rpc_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        Some(&request_id),
+                        &RpcError::new(INTERNAL_ERROR, "the call ended without an answer"),
+                    );
+                }
+                tokio::select! {
+                    _ = changed.changed() => {}
+                    _ = ended.changed() => {}
+                    _ = &mut task, if !finished => finished = true,
+                }
+            }
+            match mcp.service.stream_slot() {
+                Ok(slot) => slot,
+                Err(error) => {
+                    return rpc_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Some(&request_id),
+                        &RpcError::new(INTERNAL_ERROR, error.message),
+                    );
+                }
+            }
+        }
+    };
+    if resumable {
+        session.keep_call_stream(key, outbox.clone());
+    }
+    let forget = {
+        let session = session.clone();
+        Box::new(move || session.forget_call_stream(key)) as Box<dyn FnOnce() + Send>
     };
     notification_stream(
         mcp,
@@ -674,12 +817,26 @@ fn streamed_call(
             prelude: Vec::new(),
             outbox,
             cursor: 0,
-            with_ids: false,
-            session: None,
-            guard: Box::new((AbortOnDrop(task.abort_handle()), slot)),
+            ids: if resumable {
+                EventIds::Call(key)
+            } else {
+                EventIds::None
+            },
+            prime: resumable,
+            session: Some((session, false)),
+            guard: Box::new((guard, slot)),
             ends_with_response: true,
+            end_early: Some(end.subscribe()),
+            on_answered: Some(forget),
         },
     )
+}
+
+/// A call stream's event id, `c<stream>-<n>`: the stream's key and the
+/// position in it.
+fn call_event_id(id: &str) -> Option<(u64, u64)> {
+    let (key, position) = id.strip_prefix('c')?.split_once('-')?;
+    Some((key.parse().ok()?, position.parse().ok()?))
 }
 
 /// `GET`: the session's server→client stream.
@@ -703,7 +860,35 @@ fn get(mcp: &Arc<Shared>, headers: &HeaderMap) -> Response {
             );
         }
     };
-    let resume = header_text(headers, LAST_EVENT_ID_HEADER).and_then(|id| id.parse::<u64>().ok());
+    let last_event_id = header_text(headers, LAST_EVENT_ID_HEADER);
+    if let Some((key, cursor)) = last_event_id.and_then(call_event_id)
+        && let Some(outbox) = session.call_stream(key)
+    {
+        // The rest of a call's response stream, up to its response; it does
+        // not replace the session's own stream.
+        let forget = {
+            let session = session.clone();
+            Box::new(move || session.forget_call_stream(key)) as Box<dyn FnOnce() + Send>
+        };
+        return notification_stream(
+            mcp,
+            StreamPlan {
+                prelude: Vec::new(),
+                outbox,
+                cursor,
+                ids: EventIds::Call(key),
+                prime: false,
+                guard: Box::new((session.stream_guard(), slot)),
+                session: Some((session, false)),
+                ends_with_response: true,
+                end_early: None,
+                on_answered: Some(forget),
+            },
+        );
+    }
+    // An id of a call stream no longer kept starts the session's stream
+    // from now.
+    let resume = last_event_id.and_then(|id| id.parse::<u64>().ok());
     let cursor = resume.unwrap_or_else(|| session.outbox.delivered());
     // This stream replaces any earlier one of the session.
     session.stream_generation.send_modify(|g| *g += 1);
@@ -713,10 +898,13 @@ fn get(mcp: &Arc<Shared>, headers: &HeaderMap) -> Response {
             prelude: Vec::new(),
             outbox: session.outbox.clone(),
             cursor,
-            with_ids: true,
+            ids: EventIds::Plain,
+            prime: revision.primes_streams(),
             guard: Box::new((session.stream_guard(), slot)),
-            session: Some((session, revision.primes_streams())),
+            session: Some((session, true)),
             ends_with_response: false,
+            end_early: None,
+            on_answered: None,
         },
     )
 }
@@ -741,6 +929,26 @@ fn delete(mcp: &Shared, headers: &HeaderMap) -> Response {
     }
 }
 
+/// The event ids a stream sends.
+pub(crate) enum EventIds {
+    /// None: the stream cannot be resumed.
+    None,
+    /// The outbox's numbers (the session's stream).
+    Plain,
+    /// `c<key>-<n>`: a call's response stream, resumable by a `GET`.
+    Call(u64),
+}
+
+impl EventIds {
+    fn of(&self, position: u64) -> Option<String> {
+        match self {
+            Self::None => None,
+            Self::Plain => Some(position.to_string()),
+            Self::Call(key) => Some(format!("c{key}-{position}")),
+        }
+    }
+}
+
 /// What an SSE notification stream carries.
 pub(crate) struct StreamPlan {
     /// Messages sent first (the listen acknowledgement).
@@ -748,52 +956,67 @@ pub(crate) struct StreamPlan {
     pub(crate) outbox: Arc<Outbox>,
     /// Entries after this id are sent.
     pub(crate) cursor: u64,
-    /// Send `id:` lines (resumable GET streams).
-    pub(crate) with_ids: bool,
-    /// The session whose stream this is, and whether to prime it; the
-    /// stream ends when the session ends or a newer stream replaces it.
+    /// The event ids sent.
+    pub(crate) ids: EventIds,
+    /// Send a priming event (an id and empty data) first, so the client can
+    /// resume before the first message (SEP-1699).
+    pub(crate) prime: bool,
+    /// The session whose stream this is: the stream ends when the session
+    /// ends and, when the flag is set, when a newer `GET` stream replaces it.
     pub(crate) session: Option<(Arc<Session>, bool)>,
     /// Dropped when the stream is.
     pub(crate) guard: Box<dyn Send>,
     /// End after sending a JSON-RPC response (a POST answered as a stream).
     pub(crate) ends_with_response: bool,
+    /// End, after what is queued, once this turns true.
+    pub(crate) end_early: Option<watch::Receiver<bool>>,
+    /// Runs once the response was sent.
+    pub(crate) on_answered: Option<Box<dyn FnOnce() + Send>>,
 }
 
-fn frame(message: &Value, id: Option<u64>) -> Bytes {
+fn frame(message: &Value, id: Option<String>) -> Bytes {
     let mut event = Event::message(message.to_string());
     if let Some(id) = id {
-        event = event.with_id(id.to_string());
+        event = event.with_id(id);
     }
     Bytes::from(sse::encode(&event).unwrap_or_default())
 }
 
-/// An SSE response fed from an outbox: `retry:` advice, the prelude, the
-/// queued notifications, keep-alive comments while idle; it ends at
-/// shutdown (and, for a session, when the session ends or another stream
-/// replaces it).
+/// An SSE response fed from an outbox: `retry:` advice, a priming event,
+/// the prelude, the queued messages, keep-alive comments while idle; it
+/// ends at shutdown, when the session ends (or another stream replaces
+/// it), after a response it was waiting for, or when ended early.
 pub(crate) fn notification_stream(mcp: &Shared, plan: StreamPlan) -> Response {
     let keep_alive = mcp.config.keep_alive;
     let retry_ms = mcp.config.stream_retry.as_millis() as u64;
     let mut first = format!("retry: {retry_ms}\n\n");
-    if let Some((_, true)) = &plan.session {
+    if plan.prime
+        && let Some(id) = plan.ids.of(plan.cursor)
+    {
         // A priming event: an id (and no data) the client can resume from.
-        first.push_str(&format!("id: {}\ndata: \n\n", plan.cursor));
+        first.push_str(&format!("id: {id}\ndata: \n\n"));
     }
     let mut pending: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
     pending.push_back(Bytes::from(first));
     pending.extend(plan.prelude.iter().map(|m| frame(m, None)));
     let mut stopping = mcp.stopping.clone();
-    let session = plan.session.map(|(session, _)| session);
-    let end: BoxFuture<'static, ()> = match session.clone() {
-        Some(session) => {
+    let end: BoxFuture<'static, ()> = match plan.session.clone() {
+        Some((session, replaceable)) => {
             let mut generation = session.stream_generation.subscribe();
             let mine = *generation.borrow_and_update();
             let mut closed = session.closed.subscribe();
             Box::pin(async move {
+                let replaced = async {
+                    if replaceable {
+                        let _ = generation.wait_for(|g| *g != mine).await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                };
                 tokio::select! {
                     _ = stopping.wait_for(|s| *s) => {}
                     _ = closed.wait_for(|c| *c) => {}
-                    _ = generation.wait_for(|g| *g != mine) => {}
+                    _ = replaced => {}
                 }
             })
         }
@@ -801,17 +1024,24 @@ pub(crate) fn notification_stream(mcp: &Shared, plan: StreamPlan) -> Response {
             let _ = stopping.wait_for(|s| *s).await;
         }),
     };
+    // Ends the stream early when the handler asks; a stream nobody can end
+    // early waits on a sender it holds itself.
+    let never = watch::Sender::new(false);
+    let end_early = plan.end_early.unwrap_or_else(|| never.subscribe());
     struct Feed {
         pending: std::collections::VecDeque<Bytes>,
         outbox: Arc<Outbox>,
         changed: watch::Receiver<u64>,
         cursor: u64,
-        with_ids: bool,
+        ids: EventIds,
         end: BoxFuture<'static, ()>,
+        end_early: watch::Receiver<bool>,
+        never: watch::Sender<bool>,
         session: Option<Arc<Session>>,
         keep_alive: std::time::Duration,
         ends_with_response: bool,
         answered: bool,
+        on_answered: Option<Box<dyn FnOnce() + Send>>,
         _guard: Box<dyn Send>,
     }
     let feed = Feed {
@@ -819,12 +1049,15 @@ pub(crate) fn notification_stream(mcp: &Shared, plan: StreamPlan) -> Response {
         changed: plan.outbox.watch(),
         outbox: plan.outbox,
         cursor: plan.cursor,
-        with_ids: plan.with_ids,
+        ids: plan.ids,
         end,
-        session,
+        end_early,
+        never,
+        session: plan.session.map(|(session, _)| session),
         keep_alive,
         ends_with_response: plan.ends_with_response,
         answered: false,
+        on_answered: plan.on_answered,
         _guard: plan.guard,
     };
     let body: BoxStream<'static, Result<Bytes, std::io::Error>> =
@@ -834,6 +1067,9 @@ pub(crate) fn notification_stream(mcp: &Shared, plan: StreamPlan) -> Response {
                     return Some((Ok(bytes), feed));
                 }
                 if feed.answered {
+                    if let Some(answered) = feed.on_answered.take() {
+                        answered();
+                    }
                     return None;
                 }
                 feed.changed.borrow_and_update();
@@ -841,18 +1077,27 @@ pub(crate) fn notification_stream(mcp: &Shared, plan: StreamPlan) -> Response {
                 if !entries.is_empty() {
                     for entry in entries {
                         feed.cursor = entry.id;
-                        if feed.ends_with_response && entry.message.get("id").is_some() {
+                        if feed.ends_with_response && is_response(&entry.message) {
                             feed.answered = true;
                         }
-                        let id = feed.with_ids.then_some(entry.id);
+                        let id = feed.ids.of(entry.id);
                         feed.pending.push_back(frame(&entry.message, id));
                     }
                     continue;
+                }
+                if *feed.end_early.borrow_and_update() {
+                    return None;
                 }
                 tokio::select! {
                     changed = feed.changed.changed() => {
                         if changed.is_err() {
                             return None;
+                        }
+                    }
+                    early = feed.end_early.changed() => {
+                        if early.is_err() {
+                            // The call is over without ending its stream.
+                            feed.end_early = feed.never.subscribe();
                         }
                     }
                     _ = tokio::time::sleep(feed.keep_alive) => {

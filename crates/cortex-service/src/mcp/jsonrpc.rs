@@ -112,9 +112,13 @@ pub(crate) enum Message {
     },
     /// Expects none.
     Notification { method: String },
-    /// A response to a request of ours (we send none; it is accepted and
-    /// ignored).
-    Response,
+    /// A response to a request of ours (`elicitation/create`,
+    /// `sampling/createMessage`): its id, and its `result` or its `error`'s
+    /// code and message.
+    Response {
+        id: Value,
+        answer: crate::ask::Answer,
+    },
 }
 
 impl Message {
@@ -169,7 +173,23 @@ impl Message {
             None if usable_id.is_some()
                 && (object.contains_key("result") || object.contains_key("error")) =>
             {
-                Ok(Self::Response)
+                let id = usable_id.unwrap_or_default();
+                let answer = match object.remove("result") {
+                    Some(result) => Ok(result),
+                    None => {
+                        let error = object.remove("error").unwrap_or_default();
+                        let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
+                        let message: String = error
+                            .get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .chars()
+                            .take(1024)
+                            .collect();
+                        Err((code, message))
+                    }
+                };
+                Ok(Self::Response { id, answer })
             }
             None => Err((
                 usable_id,
@@ -193,7 +213,12 @@ mod tests {
         assert!(matches!(note, Message::Notification { .. }));
         let response =
             Message::parse(json!({"jsonrpc": "2.0", "id": "a", "result": {}})).expect("valid");
-        assert!(matches!(response, Message::Response));
+        assert!(matches!(response, Message::Response { ref id, answer: Ok(_) } if id == "a"));
+        let refused = Message::parse(
+            json!({"jsonrpc": "2.0", "id": 3, "error": {"code": -1, "message": "no"}}),
+        )
+        .expect("valid");
+        assert!(matches!(refused, Message::Response { answer: Err((-1, ref m)), .. } if m == "no"));
     }
 
     #[test]

@@ -34,8 +34,15 @@
 //!
 //! A `tools/call` whose request carries `_meta.progressToken`, from a client
 //! accepting `text/event-stream`, is answered as an SSE stream carrying the
-//! call's [`CallContext::progress`] and log messages before its response;
-//! every other request is answered as JSON.
+//! call's [`CallContext::progress`] and log messages before its response. A
+//! `tools/call` from such a client without one is answered as JSON unless
+//! its handler asks the client something ([`CallContext::elicit`],
+//! [`CallContext::sample`]) or ends its stream early
+//! ([`CallContext::end_stream`]) first: then the answer becomes an SSE
+//! stream, and the client's answers come back as POSTed responses of the
+//! same session. On 2025-11-25 sessions these streams carry event ids, so a
+//! `GET` with `Last-Event-ID` resumes them. Every other request is answered
+//! as JSON.
 //!
 //! The URI scheme is the service's name (`memory://history/{user_id}`), see
 //! [`uri_scheme`].
@@ -48,6 +55,9 @@
 //! [`Service::get_prompt`]: crate::Service::get_prompt
 //! [`CallContext::log`]: crate::CallContext::log
 //! [`CallContext::progress`]: crate::CallContext::progress
+//! [`CallContext::elicit`]: crate::CallContext::elicit
+//! [`CallContext::sample`]: crate::CallContext::sample
+//! [`CallContext::end_stream`]: crate::CallContext::end_stream
 
 mod dispatch;
 mod http;

@@ -1,14 +1,15 @@
 //! Sessions of the session-based revisions: created by `initialize`, ended
 //! by `DELETE`, by idling past the TTL, or by shutdown.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+use crate::ask::{ClientCapabilities, Pending};
 use crate::outbox::Outbox;
 
 /// A negotiated session-based revision.
@@ -76,10 +77,21 @@ pub(crate) struct Session {
     open_streams: AtomicUsize,
     /// The level of log messages sent to it (`logging/setLevel`).
     pub(crate) log_level: Arc<std::sync::atomic::AtomicU8>,
+    /// What the client declared at `initialize` that it can be asked.
+    pub(crate) client_capabilities: std::sync::OnceLock<ClientCapabilities>,
+    /// Requests to the client waiting for its answer.
+    pub(crate) pending: Arc<Pending>,
+    /// Response streams of calls a client may resume, oldest first, at
+    /// most `max_resumable`: each holds what its call sent (bounded by its
+    /// outbox) until the stream that delivers the call's answer ends.
+    call_streams: Mutex<VecDeque<(u64, Arc<Outbox>)>>,
+    max_resumable: usize,
+    next_stream: AtomicU64,
 }
 
 impl Session {
-    fn new(revision: Revision, buffer: usize, client: Arc<str>) -> Self {
+    fn new(revision: Revision, limits: &CallLimits, client: Arc<str>) -> Self {
+        let buffer = limits.buffer;
         Self {
             id: uuid::Uuid::new_v4().simple().to_string(),
             revision,
@@ -92,7 +104,50 @@ impl Session {
             client,
             open_streams: AtomicUsize::new(0),
             log_level: crate::notify::session_level(),
+            client_capabilities: std::sync::OnceLock::new(),
+            pending: Arc::new(Pending::new(limits.client_requests)),
+            call_streams: Mutex::new(VecDeque::new()),
+            max_resumable: limits.resumable.max(1),
+            next_stream: AtomicU64::new(1),
         }
+    }
+
+    /// What the client declared it can be asked (nothing before `initialize`
+    /// recorded it).
+    pub(crate) fn capabilities(&self) -> ClientCapabilities {
+        self.client_capabilities.get().copied().unwrap_or_default()
+    }
+
+    fn call_streams(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Arc<Outbox>)>> {
+        self.call_streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new key for a call's response stream.
+    pub(crate) fn next_stream_key(&self) -> u64 {
+        self.next_stream.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Keeps a call's response stream for a client to resume; the oldest
+    /// kept is forgotten beyond the cap.
+    pub(crate) fn keep_call_stream(&self, key: u64, outbox: Arc<Outbox>) {
+        let mut streams = self.call_streams();
+        while streams.len() >= self.max_resumable {
+            streams.pop_front();
+        }
+        streams.push_back((key, outbox));
+    }
+
+    /// The kept response stream `key`.
+    pub(crate) fn call_stream(&self, key: u64) -> Option<Arc<Outbox>> {
+        self.call_streams()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, outbox)| outbox.clone())
+    }
+
+    /// Forgets the response stream `key` (its answer was delivered).
+    pub(crate) fn forget_call_stream(&self, key: u64) {
+        self.call_streams().retain(|(k, _)| *k != key);
     }
 
     /// Marks the session as used now.
@@ -158,6 +213,8 @@ impl Session {
     /// Ends the session: its stream ends, its subscriptions stop.
     pub(crate) fn close(&self) {
         self.closed.send_replace(true);
+        self.pending.close();
+        self.call_streams().clear();
         for (_, task) in self.subscriptions().drain() {
             task.abort();
         }
@@ -243,13 +300,24 @@ impl Table {
     }
 }
 
+/// Per-session bounds on what calls hold.
+#[derive(Debug, Clone)]
+pub(crate) struct CallLimits {
+    /// Notifications kept per outbox.
+    pub(crate) buffer: usize,
+    /// Requests to the client waited on at once.
+    pub(crate) client_requests: usize,
+    /// Resumable call streams kept.
+    pub(crate) resumable: usize,
+}
+
 /// Every open session.
 pub(crate) struct Sessions {
     map: Mutex<Table>,
     ttl: Duration,
     max: usize,
     max_per_client: usize,
-    buffer: usize,
+    limits: CallLimits,
     sweeper_started: AtomicBool,
 }
 
@@ -260,9 +328,19 @@ impl Sessions {
             ttl,
             max,
             max_per_client: max_per_client.max(1),
-            buffer,
+            limits: CallLimits {
+                buffer,
+                client_requests: 16,
+                resumable: 16,
+            },
             sweeper_started: AtomicBool::new(false),
         }
+    }
+
+    /// Sets the bounds on what each session's calls hold.
+    pub(crate) fn with_call_limits(mut self, limits: CallLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -275,7 +353,7 @@ impl Sessions {
     /// leaked sessions expire); a full table is first cleared of expired
     /// sessions.
     pub(crate) fn create(&self, revision: Revision, client: &str) -> Result<Arc<Session>, Full> {
-        let session = Arc::new(Session::new(revision, self.buffer, Arc::from(client)));
+        let session = Arc::new(Session::new(revision, &self.limits, Arc::from(client)));
         let mut ended = Vec::new();
         let result = {
             let mut map = self.map();

@@ -91,7 +91,7 @@ pub(crate) async fn post(mcp: &Arc<Shared>, headers: &HeaderMap, body: Value) ->
     let (id, method, params) = match Message::parse(body) {
         Ok(Message::Request { id, method, params }) => (id, method, params),
         Ok(Message::Notification { .. }) => return http::accepted(),
-        Ok(Message::Response) => {
+        Ok(Message::Response { .. }) => {
             return http::rpc_error(
                 StatusCode::BAD_REQUEST,
                 None,
@@ -502,10 +502,13 @@ async fn listen(
             prelude: vec![ack],
             outbox,
             cursor: 0,
-            with_ids: false,
+            ids: http::EventIds::None,
+            prime: false,
             session: None,
             guard: Box::new((AbortOnDrop(tasks), slot)),
             ends_with_response: false,
+            end_early: None,
+            on_answered: None,
         },
     )
 }
