@@ -669,7 +669,8 @@ fn is_response(message: &Value) -> bool {
 /// the stream itself ([`CallContext::end_stream`]): then the call goes on
 /// and the client resumes.
 struct CallTask {
-    task: tokio::task::AbortHandle,
+    /// `None`: the call had finished when its answer became a stream.
+    task: Option<tokio::task::AbortHandle>,
     ended_by_handler: watch::Receiver<bool>,
     session: Arc<Session>,
     key: u64,
@@ -678,20 +679,34 @@ struct CallTask {
 impl Drop for CallTask {
     fn drop(&mut self) {
         if !*self.ended_by_handler.borrow() {
-            self.task.abort();
+            if let Some(task) = &self.task {
+                task.abort();
+            }
             self.session.forget_call_stream(self.key);
         }
     }
 }
 
+/// A call's answer, boxed so that it can start in the request's task and
+/// move, already started, to a task of its own.
+type CallFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Runs a call's answer in a task of its own, as the request's caller.
+fn spawn_call(answer: CallFuture) -> tokio::task::JoinHandle<()> {
+    match crate::auth::current_caller() {
+        Some(caller) => tokio::spawn(crate::auth::serve_as(caller, answer)),
+        None => tokio::spawn(answer),
+    }
+}
+
 /// Answers one `tools/call` from a client accepting `text/event-stream`.
-/// The call runs in its own task and queues what it sends in an outbox of
-/// its own: requests to the client ([`CallContext::elicit`],
+/// The call queues what it sends in an outbox of its own: requests to the client ([`CallContext::elicit`],
 /// [`CallContext::sample`]), progress (with a progress token), then its
 /// response. With a progress token the answer is an SSE stream from the
-/// start; without one it is JSON, unless the call asks its client
-/// something or ends its stream before its response, in which case it
-/// becomes an SSE stream then. The outbox holds `notification_buffer`
+/// start, and the call runs in a task of its own; without one it runs in
+/// the request's task and is answered as JSON, unless it asks its client
+/// something or ends its stream before its response: then it moves to a
+/// task of its own and its answer becomes an SSE stream. The outbox holds `notification_buffer`
 /// entries and drops its oldest when a slow client lets it fill, so the
 /// handler never waits; the response is queued last and nothing after it.
 ///
@@ -750,49 +765,46 @@ async fn answered_call(
             outbox.push(reply, None);
         }
     };
-    // The task serves the same caller the request does.
-    let mut task = match crate::auth::current_caller() {
-        Some(caller) => tokio::spawn(crate::auth::serve_as(caller, answer)),
-        None => tokio::spawn(answer),
-    };
-    let guard = CallTask {
-        task: task.abort_handle(),
-        ended_by_handler: end.subscribe(),
-        session: session.clone(),
-        key,
-    };
-    let slot = match slot {
-        Some(slot) => slot,
+    let mut answer: CallFuture = Box::pin(answer);
+    let (task, slot) = match slot {
+        // With a progress token the answer is a stream from the start.
+        Some(slot) => (Some(spawn_call(answer)), slot),
         None => {
-            // JSON unless the call sends something before its response.
+            // Most calls answer without asking their client anything: they
+            // run here, in the request's own task, and are answered as
+            // JSON. Only a call that sends something before its response,
+            // or ends its stream, moves to a task of its own (the boxed
+            // future moves, already started) and is answered as a stream.
             let mut changed = outbox.watch();
             let mut ended = end.subscribe();
-            let mut finished = false;
-            loop {
-                changed.borrow_and_update();
-                let queued = outbox.take_after(0);
-                if let [only] = queued.as_slice()
-                    && is_response(&only.message)
-                {
-                    return axum::Json(only.message.clone()).into_response();
+            let finished = loop {
+                // The outbox's latest id: anything queued at all.
+                if *changed.borrow_and_update() > 0 || *ended.borrow_and_update() {
+                    break false;
                 }
-                if !queued.is_empty() || *ended.borrow_and_update() {
-                    break;
+                tokio::select! {
+                    biased;
+                    () = &mut answer => break true,
+                    _ = changed.changed() => {}
+                    _ = ended.changed() => {}
                 }
-                if finished {
+            };
+            if finished {
+                // No stream was opened on this outbox: its one reader is
+                // here, so the response is moved, not copied.
+                if let Some(response) = outbox.take_sole(is_response) {
+                    return axum::Json(response).into_response();
+                }
+                // Nothing queued at all (the latest id is 0), no stream ended.
+                if *changed.borrow() == 0 && !*ended.borrow() {
                     return rpc_error(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         Some(&request_id),
                         &RpcError::new(INTERNAL_ERROR, "the call ended without an answer"),
                     );
                 }
-                tokio::select! {
-                    _ = changed.changed() => {}
-                    _ = ended.changed() => {}
-                    _ = &mut task, if !finished => finished = true,
-                }
             }
-            match mcp.service.stream_slot() {
+            let slot = match mcp.service.stream_slot() {
                 Ok(slot) => slot,
                 Err(error) => {
                     return rpc_error(
@@ -801,8 +813,24 @@ async fn answered_call(
                         &RpcError::new(INTERNAL_ERROR, error.message),
                     );
                 }
-            }
+            };
+            // A finished call has nothing left to run: its stream is what
+            // it queued.
+            (
+                if finished {
+                    None
+                } else {
+                    Some(spawn_call(answer))
+                },
+                slot,
+            )
         }
+    };
+    let guard = CallTask {
+        task: task.map(|t| t.abort_handle()),
+        ended_by_handler: end.subscribe(),
+        session: session.clone(),
+        key,
     };
     if resumable {
         session.keep_call_stream(key, outbox.clone());
