@@ -170,6 +170,10 @@ pub(crate) enum Command {
     /// is read (when it is not a terminal); otherwise the tool gets `{}`.
     /// Files and stdin are capped at 8 MiB.
     ///
+    /// Over MCP, a tool that reports progress has it shown on stderr (one
+    /// updating line on a terminal), and each report starts the request
+    /// timeout over (30 minutes in all at most).
+    ///
     /// Example: cortex call memory store_input user_id=u1 input_data.content=hi
     ///
     /// Example: cortex call memory get_item item_id=1

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use cortex_client::{McpClient, McpError, ServiceDiscovery};
+use cortex_client::{McpClient, McpError, McpFeatures, ServiceDiscovery};
 use cortex_resilience::breaker::BreakerState;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -17,6 +17,7 @@ use crate::exit::{Code, Failure, code_for};
 use crate::hints::explain;
 use crate::input::ArgWords;
 use crate::output::{self, line};
+use crate::progress_line::ProgressLine;
 use crate::words::Words;
 
 pub(crate) async fn call(args: CallArgs, flags: &ClientFlags, json: bool) -> Result<(), Failure> {
@@ -26,7 +27,14 @@ pub(crate) async fn call(args: CallArgs, flags: &ClientFlags, json: bool) -> Res
     let arg_words = ArgWords::parse(&words.rest())?;
     let target = flags.connect(|c| c).await?;
     let arguments = arguments_for(&target, &service, &tool, arg_words).await?;
-    let result = target.client.call_tool(&service, &tool, arguments).await;
+    // Over MCP a long call's progress shows on stderr (the Cortex
+    // dialect sends none).
+    let progress = ProgressLine::new();
+    let result = target
+        .client
+        .call_tool_with(&service, &tool, arguments, progress.options())
+        .await;
+    progress.done();
     let result = match result {
         Ok(result) => result,
         Err(error) => return Err(explain(&target, error).await),

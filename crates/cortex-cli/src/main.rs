@@ -19,6 +19,7 @@ mod input;
 mod limits;
 mod login;
 mod output;
+mod progress_line;
 mod prompt_cmds;
 mod replicas;
 mod serve;

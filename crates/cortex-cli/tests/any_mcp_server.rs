@@ -100,6 +100,28 @@ fn server_everything_by_url() {
     assert!(answer.stdout.contains("5.5"), "{answer:?}");
     let echo = at(&url, &["call", "echo", "message=hello there"]).ok();
     assert!(echo.stdout.contains("hello there"), "{echo:?}");
+    // A long call's progress, one plain line per report on a stderr that
+    // is not a terminal; the result alone on stdout.
+    let long = at(
+        &url,
+        &[
+            "call",
+            "trigger-long-running-operation",
+            "duration=1",
+            "steps=2",
+        ],
+    )
+    .ok();
+    assert!(
+        long.stdout.contains("Long running operation completed")
+            && !long.stdout.contains("progress:"),
+        "{long:?}"
+    );
+    assert!(
+        long.stderr
+            .contains("progress: 1/2 (50%)\nprogress: 2/2 (100%)\n"),
+        "{long:?}"
+    );
 
     let prompts = at(&url, &["prompts"]).ok();
     assert!(

@@ -20,6 +20,10 @@
 //! - `dialect`: what a dialect answers; `cortex`: the Cortex dialect.
 //! - [`forward`]: [`with_authorization`], a caller's credentials on the calls made for it
 //!   (re-exported).
+//! - [`progress`]: [`progress::CallOptions`], per-call options of an MCP
+//!   tool call: progress to the caller, a deadline progress pushes out.
+//! - [`notifications`]: [`notifications::NotificationHandler`], a server's
+//!   log messages and list changes for the application.
 //! - [`oauth`]: OAuth 2.1 for MCP servers that require authorization
 //!   ([`NetworkMcpClientBuilder::oauth`]).
 //! - `mcp`: standard MCP (Streamable HTTP, the stateless 2026-07-28
@@ -61,9 +65,11 @@ mod engine;
 mod mcp;
 pub mod metrics;
 pub mod network;
+pub mod notifications;
 pub mod oauth;
 mod operation;
 mod pool;
+pub mod progress;
 pub mod proxy;
 pub mod server_requests;
 mod stream;

@@ -16,6 +16,8 @@
 //! - [`hub`]: a session's server-to-client event stream; the legacy
 //!   HTTP+SSE transport.
 //! - [`listen`]: resource streams.
+//! - [`inflight`]: requests in flight both ways: progress of ours, the
+//!   server's being answered.
 //!
 //! # Retry safety
 //! A `tools/call` is repeated after it may have run (HTTP 500, connection
@@ -30,6 +32,7 @@
 //! are returned and nothing is remembered, so the next call asks again.
 
 mod hub;
+mod inflight;
 mod listen;
 mod rpc;
 mod session;
@@ -42,6 +45,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
+use self::inflight::Tracker;
 use self::rpc::Call;
 use self::session::Session;
 use self::wire::Operation;
@@ -49,6 +53,8 @@ use crate::api::{EventStream, Resource};
 use crate::dialect::Dialect;
 use crate::engine::{Engine, Exchange, ServiceState, lock};
 use crate::error::McpError;
+use crate::notifications::{ListKind, NotificationHandler};
+use crate::progress::CallOptions;
 use crate::server_requests::ServerRequestHandler;
 use cortex_discovery::{Endpoint, Protocol};
 use cortex_proto::listing::{Health, ResourceInfo, ResourceList, ToolInfo, ToolList};
@@ -70,19 +76,65 @@ pub(crate) struct McpInner {
     pub(crate) mcp: McpState,
     /// What answers the server's requests (see [`crate::server_requests`]).
     pub(crate) requests: Option<Arc<dyn ServerRequestHandler>>,
+    /// What hears the server's notifications (see [`crate::notifications`]).
+    pub(crate) notifications: Option<Arc<dyn NotificationHandler>>,
 }
 
 impl McpDialect {
     pub(crate) fn new(
         engine: Arc<Engine>,
         requests: Option<Arc<dyn ServerRequestHandler>>,
+        notifications: Option<Arc<dyn NotificationHandler>>,
     ) -> Self {
         Self {
             inner: Arc::new(McpInner {
                 engine,
                 mcp: McpState::default(),
                 requests,
+                notifications,
             }),
+        }
+    }
+
+    /// Whether sessions should open their standalone event stream at once:
+    /// someone listens for what the server sends outside calls.
+    pub(crate) fn listens(&self) -> bool {
+        self.inner.requests.is_some() || self.inner.notifications.is_some()
+    }
+
+    /// `tools/call` with per-call `options` (progress, deadline reset).
+    pub(crate) async fn call_tool_with(
+        &self,
+        service: &Arc<ServiceState>,
+        tool: &str,
+        arguments: Value,
+        options: &CallOptions,
+    ) -> Result<Value, McpError> {
+        let progress = Tracker::new(options, service.config.request_timeout);
+        Box::pin(call_tool(self, service, tool, arguments, progress)).await
+    }
+
+    /// A server said one of its lists changed: what is kept of it is dropped.
+    pub(crate) fn list_changed(&self, service: &str, list: ListKind) {
+        let mcp = &self.inner.mcp;
+        {
+            let mut listings = lock(&mcp.listings);
+            for method in list.methods() {
+                listings.remove(&(service.to_string(), (*method).to_string()));
+            }
+        }
+        match list {
+            ListKind::Tools => {
+                lock(&mcp.tools).remove(service);
+            }
+            ListKind::Resources => {
+                lock(&mcp.schemes).remove(service);
+            }
+            ListKind::Prompts => {}
+        }
+        tracing::debug!(service, %list, "MCP list changed; cached listing dropped");
+        if let Some(handler) = &self.inner.notifications {
+            handler.list_changed(service, list);
         }
     }
 
@@ -137,6 +189,7 @@ impl McpDialect {
             params,
             op: Operation::Other(method),
             idempotent,
+            progress: None,
         };
         rpc::call(self, service, &call)
             .await
@@ -203,7 +256,7 @@ impl Dialect for McpDialect {
         // have run only as the tool's `idempotentHint` allows.
         _idempotency_key: Option<&str>,
     ) -> Result<Value, McpError> {
-        Box::pin(call_tool(self, service, tool, arguments)).await
+        Box::pin(call_tool(self, service, tool, arguments, None)).await
     }
 
     async fn read_resource(
@@ -264,11 +317,45 @@ pub(crate) struct McpState {
     schemes: Mutex<HashMap<String, Option<String>>>,
     /// JSON-RPC ids (0 is the handshake's).
     next_id: AtomicU64,
+    /// Per progress token (the request's id): the call's progress.
+    progress: Mutex<HashMap<u64, Arc<Tracker>>>,
+    /// The server's requests being answered.
+    pub(crate) handling: inflight::Handling,
+    /// Listings a server said may be kept (`ttlMs`), per (service, method).
+    listings: Mutex<HashMap<(String, String), Listing>>,
+}
+
+/// A listing kept while fresh.
+struct Listing {
+    items: Vec<Value>,
+    fresh_until: tokio::time::Instant,
+    /// `cacheScope: "public"`: the same for every caller. Otherwise it
+    /// is served only to calls made as the client (no caller's
+    /// credentials forwarded), which is how it was fetched.
+    public: bool,
 }
 
 impl McpState {
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Routes progress with token `id` to `tracker` until [`Self::untrack`].
+    pub(crate) fn track(&self, id: u64, tracker: Arc<Tracker>) {
+        lock(&self.progress).insert(id, tracker);
+    }
+
+    pub(crate) fn untrack(&self, id: u64) {
+        lock(&self.progress).remove(&id);
+    }
+
+    /// The call whose progress token is `token` (the request id, as a
+    /// number or its decimal text), if it is still waiting.
+    pub(crate) fn tracker(&self, token: &Value) -> Option<Arc<Tracker>> {
+        let id = token
+            .as_u64()
+            .or_else(|| token.as_str().and_then(|t| t.parse().ok()))?;
+        lock(&self.progress).get(&id).cloned()
     }
 
     pub(crate) fn session(&self, service: &str, endpoint: &Endpoint) -> Option<Arc<Session>> {
@@ -343,6 +430,7 @@ async fn call_tool(
     service: &Arc<ServiceState>,
     tool: &str,
     arguments: Value,
+    progress: Option<Arc<Tracker>>,
 ) -> Result<Value, McpError> {
     let tools = tools(client, service).await;
     let idempotent = tools.get(tool).copied().unwrap_or(false);
@@ -351,6 +439,7 @@ async fn call_tool(
         params: json!({"name": tool, "arguments": arguments}),
         op: Operation::Tool(tool),
         idempotent,
+        progress,
     };
     let (_, result) = rpc::call(client, service, &call).await?;
     match wire::tool_value(&service.name, tool, result) {
@@ -378,6 +467,7 @@ async fn read(
         params: json!({"uri": uri}),
         op: Operation::Read(&uri),
         idempotent: true,
+        progress: None,
     };
     let (_, result) = rpc::call(client, service, &call).await?;
     Ok(wire::resource(&result))
@@ -405,6 +495,7 @@ async fn ping(
         params: Value::Null,
         op: Operation::Other("ping"),
         idempotent: true,
+        progress: None,
     };
     rpc::call_at(client, service, &call, pin)
         .await
@@ -523,18 +614,36 @@ async fn close(client: &McpDialect) {
     lock(&mcp.dialects).clear();
     lock(&mcp.tools).clear();
     lock(&mcp.schemes).clear();
+    lock(&mcp.listings).clear();
 }
 
 /// Every page of a listing (`tools/list`, `resources/list`, ...): the
-/// items under `key`.
+/// items under `key`. Kept while every page's `ttlMs` says it is fresh
+/// (2026-07-28 caching hints; see [`Listing`]), until a
+/// `notifications/…/list_changed` says otherwise; never kept without one.
 async fn list_all(
     client: &McpDialect,
     service: &Arc<ServiceState>,
     method: &str,
     key: &str,
 ) -> Result<Vec<Value>, McpError> {
+    let cache_key = (service.name.clone(), method.to_string());
+    let as_client = crate::forward::forwarded().is_none();
+    {
+        let mut listings = lock(&client.inner.mcp.listings);
+        match listings.get(&cache_key) {
+            Some(kept) if tokio::time::Instant::now() >= kept.fresh_until => {
+                listings.remove(&cache_key);
+            }
+            Some(kept) if kept.public || as_client => return Ok(kept.items.clone()),
+            _ => {}
+        }
+    }
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
+    // The shortest freshness of the pages, and whether all are public.
+    let mut ttl: Option<u64> = Some(u64::MAX);
+    let mut public = true;
     for _ in 0..100 {
         let params = cursor
             .as_ref()
@@ -544,8 +653,13 @@ async fn list_all(
             params,
             op: Operation::Other(method),
             idempotent: true,
+            progress: None,
         };
         let (_, result) = rpc::call(client, service, &call).await?;
+        // A negative or absent ttlMs is 0: not kept.
+        let page_ttl = result.get("ttlMs").and_then(Value::as_u64);
+        ttl = ttl.zip(page_ttl).map(|(a, b)| a.min(b));
+        public &= result.get("cacheScope").and_then(Value::as_str) == Some("public");
         items.extend(
             result
                 .get(key)
@@ -560,6 +674,20 @@ async fn list_all(
         if cursor.is_none() {
             break;
         }
+    }
+    if let Some(ttl) = ttl.filter(|t| *t > 0 && *t != u64::MAX)
+        && (public || as_client)
+    {
+        // At most a day: a server's hint is not a reason to never ask again.
+        let ttl = std::time::Duration::from_millis(ttl.min(86_400_000));
+        lock(&client.inner.mcp.listings).insert(
+            cache_key,
+            Listing {
+                items: items.clone(),
+                fresh_until: tokio::time::Instant::now() + ttl,
+                public,
+            },
+        );
     }
     Ok(items)
 }

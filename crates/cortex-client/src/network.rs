@@ -24,6 +24,7 @@ use crate::engine::{Authorizer, Engine, ServiceState, TokenProvider};
 use crate::error::McpError;
 use crate::mcp::{McpDialect, McpSessionInfo};
 use crate::metrics::{EndpointStatus, Metrics};
+use crate::progress::CallOptions;
 
 /// The MCP client over HTTP. Cheap to clone; clones share pools, breakers
 /// and metrics.
@@ -55,6 +56,7 @@ pub struct NetworkMcpClientBuilder {
     authorizers: std::collections::HashMap<String, Arc<dyn Authorizer>>,
     user_agent: String,
     requests: Option<Arc<dyn crate::server_requests::ServerRequestHandler>>,
+    notifications: Option<Arc<dyn crate::notifications::NotificationHandler>>,
 }
 
 impl NetworkMcpClientBuilder {
@@ -100,6 +102,18 @@ impl NetworkMcpClientBuilder {
         self
     }
 
+    /// Hands what MCP servers tell the client (log messages, list
+    /// changes) to `handler` besides `tracing`, and opens each MCP
+    /// session's standalone event stream so that what belongs to no call
+    /// arrives (see [`crate::notifications`]).
+    pub fn notifications(
+        mut self,
+        handler: Arc<dyn crate::notifications::NotificationHandler>,
+    ) -> Self {
+        self.notifications = Some(handler);
+        self
+    }
+
     /// Overrides the `User-Agent`.
     pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
         self.user_agent = user_agent.into();
@@ -126,7 +140,7 @@ impl NetworkMcpClientBuilder {
         Ok(NetworkMcpClient {
             inner: Arc::new(Inner {
                 cortex: Cortex::new(engine.clone()),
-                mcp: McpDialect::new(engine.clone(), self.requests),
+                mcp: McpDialect::new(engine.clone(), self.requests, self.notifications),
                 engine,
             }),
         })
@@ -161,6 +175,7 @@ impl NetworkMcpClient {
             authorizers: std::collections::HashMap::new(),
             user_agent: format!("cortex-client/{}", env!("CARGO_PKG_VERSION")),
             requests: None,
+            notifications: None,
         }
     }
 
@@ -185,19 +200,31 @@ impl NetworkMcpClient {
         self.metrics().render(&self.endpoint_status())
     }
 
-    /// A tool call with the caller's idempotency key, or a fresh one.
+    /// A tool call with the caller's idempotency key, or a fresh one;
+    /// over MCP with `options` when given.
     async fn call(
         &self,
         service: &str,
         tool: &str,
         arguments: Value,
         idempotency_key: Option<&str>,
+        options: Option<&CallOptions>,
     ) -> Result<Value, McpError> {
         let started = Instant::now();
         let outcome = async {
             let state = self.service_state(service)?;
             if !arguments.is_object() {
                 return Err(McpError::arguments_not_an_object(service, tool, &arguments));
+            }
+            if let Some(options) = options
+                && self.inner.mcp.speaks(&state).await?
+            {
+                return Box::pin(
+                    self.inner
+                        .mcp
+                        .call_tool_with(&state, tool, arguments, options),
+                )
+                .await;
             }
             on_dialect!(self, &state, |d| d
                 .call_tool(&state, tool, arguments, idempotency_key)
@@ -266,8 +293,8 @@ impl NetworkMcpClient {
     }
 }
 
-/// The MCP features beyond the seed's interface: prompts, completion and
-/// logging. A service that speaks the Cortex dialect has none of them:
+/// The MCP features beyond the seed's interface: tool calls with progress,
+/// prompts, completion and logging. A service that speaks the Cortex dialect has none of them:
 /// each call to one is an [`McpError::InvalidRequest`] saying so.
 ///
 /// ```no_run
@@ -295,6 +322,21 @@ impl NetworkMcpClient {
 /// ```
 #[async_trait]
 pub trait McpFeatures {
+    /// `tools/call` with per-call `options` (see [`crate::progress`]):
+    /// progress handed to a handler, a deadline that progress pushes out.
+    /// Otherwise as [`McpClient::call_tool`]. A caller that drops the
+    /// returned future (or whose call times out) has the server told with
+    /// `notifications/cancelled`. On a service that speaks the Cortex
+    /// dialect the options have no effect (it sends no progress) and this
+    /// is [`McpClient::call_tool`].
+    async fn call_tool_with(
+        &self,
+        service: &str,
+        tool: &str,
+        arguments: Value,
+        options: CallOptions,
+    ) -> Result<Value, McpError>;
+
     /// `prompts/list`: every prompt as the server describes it, all pages.
     async fn list_prompts(&self, service: &str) -> Result<Vec<Value>, McpError>;
 
@@ -354,6 +396,17 @@ impl NetworkMcpClient {
 
 #[async_trait]
 impl McpFeatures for NetworkMcpClient {
+    async fn call_tool_with(
+        &self,
+        service: &str,
+        tool: &str,
+        arguments: Value,
+        options: CallOptions,
+    ) -> Result<Value, McpError> {
+        self.call(service, tool, arguments, None, Some(&options))
+            .await
+    }
+
     async fn list_prompts(&self, service: &str) -> Result<Vec<Value>, McpError> {
         let state = self.mcp_only(service, "prompts").await?;
         self.inner
@@ -424,7 +477,7 @@ impl McpClient for NetworkMcpClient {
         tool: &str,
         arguments: Value,
     ) -> Result<Value, McpError> {
-        self.call(service, tool, arguments, None).await
+        self.call(service, tool, arguments, None, None).await
     }
 
     async fn call_tool_with_key(
@@ -434,7 +487,7 @@ impl McpClient for NetworkMcpClient {
         arguments: Value,
         idempotency_key: &str,
     ) -> Result<Value, McpError> {
-        self.call(service, tool, arguments, Some(idempotency_key))
+        self.call(service, tool, arguments, Some(idempotency_key), None)
             .await
     }
 

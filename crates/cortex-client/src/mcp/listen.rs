@@ -133,6 +133,7 @@ pub(crate) async fn stream(
                     params: Value::Null,
                     op: Operation::Other("ping"),
                     idempotent: true,
+                    progress: None,
                 },
             )
             .await?
@@ -157,6 +158,7 @@ pub(crate) async fn stream(
             params: json!({"uri": uri}),
             op: Operation::Read(&uri),
             idempotent: true,
+            progress: None,
         };
         let (session, _) = rpc::call(client, &service, &call).await?;
         session.hold(&uri);
@@ -314,6 +316,7 @@ async fn listen(
                 params,
                 op: Operation::Read(uri),
                 idempotent: true,
+                progress: None,
             };
             let reply =
                 rpc::read_answer(client, service, session, &call, id, other, Instant::now())

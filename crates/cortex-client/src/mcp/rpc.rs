@@ -28,9 +28,10 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::McpDialect;
+use super::inflight::Tracker;
 use super::session::{Era, Session};
 use super::wire::{self, Operation, Reply};
-use crate::engine::{Answer, Exchange, Prepared, ServiceState};
+use crate::engine::{Answer, Exchange, Prepared, ServiceState, lock};
 use crate::error::McpError;
 use crate::pool::PooledConn;
 use cortex_discovery::Endpoint;
@@ -46,7 +47,18 @@ pub(crate) struct Call<'a> {
     pub(crate) op: Operation<'a>,
     /// Repeating it after it may have run is safe.
     pub(crate) idempotent: bool,
+    /// Its progress, when the caller asked for it (`_meta.progressToken`).
+    pub(crate) progress: Option<Arc<Tracker>>,
 }
+
+/// At most this many `input_required` rounds per request (2026-07-28):
+/// a server that keeps asking cannot hold the call for ever.
+const MAX_INPUT_ROUNDS: usize = 8;
+/// At most this many input requests in one `input_required` result.
+const MAX_INPUT_REQUESTS: usize = 16;
+
+/// The longest a `notifications/cancelled` may take to send.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 /// Sends `call` to `service` through the session of whichever endpoint
 /// `execute` chooses; returns that session and the result.
@@ -59,7 +71,112 @@ pub(crate) async fn call(
 }
 
 /// As [`call`], on `pin` alone when given (one replica's health check).
+///
+/// A result with `resultType: "input_required"` (2026-07-28's multi
+/// round-trip requests) is answered: each of its `inputRequests` goes to
+/// the application's [`ServerRequestHandler`](crate::server_requests::ServerRequestHandler), and the request
+/// is sent again with the `inputResponses` and the server's
+/// `requestState`, at most [`MAX_INPUT_ROUNDS`] times.
 pub(crate) async fn call_at(
+    client: &McpDialect,
+    service: &Arc<ServiceState>,
+    call: &Call<'_>,
+    pin: Option<&Endpoint>,
+) -> Result<(Arc<Session>, Value), McpError> {
+    let mut round = call.clone();
+    for _ in 0..=MAX_INPUT_ROUNDS {
+        let (session, result) = once(client, service, &round, pin).await?;
+        if result.get("resultType").and_then(Value::as_str) != Some("input_required") {
+            return Ok((session, result));
+        }
+        let responses = answer_inputs(client, service, &session, call, &result).await?;
+        let params = round.params.as_object_mut().ok_or_else(|| {
+            failure(
+                &service.name,
+                &call.op,
+                &session.endpoint.url,
+                "the server asked for input on a request without parameters".into(),
+            )
+        })?;
+        params.remove("inputResponses");
+        params.remove("requestState");
+        if let Some(responses) = responses {
+            params.insert("inputResponses".into(), responses);
+        }
+        if let Some(state) = result.get("requestState") {
+            params.insert("requestState".into(), state.clone());
+        }
+    }
+    Err(failure(
+        &service.name,
+        &call.op,
+        "",
+        format!("the server still asked for input after {MAX_INPUT_ROUNDS} rounds"),
+    ))
+}
+
+/// The `inputResponses` to an `input_required` result (`None` when it
+/// asks for none, only carrying `requestState`).
+async fn answer_inputs(
+    client: &McpDialect,
+    service: &ServiceState,
+    session: &Session,
+    call: &Call<'_>,
+    result: &Value,
+) -> Result<Option<Value>, McpError> {
+    let fail = |message: String| failure(&service.name, &call.op, &session.endpoint.url, message);
+    if result.get("inputRequests").is_none() && result.get("requestState").is_none() {
+        return Err(fail(
+            "an input_required result with neither inputRequests nor requestState".into(),
+        ));
+    }
+    let Some(requests) = result.get("inputRequests") else {
+        return Ok(None);
+    };
+    let requests = requests
+        .as_object()
+        .ok_or_else(|| fail("inputRequests is not an object".into()))?;
+    if requests.len() > MAX_INPUT_REQUESTS {
+        return Err(fail(format!(
+            "{} input requests in one result (at most {MAX_INPUT_REQUESTS})",
+            requests.len()
+        )));
+    }
+    let Some(handler) = client.inner.requests.as_deref() else {
+        return Err(fail(
+            "the server asked for input and the client has no handler for server requests".into(),
+        ));
+    };
+    let mut responses = serde_json::Map::new();
+    for (key, request) in requests {
+        let Some(method) = request.get("method").and_then(Value::as_str) else {
+            return Err(fail(format!("input request {key:?} names no method")));
+        };
+        if !matches!(
+            method,
+            "elicitation/create" | "sampling/createMessage" | "roots/list"
+        ) {
+            return Err(fail(format!(
+                "input request {key:?} asks {method}, which is not an input request"
+            )));
+        }
+        let params = request.get("params").cloned().unwrap_or(Value::Null);
+        let answer = handler
+            .handle(&service.name, method, params)
+            .await
+            .map_err(|e| {
+                fail(format!(
+                    "input request {key:?} ({method}) was not answered: {e}"
+                ))
+            })?;
+        responses.insert(key.clone(), answer);
+    }
+    Ok(Some(Value::Object(responses)))
+}
+
+/// One request and its reply. Dropped before the reply (the caller gave
+/// up), the server is told with `notifications/cancelled`.
+async fn once(
     client: &McpDialect,
     service: &Arc<ServiceState>,
     call: &Call<'_>,
@@ -67,6 +184,44 @@ pub(crate) async fn call_at(
 ) -> Result<(Arc<Session>, Value), McpError> {
     let mcp = &client.inner.mcp;
     let id = mcp.next_id();
+    let mut guard = InFlight {
+        client,
+        service,
+        id,
+        session: None,
+        armed: true,
+    };
+    let mut params = call.params.clone();
+    if let Some(tracker) = &call.progress {
+        if !params.is_object() {
+            params = json!({});
+        }
+        params["_meta"]["progressToken"] = json!(id);
+        mcp.track(id, tracker.clone());
+    }
+    let sent = Call {
+        params,
+        ..call.clone()
+    };
+    let outcome = exchange(client, service, &sent, pin, id, &mut guard).await;
+    guard.armed = false;
+    if let Some(tracker) = &call.progress {
+        mcp.untrack(id);
+        tracker.finish().await;
+    }
+    outcome
+}
+
+/// Sends request `id` until it is answered.
+async fn exchange(
+    client: &McpDialect,
+    service: &Arc<ServiceState>,
+    call: &Call<'_>,
+    pin: Option<&Endpoint>,
+    id: u64,
+    guard: &mut InFlight<'_>,
+) -> Result<(Arc<Session>, Value), McpError> {
+    let mcp = &client.inner.mcp;
     let deadline = Instant::now() + service.config.request_timeout;
     let mut renewed = false;
     // Each turn either answers or opens one session (at most one per
@@ -90,7 +245,7 @@ pub(crate) async fn call_at(
             Err(error @ McpError::Timeout { .. }) => {
                 // The request may be running somewhere: tell every session.
                 for session in mcp.sessions_of(&service.name) {
-                    cancel(client, service, &session, id);
+                    cancel(client, service, &session, id, TIMED_OUT);
                 }
                 return Err(error);
             }
@@ -114,6 +269,7 @@ pub(crate) async fn call_at(
                 continue;
             }
             answer => {
+                guard.session = Some(session.clone());
                 let reply =
                     read_answer(client, service, &session, call, id, answer, deadline).await?;
                 return match reply {
@@ -130,6 +286,39 @@ pub(crate) async fn call_at(
         "no endpoint kept an MCP session".into(),
     ))
 }
+
+/// A request in flight: dropped while armed (the caller's future was
+/// dropped before the reply), the server is told it can stop.
+struct InFlight<'a> {
+    client: &'a McpDialect,
+    service: &'a Arc<ServiceState>,
+    id: u64,
+    /// The session the request went to, once known.
+    session: Option<Arc<Session>>,
+    armed: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        // Progress of a call nobody waits for goes nowhere.
+        self.client.inner.mcp.untrack(self.id);
+        if !self.armed {
+            return;
+        }
+        let sessions = match &self.session {
+            Some(session) => vec![session.clone()],
+            // Not known which endpoint has it: every session is told
+            // (servers ignore ids they do not know).
+            None => self.client.inner.mcp.sessions_of(&self.service.name),
+        };
+        for session in sessions {
+            cancel(self.client, self.service, &session, self.id, DROPPED);
+        }
+    }
+}
+
+const TIMED_OUT: &str = "the client's request timeout passed";
+const DROPPED: &str = "the caller no longer waits for the result";
 
 /// POSTs one message to `endpoint` with fixed `prepared` headers and body
 /// (a handshake, a notification, an answer to the server); returns the raw
@@ -233,15 +422,24 @@ pub(crate) async fn read_answer(
     match answer {
         // The legacy SSE transport answers 202; the reply comes on its stream.
         Answer::Full { .. } if matches!(session.era, Era::Sse { .. }) => {
-            match session.await_reply(id, deadline).await {
-                Some(reply) => Ok(reply),
-                None if Instant::now() >= deadline => {
-                    cancel_one(client, service, session, id);
-                    Err(timeout(service, &call.op))
-                }
-                None => Err(fail(
-                    "the session's event stream ended before the reply".into(),
-                )),
+            let mut deadline = deadline;
+            loop {
+                return match session.await_reply(id, deadline).await {
+                    Some(reply) => Ok(reply),
+                    None if Instant::now() >= deadline && extended(call, &mut deadline) => {
+                        if let Some(hub) = lock(&session.hub).as_ref() {
+                            hub.expect(id);
+                        }
+                        continue;
+                    }
+                    None if Instant::now() >= deadline => {
+                        cancel_one(client, service, session, id);
+                        Err(timeout(service, &call.op))
+                    }
+                    None => Err(fail(
+                        "the session's event stream ended before the reply".into(),
+                    )),
+                };
             }
         }
         Answer::Full { body, .. } => {
@@ -289,13 +487,15 @@ async fn read_stream(
     id: u64,
     mut body: Incoming,
     mut conn: PooledConn,
-    deadline: Instant,
+    mut deadline: Instant,
 ) -> Result<Reply, McpError> {
     let mut decoder = Decoder::new();
     // Resumes since the last message, and the wait before the next.
     let mut reconnect = Reconnect::new(crate::stream::reconnect_policy(&service.config));
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            // Progress since pushed the deadline out (when asked).
+            Err(_) if extended(call, &mut deadline) => continue,
             Err(_) => {
                 drop(conn); // closing the stream is the 2026-07-28 cancellation
                 cancel_one(client, service, session, id);
@@ -384,6 +584,21 @@ async fn read_stream(
     }
 }
 
+/// Whether progress pushed `deadline` out (the caller asked for that);
+/// if so, `deadline` is the new one.
+fn extended(call: &Call<'_>, deadline: &mut Instant) -> bool {
+    let Some(tracker) = &call.progress else {
+        return false;
+    };
+    let later = tracker.deadline(*deadline);
+    if later > Instant::now() && later > *deadline {
+        *deadline = later;
+        true
+    } else {
+        false
+    }
+}
+
 /// After the reply: keep the connection when the server ends the stream
 /// at once (as it should), drop it otherwise.
 fn finish(mut body: Incoming, conn: PooledConn) {
@@ -435,30 +650,45 @@ pub(crate) async fn notify(
 /// the stateless revision cancels by closing the stream). Fire and forget.
 fn cancel_one(client: &McpDialect, service: &ServiceState, session: &Session, id: u64) {
     if let Some(state) = client.inner.mcp.session(&service.name, &session.endpoint) {
-        cancel(client, service, &state, id);
+        cancel(client, service, &state, id, TIMED_OUT);
     }
 }
 
-fn cancel(client: &McpDialect, service: &ServiceState, session: &Arc<Session>, id: u64) {
+/// Sends `notifications/cancelled` for `id` from a task of its own, for
+/// [`CANCEL_WAIT`] at most: the caller never waits for it. Nothing is
+/// sent outside a runtime (the client is being torn down).
+fn cancel(
+    client: &McpDialect,
+    service: &ServiceState,
+    session: &Arc<Session>,
+    id: u64,
+    reason: &'static str,
+) {
     if matches!(session.era, Era::Modern) {
         return;
     }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     let (client, session) = (client.clone(), session.clone());
     let Ok(service) = client.service_state(&service.name) else {
         return;
     };
-    tokio::spawn(async move {
-        let params = json!({"requestId": id, "reason": "the client's request timeout passed"});
-        if let Err(error) = notify(
+    runtime.spawn(async move {
+        let params = json!({"requestId": id, "reason": reason});
+        let sent = notify(
             &client,
             &service,
             &session,
             "notifications/cancelled",
             params,
-        )
-        .await
-        {
-            tracing::debug!(%error, "notifications/cancelled was not delivered");
+        );
+        match tokio::time::timeout(CANCEL_WAIT.min(service.config.request_timeout), sent).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "notifications/cancelled was not delivered")
+            }
+            Err(_) => tracing::debug!("notifications/cancelled took too long; given up"),
         }
     });
 }

@@ -33,6 +33,7 @@ use super::rpc::{self, Call};
 use super::wire::{self, HANDSHAKE_VERSIONS, MODERN_VERSION, Operation, Reply};
 use crate::engine::{Answer, Prepared, ServiceState, lock};
 use crate::error::McpError;
+use crate::notifications::{ListKind, LogMessage};
 use cortex_discovery::Endpoint;
 
 /// How requests to one endpoint are shaped.
@@ -181,22 +182,20 @@ impl Session {
     /// Answers what the server asks on a stream: `ping` with `{}`,
     /// elicitation, sampling and roots with the application's handler
     /// (see [`crate::server_requests`]), anything else, or anything without
-    /// a handler, with "method not found" at once. Notifications need
-    /// nothing.
+    /// a handler, with "method not found" at once. Notifications: log
+    /// messages, progress, cancellations of the server's own requests,
+    /// list changes (see [`Session::on_notification`]).
     pub(crate) fn on_server_message(
         self: &Session,
         client: &McpDialect,
         service: &ServiceState,
         message: &Value,
     ) {
-        if message.get("method").and_then(Value::as_str) == Some("notifications/message") {
-            server_log(&service.name, message.get("params").unwrap_or(&Value::Null));
-            return;
-        }
-        let (Some(method), Some(id)) = (
-            message.get("method").and_then(Value::as_str),
-            message.get("id"),
-        ) else {
+        let Some(method) = message.get("method").and_then(Value::as_str) else {
+            return; // a stray response: nothing waits for it here
+        };
+        let Some(id) = message.get("id") else {
+            self.on_notification(client, service, method, message.get("params"));
             return;
         };
         let (method, id) = (method.to_string(), id.clone());
@@ -209,30 +208,102 @@ impl Session {
         let Ok(service) = client.service_state(&service.name) else {
             return;
         };
-        // A task per request: a handler may wait on a person while the
-        // stream goes on, and other requests are answered meanwhile.
-        tokio::spawn(async move {
-            let answer = crate::server_requests::answer(
-                client.inner.requests.as_deref(),
-                &service.name,
-                &id,
-                &method,
-                params,
-            )
-            .await;
-            prepared.body = Some(Bytes::from(answer.to_string()));
-            let sent = rpc::post(
-                &client,
-                &service,
-                &endpoint,
-                crate::operation::Operation::Read("reply"),
-                prepared,
-            )
-            .await;
-            if let Err(error) = sent {
-                tracing::debug!(%error, "answer to a server request was not delivered");
+        let key = (service.name.clone(), endpoint.url.clone(), id.to_string());
+        let reply = {
+            let (client, service, endpoint) = (client.clone(), service.clone(), endpoint.clone());
+            move |answer: Value| async move {
+                let mut prepared = prepared;
+                prepared.body = Some(Bytes::from(answer.to_string()));
+                let sent = rpc::post(
+                    &client,
+                    &service,
+                    &endpoint,
+                    crate::operation::Operation::Read("reply"),
+                    prepared,
+                )
+                .await;
+                if let Err(error) = sent {
+                    tracing::debug!(%error, "answer to a server request was not delivered");
+                }
             }
-        });
+        };
+        // A task per request: a handler may wait on a person while the
+        // stream goes on, and other requests are answered meanwhile. A
+        // `notifications/cancelled` for it aborts the task: no answer.
+        let refused = {
+            let answer = json!({"jsonrpc": "2.0", "id": id, "error": {
+                "code": crate::server_requests::INTERNAL_ERROR,
+                "message": "the client is answering too many requests already",
+            }});
+            reply.clone()(answer)
+        };
+        let answering = {
+            let (client, key) = (client.clone(), key.clone());
+            async move {
+                let answer = crate::server_requests::answer(
+                    client.inner.requests.as_deref(),
+                    &service.name,
+                    &id,
+                    &method,
+                    params,
+                )
+                .await;
+                // Done before the answer goes: a late cancellation has
+                // nothing left to stop.
+                client.inner.mcp.handling.done(&key);
+                reply(answer).await;
+            }
+        };
+        client.inner.mcp.handling.spawn(key, answering, refused);
+    }
+
+    /// A notification from the server.
+    fn on_notification(
+        &self,
+        client: &McpDialect,
+        service: &ServiceState,
+        method: &str,
+        params: Option<&Value>,
+    ) {
+        let params = params.unwrap_or(&Value::Null);
+        match method {
+            "notifications/message" => {
+                server_log(&service.name, params);
+                if let (Some(handler), Some(message)) = (
+                    client.inner.notifications.as_ref(),
+                    LogMessage::from_params(params),
+                ) {
+                    handler.log(&service.name, &message);
+                }
+            }
+            "notifications/progress" => {
+                let tracker = params
+                    .get("progressToken")
+                    .and_then(|token| client.inner.mcp.tracker(token));
+                match tracker {
+                    Some(tracker) => tracker.push(params),
+                    None => tracing::debug!(%params, "progress for no call in flight; ignored"),
+                }
+            }
+            "notifications/cancelled" => {
+                let Some(id) = params.get("requestId") else {
+                    tracing::debug!(%params, "a cancellation without requestId; ignored");
+                    return;
+                };
+                let key = (
+                    service.name.clone(),
+                    self.endpoint.url.clone(),
+                    id.to_string(),
+                );
+                let stopped = client.inner.mcp.handling.cancel(&key);
+                tracing::debug!(service = %service.name, request = %id, stopped, "the server cancelled its request");
+            }
+            other => {
+                if let Some(list) = ListKind::of_notification(other) {
+                    client.list_changed(&service.name, list);
+                }
+            }
+        }
     }
 }
 
@@ -284,7 +355,7 @@ pub(crate) async fn open(
     let session = crate::forward::as_client(handshake(client, service, endpoint)).await?;
     tracing::info!(service = %service.name, endpoint = %endpoint.url, era = ?session.era, "MCP session open");
     mcp.insert(&service.name, session.clone());
-    if client.inner.requests.is_some() && matches!(session.era, Era::Streamable { .. }) {
+    if client.listens() && matches!(session.era, Era::Streamable { .. }) {
         // The server's own requests (not answers to ours) come on the
         // session's standalone stream: open it now, in the background. A
         // server that offers none (405) only sends requests in answers.
@@ -436,6 +507,7 @@ pub(crate) fn initialize_call(capabilities: Value) -> Call<'static> {
         params: initialize_params(capabilities),
         op: Operation::Other("initialize"),
         idempotent: true,
+        progress: None,
     }
 }
 
@@ -495,6 +567,7 @@ async fn modern(
         params: json!({}),
         op: Operation::Other("server/discover"),
         idempotent: true,
+        progress: None,
     };
     let prepared = session.prepare(call.method, &call.params, Some(id));
     let answer = rpc::post(
