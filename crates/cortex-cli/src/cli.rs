@@ -307,6 +307,8 @@ pub(crate) enum Command {
     /// Example: cortex --url https://mcp.example.com/mcp tools
     ///
     /// Example: cortex login http://127.0.0.1:3001/mcp --port 8765 --scope mcp:read
+    // The text is `--help`'s, where a URL is typed as is, not a doc link.
+    #[allow(rustdoc::bare_urls)]
     Login(crate::login::LoginArgs),
     /// Run one service until Ctrl-C or SIGTERM.
     ///
