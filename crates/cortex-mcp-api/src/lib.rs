@@ -21,7 +21,9 @@
 pub mod api;
 pub mod error;
 pub mod forward;
+pub mod log;
 
 pub use api::{EventStream, McpClient, Resource, StreamEvent};
 pub use error::{Cause, ConfigError, McpError, Retry};
 pub use forward::with_authorization;
+pub use log::LogLevel;

@@ -27,65 +27,14 @@ pub const MAX_PROGRESS_PER_CALL: u64 = 1024;
 /// A log message whose `data` is larger than this (as JSON) is dropped.
 pub const MAX_LOG_BYTES: usize = 16 * 1024;
 
-/// The syslog severities MCP uses, lowest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum LogLevel {
-    /// `debug`.
-    Debug,
-    /// `info`.
-    Info,
-    /// `notice`.
-    Notice,
-    /// `warning`.
-    Warning,
-    /// `error`.
-    Error,
-    /// `critical`.
-    Critical,
-    /// `alert`.
-    Alert,
-    /// `emergency`.
-    Emergency,
-}
+pub use cortex_mcp_api::LogLevel;
 
-const LEVELS: [LogLevel; 8] = [
-    LogLevel::Debug,
-    LogLevel::Info,
-    LogLevel::Notice,
-    LogLevel::Warning,
-    LogLevel::Error,
-    LogLevel::Critical,
-    LogLevel::Alert,
-    LogLevel::Emergency,
-];
-
-impl LogLevel {
-    /// The level's MCP name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Debug => "debug",
-            Self::Info => "info",
-            Self::Notice => "notice",
-            Self::Warning => "warning",
-            Self::Error => "error",
-            Self::Critical => "critical",
-            Self::Alert => "alert",
-            Self::Emergency => "emergency",
-        }
-    }
-
-    /// The level named `name`, if MCP has one by that name.
-    pub fn parse(name: &str) -> Option<Self> {
-        LEVELS.into_iter().find(|l| l.as_str() == name)
-    }
-
-    fn from_u8(value: u8) -> Self {
-        LEVELS
-            .get(usize::from(value))
-            .copied()
-            .unwrap_or(Self::Emergency)
-    }
+/// A level as kept in a session's atomic, and back.
+fn level_from_u8(value: u8) -> LogLevel {
+    LogLevel::ALL
+        .get(usize::from(value))
+        .copied()
+        .unwrap_or(LogLevel::Emergency)
 }
 
 /// Where a call's log messages go: its session's notification buffer.
@@ -176,7 +125,7 @@ impl Notifier {
     }
 
     fn level(&self) -> LogLevel {
-        LogLevel::from_u8(self.level.load(Ordering::Relaxed))
+        level_from_u8(self.level.load(Ordering::Relaxed))
     }
 
     /// Queues `notifications/message`; true if it was queued.
@@ -224,9 +173,9 @@ mod tests {
 
     #[test]
     fn levels_round_trip_and_order() {
-        for level in LEVELS {
+        for level in LogLevel::ALL {
             assert_eq!(LogLevel::parse(level.as_str()), Some(level));
-            assert_eq!(LogLevel::from_u8(level as u8), level);
+            assert_eq!(level_from_u8(level as u8), level);
         }
         assert!(LogLevel::Warning > LogLevel::Info);
         assert_eq!(LogLevel::parse("verbose"), None);
