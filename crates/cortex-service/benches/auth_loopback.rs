@@ -138,11 +138,19 @@ async fn round(case: &Case, tool: &'static str, arguments: &Value, calls: usize)
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    if std::env::args().any(|a| a == "--help") {
-        println!("cargo bench -p cortex-service --bench auth_loopback [-- --quick]");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    if args.iter().any(|a| a == "--help") {
+        println!("cargo bench -p cortex-service --bench auth_loopback [-- --quick] [--only TEXT]");
+        println!("  --only TEXT  run only the cases whose name contains TEXT (for a profiler:");
+        println!("               two runs with the same calls compare sample for sample)");
         return;
     }
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let (store_calls, get_calls) = if quick {
         (1_000, 2_000)
     } else {
@@ -164,13 +172,19 @@ fn main() {
         let hs_auth = AuthConfig::hs256(SECRET).unwrap_or_else(|e| fail(&e.to_string()));
         let (rs_auth, mut rs_tokens) = rs256(1).await;
         let rs_token = rs_tokens.pop().unwrap_or_else(|| fail("no RS256 token"));
-        let cases = [
+        let mut cases = vec![
             case("auth off (baseline)", AuthConfig::disabled(), None).await,
             case("HS256", hs_auth, Some(hs_token.clone())).await,
             case("RS256, cached key", rs_auth, Some(rs_token)).await,
             // A diagnostic: the client's and the wire's share of the cost.
             case("off, token sent", AuthConfig::disabled(), Some(hs_token)).await,
         ];
+        if let Some(only) = &only {
+            cases.retain(|c| c.name.contains(only.as_str()));
+            if cases.is_empty() {
+                fail(&format!("no case's name contains `{only}`"));
+            }
+        }
         let store = store_arguments();
         let tools: [(&'static str, usize); 2] =
             [("store_input", store_calls), ("get_item", get_calls)];

@@ -4,6 +4,7 @@
 //! error envelope, including the kit's own (bad JSON, body too large, unknown
 //! route), so a client never has to parse an error of another shape.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -28,7 +29,9 @@ use crate::config::ServiceConfig;
 use crate::error::ServiceError;
 use crate::registry::{CallContext, ResourceContent, Service};
 
-#[derive(Clone)]
+/// What the routes share, behind one `Arc`: axum clones a handler's state
+/// for every request, and a clone of the configuration would copy its
+/// lists of allowed origins and hosts each time.
 struct AppState {
     service: Service,
     config: ServiceConfig,
@@ -102,11 +105,11 @@ pub fn router(service: Service, config: ServiceConfig, signals: ShutdownSignals)
         // inside the request-id layer, so refusals carry an X-Request-ID.
         .layer(middleware::from_fn_with_state(guard, crate::bounds::check))
         .layer(middleware::from_fn(request_id))
-        .with_state(AppState {
+        .with_state(Arc::new(AppState {
             service,
             config,
             shutdown: signals.stopping,
-        })
+        }))
 }
 
 /// Echoes `X-Request-ID`, generating one when the caller sent none, and runs
@@ -160,7 +163,7 @@ async fn cut_off_after_grace(
 }
 
 async fn call_tool(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(tool): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -242,7 +245,7 @@ fn wants_event_stream(headers: &HeaderMap) -> bool {
 }
 
 async fn read_resource(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     request: Request,
 ) -> Result<Response, ServiceError> {
@@ -360,26 +363,26 @@ fn with_keep_alives(
     .boxed()
 }
 
-async fn list_tools(State(state): State<AppState>) -> axum::Json<ToolList> {
+async fn list_tools(State(state): State<Arc<AppState>>) -> axum::Json<ToolList> {
     axum::Json(ToolList {
         tools: state.service.tools(),
     })
 }
 
-async fn list_resources(State(state): State<AppState>) -> axum::Json<ResourceList> {
+async fn list_resources(State(state): State<Arc<AppState>>) -> axum::Json<ResourceList> {
     axum::Json(ResourceList {
         resources: state.service.resources(),
     })
 }
 
-async fn health(State(state): State<AppState>) -> Response {
+async fn health(State(state): State<Arc<AppState>>) -> Response {
     let (status, body) = state.service.health().await;
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     (status, axum::Json(body)).into_response()
 }
 
 /// Prometheus text of the service's metrics (see [`crate::metrics`]).
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [
             (header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE),
