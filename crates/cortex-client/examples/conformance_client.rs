@@ -6,7 +6,8 @@
 //! Everything goes through the public API of [`NetworkMcpClient`], with the
 //! server registered as an `mcp` endpoint: `connect` (initialize,
 //! `notifications/initialized`, `ping`), `mcp_tools` (`tools/list`), then
-//! each listed tool called with arguments made from its input schema, and
+//! each listed tool called with arguments made from its input schema (or,
+//! when the scenario's context lists `toolCalls`, those calls), and
 //! `close` (DELETE of the session). It answers the server's elicitation
 //! requests as an application would that accepts each form with its
 //! defaults (SEP-1034), through a [`ServerRequestHandler`].
@@ -97,6 +98,24 @@ async fn run(url: &str, scenario: &str) -> Result<(), cortex_client::McpError> {
         Err(error) => eprintln!("{scenario}: ping refused ({error}); going on"),
     }
     let tools = client.mcp_tools("server").await?;
+    // A scenario may name the calls to make (`toolCalls` in its context):
+    // those, with their arguments, instead of one call per listed tool.
+    let context = std::env::var("MCP_CONFORMANCE_CONTEXT")
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .unwrap_or(Value::Null);
+    if let Some(calls) = context.get("toolCalls").and_then(Value::as_array) {
+        for call in calls {
+            let Some(name) = call.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let arguments = call.get("arguments").cloned().unwrap_or_else(|| json!({}));
+            let result = client.call_tool("server", name, arguments).await?;
+            eprintln!("{scenario}: {name} -> {result}");
+        }
+        client.close().await;
+        return Ok(());
+    }
     for tool in &tools {
         let Some(name) = tool.get("name").and_then(Value::as_str) else {
             continue;

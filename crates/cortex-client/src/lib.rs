@@ -22,6 +22,8 @@
 //!   (re-exported).
 //! - [`progress`]: [`progress::CallOptions`], per-call options of an MCP
 //!   tool call: progress to the caller, a deadline progress pushes out.
+//! - [`tasks`]: [`tasks::TaskPolicy`], the MCP tasks extension: a tool call
+//!   the server runs as a task, polled to its end.
 //! - [`notifications`]: [`notifications::NotificationHandler`], a server's
 //!   log messages and list changes for the application.
 //! - [`oauth`]: OAuth 2.1 for MCP servers that require authorization
@@ -73,6 +75,7 @@ pub mod progress;
 pub mod proxy;
 pub mod server_requests;
 mod stream;
+pub mod tasks;
 pub mod tls;
 pub mod typed;
 

@@ -18,6 +18,9 @@
 //! - [`listen`]: resource streams.
 //! - [`inflight`]: requests in flight both ways: progress of ours, the
 //!   server's being answered.
+//! - [`headers`]: `Mcp-Method`, `Mcp-Name`, `Mcp-Param-*` (and which tool
+//!   definitions are refused for bad `x-mcp-header` annotations).
+//! - [`tasks`]: a tool call answered with a task, polled to its end.
 //!
 //! # Retry safety
 //! A `tools/call` is repeated after it may have run (HTTP 500, connection
@@ -31,11 +34,13 @@
 //! resource streams); 400, 404 or 405 means MCP at `{url}`. Other failures
 //! are returned and nothing is remembered, so the next call asks again.
 
+mod headers;
 mod hub;
 mod inflight;
 mod listen;
 mod rpc;
 mod session;
+mod tasks;
 mod wire;
 
 use std::collections::HashMap;
@@ -78,6 +83,8 @@ pub(crate) struct McpInner {
     pub(crate) requests: Option<Arc<dyn ServerRequestHandler>>,
     /// What hears the server's notifications (see [`crate::notifications`]).
     pub(crate) notifications: Option<Arc<dyn NotificationHandler>>,
+    /// How tasks are followed; `None`: the tasks extension is not declared.
+    pub(crate) tasks: Option<crate::tasks::TaskPolicy>,
 }
 
 impl McpDialect {
@@ -85,6 +92,7 @@ impl McpDialect {
         engine: Arc<Engine>,
         requests: Option<Arc<dyn ServerRequestHandler>>,
         notifications: Option<Arc<dyn NotificationHandler>>,
+        tasks: Option<crate::tasks::TaskPolicy>,
     ) -> Self {
         Self {
             inner: Arc::new(McpInner {
@@ -92,6 +100,7 @@ impl McpDialect {
                 mcp: McpState::default(),
                 requests,
                 notifications,
+                tasks,
             }),
         }
     }
@@ -138,12 +147,25 @@ impl McpDialect {
         }
     }
 
-    /// The client capabilities declared at `initialize`.
+    /// The client capabilities declared at `initialize` and in every
+    /// stateless request's `_meta`: the handler's, and the tasks extension
+    /// when the client follows tasks.
     pub(crate) fn capabilities(&self) -> Value {
-        self.inner
+        let mut capabilities = self
+            .inner
             .requests
             .as_ref()
-            .map_or_else(|| json!({}), |handler| handler.capabilities())
+            .map_or_else(|| json!({}), |handler| handler.capabilities());
+        if !capabilities.is_object() {
+            capabilities = json!({});
+        }
+        if self.inner.tasks.is_some() {
+            if !capabilities["extensions"].is_object() {
+                capabilities["extensions"] = json!({});
+            }
+            capabilities["extensions"][wire::TASKS_EXTENSION] = json!({});
+        }
+        capabilities
     }
 
     /// Whether `service` speaks standard MCP (see the module docs for `auto`).
@@ -190,6 +212,7 @@ impl McpDialect {
             op: Operation::Other(method),
             idempotent,
             progress: None,
+            headers: Vec::new(),
         };
         rpc::call(self, service, &call)
             .await
@@ -311,8 +334,8 @@ pub(crate) struct McpState {
     sessions: Mutex<HashMap<(String, String), Arc<Session>>>,
     /// One opener at a time per (service, endpoint URL).
     gates: Mutex<HashMap<(String, String), Gate>>,
-    /// Per service: its tools, each with its `idempotentHint`.
-    tools: Mutex<HashMap<String, Arc<HashMap<String, bool>>>>,
+    /// Per service: its tools, each with its `idempotentHint` and headers.
+    tools: Mutex<HashMap<String, Arc<HashMap<String, ToolMeta>>>>,
     /// Per service: the URI scheme its resources use, when it has one.
     schemes: Mutex<HashMap<String, Option<String>>>,
     /// JSON-RPC ids (0 is the handshake's).
@@ -433,13 +456,16 @@ async fn call_tool(
     progress: Option<Arc<Tracker>>,
 ) -> Result<Value, McpError> {
     let tools = tools(client, service).await;
-    let idempotent = tools.get(tool).copied().unwrap_or(false);
+    let known = tools.get(tool);
+    let idempotent = known.is_some_and(|t| t.idempotent);
+    let headers = known.map_or_else(Vec::new, |t| headers::mirror(&t.headers, &arguments));
     let call = Call {
         method: "tools/call",
         params: json!({"name": tool, "arguments": arguments}),
         op: Operation::Tool(tool),
         idempotent,
         progress,
+        headers,
     };
     let (_, result) = rpc::call(client, service, &call).await?;
     match wire::tool_value(&service.name, tool, result) {
@@ -468,6 +494,7 @@ async fn read(
         op: Operation::Read(&uri),
         idempotent: true,
         progress: None,
+        headers: Vec::new(),
     };
     let (_, result) = rpc::call(client, service, &call).await?;
     Ok(wire::resource(&result))
@@ -496,6 +523,7 @@ async fn ping(
         op: Operation::Other("ping"),
         idempotent: true,
         progress: None,
+        headers: Vec::new(),
     };
     rpc::call_at(client, service, &call, pin)
         .await
@@ -654,6 +682,7 @@ async fn list_all(
             op: Operation::Other(method),
             idempotent: true,
             progress: None,
+            headers: Vec::new(),
         };
         let (_, result) = rpc::call(client, service, &call).await?;
         // A negative or absent ttlMs is 0: not kept.
@@ -675,6 +704,9 @@ async fn list_all(
             break;
         }
     }
+    if method == "tools/list" {
+        items.retain(|tool| valid_tool(&service.name, tool));
+    }
     if let Some(ttl) = ttl.filter(|t| *t > 0 && *t != u64::MAX)
         && (public || as_client)
     {
@@ -692,10 +724,34 @@ async fn list_all(
     Ok(items)
 }
 
-/// The tools of `service`, each with whether it says it is idempotent;
-/// asked once (an unanswered listing counts as no tool known, and is asked
-/// again next time).
-async fn tools(client: &McpDialect, service: &Arc<ServiceState>) -> Arc<HashMap<String, bool>> {
+/// Whether a listed tool's `x-mcp-header` annotations are valid; an
+/// invalid tool is left out of the listing (logged), as the transport
+/// requires, so that it is never called.
+fn valid_tool(service: &str, tool: &Value) -> bool {
+    let schema = tool.get("inputSchema").unwrap_or(&Value::Null);
+    match headers::annotations(schema) {
+        Ok(_) => true,
+        Err(reason) => {
+            let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
+            tracing::warn!(service, tool = name, %reason, "MCP tool definition refused");
+            false
+        }
+    }
+}
+
+/// What a call needs to know of a listed tool.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ToolMeta {
+    /// `annotations.idempotentHint` is true: safe to repeat.
+    idempotent: bool,
+    /// Its `x-mcp-header` annotations.
+    headers: Vec<headers::ParamHeader>,
+}
+
+/// The tools of `service`, each with whether it says it is idempotent and
+/// the arguments it mirrors in headers; asked once (an unanswered listing
+/// counts as no tool known, and is asked again next time).
+async fn tools(client: &McpDialect, service: &Arc<ServiceState>) -> Arc<HashMap<String, ToolMeta>> {
     let mcp = &client.inner.mcp;
     if let Some(known) = lock(&mcp.tools).get(&service.name) {
         return known.clone();
@@ -705,16 +761,20 @@ async fn tools(client: &McpDialect, service: &Arc<ServiceState>) -> Arc<HashMap<
     let Ok(listed) = crate::forward::as_client(listing).await else {
         return Arc::default();
     };
-    let tools: HashMap<String, bool> = listed
+    let tools: HashMap<String, ToolMeta> = listed
         .iter()
         .filter_map(|t| {
             let name = t.get("name").and_then(Value::as_str)?.to_string();
-            Some((
-                name,
-                t.pointer("/annotations/idempotentHint")
+            let meta = ToolMeta {
+                idempotent: t
+                    .pointer("/annotations/idempotentHint")
                     .and_then(Value::as_bool)
                     == Some(true),
-            ))
+                // The listing left out tools whose annotations are bad.
+                headers: headers::annotations(t.get("inputSchema").unwrap_or(&Value::Null))
+                    .unwrap_or_default(),
+            };
+            Some((name, meta))
         })
         .collect();
     let tools = Arc::new(tools);

@@ -57,6 +57,7 @@ pub struct NetworkMcpClientBuilder {
     user_agent: String,
     requests: Option<Arc<dyn crate::server_requests::ServerRequestHandler>>,
     notifications: Option<Arc<dyn crate::notifications::NotificationHandler>>,
+    tasks: Option<crate::tasks::TaskPolicy>,
 }
 
 impl NetworkMcpClientBuilder {
@@ -114,6 +115,15 @@ impl NetworkMcpClientBuilder {
         self
     }
 
+    /// Declares the MCP tasks extension and follows the tasks servers
+    /// answer tool calls with, by `policy` (validated at build; see
+    /// [`crate::tasks`]). Without it no task is declared, and a server
+    /// that answers with one anyway gets the call failed.
+    pub fn tasks(mut self, policy: crate::tasks::TaskPolicy) -> Self {
+        self.tasks = Some(policy);
+        self
+    }
+
     /// Overrides the `User-Agent`.
     pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
         self.user_agent = user_agent.into();
@@ -123,6 +133,9 @@ impl NetworkMcpClientBuilder {
     /// Validates the configuration and builds the client.
     pub fn build(self) -> Result<NetworkMcpClient, McpError> {
         self.config.validate()?;
+        if let Some(policy) = &self.tasks {
+            policy.validate()?;
+        }
         let user_agent = HeaderValue::from_str(&self.user_agent).map_err(|_| {
             crate::config::ConfigError::Invalid {
                 option: "user_agent".into(),
@@ -140,7 +153,12 @@ impl NetworkMcpClientBuilder {
         Ok(NetworkMcpClient {
             inner: Arc::new(Inner {
                 cortex: Cortex::new(engine.clone()),
-                mcp: McpDialect::new(engine.clone(), self.requests, self.notifications),
+                mcp: McpDialect::new(
+                    engine.clone(),
+                    self.requests,
+                    self.notifications,
+                    self.tasks,
+                ),
                 engine,
             }),
         })
@@ -176,6 +194,7 @@ impl NetworkMcpClient {
             user_agent: format!("cortex-client/{}", env!("CARGO_PKG_VERSION")),
             requests: None,
             notifications: None,
+            tasks: None,
         }
     }
 

@@ -95,6 +95,12 @@ impl Tracker {
         self.queue.ready.notify_one();
     }
 
+    /// Something other than a notification showed progress (a task that
+    /// changed between polls): counts as progress for the deadline.
+    pub(crate) fn touch(&self) {
+        *lock(&self.last) = Some(Instant::now());
+    }
+
     /// The call's deadline given its current one: later than `deadline`
     /// when progress reset it, never past the most the call may take.
     pub(crate) fn deadline(&self, deadline: Instant) -> Instant {

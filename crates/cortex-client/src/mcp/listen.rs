@@ -83,7 +83,7 @@ impl Drop for Subscription {
 async fn unsubscribe(client: &McpDialect, service: &ServiceState, session: &Session, uri: &str) {
     let update = |method: &'static str| {
         let id = client.inner.mcp.next_id();
-        let prepared = session.prepare(method, &json!({"uri": uri}), Some(id));
+        let prepared = session.prepare(method, &json!({"uri": uri}), Some(id), &[]);
         async move {
             let op = crate::operation::Operation::Read(uri);
             let outcome = rpc::post(client, service, &session.endpoint, op, prepared).await;
@@ -134,6 +134,7 @@ pub(crate) async fn stream(
                     op: Operation::Other("ping"),
                     idempotent: true,
                     progress: None,
+                    headers: Vec::new(),
                 },
             )
             .await?
@@ -159,6 +160,7 @@ pub(crate) async fn stream(
             op: Operation::Read(&uri),
             idempotent: true,
             progress: None,
+            headers: Vec::new(),
         };
         let (session, _) = rpc::call(client, &service, &call).await?;
         session.hold(&uri);
@@ -295,7 +297,7 @@ async fn listen(
 ) -> Result<Box<Reader>, McpError> {
     let id = client.inner.mcp.next_id();
     let params = json!({"notifications": {"resourceSubscriptions": [uri]}});
-    let prepared = session.prepare("subscriptions/listen", &params, Some(id));
+    let prepared = session.prepare("subscriptions/listen", &params, Some(id), &[]);
     match rpc::post(
         client,
         service,
@@ -317,6 +319,7 @@ async fn listen(
                 op: Operation::Read(uri),
                 idempotent: true,
                 progress: None,
+                headers: Vec::new(),
             };
             let reply =
                 rpc::read_answer(client, service, session, &call, id, other, Instant::now())

@@ -49,6 +49,8 @@ pub(crate) struct Call<'a> {
     pub(crate) idempotent: bool,
     /// Its progress, when the caller asked for it (`_meta.progressToken`).
     pub(crate) progress: Option<Arc<Tracker>>,
+    /// Headers mirroring its arguments (a tool's `Mcp-Param-*`).
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 /// At most this many `input_required` rounds per request (2026-07-28):
@@ -76,7 +78,9 @@ pub(crate) async fn call(
 /// round-trip requests) is answered: each of its `inputRequests` goes to
 /// the application's [`ServerRequestHandler`](crate::server_requests::ServerRequestHandler), and the request
 /// is sent again with the `inputResponses` and the server's
-/// `requestState`, at most [`MAX_INPUT_ROUNDS`] times.
+/// `requestState`, at most [`MAX_INPUT_ROUNDS`] times. A result with
+/// `resultType: "task"` (the tasks extension) is followed to its end
+/// (see [`super::tasks`]).
 pub(crate) async fn call_at(
     client: &McpDialect,
     service: &Arc<ServiceState>,
@@ -86,8 +90,16 @@ pub(crate) async fn call_at(
     let mut round = call.clone();
     for _ in 0..=MAX_INPUT_ROUNDS {
         let (session, result) = once(client, service, &round, pin).await?;
-        if result.get("resultType").and_then(Value::as_str) != Some("input_required") {
-            return Ok((session, result));
+        match result.get("resultType").and_then(Value::as_str) {
+            Some("input_required") => {}
+            Some("task") => {
+                let result = Box::pin(super::tasks::follow(
+                    client, service, call, &session, result,
+                ))
+                .await?;
+                return Ok((session, result));
+            }
+            _ => return Ok((session, result)),
         }
         let responses = answer_inputs(client, service, &session, call, &result).await?;
         let params = round.params.as_object_mut().ok_or_else(|| {
@@ -117,7 +129,7 @@ pub(crate) async fn call_at(
 
 /// The `inputResponses` to an `input_required` result (`None` when it
 /// asks for none, only carrying `requestState`).
-async fn answer_inputs(
+pub(crate) async fn answer_inputs(
     client: &McpDialect,
     service: &ServiceState,
     session: &Session,
@@ -176,7 +188,7 @@ async fn answer_inputs(
 
 /// One request and its reply. Dropped before the reply (the caller gave
 /// up), the server is told with `notifications/cancelled`.
-async fn once(
+pub(crate) async fn once(
     client: &McpDialect,
     service: &Arc<ServiceState>,
     call: &Call<'_>,
@@ -229,7 +241,7 @@ async fn exchange(
     for _ in 0..8 {
         let prepare = |endpoint: &Endpoint| {
             mcp.session(&service.name, endpoint)
-                .map(|session| session.prepare(call.method, &call.params, Some(id)))
+                .map(|session| session.prepare(call.method, &call.params, Some(id), &call.headers))
         };
         let mut exchange = Exchange::mcp(
             net_op(&call.op),
@@ -720,7 +732,7 @@ pub(crate) fn failure(
     }
 }
 
-fn timeout(service: &ServiceState, op: &Operation<'_>) -> McpError {
+pub(crate) fn timeout(service: &ServiceState, op: &Operation<'_>) -> McpError {
     McpError::Timeout {
         service: service.name.clone(),
         operation: op.name().into(),

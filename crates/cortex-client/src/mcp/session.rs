@@ -61,6 +61,8 @@ pub(crate) struct Session {
     pub(crate) hub: Mutex<Option<Arc<Hub>>>,
     /// Serializes opening the hub.
     pub(crate) hub_gate: tokio::sync::Mutex<()>,
+    /// The client capabilities its stateless requests declare in `_meta`.
+    declared: Value,
     /// Resource streams open per subscribed URI: the subscription is
     /// dropped on the server when the last one ends (servers cap how many a
     /// session may hold).
@@ -85,8 +87,16 @@ impl Session {
                 .to_string(),
             hub: Mutex::new(None),
             hub_gate: tokio::sync::Mutex::new(()),
+            declared: json!({}),
             subscribers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same session, declaring `capabilities` in the `_meta` of its
+    /// stateless requests.
+    pub(crate) fn declaring(mut self, capabilities: Value) -> Self {
+        self.declared = capabilities;
+        self
     }
 
     /// One more stream of `uri`.
@@ -120,18 +130,33 @@ impl Session {
         matches!(&self.era, Era::Streamable { id: Some(_), .. })
     }
 
-    /// The headers and body of request `id` (a notification when `None`).
-    pub(crate) fn prepare(&self, method: &str, params: &Value, id: Option<u64>) -> Prepared {
+    /// The headers and body of request `id` (a notification when `None`),
+    /// with `extra` headers (a tool's `Mcp-Param-*`). Every POST names its
+    /// method in `Mcp-Method`, and its target in `Mcp-Name` where the
+    /// method has one (see [`super::headers`]), whatever the revision:
+    /// older servers ignore them.
+    pub(crate) fn prepare(
+        &self,
+        method: &str,
+        params: &Value,
+        id: Option<u64>,
+        extra: &[(String, String)],
+    ) -> Prepared {
         let mut prepared = self.prepare_get();
-        let message = match (&self.era, id) {
-            (Era::Modern, Some(id)) => {
-                let name = params.get("name").or_else(|| params.get("uri"));
-                set(&mut prepared.headers, "mcp-method", method);
-                if let Some(name) = name.and_then(Value::as_str) {
-                    set(&mut prepared.headers, "mcp-name", &wire::header_safe(name));
-                }
-                wire::modern_request(id, method, params)
+        set(&mut prepared.headers, "mcp-method", method);
+        if let Some(name) = super::headers::name_of(method, params) {
+            set(&mut prepared.headers, "mcp-name", &wire::header_safe(name));
+        }
+        for (name, value) in extra {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                prepared.headers.insert(name, value);
             }
+        }
+        let message = match (&self.era, id) {
+            (Era::Modern, Some(id)) => wire::modern_request(id, method, params, &self.declared),
             (_, Some(id)) => wire::request(id, method, params),
             (_, None) => wire::notification(method, params.clone()),
         };
@@ -149,7 +174,7 @@ impl Session {
 
     /// A notification's headers and body.
     pub(crate) fn prepare_notification(&self, method: &str, params: Value) -> Prepared {
-        self.prepare(method, &params, None)
+        self.prepare(method, &params, None, &[])
     }
 
     /// The session's headers alone (GET, DELETE).
@@ -453,6 +478,11 @@ async fn handshake(
             ));
         }
     };
+    // A server of the stateless revision may answer `initialize` with its
+    // own version: it is spoken to as the stateless revision from here.
+    if result.get("protocolVersion").and_then(Value::as_str) == Some(MODERN_VERSION) {
+        return modern(client, service, endpoint, deadline).await;
+    }
     let session = agreed(&service.name, endpoint, &result, |version| {
         Era::Streamable { version, id }
     })?;
@@ -508,11 +538,15 @@ pub(crate) fn initialize_call(capabilities: Value) -> Call<'static> {
         op: Operation::Other("initialize"),
         idempotent: true,
         progress: None,
+        headers: Vec::new(),
     }
 }
 
+/// `initialize`'s params, `_meta` included (see [`wire::initialize_meta`]).
 pub(crate) fn initialize_params(capabilities: Value) -> Value {
-    json!({"protocolVersion": HANDSHAKE_VERSIONS[0], "capabilities": capabilities, "clientInfo": wire::client_info()})
+    let mut params = json!({"protocolVersion": HANDSHAKE_VERSIONS[0], "capabilities": capabilities, "clientInfo": wire::client_info()});
+    wire::initialize_meta(&mut params, HANDSHAKE_VERSIONS[0], &capabilities);
+    params
 }
 
 /// Sends `initialize` through `session` (its era decides the shape).
@@ -525,6 +559,7 @@ pub(crate) async fn initialize(
         "initialize",
         &initialize_params(client.capabilities()),
         Some(INITIALIZE_ID),
+        &[],
     );
     rpc::post(
         client,
@@ -560,7 +595,8 @@ async fn modern(
     endpoint: &Endpoint,
     deadline: Instant,
 ) -> Result<Arc<Session>, McpError> {
-    let session = Session::new(endpoint.clone(), Era::Modern, &Value::Null);
+    let session =
+        Session::new(endpoint.clone(), Era::Modern, &Value::Null).declaring(client.capabilities());
     let id = client.inner.mcp.next_id();
     let call = Call {
         method: "server/discover",
@@ -568,8 +604,9 @@ async fn modern(
         op: Operation::Other("server/discover"),
         idempotent: true,
         progress: None,
+        headers: Vec::new(),
     };
-    let prepared = session.prepare(call.method, &call.params, Some(id));
+    let prepared = session.prepare(call.method, &call.params, Some(id), &[]);
     let answer = rpc::post(
         client,
         service,
@@ -579,11 +616,9 @@ async fn modern(
     )
     .await?;
     match rpc::read_answer(client, service, &session, &call, id, answer, deadline).await? {
-        Reply::Result(result) if wire::supports_modern(&result) => Ok(Arc::new(Session::new(
-            endpoint.clone(),
-            Era::Modern,
-            &result,
-        ))),
+        Reply::Result(result) if wire::supports_modern(&result) => Ok(Arc::new(
+            Session::new(endpoint.clone(), Era::Modern, &result).declaring(client.capabilities()),
+        )),
         Reply::Result(result) => Err(rpc::failure(
             &service.name,
             &call.op,

@@ -17,6 +17,8 @@ pub(crate) const HANDSHAKE_VERSIONS: [&str; 4] =
     ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 /// The stateless revision (per-request `_meta`, no session).
 pub(crate) const MODERN_VERSION: &str = "2026-07-28";
+/// The tasks extension's identifier (in `capabilities.extensions`).
+pub(crate) const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
 
 /// JSON-RPC error codes the client gives a meaning to.
 pub(crate) mod code {
@@ -34,7 +36,8 @@ pub(crate) fn client_info() -> Value {
     json!({"name": "cortex-client", "version": env!("CARGO_PKG_VERSION")})
 }
 
-/// A request for a handshake era (no `_meta` of ours).
+/// A request for a handshake era (no `_meta` of ours, but for `initialize`,
+/// see [`initialize_meta`]).
 pub(crate) fn request(id: u64, method: &str, params: &Value) -> Value {
     let mut message = json!({"jsonrpc": "2.0", "id": id, "method": method});
     if !params.is_null() {
@@ -43,18 +46,35 @@ pub(crate) fn request(id: u64, method: &str, params: &Value) -> Value {
     message
 }
 
-/// A request of the stateless revision: version, identity and capabilities
-/// travel in `params._meta` of every request.
-pub(crate) fn modern_request(id: u64, method: &str, params: &Value) -> Value {
+/// A request of the stateless revision: version, identity and the
+/// client's `capabilities` travel in `params._meta` of every request.
+pub(crate) fn modern_request(id: u64, method: &str, params: &Value, capabilities: &Value) -> Value {
     let mut params = if params.is_object() {
         params.clone()
     } else {
         json!({})
     };
-    params["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!(MODERN_VERSION);
-    params["_meta"]["io.modelcontextprotocol/clientInfo"] = client_info();
-    params["_meta"]["io.modelcontextprotocol/clientCapabilities"] = json!({});
+    stamp(&mut params, MODERN_VERSION, capabilities);
     json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+/// `initialize`'s params with the same `_meta` a stateless request
+/// carries, for `version` (the one offered, as in its
+/// `MCP-Protocol-Version` header): a server of 2026-07-28 reads the
+/// request as it reads every other, and older ones ignore `_meta`.
+pub(crate) fn initialize_meta(params: &mut Value, version: &str, capabilities: &Value) {
+    stamp(params, version, capabilities);
+}
+
+fn stamp(params: &mut Value, version: &str, capabilities: &Value) {
+    let capabilities = if capabilities.is_object() {
+        capabilities.clone()
+    } else {
+        json!({})
+    };
+    params["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!(version);
+    params["_meta"]["io.modelcontextprotocol/clientInfo"] = client_info();
+    params["_meta"]["io.modelcontextprotocol/clientCapabilities"] = capabilities;
 }
 
 /// A notification (no id, no answer).
@@ -302,12 +322,14 @@ pub(crate) fn resource(result: &Value) -> Resource {
     }
 }
 
-/// A header value for `Mcp-Name`: as is when plain visible ASCII, else the
-/// `=?base64?...?=` form the 2026-07-28 transport defines.
+/// A header value for `Mcp-Name` or `Mcp-Param-*`: as is when plain
+/// visible ASCII (inner spaces allowed; empty is a valid value), else the
+/// `=?base64?...?=` form the 2026-07-28 transport defines (non-ASCII,
+/// control characters, tabs, leading or trailing spaces, and a value that
+/// looks like the sentinel itself). Always a valid header value.
 pub(crate) fn header_safe(value: &str) -> String {
     let sentinel = value.starts_with("=?base64?") && value.ends_with("?=");
-    let plain = !value.is_empty()
-        && value.bytes().all(|b| (0x20..0x7f).contains(&b))
+    let plain = value.bytes().all(|b| (0x20..0x7f).contains(&b))
         && !value.starts_with(' ')
         && !value.ends_with(' ')
         && !sentinel;
@@ -403,6 +425,13 @@ mod tests {
             "=?base64?SGVsbG8sIOS4lueVjA==?="
         );
         assert_eq!(header_safe(" padded "), "=?base64?IHBhZGRlZCA=?=");
+        assert_eq!(header_safe("us west 1"), "us west 1");
+        assert_eq!(header_safe(""), "");
+        assert_eq!(header_safe("\tx"), "=?base64?CXg=?=");
+        assert_eq!(
+            header_safe("=?base64?literal?="),
+            "=?base64?PT9iYXNlNjQ/bGl0ZXJhbD89?="
+        );
         let read = json!({"contents": [{"uri": "a://b", "mimeType": "application/json", "text": "{\"x\":1}"}]});
         assert_eq!(resource(&read).content, json!({"x": 1}));
         let text = json!({"contents": [{"uri": "a://b", "text": "plain"}]});
