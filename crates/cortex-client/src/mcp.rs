@@ -510,8 +510,8 @@ async fn stream(
     listen::stream(client, service, uri).await
 }
 
-/// `ping`: the health check, of `pin` alone when given; the session it
-/// went through.
+/// `ping` (`server/discover` where the server has no `ping`): the health
+/// check, of `pin` alone when given; the session it went through.
 async fn ping(
     client: &McpDialect,
     service: &Arc<ServiceState>,
@@ -525,9 +525,28 @@ async fn ping(
         progress: None,
         headers: Vec::new(),
     };
-    rpc::call_at(client, service, &call, pin)
-        .await
-        .map(|(session, _)| session)
+    match rpc::call_at(client, service, &call, pin).await {
+        Ok((session, _)) => Ok(session),
+        // The stateless revision (2026-07-28) has no `ping`: a server that
+        // answers `server/discover` is alive.
+        Err(McpError::Tool {
+            code: cortex_proto::ErrorCode::ToolNotFound,
+            ..
+        }) => {
+            let call = Call {
+                method: "server/discover",
+                params: json!({}),
+                op: Operation::Other("server/discover"),
+                idempotent: true,
+                progress: None,
+                headers: Vec::new(),
+            };
+            rpc::call_at(client, service, &call, pin)
+                .await
+                .map(|(session, _)| session)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Health over MCP: a `ping` that answers is healthy; the version is the
