@@ -54,7 +54,9 @@ fn meta_version(message: &Value) -> Option<&str> {
 }
 
 /// True when a request speaks the stateless revision: the header says so,
-/// or (without a session) the body declares a version in `_meta`.
+/// or (without a session) the body declares in `_meta` a version that is
+/// not one of the session revisions. A client may put `_meta` on a
+/// session revision's `initialize` too; that one opens a session.
 pub(crate) fn is_stateless(body: &Value, declared: Option<&str>, has_session: bool) -> bool {
     if declared == Some(STATELESS_VERSION) {
         return true;
@@ -62,9 +64,12 @@ pub(crate) fn is_stateless(body: &Value, declared: Option<&str>, has_session: bo
     if has_session {
         return false;
     }
+    let stateless = |message: &Value| {
+        meta_version(message).is_some_and(|version| !SESSION_VERSIONS.contains(&version))
+    };
     match body {
-        Value::Array(items) => items.iter().any(|m| meta_version(m).is_some()),
-        message => meta_version(message).is_some(),
+        Value::Array(items) => items.iter().any(stateless),
+        message => stateless(message),
     }
 }
 
@@ -516,6 +521,26 @@ async fn listen(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_revisions_initialize_with_meta_opens_a_session() {
+        let with_meta = |version: &str| {
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25",
+                "_meta": {META_PROTOCOL_VERSION: version},
+            }})
+        };
+        assert!(!is_stateless(&with_meta("2025-11-25"), None, false));
+        assert!(is_stateless(&with_meta(STATELESS_VERSION), None, false));
+        // A version nobody speaks is answered by the stateless path, which
+        // names the versions it does speak.
+        assert!(is_stateless(&with_meta("2099-01-01"), None, false));
+        assert!(is_stateless(
+            &with_meta("2025-11-25"),
+            Some(STATELESS_VERSION),
+            false
+        ));
+    }
 
     #[test]
     fn decodes_sentinel_base64() {
