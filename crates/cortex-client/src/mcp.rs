@@ -532,19 +532,9 @@ async fn ping(
         Err(McpError::Tool {
             code: cortex_proto::ErrorCode::ToolNotFound,
             ..
-        }) => {
-            let call = Call {
-                method: "server/discover",
-                params: json!({}),
-                op: Operation::Other("server/discover"),
-                idempotent: true,
-                progress: None,
-                headers: Vec::new(),
-            };
-            rpc::call_at(client, service, &call, pin)
-                .await
-                .map(|(session, _)| session)
-        }
+        }) => rpc::call_at(client, service, &session::discover_call(), pin)
+            .await
+            .map(|(session, _)| session),
         Err(error) => Err(error),
     }
 }

@@ -156,6 +156,10 @@ async fn post_mcp(State(script): State<Shared>, headers: HeaderMap, body: Bytes)
             reply(state)
         }
         "tasks/update" | "tasks/cancel" => reply(json!({"resultType": "complete"})),
+        // The stateless revision has no `ping`.
+        "ping" => axum::Json(json!({"jsonrpc": "2.0", "id": id,
+            "error": {"code": -32601, "message": "Method not found: ping"}}))
+        .into_response(),
         _ => reply(json!({})),
     }
 }
@@ -299,6 +303,18 @@ async fn a_task_is_polled_to_its_result_and_its_input_answered_once() {
         Some("initialize")
     );
     assert!(init.params["_meta"]["io.modelcontextprotocol/clientCapabilities"].is_object());
+}
+
+#[tokio::test]
+async fn a_stateless_server_without_ping_is_healthy_through_server_discover() {
+    let (script, url) = serve().await;
+    let client = client(&url, Duration::from_secs(5), None);
+    let (status, health) = client.health("svc").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status, 200, "{health:?}");
+    assert_eq!(health.status, "healthy");
+    assert_eq!(seen(&script, "ping").len(), 1, "ping was tried first");
+    // One to open the session, one as the health check.
+    assert_eq!(seen(&script, "server/discover").len(), 2);
 }
 
 #[tokio::test]

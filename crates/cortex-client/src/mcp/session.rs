@@ -588,6 +588,19 @@ fn unknown_method(body: &[u8]) -> bool {
         })
 }
 
+/// `server/discover`: what a stateless (2026-07-28) server speaks; that
+/// revision's liveness check too, as it has no `ping`.
+pub(crate) fn discover_call() -> Call<'static> {
+    Call {
+        method: "server/discover",
+        params: json!({}),
+        op: Operation::Other("server/discover"),
+        idempotent: true,
+        progress: None,
+        headers: Vec::new(),
+    }
+}
+
 /// The stateless revision: `server/discover` confirms it.
 async fn modern(
     client: &McpDialect,
@@ -598,14 +611,7 @@ async fn modern(
     let session =
         Session::new(endpoint.clone(), Era::Modern, &Value::Null).declaring(client.capabilities());
     let id = client.inner.mcp.next_id();
-    let call = Call {
-        method: "server/discover",
-        params: json!({}),
-        op: Operation::Other("server/discover"),
-        idempotent: true,
-        progress: None,
-        headers: Vec::new(),
-    };
+    let call = discover_call();
     let prepared = session.prepare(call.method, &call.params, Some(id), &[]);
     let answer = rpc::post(
         client,
