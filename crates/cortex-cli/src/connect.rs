@@ -195,7 +195,7 @@ impl ClientFlags {
         match &self.credentials {
             Credentials::None => {}
             Credentials::Token(token) => {
-                builder = builder.token_provider(Arc::new(StaticToken(token.clone())));
+                builder = builder.token_provider(Arc::new(StaticToken::new(token.clone())));
             }
             Credentials::Local { user } => {
                 if let Some(tokens) = crate::auth::local_tokens(user.as_deref(), self.url.as_ref())?

@@ -126,7 +126,7 @@ async fn etcd_registered_replicas_one_dies_no_call_fails() {
         .request_timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let token = Arc::new(cortex_client::StaticToken(common::admin_token()));
+    let token = Arc::new(cortex_client::StaticToken::new(common::admin_token()));
     let client = NetworkMcpClient::builder(discovery.clone())
         .config(client_config)
         .token_provider(token.clone())

@@ -162,7 +162,7 @@ async fn three_replicas_one_killed_one_restarted_lose_and_duplicate_nothing() {
         .unwrap();
     let bearer = token.trim_start_matches("Bearer ").to_owned();
     let client = NetworkMcpClient::builder(discovery)
-        .token_provider(Arc::new(StaticToken(bearer)))
+        .token_provider(Arc::new(StaticToken::new(bearer)))
         .build()
         .unwrap();
 

@@ -38,7 +38,7 @@ fn client(port: u16) -> NetworkMcpClient {
         .unwrap();
     NetworkMcpClient::builder(discovery)
         .config(config)
-        .token_provider(Arc::new(StaticToken(common::admin_token())))
+        .token_provider(Arc::new(StaticToken::new(common::admin_token())))
         .build()
         .unwrap()
 }

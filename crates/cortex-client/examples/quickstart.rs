@@ -49,7 +49,7 @@ async fn run() -> Result<(), McpError> {
     let mut builder = NetworkMcpClient::builder(discovery).config(config);
     // The services check bearer tokens (JWT); u1's token reaches u1's data.
     if let Ok(token) = std::env::var("CORTEX_TOKEN") {
-        builder = builder.token_provider(Arc::new(StaticToken(token)));
+        builder = builder.token_provider(Arc::new(StaticToken::new(token)));
     }
     let client: Arc<dyn McpClient> = Arc::new(builder.build()?);
     let memory = MemoryServiceClient::new(client.clone());

@@ -69,11 +69,47 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 pub trait TokenProvider: Send + Sync + 'static {
     /// The token, or `None` to send no `Authorization` header.
     async fn token(&self) -> Option<String>;
+
+    /// The whole `Authorization` header value, for a provider whose token
+    /// never changes: made once, so that a request takes a handle on it
+    /// instead of asking [`Self::token`] and formatting and checking the
+    /// header again. `None` (the default): [`Self::token`] is asked for
+    /// every request.
+    fn fixed_header(&self) -> Option<HeaderValue> {
+        None
+    }
 }
 
 /// A token that never changes.
-#[derive(Debug, Clone)]
-pub struct StaticToken(pub String);
+#[derive(Clone)]
+pub struct StaticToken {
+    token: String,
+    /// `Bearer <token>`, made once; `None` when the token cannot be a
+    /// header value, which each request then reports.
+    header: Option<HeaderValue>,
+}
+
+impl StaticToken {
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn new(token: impl Into<String>) -> Self {
+        let token = token.into();
+        let header = HeaderValue::from_str(&format!("Bearer {token}"))
+            .ok()
+            .map(|mut value| {
+                value.set_sensitive(true);
+                value
+            });
+        Self { token, header }
+    }
+}
+
+impl std::fmt::Debug for StaticToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticToken")
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
 
 /// The credentials of one service that the service itself can ask to
 /// change: OAuth ([`crate::oauth`]). Its token goes on every request to the
@@ -123,7 +159,11 @@ const MAX_AUTH_ROUNDS: u32 = 2;
 #[async_trait]
 impl TokenProvider for StaticToken {
     async fn token(&self) -> Option<String> {
-        Some(self.0.clone())
+        Some(self.token.clone())
+    }
+
+    fn fixed_header(&self) -> Option<HeaderValue> {
+        self.header.clone()
     }
 }
 
@@ -1037,6 +1077,10 @@ impl Engine {
                     text("the bearer token", &format!("Bearer {token}"))?,
                 );
             }
+        } else if let Some(tokens) = &self.tokens
+            && let Some(authorization) = tokens.fixed_header()
+        {
+            headers.insert(header::AUTHORIZATION, authorization);
         } else if let Some(tokens) = &self.tokens
             && let Some(token) = tokens.token().await
         {

@@ -46,7 +46,7 @@ fn headers_service() -> Service {
 fn client_with_token(server: &TestServer, service: &str, token: &str) -> NetworkMcpClient {
     let discovery = Arc::new(StaticDiscovery::new().with(service, server.url("")));
     NetworkMcpClient::builder(discovery)
-        .token_provider(Arc::new(StaticToken(token.into())))
+        .token_provider(Arc::new(StaticToken::new(token)))
         .build()
         .unwrap()
 }
@@ -181,6 +181,10 @@ async fn a_token_http_cannot_carry_is_refused_before_sending() {
     assert!(error.to_string().contains("bearer token"), "{error}");
     assert!(!error.is_retryable());
     assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
+    assert!(
+        !format!("{:?}", StaticToken::new("s3cret")).contains("s3cret"),
+        "Debug shows no token"
+    );
 }
 
 /// Work wrapped in `with_authorization` reaches services as its caller:

@@ -260,7 +260,7 @@ async fn a_forwarded_caller_token_never_opens_the_shared_session() {
         vec![Endpoint::new(&url).with_protocol(Protocol::Mcp)],
     );
     let client = NetworkMcpClient::builder(Arc::new(discovery))
-        .token_provider(Arc::new(cortex_client::StaticToken("own".into())))
+        .token_provider(Arc::new(cortex_client::StaticToken::new("own")))
         .build()
         .unwrap_or_else(|e| panic!("client: {e}"));
     let caller = axum::http::HeaderValue::from_static("Bearer caller");

@@ -870,7 +870,7 @@ async fn memory_is_read_with_the_callers_token() {
     let discovery = Arc::new(StaticDiscovery::new().with("memory", memory.url("")));
     let client = NetworkMcpClient::builder(discovery)
         .config(client_config(Duration::from_secs(1)))
-        .token_provider(Arc::new(cortex_client::StaticToken("cognition-own".into())))
+        .token_provider(Arc::new(cortex_client::StaticToken::new("cognition-own")))
         .build()
         .unwrap();
     let service = cortex_cognition::build(Arc::new(client), CognitionConfig::default()).unwrap();

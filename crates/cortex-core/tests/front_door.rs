@@ -421,7 +421,7 @@ async fn a_lost_acknowledgement_still_stores_the_input_once() {
         NetworkMcpClient::builder(Arc::new(
             StaticDiscovery::new().with("memory", format!("http://{}", memory.addr)),
         ))
-        .token_provider(Arc::new(StaticToken(token("admin", &["admin"]))))
+        .token_provider(Arc::new(StaticToken::new(token("admin", &["admin"]))))
         .build()
         .unwrap(),
     ));

@@ -71,7 +71,7 @@ async fn case(name: &'static str, auth: AuthConfig, token: Option<String>) -> Ca
         .unwrap_or_else(|e| fail(&e.to_string()));
     let mut builder = NetworkMcpClient::builder(discovery).config(config);
     if let Some(token) = token {
-        builder = builder.token_provider(Arc::new(StaticToken(token)));
+        builder = builder.token_provider(Arc::new(StaticToken::new(token)));
     }
     let client = builder.build().unwrap_or_else(|e| fail(&e.to_string()));
     let stored = client

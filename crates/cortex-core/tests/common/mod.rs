@@ -52,7 +52,7 @@ pub(crate) fn core_client(
     Arc::new(
         NetworkMcpClient::builder(Arc::new(discovery))
             .config(config)
-            .token_provider(Arc::new(StaticToken(token("core", &["service"]))))
+            .token_provider(Arc::new(StaticToken::new(token("core", &["service"]))))
             .build()
             .unwrap(),
     )
@@ -165,7 +165,7 @@ impl System {
         let discovery =
             StaticDiscovery::new().with("memory", format!("http://{}", self.memory_addr));
         let client = NetworkMcpClient::builder(Arc::new(discovery))
-            .token_provider(Arc::new(StaticToken(token("admin", &["admin"]))))
+            .token_provider(Arc::new(StaticToken::new(token("admin", &["admin"]))))
             .build()
             .unwrap();
         MemoryServiceClient::new(Arc::new(client))

@@ -9,6 +9,8 @@
 //! only when one goes out.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -19,9 +21,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cortex_proto::ErrorCode;
 use futures::future::BoxFuture;
+use pin_project_lite::pin_project;
 use serde_json::json;
+use tokio::task::futures::TaskLocalFuture;
 
-use super::{ADMIN_ROLE, AuthConfig, AuthError, METRICS_ROLE, serve_as};
+use super::{ADMIN_ROLE, AuthConfig, AuthError, Caller, METRICS_ROLE, serve_as};
 use crate::error::ServiceError;
 
 /// Where the protected-resource metadata is served (RFC 9728 §3).
@@ -31,7 +35,7 @@ pub(crate) const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 /// MCP hosts try when a challenge names none (RFC 9728 §3.1).
 const MCP_METADATA_PATH: &str = "/.well-known/oauth-protected-resource/mcp";
 
-struct Gate {
+pub(crate) struct Gate {
     auth: AuthConfig,
     /// The service's name: the challenge's realm and the metadata's
     /// `resource_name`.
@@ -120,18 +124,95 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Future = Authenticated<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        // The service that was made ready serves this request; a clone
-        // takes its place for the next (tower's usual move).
+        let path = request.uri().path();
+        if self.gate.is_open(request.method(), path) {
+            return Authenticated::Open {
+                inner: self.inner.call(request),
+            };
+        }
+        // A token verified lately (a client reusing its token, the usual
+        // case) is known at once: the request goes straight in, with no
+        // future of its own to allocate and no clone of the inner service.
+        let values = request.headers().get_all(header::AUTHORIZATION);
+        let mut each = values.iter();
+        if let (Some(value), None) = (each.next(), each.next())
+            && let Some(caller) = self.gate.auth.remembered(value)
+            && (path != "/metrics" || may_read_metrics(&caller))
+        {
+            return self.serve(caller, request);
+        }
+        // Everything else (a token seen for the first time, a JWKS that
+        // may need fetching, a refusal) is checked in full. The service
+        // that was made ready serves the request; a clone takes its place
+        // for the next (tower's usual move).
         let ready = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, ready);
-        Box::pin(authenticate(self.gate.clone(), inner, request))
+        Authenticated::Checking {
+            check: Box::pin(authenticate(self.gate.clone(), inner, request)),
+        }
+    }
+}
+
+impl<S> Authenticate<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    /// `request` served by `inner` as `caller`'s.
+    fn serve(&mut self, caller: Caller, request: Request) -> Authenticated<S::Future> {
+        // Kept for a challenge on a 401 from further in (a handle on the
+        // request's buffer, not a copy); the challenge is made only then.
+        let host = request.headers().get(header::HOST).cloned();
+        Authenticated::Serving {
+            inner: serve_as(caller, self.inner.call(request)),
+            gate: self.gate.clone(),
+            host,
+        }
+    }
+}
+
+fn may_read_metrics(caller: &Caller) -> bool {
+    caller.has_role(ADMIN_ROLE) || caller.has_role(METRICS_ROLE)
+}
+
+pin_project! {
+    /// The response of [`Authenticate`]: an open route's, a verified
+    /// caller's, or that of a full check (boxed: it may wait on a JWKS
+    /// fetch, and is rare once a client's token is known).
+    #[project = AuthenticatedProj]
+    pub(crate) enum Authenticated<F> {
+        Open { #[pin] inner: F },
+        Serving {
+            #[pin]
+            inner: TaskLocalFuture<Caller, F>,
+            gate: Arc<Gate>,
+            host: Option<HeaderValue>,
+        },
+        Checking { check: BoxFuture<'static, Result<Response, Infallible>> },
+    }
+}
+
+impl<F> Future for Authenticated<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AuthenticatedProj::Open { inner } => inner.poll(cx),
+            AuthenticatedProj::Serving { inner, gate, host } => {
+                let Ok(response) = std::task::ready!(inner.poll(cx));
+                Poll::Ready(Ok(gate.challenge_inner_refusal(response, host.as_ref())))
+            }
+            AuthenticatedProj::Checking { check } => check.as_mut().poll(cx),
+        }
     }
 }
 
@@ -144,9 +225,6 @@ where
     S: tower::Service<Request, Response = Response, Error = Infallible>,
 {
     let path = request.uri().path();
-    if gate.is_open(request.method(), path) {
-        return inner.call(request).await;
-    }
     let metrics = path == "/metrics";
     let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
     let first = values.next();
@@ -166,27 +244,33 @@ where
             return Ok(gate.refuse(&error, request.headers()));
         }
     };
-    if metrics && !(caller.has_role(ADMIN_ROLE) || caller.has_role(METRICS_ROLE)) {
+    if metrics && !may_read_metrics(&caller) {
         return Ok(gate.forbidden_metrics(request.headers()));
     }
-    // Kept for a challenge on a 401 from further in (a handle on the
-    // request's buffer, not a copy); the challenge is made only then.
     let host = request.headers().get(header::HOST).cloned();
-    let mut response = serve_as(caller, inner.call(request)).await?;
-    // A 401 from further in (a dependency refusing the forwarded token)
-    // still tells the client how to authenticate.
-    if response.status() == StatusCode::UNAUTHORIZED
-        && !response.headers().contains_key(header::WWW_AUTHENTICATE)
-        && let Some(challenge) = gate.challenge(Some("invalid_token"), None, host.as_ref())
-    {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, challenge);
-    }
-    Ok(response)
+    let response = serve_as(caller, inner.call(request)).await?;
+    Ok(gate.challenge_inner_refusal(response, host.as_ref()))
 }
 
 impl Gate {
+    /// A 401 from further in (a dependency refusing the forwarded token)
+    /// still tells the client how to authenticate.
+    fn challenge_inner_refusal(
+        &self,
+        mut response: Response,
+        host: Option<&HeaderValue>,
+    ) -> Response {
+        if response.status() == StatusCode::UNAUTHORIZED
+            && !response.headers().contains_key(header::WWW_AUTHENTICATE)
+            && let Some(challenge) = self.challenge(Some("invalid_token"), None, host)
+        {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        response
+    }
+
     /// Routes served without a token: health (for load balancers and
     /// orchestrators), the metadata that says how to get a token, CORS
     /// preflights of `/mcp` (browsers send them without credentials), and

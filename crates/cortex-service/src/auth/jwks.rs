@@ -30,8 +30,20 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::jwt::ASYMMETRIC;
 use super::{AuthError, AuthSetupError};
+
+/// The asymmetric algorithms a JWKS key may be published for.
+pub(super) const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
 
 /// The largest JWKS document read.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;

@@ -15,21 +15,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::jwks::{Jwks, JwksSettings};
+use super::jwks::{ASYMMETRIC, Jwks, JwksSettings};
 use super::{AuthError, AuthSetupError, Caller, DEFAULT_LEEWAY, MIN_SECRET_BYTES};
-
-/// The asymmetric algorithms a JWKS key may be published for.
-pub(super) const ASYMMETRIC: [Algorithm; 9] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
 
 #[derive(Clone)]
 enum Keys {
@@ -162,30 +149,41 @@ impl Verifier {
             .ok_or_else(|| AuthError::Algorithm(format!("{alg:?}")))
     }
 
+    /// The caller of an `Authorization` header value whose token was
+    /// verified lately and still holds (see [`Verified`]), without waiting
+    /// on anything; `None` when it must be checked in full ([`Self::verify`]).
+    /// The auth layer tries this first, so a client that reuses its token
+    /// costs a lookup and no task of its own.
+    pub(super) fn remembered(&self, authorization: Option<&HeaderValue>) -> Option<Caller> {
+        let token = bearer_token(authorization).ok()?;
+        match &self.keys {
+            // The secret does not change while the rules stand: one
+            // generation.
+            Keys::Hs256(_) => self.verified.get(token, 0, self.leeway),
+            // An old set is fetched again first (a key may be retired).
+            Keys::Jwks(jwks) if jwks.is_fresh() => {
+                self.verified.get(token, jwks.generation(), self.leeway)
+            }
+            Keys::Jwks(_) => None,
+        }
+    }
+
     /// The caller an `Authorization` header value names, or why not.
     pub(super) async fn verify(
         &self,
         authorization: Option<&HeaderValue>,
     ) -> Result<Caller, AuthError> {
+        if let Some(caller) = self.remembered(authorization) {
+            return Ok(caller);
+        }
         let token = bearer_token(authorization)?;
         let (claims, generation) = match &self.keys {
             Keys::Hs256(key) => {
-                // The secret does not change while the rules stand: one
-                // generation.
-                if let Some(caller) = self.verified.get(token, 0, self.leeway) {
-                    return Ok(caller);
-                }
                 let validation = self.validation_for(Algorithm::HS256)?;
                 (decode(token, key, validation)?, 0)
             }
             Keys::Jwks(jwks) => {
                 let generation = jwks.generation();
-                // An old set is fetched again first (a key may be retired).
-                if jwks.is_fresh()
-                    && let Some(caller) = self.verified.get(token, generation, self.leeway)
-                {
-                    return Ok(caller);
-                }
                 let header = jsonwebtoken::decode_header(token).map_err(|e| refusal(&e, token))?;
                 let key = jwks.key_for(header.kid.as_deref(), header.alg).await?;
                 // The key says which algorithm it signs with; the token's

@@ -133,9 +133,12 @@ pub(crate) fn current_caller() -> Option<Caller> {
     CALLER.try_with(Clone::clone).ok()
 }
 
-/// Runs `future` as serving a request of `caller`.
-pub(crate) async fn serve_as<F: std::future::Future>(caller: Caller, future: F) -> F::Output {
-    CALLER.scope(caller, future).await
+/// `future`, run as serving a request of `caller`.
+pub(crate) fn serve_as<F: std::future::Future>(
+    caller: Caller,
+    future: F,
+) -> tokio::task::futures::TaskLocalFuture<Caller, F> {
+    CALLER.scope(caller, future)
 }
 
 /// `Ok` when `caller` may act for `user_id` (or there is no caller: see
@@ -305,6 +308,13 @@ impl AuthConfig {
     /// Whether `/metrics` answers without a token.
     pub fn open_metrics(&self) -> bool {
         self.open_metrics || !self.is_enabled()
+    }
+
+    /// The caller of an `Authorization` header value verified lately (see
+    /// [`Self::verify`]), found without waiting; `None` when it is not
+    /// known (or authentication is off) and must be verified in full.
+    pub(crate) fn remembered(&self, authorization: &::http::HeaderValue) -> Option<Caller> {
+        self.verifier.as_ref()?.remembered(Some(authorization))
     }
 
     /// Verifies an `Authorization` header value: the caller it names, or
