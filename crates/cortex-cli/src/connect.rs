@@ -17,8 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cortex_client::discovery::{HealthChecked, HealthConfig};
 use cortex_client::{
-    ClientConfig, DiscoveryError, DiscoverySpec, Endpoint, EndpointSet, NetworkMcpClient,
-    NetworkMcpClientBuilder, ServiceDiscovery, StaticDiscovery, StaticToken,
+    ClientConfig, ClientHealthProbe, DiscoveryError, DiscoverySpec, Endpoint, EndpointSet,
+    NetworkMcpClient, NetworkMcpClientBuilder, ServiceDiscovery, StaticDiscovery, StaticToken,
 };
 
 use crate::cli::ServiceUrl;
@@ -187,7 +187,8 @@ impl ClientFlags {
         let defaults = self.defaults(&config);
         let (mut discovery, names) = self.discovery(&config).await?;
         if let Some(health) = health {
-            discovery = Arc::new(HealthChecked::new(discovery, health));
+            let probe = Arc::new(ClientHealthProbe::new(config.clone()));
+            discovery = Arc::new(HealthChecked::with_probe(discovery, health, probe));
         }
         let mut builder = NetworkMcpClient::builder(discovery.clone())
             .config(config)
@@ -255,6 +256,21 @@ pub(crate) fn health_checks(config: &ClientConfig, service: &str) -> HealthConfi
         timeout: interval,
         ..HealthConfig::default()
     }
+}
+
+/// `backend` with active health checks of `service` (see
+/// [`health_checks`]), made the way the client calls: over TLS with its
+/// trust and certificate for an `https://` endpoint.
+pub(crate) fn health_checked<D: ServiceDiscovery>(
+    backend: D,
+    config: &ClientConfig,
+    service: &str,
+) -> HealthChecked<D> {
+    HealthChecked::with_probe(
+        backend,
+        health_checks(config, service),
+        Arc::new(ClientHealthProbe::new(config.clone())),
+    )
 }
 
 /// The `--service` overrides in front of a backend.

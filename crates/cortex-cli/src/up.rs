@@ -4,13 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cortex_client::discovery::FileDiscovery;
-use cortex_client::discovery::HealthChecked;
 use cortex_client::{NetworkMcpClient, StaticDiscovery};
 use cortex_cognition::CognitionConfig;
 use cortex_service::{ServiceConfig, shutdown_signal};
 
 use crate::cli::{Database, UpArgs};
-use crate::connect::ClientFlags;
+use crate::connect::{ClientFlags, health_checked};
 use crate::exit::Failure;
 use crate::output::line;
 use crate::replicas::{self, Replica, ReplicaArgs};
@@ -152,17 +151,17 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
     // rest of `reset_timeout`. Over TLS it trusts the services' own
     // certificate unless the client settings name a CA (see `crate::tls`).
     let client_config = args.tls.internal_client(flags.config()?);
-    let checks = crate::connect::health_checks(&client_config, "memory");
     let memory_discovery: Arc<dyn cortex_client::ServiceDiscovery> = if replicas.is_empty() {
-        Arc::new(HealthChecked::new(
+        Arc::new(health_checked(
             StaticDiscovery::new().with("memory", memory.url()),
-            checks,
+            &client_config,
+            "memory",
         ))
     } else {
         let file = FileDiscovery::open(&discovery_file, Duration::from_secs(1))
             .await
             .map_err(|e| Failure::other(e.to_string()))?;
-        Arc::new(HealthChecked::new(file, checks))
+        Arc::new(health_checked(file, &client_config, "memory"))
     };
     let memory_client = NetworkMcpClient::builder(memory_discovery)
         .config(client_config.clone())
@@ -183,10 +182,7 @@ pub(crate) async fn run(args: UpArgs, flags: &ClientFlags) -> Result<(), Failure
             .map(cortex_client::Endpoint::new)
             .collect(),
     );
-    let core_discovery = HealthChecked::new(
-        core_targets,
-        crate::connect::health_checks(&client_config, "memory"),
-    );
+    let core_discovery = health_checked(core_targets, &client_config, "memory");
     let mut core_client =
         NetworkMcpClient::builder(Arc::new(core_discovery)).config(client_config.clone());
     if auth.is_enabled()

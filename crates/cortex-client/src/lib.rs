@@ -64,6 +64,7 @@ pub use cortex_discovery as discovery;
 mod cortex;
 mod dialect;
 mod engine;
+mod health_probe;
 mod mcp;
 pub mod metrics;
 pub mod network;
@@ -90,6 +91,7 @@ pub use cortex_mcp_api::{
     with_authorization,
 };
 pub use engine::{StaticToken, TokenProvider};
+pub use health_probe::ClientHealthProbe;
 pub use mcp::McpSessionInfo;
 pub use metrics::EndpointStatus;
 pub use network::{McpFeatures, NetworkMcpClient, NetworkMcpClientBuilder};

@@ -68,7 +68,9 @@
 
 mod error;
 mod flow;
-mod http;
+// Also the active health checks' (`crate::health_probe`): one-off
+// exchanges over the client's connection machinery.
+pub(crate) mod http;
 mod metadata;
 mod pkce;
 pub mod redirect;

@@ -95,6 +95,17 @@ pub(crate) enum AcquireError {
     Proxy(Cause),
 }
 
+impl std::fmt::Display for AcquireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PoolTimeout { waited } => {
+                write!(f, "no connection was free within {waited:?}")
+            }
+            Self::Connect(cause) | Self::Proxy(cause) => write!(f, "{cause}"),
+        }
+    }
+}
+
 /// What the pool looks like now, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {

@@ -733,3 +733,79 @@ async fn an_https_url_on_a_plain_http_service_fails_without_hanging() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn active_health_checks_reach_https_endpoints_with_the_clients_trust_and_certificate() {
+    use cortex_client::discovery::{
+        Endpoint, HealthChecked, HealthConfig, HealthProbe, PlainHttp, ServiceDiscovery,
+    };
+    use cortex_client::{ClientHealthProbe, StaticDiscovery};
+
+    let pki = Pki::new();
+    let identity = pki.client();
+    let cert = pki.write("client.pem", &identity.cert_pem);
+    let key = pki.write("client.key", &identity.key_pem);
+    let server = TlsServer::start(&pki.server(), &pki, Server::Mutual).await;
+    let endpoint = Endpoint::new(server.url());
+    let second = Duration::from_secs(5);
+    let with_identity = ClientHealthProbe::new(
+        common::fast_config()
+            .ca_file(Some(pki.ca_file()))
+            .client_cert(Some(cert))
+            .client_key(Some(key))
+            .build()
+            .unwrap(),
+    );
+    assert!(with_identity.speaks_tls() && !PlainHttp.speaks_tls());
+    with_identity
+        .check("memory", &endpoint, second)
+        .await
+        .unwrap();
+
+    // Without the test CA the server's certificate is refused; without a
+    // client certificate, the server refuses the client: both fail the
+    // check, with the reason.
+    let untrusting = ClientHealthProbe::new(common::fast_config().build().unwrap());
+    let refused = untrusting.check("memory", &endpoint, second).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("certificate")),
+        "{refused:?}"
+    );
+    let anonymous = ClientHealthProbe::new(
+        common::fast_config()
+            .ca_file(Some(pki.ca_file()))
+            .build()
+            .unwrap(),
+    );
+    assert!(anonymous.check("memory", &endpoint, second).await.is_err());
+
+    // Through discovery: the endpoint is checked (a handshake per check)
+    // and goes unhealthy once its server is gone.
+    let health = HealthConfig {
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_secs(2),
+        unhealthy_threshold: 2,
+        ..HealthConfig::default()
+    };
+    let checked = HealthChecked::with_probe(
+        StaticDiscovery::new().with("memory", server.url()),
+        health,
+        Arc::new(with_identity),
+    );
+    checked.resolve("memory").await.unwrap();
+    let started = Instant::now();
+    while server.handshakes() < 2 {
+        assert!(started.elapsed() < LIMIT, "no TLS health check was made");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(checked.is_endpoint_usable("memory", &server.url()));
+    let url = server.url();
+    drop(server);
+    while checked.is_endpoint_usable("memory", &url) {
+        assert!(
+            started.elapsed() < LIMIT,
+            "a gone https endpoint stayed healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -10,8 +10,11 @@
 //!   to the [`HealthObserver`]s ([`ServiceDiscovery::observe_health`]): a
 //!   client lets an open circuit breaker of that endpoint probe at once, so
 //!   a recovered endpoint is used again within about one `interval`.
-//!   `https://` endpoints are not checked (this crate speaks no TLS): only
-//!   passive ejection applies to them.
+//!   The check is made by a [`HealthProbe`]: by default [`PlainHttp`],
+//!   which speaks no TLS, so `https://` endpoints are then not checked and
+//!   only passive ejection applies to them; the network client's probe
+//!   (`cortex_client::ClientHealthProbe`, given to [`HealthChecked::with_probe`])
+//!   reaches them with the client's own TLS settings, proxy and timeouts.
 //! - **Passive**: the client reports real calls ([`ServiceDiscovery::report`]).
 //!   `ejection_failures` failures in a row eject an endpoint for
 //!   `base_ejection` × the number of times it was ejected before (capped at
@@ -87,6 +90,8 @@ impl EndpointHealth {
 struct Inner<D> {
     backend: D,
     config: HealthConfig,
+    /// Makes each active check.
+    probe: Arc<dyn HealthProbe>,
     /// Health per (service, endpoint URL).
     health: Mutex<HashMap<(String, String), EndpointHealth>>,
     /// Services whose checker runs.
@@ -112,6 +117,45 @@ struct Cached {
     set: Arc<EndpointSet>,
 }
 
+/// How an active check asks an endpoint for `GET /health`.
+#[async_trait]
+pub trait HealthProbe: Send + Sync + 'static {
+    /// `Ok` when `endpoint` of `service` answers `/health` with a 2xx
+    /// within `timeout`; else why not.
+    async fn check(
+        &self,
+        service: &str,
+        endpoint: &Endpoint,
+        timeout: Duration,
+    ) -> Result<(), String>;
+
+    /// Whether `https://` endpoints can be checked; those of a probe that
+    /// cannot are left to passive ejection (a plain-HTTP check of a TLS
+    /// port would mark a sound endpoint down).
+    fn speaks_tls(&self) -> bool;
+}
+
+/// The default probe: [`check`], plain HTTP on a fresh connection. It
+/// speaks no TLS.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainHttp;
+
+#[async_trait]
+impl HealthProbe for PlainHttp {
+    async fn check(
+        &self,
+        _service: &str,
+        endpoint: &Endpoint,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        check(endpoint, timeout).await
+    }
+
+    fn speaks_tls(&self) -> bool {
+        false
+    }
+}
+
 /// A discovery backend with health tracking; see the module docs.
 pub struct HealthChecked<D> {
     inner: Arc<Inner<D>>,
@@ -126,12 +170,20 @@ impl<D> std::fmt::Debug for HealthChecked<D> {
 }
 
 impl<D: ServiceDiscovery> HealthChecked<D> {
-    /// Tracks the health of `backend`'s endpoints.
+    /// Tracks the health of `backend`'s endpoints, checking them with
+    /// [`PlainHttp`].
     pub fn new(backend: D, config: HealthConfig) -> Self {
+        Self::with_probe(backend, config, Arc::new(PlainHttp))
+    }
+
+    /// Tracks the health of `backend`'s endpoints, checking them with
+    /// `probe`.
+    pub fn with_probe(backend: D, config: HealthConfig, probe: Arc<dyn HealthProbe>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 backend,
                 config,
+                probe,
                 health: Mutex::new(HashMap::new()),
                 checked: Mutex::new(Vec::new()),
                 observers: Mutex::new(Vec::new()),
@@ -173,14 +225,17 @@ async fn check_loop<D: ServiceDiscovery>(inner: Weak<Inner<D>>, service: String)
         let interval = strong.config.interval;
         if let Ok(set) = strong.backend.resolve(&service).await {
             let timeout = strong.config.timeout;
-            // `https://` endpoints are not checked actively: this crate
-            // speaks no TLS, and a plain-HTTP check of a TLS port would
-            // mark a sound endpoint down. Passive ejection covers them.
+            let probe = &strong.probe;
+            // A probe without TLS leaves `https://` endpoints alone (see
+            // `HealthProbe::speaks_tls`): passive ejection covers them.
             let checks = set
                 .endpoints
                 .iter()
-                .filter(|e| !e.is_tls())
-                .map(|e| async move { (e, check(e, timeout).await) });
+                .filter(|e| !e.is_tls() || probe.speaks_tls())
+                .map(|e| {
+                    let service = &service;
+                    async move { (e, probe.check(service, e, timeout).await) }
+                });
             let mut passed = Vec::new();
             for (endpoint, outcome) in futures::future::join_all(checks).await {
                 if outcome.is_ok() {

@@ -60,7 +60,7 @@ pub use etcd::EtcdConfig;
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdDiscovery, EtcdRegistration};
 pub use file::FileDiscovery;
-pub use health::{HealthChecked, HealthConfig};
+pub use health::{HealthChecked, HealthConfig, HealthProbe, PlainHttp};
 pub use registry::Registry;
 pub use spec::{DiscoverySpec, DiscoverySpecError};
 pub use static_map::StaticDiscovery;

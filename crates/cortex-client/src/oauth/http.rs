@@ -164,7 +164,7 @@ impl Http {
         let mut conn = pool
             .acquire(deadline)
             .await
-            .map_err(|e| failed(format!("cannot connect: {e:?}")))?;
+            .map_err(|e| failed(format!("cannot connect: {e}")))?;
         headers.insert(
             header::HOST,
             HeaderValue::from_str(&target.authority)
