@@ -24,9 +24,11 @@
 //!    its own event within a bound.
 //!
 //! The pool's cap is raised for this: `max_connections` 10,000 (its hard
-//! limit), `pool_timeout` and `request_timeout` 60 s. Each process needs a
-//! file descriptor per stream; the soft `RLIMIT_NOFILE` is raised to what
-//! the run needs (at most the hard limit) before the children start.
+//! limit), `pool_timeout` and `request_timeout` 60 s; so are the service's
+//! caps on streams and connections (1,024 and 4,096 by default). Each
+//! process needs a file descriptor per stream; the soft `RLIMIT_NOFILE` is
+//! raised to what the run needs (at most the hard limit) before the
+//! children start.
 //!
 //! ```text
 //! cargo bench -p cortex-client --bench streams_10k
@@ -48,7 +50,9 @@ use cortex_client::{
     ClientConfig, EventStream, McpClient, NetworkMcpClient, StaticDiscovery, StreamExt,
 };
 use cortex_proto::sse::{Decoder, Event};
-use cortex_service::{Resource, ResourceContent, Service, ServiceConfig, ServiceError, Tool};
+use cortex_service::{
+    HttpLimits, Resource, ResourceContent, Service, ServiceConfig, ServiceError, Tool,
+};
 use http::{HeaderValue, Request, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -69,6 +73,8 @@ const MEASURE: &str = "--measure";
 const SERVICE: &str = "feed";
 /// The line a measuring child ends with, for the parent's summary.
 const RESULT: &str = "RESULT";
+/// The most streams a run opens.
+const MAX_STREAMS: usize = 10_000;
 
 const HELP: &str = "\
 10,000 resource streams held by one client: memory per stream, delivery
@@ -159,7 +165,9 @@ fn parse_args() -> Res<Option<Options>> {
             other => return Err(format!("unknown argument `{other}` (see --help)")),
         }
     }
-    if !(1..=10_000).contains(&streams) || parallel == 0 || !(deliver.is_finite() && deliver > 0.0)
+    if !(1..=MAX_STREAMS).contains(&streams)
+        || parallel == 0
+        || !(deliver.is_finite() && deliver > 0.0)
     {
         return Err("--streams must be 1..=10000, --parallel and --deliver-secs positive".into());
     }
@@ -242,14 +250,20 @@ fn serve_streams_main() -> Res<()> {
             .await
             .map_err(|e| format!("bind: {e}"))?;
         common::announce(listener.local_addr().map_err(|e| format!("addr: {e}"))?);
-        cortex_service::serve(
-            listener,
-            service,
-            ServiceConfig::default(),
-            std::future::pending(),
-        )
-        .await
-        .map_err(|e| format!("serve: {e}"))
+        // The kit's defaults cap streams at 1,024 and connections at 4,096
+        // per process; this service is there to hold 10,000 of each (its
+        // connection cap is still fitted to the open-file limit).
+        let config = ServiceConfig {
+            limits: HttpLimits {
+                max_connections: MAX_STREAMS + 1024,
+                max_streams: MAX_STREAMS + 1024,
+                ..HttpLimits::default()
+            },
+            ..ServiceConfig::default()
+        };
+        cortex_service::serve(listener, service, config, std::future::pending())
+            .await
+            .map_err(|e| format!("serve: {e}"))
     })
 }
 

@@ -53,7 +53,7 @@ use crate::config::ClientConfig;
 use crate::error::{Cause, McpError, Retry};
 use crate::metrics::{EndpointStatus, Metrics};
 use crate::operation::Operation;
-use crate::pool::{AcquireError, EndpointPool, PoolSettings, PooledConn, SendError};
+use crate::pool::{AcquireError, EndpointPool, PoolSettings, PooledConn, Purpose, SendError};
 use cortex_discovery::{
     Balancer, CallOutcome, DiscoveryError, Endpoint, HealthObserver, ServiceDiscovery,
 };
@@ -785,7 +785,13 @@ impl Engine {
                     .map(str::to_string)
             });
         let pool_deadline = deadline.min(Instant::now() + service.config.pool_timeout);
-        let mut conn = match state.pool.acquire(pool_deadline).await {
+        // A resource stream waits on its connection for as long as it
+        // lives: one dialled for it reads through a small buffer.
+        let purpose = match exchange.operation {
+            Operation::Stream(_) => Purpose::Stream,
+            Operation::Tool(_) | Operation::Read(_) => Purpose::Call,
+        };
+        let mut conn = match state.pool.acquire(pool_deadline, purpose).await {
             Ok(conn) => conn,
             Err(AcquireError::PoolTimeout { waited }) => {
                 permit.ignore();
@@ -832,6 +838,18 @@ impl Engine {
             Ok(Err(SendError::Closed)) => {
                 permit.ignore();
                 let error = connection_error("connection closed".into(), false, None);
+                return Err(AttemptFailure::from(error));
+            }
+            // A stream answer's head larger than the stream connection's
+            // read buffer: the client's limit, not the endpoint's failure.
+            // A stream's GET may be asked again, and the pool now dials
+            // this endpoint's stream connections with full-size buffers.
+            Ok(Err(SendError::HeadTooLarge(cause))) => {
+                permit.ignore();
+                let reason = format!(
+                    "the answer's head is larger than a stream connection's read buffer: {cause}"
+                );
+                let error = connection_error(reason, true, Some(Cause::new(cause)));
                 return Err(AttemptFailure::from(error));
             }
             // The proxy refused the request (407): not the endpoint's failure.

@@ -16,6 +16,19 @@
 //! HTTP/1.1 only: one request per connection at a time, which is what makes
 //! "connections in use" and "calls in flight" the same number.
 //!
+//! A connection dialled for a resource stream ([`Purpose::Stream`]) reads
+//! through a small buffer ([`STREAM_READ_BUFFER`]): it spends its life
+//! waiting for the next event, and hyper keeps its read buffer reserved
+//! while a read waits, so 10,000 streams with hyper's default 8 KiB would
+//! hold 80 MiB of buffers that are almost always empty. Events larger than
+//! the buffer still arrive whole: the body comes out in pieces that the SSE
+//! decoder joins. Such a connection is closed when its stream ends rather
+//! than pooled, since the buffer also bounds the answer's head, which is
+//! too tight for every answer a call may get. An endpoint whose stream
+//! answer's head does not fit (a proxy adding large headers) fails that one
+//! attempt, which is repeated, and gets full-size stream connections from
+//! then on.
+//!
 //! Through a proxy ([`Route`]), a pool still belongs to one target endpoint:
 //! its connections go to the proxy (forwarding: requests in absolute form)
 //! or through it (a `CONNECT` tunnel each), but carry requests for this
@@ -30,7 +43,7 @@
 //! one handshake for all its calls.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -45,6 +58,25 @@ use tokio::time::Instant;
 use crate::error::Cause;
 use crate::proxy::{Hop, ProxyError, Route};
 use crate::tls::Tls;
+
+/// The read buffer of a connection dialled for a resource stream, in
+/// bytes, and so also the largest answer head it accepts (hyper's exact
+/// read size caps the head too; a larger one fails that attempt as
+/// "message head is too large", and the endpoint's later stream
+/// connections get hyper's default buffers). A Cortex SSE answer's head is
+/// a few hundred bytes; 2 KiB leaves room for what proxies and load
+/// balancers usually add (a sticky cookie, `Via`).
+const STREAM_READ_BUFFER: usize = 2048;
+
+/// What a connection is wanted for: it decides how a new one is dialled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A call or a read: hyper's default buffers; pooled again after use.
+    Call,
+    /// A long-lived resource stream: a small read buffer
+    /// ([`STREAM_READ_BUFFER`]); closed, not pooled, when the stream ends.
+    Stream,
+}
 
 /// Timings, the cap and the route of one endpoint's pool.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +183,9 @@ pub(crate) struct EndpointPool {
     in_use: AtomicUsize,
     waiting: AtomicUsize,
     dialed_total: AtomicU64,
+    /// A stream's answer head did not fit [`STREAM_READ_BUFFER`]: this
+    /// endpoint's stream connections are dialled like any other from now on.
+    large_stream_heads: AtomicBool,
 }
 
 impl std::fmt::Debug for EndpointPool {
@@ -175,6 +210,7 @@ impl EndpointPool {
             in_use: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             dialed_total: AtomicU64::new(0),
+            large_stream_heads: AtomicBool::new(false),
         });
         tokio::spawn(sweep(Arc::downgrade(&pool)));
         pool
@@ -195,10 +231,13 @@ impl EndpointPool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A connection, waiting at most until `deadline` for a slot.
+    /// A connection for `purpose`, waiting at most until `deadline` for a
+    /// slot. An idle connection serves either purpose; only a new one is
+    /// dialled for it.
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         deadline: Instant,
+        purpose: Purpose,
     ) -> Result<PooledConn, AcquireError> {
         // The common case, an idle connection, takes no wake-up
         // registration and no timer; the rest is boxed so that its state
@@ -207,16 +246,20 @@ impl EndpointPool {
         if self.waiting.load(Ordering::Acquire) == 0
             && let Some(sender) = self.take_idle().await
         {
-            return Ok(self.checked_out(sender));
+            return Ok(self.checked_out(sender, Purpose::Call));
         }
-        Box::pin(self.dial_or_wait(deadline)).await
+        Box::pin(self.dial_or_wait(deadline, purpose)).await
     }
 
     /// No idle connection: dial one if a slot is free, else wait for a
     /// connection or a slot until `deadline`.
-    async fn dial_or_wait(self: &Arc<Self>, deadline: Instant) -> Result<PooledConn, AcquireError> {
+    async fn dial_or_wait(
+        self: &Arc<Self>,
+        deadline: Instant,
+        purpose: Purpose,
+    ) -> Result<PooledConn, AcquireError> {
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-            return self.dial(slot).await.map(|sender| self.checked_out(sender));
+            return self.dialled(slot, purpose).await;
         }
         let started = Instant::now();
         loop {
@@ -235,7 +278,7 @@ impl EndpointPool {
             };
             if let Some(idle) = found {
                 if let Some(sender) = self.usable(idle).await {
-                    return Ok(self.checked_out(sender));
+                    return Ok(self.checked_out(sender, Purpose::Call));
                 }
                 continue;
             }
@@ -252,11 +295,11 @@ impl EndpointPool {
             match (outcome, late) {
                 (Waited::Handed(Some(sender)), _) | (_, Some(sender)) => {
                     if let Some(sender) = self.usable_now(sender).await {
-                        return Ok(self.checked_out(sender));
+                        return Ok(self.checked_out(sender, Purpose::Call));
                     }
                 }
                 (Waited::Slot(Some(slot)), None) => {
-                    return self.dial(slot).await.map(|sender| self.checked_out(sender));
+                    return self.dialled(slot, purpose).await;
                 }
                 (Waited::TimedOut, None) => {
                     return Err(AcquireError::PoolTimeout {
@@ -326,18 +369,41 @@ impl EndpointPool {
         }
     }
 
-    fn checked_out(self: &Arc<Self>, sender: SendRequest<Full<Bytes>>) -> PooledConn {
+    /// `sender`'s connection, checked out; `dialled_for` is the purpose it
+    /// was dialled for (`Call` for one that was pooled), which decides
+    /// whether it may be pooled again.
+    fn checked_out(
+        self: &Arc<Self>,
+        sender: SendRequest<Full<Bytes>>,
+        dialled_for: Purpose,
+    ) -> PooledConn {
         self.in_use.fetch_add(1, Ordering::Relaxed);
         PooledConn {
             sender: Some(sender),
             pool: self.clone(),
-            reusable: true,
+            dialled_for,
+            reusable: dialled_for == Purpose::Call,
         }
+    }
+
+    /// A new connection for `purpose` on `slot`, checked out.
+    async fn dialled(
+        self: &Arc<Self>,
+        slot: OwnedSemaphorePermit,
+        purpose: Purpose,
+    ) -> Result<PooledConn, AcquireError> {
+        let purpose = match purpose {
+            Purpose::Stream if self.large_stream_heads.load(Ordering::Relaxed) => Purpose::Call,
+            purpose => purpose,
+        };
+        let sender = self.dial(slot, purpose).await?;
+        Ok(self.checked_out(sender, purpose))
     }
 
     async fn dial(
         &self,
         slot: OwnedSemaphorePermit,
+        purpose: Purpose,
     ) -> Result<SendRequest<Full<Bytes>>, AcquireError> {
         let timeout = self.settings.connect_timeout;
         // One bound over all of making a connection, TLS included: the
@@ -347,16 +413,16 @@ impl EndpointPool {
             let stream = crate::proxy::dial_proxy(hop, timeout)
                 .await
                 .map_err(|e| AcquireError::Connect(Cause::new(e)))?;
-            return self.start(TokioIo::new(stream), slot).await;
+            return self.start(TokioIo::new(stream), slot, purpose).await;
         }
         let Some(hop) = self.settings.tunnelled_through() else {
             let stream = self.dial_target(timeout).await?;
             return match &self.settings.tls {
                 Some(tls) => {
                     let stream = secure(tls, stream, deadline).await?;
-                    self.start(TokioIo::new(stream), slot).await
+                    self.start(TokioIo::new(stream), slot, purpose).await
                 }
-                None => self.start(TokioIo::new(stream), slot).await,
+                None => self.start(TokioIo::new(stream), slot, purpose).await,
             };
         };
         // One bound over reaching the proxy and its answer to CONNECT: a
@@ -384,9 +450,9 @@ impl EndpointPool {
             // TLS inside the tunnel, end to end with the target.
             Some(tls) => {
                 let stream = secure(tls, TokioIo::new(upgraded), deadline).await?;
-                self.start(TokioIo::new(stream), slot).await
+                self.start(TokioIo::new(stream), slot, purpose).await
             }
-            None => self.start(upgraded, slot).await,
+            None => self.start(upgraded, slot, purpose).await,
         }
     }
 
@@ -418,11 +484,17 @@ impl EndpointPool {
         &self,
         io: T,
         slot: OwnedSemaphorePermit,
+        purpose: Purpose,
     ) -> Result<SendRequest<Full<Bytes>>, AcquireError>
     where
         T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let (sender, connection) = http1::handshake(io)
+        let mut builder = http1::Builder::new();
+        if purpose == Purpose::Stream {
+            builder.read_buf_exact_size(Some(STREAM_READ_BUFFER));
+        }
+        let (sender, connection) = builder
+            .handshake(io)
             .await
             .map_err(|e| AcquireError::Connect(Cause::new(e)))?;
         self.dialed_total.fetch_add(1, Ordering::Relaxed);
@@ -511,8 +583,11 @@ async fn sweep(pool: Weak<EndpointPool>) {
 pub(crate) struct PooledConn {
     sender: Option<SendRequest<Full<Bytes>>>,
     pool: Arc<EndpointPool>,
-    /// Whether [`Self::release`] may put it back for another call; see
-    /// [`proxy_keeps_alive`].
+    /// How it was dialled (`Call` for one taken from the idle list).
+    dialled_for: Purpose,
+    /// Whether [`Self::release`] may put it back for another call: not a
+    /// connection dialled for a stream ([`Purpose::Stream`]), nor one a
+    /// forwarding proxy did not keep alive ([`proxy_keeps_alive`]).
     reusable: bool,
 }
 
@@ -542,7 +617,16 @@ impl PooledConn {
             .await
             .map_err(|e| SendError::NotSent(Cause::new(e)))?;
         let tls = self.pool.settings.tls.as_ref();
+        let small_reads = self.dialled_for == Purpose::Stream;
+        let large_stream_heads = &self.pool.large_stream_heads;
         let response = sender.send_request(request).await.map_err(|error| {
+            // The answer's head did not fit a stream connection's buffer:
+            // stream connections to this endpoint get full-size buffers
+            // from now on, and the request may be asked again.
+            if small_reads && error.is_parse_too_large() {
+                large_stream_heads.store(true, Ordering::Relaxed);
+                return SendError::HeadTooLarge(error);
+            }
             // A TLS server's refusal of the handshake that arrives after
             // our side of it (TLS 1.3 checks the client's certificate then)
             // means its TLS layer accepted nothing.
@@ -558,7 +642,7 @@ impl PooledConn {
             }
         })?;
         if forward.is_some() {
-            self.reusable = proxy_keeps_alive(&response);
+            self.reusable &= proxy_keeps_alive(&response);
         }
         // A forwarded request's 407 is the proxy's: the request went no
         // further. (The target's own 401 passes, as any answer does.)
@@ -664,6 +748,11 @@ pub(crate) enum SendError {
     MaybeSent(hyper::Error),
     /// The connection was already given up.
     Closed,
+    /// The answer's head did not fit a stream connection's small read
+    /// buffer ([`STREAM_READ_BUFFER`]): the request was sent, the endpoint
+    /// is not to blame, and its next stream connection reads through
+    /// hyper's default buffers.
+    HeadTooLarge(hyper::Error),
     /// The forwarding proxy refused the request (a `407`; a
     /// [`ProxyError`]): it did not reach the service, and the service is
     /// not to blame.
@@ -673,7 +762,7 @@ pub(crate) enum SendError {
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::MaybeSent(error) => write!(f, "{error}"),
+            Self::MaybeSent(error) | Self::HeadTooLarge(error) => write!(f, "{error}"),
             Self::Closed => f.write_str("connection already closed"),
             Self::NotSent(cause) | Self::Proxy(cause) => write!(f, "{cause}"),
         }

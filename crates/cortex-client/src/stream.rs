@@ -183,7 +183,11 @@ impl State {
                 return None;
             }
             let Some(connected) = self.connected.as_mut() else {
-                if let Err(error) = self.reconnect().await {
+                // Boxed, and only now: reconnecting (backoff, the engine's
+                // whole attempt) is a large future, and held inline it would
+                // be part of every stream's state for all the time the
+                // stream only waits for its next bytes.
+                if let Err(error) = Box::pin(self.reconnect()).await {
                     self.done = true;
                     return Some(Err(error));
                 }
@@ -234,7 +238,8 @@ impl State {
                 }
                 Read::End => {
                     // The service ended the stream: complete. The connection
-                    // is reusable.
+                    // goes back to the pool, unless it was dialled for a
+                    // stream (then it is closed: see `pool::Purpose`).
                     if let Some(connected) = self.connected.take() {
                         connected.conn.release();
                     }

@@ -1,5 +1,6 @@
-//! What the client sends with every call, and how a stream notices a
-//! silent peer.
+//! What the client sends with every call, how a stream notices a silent
+//! peer, and that a stream's small read buffer bounds neither its events nor
+//! the connections other calls get.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -147,6 +148,144 @@ async fn a_silent_stream_is_noticed_and_resumed_after_the_last_event() {
         connections.load(Ordering::SeqCst),
         3,
         "two silent peers noticed, two reconnects"
+    );
+}
+
+/// Bytes of the large event: far more than a stream connection's 2 KiB
+/// read buffer, and more than hyper's default 8 KiB too.
+const LARGE_EVENT: usize = 64 * 1024;
+
+/// A stream of two events, the first [`LARGE_EVENT`] bytes of data, and
+/// then its end; a tool to call after it.
+fn large_event_service() -> Service {
+    Service::builder("large", "0")
+        .resource(
+            Resource::new(
+                "big",
+                "A large event, a small one, the end.",
+                |_, _| async { Ok(ResourceContent::Json(json!([]))) },
+            )
+            .with_stream(|_ctx, _params, _last| async move {
+                let large = json!({"n": 1, "fill": "x".repeat(LARGE_EVENT)}).to_string();
+                let small = json!({"n": 2}).to_string();
+                let events = [
+                    Ok(Event::message(large).with_id("1")),
+                    Ok(Event::message(small).with_id("2")),
+                ];
+                Ok(futures::stream::iter(events).boxed())
+            }),
+        )
+        .tool(Tool::new(
+            "echo",
+            "Answers its arguments.",
+            json!({"type": "object"}),
+            |_ctx, args| async move { Ok(serde_json::Value::Object(args)) },
+        ))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_event_larger_than_the_streams_read_buffer_arrives_whole() {
+    let server = TestServer::start(large_event_service(), ServiceConfig::default()).await;
+    let discovery = Arc::new(StaticDiscovery::new().with("large", server.url("")));
+    let client = NetworkMcpClient::builder(discovery)
+        .config(common::fast_config().build().unwrap())
+        .build()
+        .unwrap();
+    let stream = client.stream_resource("large", "big").await.unwrap();
+    let events: Vec<_> = tokio::time::timeout(Duration::from_secs(10), stream.collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        events.len(),
+        2,
+        "both events, then the end: {}",
+        events.len()
+    );
+    let first = events[0].as_ref().unwrap();
+    assert_eq!(first.data["n"], 1);
+    assert_eq!(
+        first.data["fill"].as_str().map(str::len),
+        Some(LARGE_EVENT),
+        "the large event is whole"
+    );
+    assert_eq!(first.id.as_deref(), Some("1"));
+    assert_eq!(events[1].as_ref().unwrap().data["n"], 2);
+
+    // The stream's connection (dialled with the small buffer) was closed
+    // when the stream ended, not pooled: the call dials one of its own.
+    let pool = |client: &NetworkMcpClient| client.endpoint_status()[0].pool;
+    let dialled = pool(&client).dialed_total;
+    let answer = client
+        .call_tool("large", "echo", json!({"fill": "y".repeat(LARGE_EVENT)}))
+        .await
+        .unwrap();
+    assert_eq!(answer["fill"].as_str().map(str::len), Some(LARGE_EVENT));
+    assert_eq!(
+        pool(&client).dialed_total,
+        dialled + 1,
+        "the call did not reuse the stream's connection"
+    );
+}
+
+/// A stream's answer with a 3 KiB header (what a proxy might add), larger
+/// than a stream connection's 2 KiB read buffer; `/health` for the client.
+async fn serve_large_head(opened: Arc<AtomicUsize>) -> String {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let stream = move || {
+        let opened = opened.clone();
+        async move {
+            opened.fetch_add(1, Ordering::SeqCst);
+            (
+                [
+                    (header::CONTENT_TYPE, "text/event-stream".to_string()),
+                    (
+                        header::HeaderName::from_static("x-padding"),
+                        "p".repeat(3 * 1024),
+                    ),
+                ],
+                "id: 1\ndata: {\"n\": 1}\n\n",
+            )
+                .into_response()
+        }
+    };
+    let health =
+        || async { axum::Json(json!({"status": "healthy", "service": "head", "version": "0"})) };
+    let app = axum::Router::new()
+        .route("/resource/{*uri}", get(stream))
+        .route("/health", get(health));
+    common::serve(app).await
+}
+
+#[tokio::test]
+async fn a_stream_answer_head_larger_than_the_read_buffer_is_asked_again_with_full_buffers() {
+    let opened = Arc::new(AtomicUsize::new(0));
+    let url = serve_large_head(opened.clone()).await;
+    let discovery = Arc::new(StaticDiscovery::new().with("head", url));
+    let client = NetworkMcpClient::builder(discovery)
+        .config(common::fast_config().build().unwrap())
+        .build()
+        .unwrap();
+    for round in 0..2 {
+        let mut stream = client.stream_resource("head", "feed").await.unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.data["n"], 1, "round {round}");
+    }
+    // The first open failed on the small buffer and was asked again; the
+    // second stream went straight to a full-size connection.
+    assert_eq!(opened.load(Ordering::SeqCst), 3);
+    let status = &client.endpoint_status()[0];
+    assert_eq!(
+        status.breaker,
+        cortex_resilience::breaker::BreakerState::Closed,
+        "not the endpoint's failure"
     );
 }
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::error::OAuthError;
 use crate::config::ClientConfig;
-use crate::pool::{EndpointPool, PoolSettings};
+use crate::pool::{EndpointPool, PoolSettings, Purpose};
 use cortex_discovery::Endpoint;
 
 /// The MCP revision named on discovery requests (`MCP-Protocol-Version`).
@@ -162,7 +162,7 @@ impl Http {
             ))
         };
         let mut conn = pool
-            .acquire(deadline)
+            .acquire(deadline, Purpose::Call)
             .await
             .map_err(|e| failed(format!("cannot connect: {e}")))?;
         headers.insert(
