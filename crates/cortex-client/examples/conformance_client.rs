@@ -116,6 +116,26 @@ async fn run(url: &str, scenario: &str) -> Result<(), cortex_client::McpError> {
         client.close().await;
         return Ok(());
     }
+    // The suite cannot see what the client kept of a listed schema, so it
+    // asks for it back: the schema of one tool, as listed, goes to an echo
+    // tool verbatim, and the suite compares what arrives with what it sent.
+    if scenario == "json-schema-2020-12-preservation" {
+        let schema = tools
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("json_schema_2020_12_tool"))
+            .and_then(|t| t.get("inputSchema"))
+            .cloned()
+            .ok_or_else(|| cortex_client::McpError::ToolNotFound {
+                service: "server".into(),
+                tool: "json_schema_2020_12_tool".into(),
+            })?;
+        let result = client
+            .call_tool("server", "json_schema_echo", json!({ "schema": schema }))
+            .await?;
+        eprintln!("{scenario}: json_schema_echo -> {result}");
+        client.close().await;
+        return Ok(());
+    }
     for tool in &tools {
         let Some(name) = tool.get("name").and_then(Value::as_str) else {
             continue;
