@@ -2,7 +2,8 @@
 //! memory service in the same run: the network client calls `get_item`
 //! through `/mcp` (sessions, JSON-RPC) and through `POST /tool/get_item`.
 //! Run: `cargo bench -p cortex-client --bench mcp_vs_cortex` (`-- --quick`
-//! for a short run).
+//! for a short run; `-- --only mcp` or `-- --only cortex` runs one dialect
+//! alone, for a profile of it).
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -57,7 +58,14 @@ async fn run(
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
+    let runs = [only != Some("mcp"), only != Some("cortex")];
     let calls = if quick { 2_000 } else { 20_000 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -88,6 +96,9 @@ fn main() {
             let mut best = [(0.0f64, Duration::MAX); 2];
             for _ in 0..3 {
                 for (i, c) in [&cortex, &mcp].into_iter().enumerate() {
+                    if !runs[i] {
+                        continue;
+                    }
                     let (rate, p50) = run(c, item, calls, concurrency).await;
                     if rate > best[i].0 {
                         best[i] = (rate, p50);

@@ -330,8 +330,9 @@ impl Dialect for McpDialect {
 pub(crate) struct McpState {
     /// Per service: whether it speaks MCP, once known.
     dialects: Mutex<HashMap<String, bool>>,
-    /// Sessions per (service, endpoint URL).
-    sessions: Mutex<HashMap<(String, String), Arc<Session>>>,
+    /// Sessions per service, per endpoint URL: nested so that a call's
+    /// lookup borrows the names rather than building a key.
+    sessions: Mutex<HashMap<String, HashMap<String, Arc<Session>>>>,
     /// One opener at a time per (service, endpoint URL).
     gates: Mutex<HashMap<(String, String), Gate>>,
     /// Per service: its tools, each with its `idempotentHint` and headers.
@@ -383,28 +384,37 @@ impl McpState {
 
     pub(crate) fn session(&self, service: &str, endpoint: &Endpoint) -> Option<Arc<Session>> {
         lock(&self.sessions)
-            .get(&(service.to_string(), endpoint.url.clone()))
+            .get(service)
+            .and_then(|sessions| sessions.get(&endpoint.url))
             .cloned()
     }
 
     pub(crate) fn sessions_of(&self, service: &str) -> Vec<Arc<Session>> {
         lock(&self.sessions)
-            .iter()
-            .filter(|((s, _), _)| s == service)
-            .map(|(_, v)| v.clone())
-            .collect()
+            .get(service)
+            .map(|sessions| sessions.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub(crate) fn insert(&self, service: &str, session: Arc<Session>) {
-        lock(&self.sessions).insert((service.to_string(), session.endpoint.url.clone()), session);
+        lock(&self.sessions)
+            .entry(service.to_string())
+            .or_default()
+            .insert(session.endpoint.url.clone(), session);
     }
 
     /// Drops `session` (if still current) so the next request opens another.
     pub(crate) fn forget(&self, service: &str, session: &Arc<Session>) {
         let mut sessions = lock(&self.sessions);
-        let key = (service.to_string(), session.endpoint.url.clone());
-        if sessions.get(&key).is_some_and(|s| Arc::ptr_eq(s, session)) {
-            sessions.remove(&key);
+        let Some(of_service) = sessions.get_mut(service) else {
+            return;
+        };
+        let url = &session.endpoint.url;
+        if of_service.get(url).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            of_service.remove(url);
+        }
+        if of_service.is_empty() {
+            sessions.remove(service);
         }
     }
 
@@ -459,9 +469,13 @@ async fn call_tool(
     let known = tools.get(tool);
     let idempotent = known.is_some_and(|t| t.idempotent);
     let headers = known.map_or_else(Vec::new, |t| headers::mirror(&t.headers, &arguments));
+    // Built by hand: `json!` would copy the arguments through `to_value`.
+    let mut params = serde_json::Map::new();
+    params.insert("name".into(), Value::from(tool));
+    params.insert("arguments".into(), arguments);
     let call = Call {
         method: "tools/call",
-        params: json!({"name": tool, "arguments": arguments}),
+        params: Value::Object(params),
         op: Operation::Tool(tool),
         idempotent,
         progress,
@@ -645,7 +659,7 @@ async fn close(client: &McpDialect) {
     let mcp = &client.inner.mcp;
     let sessions: Vec<(String, Arc<Session>)> = lock(&mcp.sessions)
         .drain()
-        .map(|((s, _), v)| (s, v))
+        .flat_map(|(s, of_service)| of_service.into_values().map(move |v| (s.clone(), v)))
         .collect();
     session::close_all(client, sessions).await;
     lock(&mcp.dialects).clear();
@@ -765,9 +779,10 @@ async fn tools(client: &McpDialect, service: &Arc<ServiceState>) -> Arc<HashMap<
     if let Some(known) = lock(&mcp.tools).get(&service.name) {
         return known.clone();
     }
-    // Cached for every caller: listed as the client.
+    // Cached for every caller: listed as the client. Boxed: asked once per
+    // service, so its state should not weigh on every call's future.
     let listing = list_all(client, service, "tools/list", "tools");
-    let Ok(listed) = crate::forward::as_client(listing).await else {
+    let Ok(listed) = Box::pin(crate::forward::as_client(listing)).await else {
         return Arc::default();
     };
     let tools: HashMap<String, ToolMeta> = listed

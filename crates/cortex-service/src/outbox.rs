@@ -123,20 +123,6 @@ impl Outbox {
         out
     }
 
-    /// The one message queued, moved out rather than copied, when it is
-    /// the only one and `wanted`; otherwise `None`, and nothing changes.
-    /// For the one reader of an outbox nobody else reads (a call answered
-    /// in full before any stream was opened on it).
-    pub(crate) fn take_sole(&self, wanted: impl FnOnce(&Value) -> bool) -> Option<Value> {
-        let mut state = self.lock();
-        if state.entries.len() != 1 || !state.entries.front().is_some_and(|e| wanted(&e.message)) {
-            return None;
-        }
-        let entry = state.entries.pop_front()?;
-        state.delivered = state.delivered.max(entry.id);
-        Some(entry.message)
-    }
-
     /// Where a new reader that names no `Last-Event-ID` starts: after what
     /// earlier readers took.
     pub(crate) fn delivered(&self) -> u64 {

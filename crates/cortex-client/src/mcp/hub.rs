@@ -124,7 +124,7 @@ impl Hub {
         let method = message.get("method").and_then(Value::as_str);
         match (method, message.get("id").and_then(Value::as_u64)) {
             (None, Some(id)) => {
-                if let Some(reply) = wire::parse_reply(&message) {
+                if let Some(reply) = wire::parse_reply(message) {
                     lock(&self.replies).insert(id, Some(reply));
                     self.arrived.notify_waiters();
                 }

@@ -87,9 +87,11 @@ pub(crate) async fn call_at(
     call: &Call<'_>,
     pin: Option<&Endpoint>,
 ) -> Result<(Arc<Session>, Value), McpError> {
-    let mut round = call.clone();
+    // The request as sent again after an `input_required` round; copied
+    // only then.
+    let mut round: Option<Call<'_>> = None;
     for _ in 0..=MAX_INPUT_ROUNDS {
-        let (session, result) = once(client, service, &round, pin).await?;
+        let (session, result) = once(client, service, round.as_ref().unwrap_or(call), pin).await?;
         match result.get("resultType").and_then(Value::as_str) {
             Some("input_required") => {}
             Some("task") => {
@@ -101,7 +103,9 @@ pub(crate) async fn call_at(
             }
             _ => return Ok((session, result)),
         }
-        let responses = answer_inputs(client, service, &session, call, &result).await?;
+        // Boxed: rare, and its state would weigh on every call's future.
+        let responses = Box::pin(answer_inputs(client, service, &session, call, &result)).await?;
+        let round = round.get_or_insert_with(|| call.clone());
         let params = round.params.as_object_mut().ok_or_else(|| {
             failure(
                 &service.name,
@@ -203,19 +207,25 @@ pub(crate) async fn once(
         session: None,
         armed: true,
     };
-    let mut params = call.params.clone();
-    if let Some(tracker) = &call.progress {
-        if !params.is_object() {
-            params = json!({});
+    // Copied only to carry a progress token.
+    let stamped;
+    let sent = match &call.progress {
+        Some(tracker) => {
+            let mut params = call.params.clone();
+            if !params.is_object() {
+                params = json!({});
+            }
+            params["_meta"]["progressToken"] = json!(id);
+            mcp.track(id, tracker.clone());
+            stamped = Call {
+                params,
+                ..call.clone()
+            };
+            &stamped
         }
-        params["_meta"]["progressToken"] = json!(id);
-        mcp.track(id, tracker.clone());
-    }
-    let sent = Call {
-        params,
-        ..call.clone()
+        None => call,
     };
-    let outcome = exchange(client, service, &sent, pin, id, &mut guard).await;
+    let outcome = exchange(client, service, sent, pin, id, &mut guard).await;
     guard.armed = false;
     if let Some(tracker) = &call.progress {
         mcp.untrack(id);
@@ -265,7 +275,9 @@ async fn exchange(
         };
         let endpoint = state.endpoint.clone();
         if let Answer::Unprepared = answer {
-            super::session::open(client, service, &endpoint).await?;
+            // Boxed: once per session, and the handshake's state would
+            // otherwise weigh on every call's future.
+            Box::pin(super::session::open(client, service, &endpoint)).await?;
             continue;
         }
         let Some(session) = mcp.session(&service.name, &endpoint) else {
@@ -457,22 +469,20 @@ pub(crate) async fn read_answer(
         Answer::Full { body, .. } => {
             let message: Value = serde_json::from_slice(&body)
                 .map_err(|e| fail(format!("the answer is not JSON-RPC: {e}")))?;
-            let messages = match message {
-                Value::Array(items) => items,
-                one => vec![one],
-            };
-            messages
-                .iter()
-                .find_map(|m| wire::reply_to(m, id))
+            wire::reply_in(message, id)
                 .ok_or_else(|| fail("the answer holds no reply to the request".into()))
         }
         Answer::Streaming { body, conn, .. } => {
-            read_stream(client, service, session, call, id, body, conn, deadline).await
+            // Boxed: a stream's state would weigh on every JSON answer.
+            Box::pin(read_stream(
+                client, service, session, call, id, body, conn, deadline,
+            ))
+            .await
         }
         Answer::Rejected { status, body, .. } => {
             let reply = serde_json::from_slice::<Value>(&body)
                 .ok()
-                .and_then(|m| wire::parse_reply(&m));
+                .and_then(wire::parse_reply);
             Ok(reply.unwrap_or_else(|| Reply::Error {
                 code: 0,
                 message: format!(
@@ -587,11 +597,12 @@ async fn read_stream(
             };
             // A message is progress: the next cut waits as little as the first.
             reconnect.reset();
-            if let Some(reply) = wire::reply_to(&message, id) {
+            if !wire::is_reply_to(&message, id) {
+                session.on_server_message(client, service, &message);
+            } else if let Some(reply) = wire::parse_reply(message) {
                 finish(body, conn);
                 return Ok(reply);
             }
-            session.on_server_message(client, service, &message);
         }
     }
 }

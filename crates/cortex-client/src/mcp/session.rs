@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -67,13 +67,17 @@ pub(crate) struct Session {
     /// dropped on the server when the last one ends (servers cap how many a
     /// session may hold).
     subscribers: Mutex<HashMap<String, usize>>,
+    /// The headers every request of the session carries, made once.
+    own_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Session {
     /// A session whose handshake answered `handshake` (the `initialize`
     /// or `server/discover` result; `Null` before one).
     pub(crate) fn new(endpoint: Endpoint, era: Era, handshake: &Value) -> Self {
+        let own_headers = own_headers(&era);
         Self {
+            own_headers,
             endpoint,
             era,
             capabilities: handshake
@@ -142,10 +146,10 @@ impl Session {
         id: Option<u64>,
         extra: &[(String, String)],
     ) -> Prepared {
-        let mut prepared = self.prepare_get();
-        set(&mut prepared.headers, "mcp-method", method);
+        let mut prepared = self.headers(2 + extra.len());
+        set(&mut prepared.headers, MCP_METHOD, method);
         if let Some(name) = super::headers::name_of(method, params) {
-            set(&mut prepared.headers, "mcp-name", &wire::header_safe(name));
+            set(&mut prepared.headers, MCP_NAME, &wire::header_safe(name));
         }
         for (name, value) in extra {
             if let (Ok(name), Ok(value)) = (
@@ -155,10 +159,14 @@ impl Session {
                 prepared.headers.insert(name, value);
             }
         }
-        let message = match (&self.era, id) {
-            (Era::Modern, Some(id)) => wire::modern_request(id, method, params, &self.declared),
+        // A `Value` always encodes.
+        let encode = |message: Value| serde_json::to_vec(&message).unwrap_or_default();
+        let body = match (&self.era, id) {
+            (Era::Modern, Some(id)) => {
+                encode(wire::modern_request(id, method, params, &self.declared))
+            }
             (_, Some(id)) => wire::request(id, method, params),
-            (_, None) => wire::notification(method, params.clone()),
+            (_, None) => encode(wire::notification(method, params.clone())),
         };
         if let (Era::Sse { post_path, .. }, Some(id)) = (&self.era, id) {
             prepared.path = Some(post_path.clone());
@@ -168,7 +176,7 @@ impl Session {
         } else if let Era::Sse { post_path, .. } = &self.era {
             prepared.path = Some(post_path.clone());
         }
-        prepared.body = Some(Bytes::from(message.to_string()));
+        prepared.body = Some(Bytes::from(body));
         prepared
     }
 
@@ -179,22 +187,19 @@ impl Session {
 
     /// The session's headers alone (GET, DELETE).
     pub(crate) fn prepare_get(&self) -> Prepared {
-        let mut prepared = Prepared::default();
-        match &self.era {
-            Era::Streamable { version, id } => {
-                if let Some(id) = id {
-                    set(&mut prepared.headers, "mcp-session-id", id);
-                }
-                set(&mut prepared.headers, "mcp-protocol-version", version);
-            }
-            Era::Modern => set(
-                &mut prepared.headers,
-                "mcp-protocol-version",
-                MODERN_VERSION,
-            ),
-            Era::Sse { .. } => {}
+        self.headers(0)
+    }
+
+    /// The session's headers, with room for `more`.
+    fn headers(&self, more: usize) -> Prepared {
+        let mut headers = HeaderMap::with_capacity(self.own_headers.len() + more);
+        for (name, value) in &self.own_headers {
+            headers.insert(name.clone(), value.clone());
         }
-        prepared
+        Prepared {
+            headers,
+            ..Prepared::default()
+        }
     }
 
     /// Waits for the reply to `id` on the session's event stream (legacy
@@ -357,10 +362,32 @@ fn server_log(service: &str, params: &Value) {
     }
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
     }
+}
+
+/// What every request of a session in `era` carries: its id and revision.
+fn own_headers(era: &Era) -> Vec<(HeaderName, HeaderValue)> {
+    const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+    const VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+    let (id, version) = match era {
+        Era::Streamable { version, id } => (id.as_deref(), version.as_str()),
+        Era::Modern => (None, MODERN_VERSION),
+        Era::Sse { .. } => return Vec::new(),
+    };
+    let mut headers = Vec::with_capacity(2);
+    if let Some(Ok(id)) = id.map(HeaderValue::from_str) {
+        headers.push((SESSION_ID, id));
+    }
+    if let Ok(version) = HeaderValue::from_str(version) {
+        headers.push((VERSION, version));
+    }
+    headers
 }
 
 /// The session of `endpoint`, opened now unless another call just did.
@@ -576,7 +603,7 @@ pub(crate) async fn initialize(
 fn unknown_method(body: &[u8]) -> bool {
     serde_json::from_slice::<Value>(body)
         .ok()
-        .and_then(|m| wire::parse_reply(&m))
+        .and_then(wire::parse_reply)
         .is_some_and(|r| {
             matches!(
                 r,

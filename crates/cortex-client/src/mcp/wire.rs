@@ -37,13 +37,26 @@ pub(crate) fn client_info() -> Value {
 }
 
 /// A request for a handshake era (no `_meta` of ours, but for `initialize`,
-/// see [`initialize_meta`]).
-pub(crate) fn request(id: u64, method: &str, params: &Value) -> Value {
-    let mut message = json!({"jsonrpc": "2.0", "id": id, "method": method});
-    if !params.is_null() {
-        message["params"] = params.clone();
+/// see [`initialize_meta`]), encoded. Written from borrowed parts: the
+/// params (a tool's arguments) are not copied into a message first.
+pub(crate) fn request(id: u64, method: &str, params: &Value) -> Vec<u8> {
+    /// Keys in the order a `Value` object would write them.
+    #[derive(serde::Serialize)]
+    struct Request<'a> {
+        id: u64,
+        jsonrpc: &'static str,
+        method: &'a str,
+        #[serde(skip_serializing_if = "Value::is_null")]
+        params: &'a Value,
     }
-    message
+    let request = Request {
+        id,
+        jsonrpc: "2.0",
+        method,
+        params,
+    };
+    // A `Value` and strings always encode.
+    serde_json::to_vec(&request).unwrap_or_default()
 }
 
 /// A request of the stateless revision: version, identity and the
@@ -93,17 +106,31 @@ pub(crate) enum Reply {
     },
 }
 
-/// The reply to `id` in `message`, if `message` is one.
-pub(crate) fn reply_to(message: &Value, id: u64) -> Option<Reply> {
-    if message.get("id").and_then(Value::as_u64) != Some(id) || message.get("method").is_some() {
-        return None;
-    }
-    parse_reply(message)
+/// Whether `message` is a response to `id` (read it with [`parse_reply`]).
+pub(crate) fn is_reply_to(message: &Value, id: u64) -> bool {
+    message.get("id").and_then(Value::as_u64) == Some(id) && message.get("method").is_none()
 }
 
-/// A response's result or error, whatever its id.
-pub(crate) fn parse_reply(message: &Value) -> Option<Reply> {
-    if let Some(error) = message.get("error") {
+/// The reply to `id` among `messages` (a JSON-RPC message, or a batch of
+/// them), if one is.
+pub(crate) fn reply_in(messages: Value, id: u64) -> Option<Reply> {
+    match messages {
+        Value::Array(items) => items
+            .into_iter()
+            .filter(|m| is_reply_to(m, id))
+            .find_map(parse_reply),
+        one if is_reply_to(&one, id) => parse_reply(one),
+        _ => None,
+    }
+}
+
+/// A response's result or error, whatever its id; taken out of `message`,
+/// not copied.
+pub(crate) fn parse_reply(message: Value) -> Option<Reply> {
+    let Value::Object(mut message) = message else {
+        return None;
+    };
+    if let Some(mut error) = message.remove("error") {
         return Some(Reply::Error {
             code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
             message: error
@@ -111,10 +138,13 @@ pub(crate) fn parse_reply(message: &Value) -> Option<Reply> {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string(),
-            data: error.get("data").cloned().unwrap_or(Value::Null),
+            data: error
+                .as_object_mut()
+                .and_then(|e| e.remove("data"))
+                .unwrap_or(Value::Null),
         });
     }
-    message.get("result").cloned().map(Reply::Result)
+    message.remove("result").map(Reply::Result)
 }
 
 /// Whether a rejected answer's body proves a server of the stateless
@@ -123,7 +153,7 @@ pub(crate) fn is_modern_error(body: &[u8]) -> bool {
     let Ok(message) = serde_json::from_slice::<Value>(body) else {
         return false;
     };
-    match parse_reply(&message) {
+    match parse_reply(message) {
         Some(Reply::Error { code, data, .. }) => {
             code::UNSUPPORTED_VERSION.contains(&code) && supports_modern(&data)
                 || code == code::HEADER_MISMATCH
@@ -229,7 +259,7 @@ impl Operation<'_> {
 /// otherwise the content (one text item: its JSON when it is a JSON object
 /// or array, else the text; several items: an array of those). `isError`
 /// becomes a tool error carrying the whole result as details.
-pub(crate) fn tool_value(service: &str, tool: &str, result: Value) -> Result<Value, McpError> {
+pub(crate) fn tool_value(service: &str, tool: &str, mut result: Value) -> Result<Value, McpError> {
     let content = |result: &Value| -> Value {
         let items = result
             .get("content")
@@ -258,8 +288,11 @@ pub(crate) fn tool_value(service: &str, tool: &str, result: Value) -> Result<Val
             status: 200,
         });
     }
-    match result.get("structuredContent") {
-        Some(structured) if !structured.is_null() => Ok(structured.clone()),
+    match result
+        .as_object_mut()
+        .and_then(|r| r.remove("structuredContent"))
+    {
+        Some(structured) if !structured.is_null() => Ok(structured),
         _ => Ok(content(&result)),
     }
 }

@@ -35,6 +35,7 @@ pub(crate) struct Shared {
 }
 
 /// Who is asking, in which era.
+#[derive(Clone)]
 pub(crate) struct Call {
     pub(crate) ctx: CallContext,
     /// The session (session-based revisions); `None` when stateless.
@@ -122,16 +123,18 @@ impl Shared {
 
     /// Serves one request method (not `initialize`, `server/discover` or
     /// `subscriptions/listen`, which the transport handles).
+    /// `call` and `params` are the request's own: a tool call takes its
+    /// context and arguments rather than copying them.
     pub(crate) async fn request(
         &self,
-        call: &Call,
+        call: Call,
         method: &str,
-        params: &Map<String, Value>,
+        params: Map<String, Value>,
     ) -> Result<Value, RpcError> {
         match method {
             "ping" => Ok(json!({})),
             "tools/list" => {
-                no_cursor(params)?;
+                no_cursor(&params)?;
                 let tools: Vec<Value> = self
                     .service
                     .tools()
@@ -152,22 +155,22 @@ impl Shared {
             }
             "tools/call" => self.call_tool(call, params).await,
             "resources/list" => {
-                no_cursor(params)?;
+                no_cursor(&params)?;
                 Ok(json!({ "resources": self.resources.concrete() }))
             }
             "resources/templates/list" => {
-                no_cursor(params)?;
+                no_cursor(&params)?;
                 Ok(json!({ "resourceTemplates": self.resources.templates() }))
             }
-            "resources/read" => self.read_resource(call, params).await,
+            "resources/read" => self.read_resource(&call, &params).await,
             "prompts/list" => {
-                no_cursor(params)?;
+                no_cursor(&params)?;
                 let prompts: Vec<Value> =
                     self.service.prompts().iter().map(|p| p.to_mcp()).collect();
                 Ok(json!({ "prompts": prompts }))
             }
-            "prompts/get" => self.get_prompt(call, params).await,
-            "completion/complete" => self.complete(params),
+            "prompts/get" => self.get_prompt(&call, &params).await,
+            "completion/complete" => self.complete(&params),
             "logging/setLevel" if !call.stateless() => {
                 let level = params.get("level").and_then(Value::as_str).ok_or_else(|| {
                     RpcError::invalid_params("logging/setLevel needs a string `level`")
@@ -183,9 +186,9 @@ impl Shared {
                 }
                 Ok(json!({}))
             }
-            "resources/subscribe" if !call.stateless() => self.subscribe(call, params).await,
+            "resources/subscribe" if !call.stateless() => self.subscribe(&call, &params).await,
             "resources/unsubscribe" if !call.stateless() => {
-                let uri = uri_param(params)?;
+                let uri = uri_param(&params)?;
                 if let Some(session) = &call.session {
                     session.remove_subscription(uri);
                 }
@@ -201,7 +204,13 @@ impl Shared {
         }
     }
 
-    async fn call_tool(&self, call: &Call, params: &Map<String, Value>) -> Result<Value, RpcError> {
+    async fn call_tool(
+        &self,
+        call: Call,
+        mut params: Map<String, Value>,
+    ) -> Result<Value, RpcError> {
+        // Taken, not copied: nothing reads them after the call.
+        let arguments = params.remove("arguments");
         let name = params
             .get("name")
             .and_then(Value::as_str)
@@ -209,28 +218,23 @@ impl Shared {
         if !self.tool_names.contains(name) {
             return Err(unknown_tool(name, self.service.name()));
         }
-        let arguments = match params.get("arguments") {
+        let arguments = match arguments {
             None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(arguments)) => arguments.clone(),
+            Some(Value::Object(arguments)) => arguments,
             Some(_) => {
                 return Err(RpcError::invalid_params(
                     "tools/call `arguments` must be an object",
                 ));
             }
         };
-        match self
-            .service
-            .call_tool(call.ctx.clone(), name, arguments)
-            .await
-        {
-            Ok(value) if self.content_tools.contains(name) => {
-                Ok(content_result(value, call.structured))
-            }
-            Ok(value) => Ok(tool_result(value, call.structured)),
+        let structured = call.structured;
+        match self.service.call_tool(call.ctx, name, arguments).await {
+            Ok(value) if self.content_tools.contains(name) => Ok(content_result(value, structured)),
+            Ok(value) => Ok(tool_result(value, structured)),
             Err(error) if error.code == ErrorCode::ToolNotFound => {
                 Err(unknown_tool(name, self.service.name()))
             }
-            Err(error) => Ok(tool_error(&error, call.structured)),
+            Err(error) => Ok(tool_error(&error, structured)),
         }
     }
 
@@ -554,18 +558,28 @@ fn no_cursor(params: &Map<String, Value>) -> Result<(), RpcError> {
 /// A tool's value as a `tools/call` result: the JSON as text, and as
 /// `structuredContent` when it is an object.
 fn tool_result(value: Value, structured: bool) -> Value {
-    let text = match &value {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
+    // Built by hand: `json!` would copy the text through `to_value`.
+    let (text, structured) = match value {
+        Value::String(text) => (text, None),
+        // `to_string` of the serializer, not of `Display`, which writes
+        // through a formatter, piece by piece. A `Value` always encodes.
+        value @ Value::Object(_) if structured => (encode(&value), Some(value)),
+        other => (encode(&other), None),
     };
-    let mut result = json!({
-        "content": [{"type": "text", "text": text}],
-        "isError": false,
-    });
-    if structured && value.is_object() {
-        result["structuredContent"] = value;
+    let mut item = Map::new();
+    item.insert("type".into(), Value::from("text"));
+    item.insert("text".into(), Value::String(text));
+    let mut result = Map::new();
+    result.insert("content".into(), Value::Array(vec![Value::Object(item)]));
+    result.insert("isError".into(), Value::Bool(false));
+    if let Some(value) = structured {
+        result.insert("structuredContent".into(), value);
     }
-    result
+    Value::Object(result)
+}
+
+fn encode(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// The value of a tool declared with `Tool::returns_mcp_content`: sent as

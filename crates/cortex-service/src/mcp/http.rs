@@ -73,7 +73,7 @@ async fn handle(
     };
     let mut response = match method {
         Method::POST => match body {
-            Ok(body) => post(&mcp, &headers, body, peer).await,
+            Ok(body) => post(&mcp, headers, body, peer).await,
             Err(rejection) => body_error(&rejection, mcp.config.max_body_bytes),
         },
         Method::GET => get(&mcp, &headers),
@@ -182,12 +182,16 @@ pub(crate) fn accepts(headers: &HeaderMap, media: &str) -> bool {
         for range in value.split(',') {
             present = true;
             let mut parts = range.split(';');
-            let name = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let name = parts.next().unwrap_or_default().trim();
             let q = parts
                 .filter_map(|p| p.trim().strip_prefix("q="))
                 .find_map(|q| q.trim().parse::<f32>().ok())
                 .unwrap_or(1.0);
-            let matches = name == media || name == "*/*" || name == format!("{kind}/*");
+            let matches = name.eq_ignore_ascii_case(media)
+                || name == "*/*"
+                || name
+                    .strip_suffix("/*")
+                    .is_some_and(|range| range.eq_ignore_ascii_case(kind));
             if matches && q > 0.0 {
                 return true;
             }
@@ -321,11 +325,11 @@ fn is_initialize(body: &Value) -> bool {
 
 async fn post(
     mcp: &Arc<Shared>,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: Bytes,
     peer: Option<IpAddr>,
 ) -> Response {
-    let content_type = header_text(headers, header::CONTENT_TYPE.as_str()).unwrap_or_default();
+    let content_type = header_text(&headers, header::CONTENT_TYPE.as_str()).unwrap_or_default();
     if !content_type
         .to_ascii_lowercase()
         .starts_with("application/json")
@@ -339,7 +343,7 @@ async fn post(
             ),
         );
     }
-    if !accepts(headers, "application/json") {
+    if !accepts(&headers, "application/json") {
         return not_acceptable("the client must accept application/json");
     }
     let body: Value = match serde_json::from_slice(&body) {
@@ -352,18 +356,18 @@ async fn post(
             );
         }
     };
-    let declared = header_text(headers, VERSION_HEADER);
-    let has_session = header_text(headers, SESSION_HEADER).is_some();
+    let declared = header_text(&headers, VERSION_HEADER);
+    let has_session = header_text(&headers, SESSION_HEADER).is_some();
     // A request declaring the stateless revision is served statelessly (a
     // session header on it is ignored, as that revision says).
     if stateless::is_stateless(&body, declared, has_session) {
-        return stateless::post(mcp, headers, body).await;
+        return stateless::post(mcp, &headers, body).await;
     }
     if is_initialize(&body) {
         return initialize(mcp, body, peer);
     }
     if has_session {
-        return match session_of(mcp, headers) {
+        return match session_of(mcp, &headers) {
             Ok((session, revision)) => session_post(mcp, headers, session, revision, body).await,
             Err(response) => *response,
         };
@@ -494,7 +498,7 @@ enum Outcome {
     Invalid(Value),
 }
 
-async fn one_message(mcp: &Shared, call: &Call, message: Value) -> Outcome {
+async fn one_message(mcp: &Shared, call: Call, message: Value) -> Outcome {
     match Message::parse(message) {
         Ok(Message::Request { id, method, params }) => {
             if method == "initialize" {
@@ -503,7 +507,7 @@ async fn one_message(mcp: &Shared, call: &Call, message: Value) -> Outcome {
                     &RpcError::new(INVALID_REQUEST, "`initialize` must not be part of a batch"),
                 ));
             }
-            match mcp.request(call, &method, &params).await {
+            match mcp.request(call, &method, params).await {
                 Ok(result) => Outcome::Reply(jsonrpc::result(&id, result)),
                 Err(error) => Outcome::Reply(jsonrpc::error(Some(&id), &error)),
             }
@@ -539,12 +543,12 @@ async fn one_message(mcp: &Shared, call: &Call, message: Value) -> Outcome {
 
 async fn session_post(
     mcp: &Arc<Shared>,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     session: Arc<Session>,
     revision: Revision,
     body: Value,
 ) -> Response {
-    if streams_answer(headers, &body) {
+    if streams_answer(&headers, &body) {
         match streamed_progress(&body) {
             // The stream outlives the request slot, so it holds a stream
             // slot; with none free the call is answered as JSON, without
@@ -569,7 +573,7 @@ async fn session_post(
             session.outbox.clone(),
             session.log_level.clone(),
         )),
-        ..CallContext::from_headers(headers.clone())
+        ..CallContext::from_headers(headers)
     };
     let call = Call {
         ctx,
@@ -608,7 +612,7 @@ async fn session_post(
                 ..call
             };
             let replies: Vec<Value> = stream::iter(items)
-                .map(|item| one_message(mcp, &call, item))
+                .map(|item| one_message(mcp, call.clone(), item))
                 .buffered(mcp.config.mcp.batch_concurrency.max(1))
                 .filter_map(|outcome| async move {
                     match outcome {
@@ -624,7 +628,7 @@ async fn session_post(
                 axum::Json(Value::Array(replies)).into_response()
             }
         }
-        message => match one_message(mcp, &call, message).await {
+        message => match one_message(mcp, call, message).await {
             Outcome::Reply(reply) => axum::Json(reply).into_response(),
             Outcome::Accepted => accepted(),
             Outcome::Invalid(reply) => (StatusCode::BAD_REQUEST, axum::Json(reply)).into_response(),
@@ -687,12 +691,25 @@ impl Drop for CallTask {
     }
 }
 
-/// A call's answer, boxed so that it can start in the request's task and
-/// move, already started, to a task of its own.
-type CallFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// A call's response (`None`: the message was not a request), boxed so
+/// that it can start in the request's task and move, already started, to a
+/// task of its own.
+type CallFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Value>> + Send>>;
 
-/// Runs a call's answer in a task of its own, as the request's caller.
-fn spawn_call(answer: CallFuture) -> tokio::task::JoinHandle<()> {
+/// Runs a call in a task of its own, as the request's caller; its
+/// response is queued in `outbox`, last (its notifier closed first, so
+/// nothing follows it).
+fn spawn_call(
+    answer: CallFuture,
+    notifier: crate::notify::Notifier,
+    outbox: Arc<Outbox>,
+) -> tokio::task::JoinHandle<()> {
+    let answer = async move {
+        if let Some(reply) = answer.await {
+            notifier.close();
+            outbox.push(reply, None);
+        }
+    };
     match crate::auth::current_caller() {
         Some(caller) => tokio::spawn(crate::auth::serve_as(caller, answer)),
         None => tokio::spawn(answer),
@@ -716,7 +733,7 @@ fn spawn_call(answer: CallFuture) -> tokio::task::JoinHandle<()> {
 /// it. A stream holds one of the service's stream slots.
 async fn answered_call(
     mcp: &Arc<Shared>,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     (session, revision): (Arc<Session>, Revision),
     body: Value,
     progress: Option<(Value, Option<tokio::sync::OwnedSemaphorePermit>)>,
@@ -748,27 +765,21 @@ async fn answered_call(
                 end: end.clone(),
                 resumable,
             }),
-            ..CallContext::from_headers(headers.clone())
+            ..CallContext::from_headers(headers)
         },
         session: Some(session.clone()),
         structured: revision.has_structured_content(),
     };
     let shared = mcp.clone();
-    let answer = {
-        let outbox = outbox.clone();
-        async move {
-            let reply = match one_message(&shared, &call, body).await {
-                Outcome::Reply(reply) | Outcome::Invalid(reply) => reply,
-                Outcome::Accepted => return,
-            };
-            notifier.close();
-            outbox.push(reply, None);
+    let mut answer: CallFuture = Box::pin(async move {
+        match one_message(&shared, call, body).await {
+            Outcome::Reply(reply) | Outcome::Invalid(reply) => Some(reply),
+            Outcome::Accepted => None,
         }
-    };
-    let mut answer: CallFuture = Box::pin(answer);
+    });
     let (task, slot) = match slot {
         // With a progress token the answer is a stream from the start.
-        Some(slot) => (Some(spawn_call(answer)), slot),
+        Some(slot) => (Some(spawn_call(answer, notifier, outbox.clone())), slot),
         None => {
             // Most calls answer without asking their client anything: they
             // run here, in the request's own task, and are answered as
@@ -777,31 +788,42 @@ async fn answered_call(
             // future moves, already started) and is answered as a stream.
             let mut changed = outbox.watch();
             let mut ended = end.subscribe();
-            let finished = loop {
+            let outcome = loop {
                 // The outbox's latest id: anything queued at all.
                 if *changed.borrow_and_update() > 0 || *ended.borrow_and_update() {
-                    break false;
+                    break None;
                 }
                 tokio::select! {
                     biased;
-                    () = &mut answer => break true,
+                    reply = &mut answer => break Some(reply),
                     _ = changed.changed() => {}
                     _ = ended.changed() => {}
                 }
             };
-            if finished {
-                // No stream was opened on this outbox: its one reader is
-                // here, so the response is moved, not copied.
-                if let Some(response) = outbox.take_sole(is_response) {
-                    return axum::Json(response).into_response();
-                }
-                // Nothing queued at all (the latest id is 0), no stream ended.
-                if *changed.borrow() == 0 && !*ended.borrow() {
-                    return rpc_error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        Some(&request_id),
-                        &RpcError::new(INTERNAL_ERROR, "the call ended without an answer"),
-                    );
+            let finished = outcome.is_some();
+            if let Some(reply) = outcome {
+                // Nothing queued before the response (the latest id is 0),
+                // no stream ended: answered as JSON, the response handed
+                // over as it is, never queued.
+                let quiet = *changed.borrow() == 0 && !*ended.borrow();
+                match reply {
+                    Some(reply) if quiet => {
+                        notifier.close();
+                        return axum::Json(reply).into_response();
+                    }
+                    None if quiet => {
+                        return rpc_error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            Some(&request_id),
+                            &RpcError::new(INTERNAL_ERROR, "the call ended without an answer"),
+                        );
+                    }
+                    // Its stream carries what it queued, then the response.
+                    Some(reply) => {
+                        notifier.close();
+                        outbox.push(reply, None);
+                    }
+                    None => {}
                 }
             }
             let slot = match mcp.service.stream_slot() {
@@ -820,7 +842,7 @@ async fn answered_call(
                 if finished {
                     None
                 } else {
-                    Some(spawn_call(answer))
+                    Some(spawn_call(answer, notifier, outbox.clone()))
                 },
                 slot,
             )

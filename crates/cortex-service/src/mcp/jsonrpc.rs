@@ -88,17 +88,35 @@ impl RpcError {
 
 /// A success response.
 pub(crate) fn result(id: &Value, result: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "result": result})
+    response(id.clone(), "result", result)
 }
 
 /// An error response; `id` is `null` when the request's id could not be read.
 pub(crate) fn error(id: Option<&Value>, error: &RpcError) -> Value {
-    json!({"jsonrpc": "2.0", "id": id.cloned().unwrap_or(Value::Null), "error": error.to_value()})
+    response(
+        id.cloned().unwrap_or(Value::Null),
+        "error",
+        error.to_value(),
+    )
+}
+
+/// A response whose `key` (`result` or `error`) is `body`. Built by hand:
+/// `json!` would copy `body` (a whole tool result) through `to_value`.
+fn response(id: Value, key: &str, body: Value) -> Value {
+    let mut message = Map::new();
+    message.insert("jsonrpc".into(), Value::from("2.0"));
+    message.insert("id".into(), id);
+    message.insert(key.into(), body);
+    Value::Object(message)
 }
 
 /// A notification from the server.
 pub(crate) fn notification(method: &str, params: Value) -> Value {
-    json!({"jsonrpc": "2.0", "method": method, "params": params})
+    let mut message = Map::new();
+    message.insert("jsonrpc".into(), Value::from("2.0"));
+    message.insert("method".into(), Value::from(method));
+    message.insert("params".into(), params);
+    Value::Object(message)
 }
 
 /// One message a client sent.

@@ -111,7 +111,10 @@ where
     if !config.mcp.enabled {
         return router;
     }
-    router.route_service(
+    // A method router, not a service: a service is cloned whole (a boxed
+    // route per HTTP method) for every request, a method router's route
+    // only for the request's method.
+    router.route(
         MCP_PATH,
         http::endpoint(service.clone(), config.clone(), stopping.clone()),
     )

@@ -167,7 +167,7 @@ pub(crate) async fn post(mcp: &Arc<Shared>, headers: &HeaderMap, body: Value) ->
                 format!("`{name}` is not part of protocol revision {STATELESS_VERSION}"),
             ),
         ),
-        _ => match mcp.request(&call, &method, &params).await {
+        _ => match mcp.request(call, &method, params).await {
             Ok(result) if LIST_METHODS.contains(&method.as_str()) => {
                 http::rpc_result(&id, complete(mcp, cacheable(result, ttl)))
             }
