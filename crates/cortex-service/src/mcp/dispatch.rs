@@ -11,9 +11,9 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::jsonrpc::{METHOD_NOT_FOUND, RpcError, notification};
+use super::param_headers::HeaderParams;
 use super::resources::{LIVE_META_KEY, ResourceIndex};
 use super::session::{Session, Sessions};
-use super::stateless::HeaderParams;
 use crate::config::ServiceConfig;
 use crate::error::ServiceError;
 use crate::outbox::Outbox;

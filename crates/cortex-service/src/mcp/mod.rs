@@ -62,6 +62,8 @@
 mod dispatch;
 mod http;
 pub(crate) mod jsonrpc;
+mod param_headers;
+mod reply;
 mod resources;
 mod session;
 mod stateless;
@@ -79,7 +81,7 @@ pub(crate) use http::check_origin;
 /// A request refused before it reached `/mcp` (by the kit's bounds), as
 /// MCP clients read errors: a JSON-RPC error without an id.
 pub(crate) fn refusal(status: axum::http::StatusCode, message: &str) -> axum::response::Response {
-    http::rpc_error(
+    reply::rpc_error(
         status,
         None,
         &jsonrpc::RpcError::new(jsonrpc::INVALID_REQUEST, message.to_string()),

@@ -9,11 +9,12 @@ use serde_json::{Map, Value, json};
 use tokio::task::AbortHandle;
 
 use super::dispatch::{Call, Shared};
-use super::http::{self, header_text};
 use super::jsonrpc::{
     self, HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, Message, RpcError,
     UNSUPPORTED_PROTOCOL_VERSION,
 };
+use super::param_headers::decode_header_value;
+use super::reply::{self, header_text};
 use super::{SESSION_VERSIONS, STATELESS_VERSION};
 use crate::CallContext;
 use crate::outbox::Outbox;
@@ -42,7 +43,7 @@ pub(crate) fn unsupported_version(id: Option<&Value>, requested: &str) -> Respon
         ),
     )
     .with_data(json!({"supported": supported_versions(), "requested": requested}));
-    http::rpc_error(StatusCode::BAD_REQUEST, id, &error)
+    reply::rpc_error(StatusCode::BAD_REQUEST, id, &error)
 }
 
 fn meta_version(message: &Value) -> Option<&str> {
@@ -74,7 +75,7 @@ pub(crate) fn is_stateless(body: &Value, declared: Option<&str>, has_session: bo
 }
 
 fn mismatch(id: &Value, message: String) -> Response {
-    http::rpc_error(
+    reply::rpc_error(
         StatusCode::BAD_REQUEST,
         Some(id),
         &RpcError::new(HEADER_MISMATCH, message),
@@ -84,7 +85,7 @@ fn mismatch(id: &Value, message: String) -> Response {
 /// Serves one stateless POST.
 pub(crate) async fn post(mcp: &Arc<Shared>, headers: &HeaderMap, body: Value) -> Response {
     if body.is_array() {
-        return http::rpc_error(
+        return reply::rpc_error(
             StatusCode::BAD_REQUEST,
             None,
             &RpcError::new(
@@ -95,9 +96,9 @@ pub(crate) async fn post(mcp: &Arc<Shared>, headers: &HeaderMap, body: Value) ->
     }
     let (id, method, params) = match Message::parse(body) {
         Ok(Message::Request { id, method, params }) => (id, method, params),
-        Ok(Message::Notification { .. }) => return http::accepted(),
+        Ok(Message::Notification { .. }) => return reply::accepted(),
         Ok(Message::Response { .. }) => {
-            return http::rpc_error(
+            return reply::rpc_error(
                 StatusCode::BAD_REQUEST,
                 None,
                 &RpcError::new(
@@ -106,7 +107,7 @@ pub(crate) async fn post(mcp: &Arc<Shared>, headers: &HeaderMap, body: Value) ->
                 ),
             );
         }
-        Err((id, error)) => return http::rpc_error(StatusCode::BAD_REQUEST, id.as_ref(), &error),
+        Err((id, error)) => return reply::rpc_error(StatusCode::BAD_REQUEST, id.as_ref(), &error),
     };
     // A mirrored header sent twice could route one way and run another.
     for name in ["mcp-protocol-version", "mcp-method", "mcp-name"] {
@@ -133,7 +134,7 @@ pub(crate) async fn post(mcp: &Arc<Shared>, headers: &HeaderMap, body: Value) ->
                  \"{META_PROTOCOL_VERSION}\" and \"{META_CLIENT_CAPABILITIES}\""
             ),
         );
-        return http::rpc_error(StatusCode::BAD_REQUEST, Some(&id), &error);
+        return reply::rpc_error(StatusCode::BAD_REQUEST, Some(&id), &error);
     };
     if header_version != body_version {
         return mismatch(
@@ -157,9 +158,9 @@ pub(crate) async fn post(mcp: &Arc<Shared>, headers: &HeaderMap, body: Value) ->
     };
     let ttl = mcp.config.mcp.list_cache_ttl;
     match method.as_str() {
-        "server/discover" => http::rpc_result(&id, complete(mcp, cacheable(discover(mcp), ttl))),
+        "server/discover" => reply::rpc_result(&id, complete(mcp, cacheable(discover(mcp), ttl))),
         "subscriptions/listen" => listen(mcp, headers, call, id, &params).await,
-        name if REMOVED_METHODS.contains(&name) => http::rpc_error(
+        name if REMOVED_METHODS.contains(&name) => reply::rpc_error(
             StatusCode::NOT_FOUND,
             Some(&id),
             &RpcError::new(
@@ -169,13 +170,13 @@ pub(crate) async fn post(mcp: &Arc<Shared>, headers: &HeaderMap, body: Value) ->
         ),
         _ => match mcp.request(call, &method, params).await {
             Ok(result) if LIST_METHODS.contains(&method.as_str()) => {
-                http::rpc_result(&id, complete(mcp, cacheable(result, ttl)))
+                reply::rpc_result(&id, complete(mcp, cacheable(result, ttl)))
             }
-            Ok(result) => http::rpc_result(&id, complete(mcp, result)),
+            Ok(result) => reply::rpc_result(&id, complete(mcp, result)),
             Err(error) if error.code == METHOD_NOT_FOUND => {
-                http::rpc_error(StatusCode::NOT_FOUND, Some(&id), &error)
+                reply::rpc_error(StatusCode::NOT_FOUND, Some(&id), &error)
             }
-            Err(error) => http::rpc_error(StatusCode::OK, Some(&id), &error),
+            Err(error) => reply::rpc_error(StatusCode::OK, Some(&id), &error),
         },
     }
 }
@@ -278,123 +279,6 @@ fn check_headers(
     Ok(())
 }
 
-/// A header value: visible ASCII as is, or `=?base64?…?=` decoded.
-fn decode_header_value(raw: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(raw).ok()?;
-    if !text
-        .bytes()
-        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
-    {
-        return None;
-    }
-    match text
-        .strip_prefix("=?base64?")
-        .and_then(|t| t.strip_suffix("?="))
-    {
-        Some(encoded) => String::from_utf8(base64_decode(encoded)?).ok(),
-        None => Some(text.to_string()),
-    }
-}
-
-/// Standard base64 (RFC 4648 §4), padding optional.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    fn sextet(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let body = text.trim_end_matches('=');
-    if text.len() - body.len() > 2 || body.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(body.len() * 3 / 4);
-    for chunk in body.as_bytes().chunks(4) {
-        let mut bits = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            bits |= sextet(*c)? << (18 - 6 * i);
-        }
-        let bytes = bits.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
-}
-
-/// The arguments a tool's schema mirrors into `Mcp-Param-{name}` headers
-/// (`x-mcp-header`), each with its property path.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct HeaderParams(Vec<(String, Vec<String>)>);
-
-impl HeaderParams {
-    /// Collects `x-mcp-header` annotations reachable through `properties`.
-    pub(crate) fn of_schema(schema: &Value) -> Self {
-        fn walk(schema: &Value, path: &mut Vec<String>, out: &mut Vec<(String, Vec<String>)>) {
-            let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
-                return;
-            };
-            for (key, property) in properties {
-                path.push(key.clone());
-                if let Some(name) = property.get("x-mcp-header").and_then(Value::as_str) {
-                    out.push((name.to_ascii_lowercase(), path.clone()));
-                }
-                walk(property, path, out);
-                path.pop();
-            }
-        }
-        let mut out = Vec::new();
-        walk(schema, &mut Vec::new(), &mut out);
-        Self(out)
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Every mirrored argument present in the call must be in its header.
-    fn check(&self, headers: &HeaderMap, arguments: &Map<String, Value>) -> Result<(), String> {
-        for (name, path) in &self.0 {
-            let mut value = None;
-            let mut at = arguments;
-            for (i, key) in path.iter().enumerate() {
-                match at.get(key) {
-                    Some(v) if i + 1 == path.len() => value = Some(v),
-                    Some(Value::Object(next)) => at = next,
-                    _ => break,
-                }
-            }
-            let Some(value) = value.filter(|v| !v.is_null()) else {
-                continue;
-            };
-            let header_name = format!("mcp-param-{name}");
-            let header = headers
-                .get(header_name.as_str())
-                .ok_or_else(|| format!("the Mcp-Param-{name} header is required"))?;
-            let text = decode_header_value(header.as_bytes())
-                .ok_or_else(|| format!("the Mcp-Param-{name} header holds invalid characters"))?;
-            let matches = match value {
-                Value::String(s) => *s == text,
-                Value::Bool(b) => text == if *b { "true" } else { "false" },
-                Value::Number(n) => match (n.as_f64(), text.trim().parse::<f64>()) {
-                    (Some(body), Ok(header)) => body == header,
-                    _ => false,
-                },
-                _ => true,
-            };
-            if !matches {
-                return Err(format!(
-                    "Mcp-Param-{name} header `{text}` does not match the argument at `{}`",
-                    path.join(".")
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Stops a listen stream's subscriptions when the stream is dropped (the
 /// client went away, or shutdown ended it).
 struct AbortOnDrop(Vec<AbortHandle>);
@@ -417,11 +301,11 @@ async fn listen(
     id: Value,
     params: &Map<String, Value>,
 ) -> Response {
-    if !http::accepts(headers, "text/event-stream") {
-        return http::not_acceptable("subscriptions/listen answers with text/event-stream");
+    if !reply::accepts(headers, "text/event-stream") {
+        return reply::not_acceptable("subscriptions/listen answers with text/event-stream");
     }
     let Some(filter) = params.get("notifications").and_then(Value::as_object) else {
-        return http::rpc_error(
+        return reply::rpc_error(
             StatusCode::OK,
             Some(&id),
             &RpcError::new(
@@ -435,7 +319,7 @@ async fn listen(
         Some(Value::Array(uris)) => match uris.iter().map(Value::as_str).collect() {
             Some(uris) => uris,
             None => {
-                return http::rpc_error(
+                return reply::rpc_error(
                     StatusCode::OK,
                     Some(&id),
                     &RpcError::invalid_params("`resourceSubscriptions` must be a list of URIs"),
@@ -443,7 +327,7 @@ async fn listen(
             }
         },
         Some(_) => {
-            return http::rpc_error(
+            return reply::rpc_error(
                 StatusCode::OK,
                 Some(&id),
                 &RpcError::invalid_params("`resourceSubscriptions` must be a list of URIs"),
@@ -452,7 +336,7 @@ async fn listen(
     };
     let limit = mcp.config.mcp.max_subscriptions;
     if requested.len() > limit {
-        return http::rpc_error(
+        return reply::rpc_error(
             StatusCode::OK,
             Some(&id),
             &RpcError::invalid_params(format!(
@@ -464,7 +348,7 @@ async fn listen(
     let slot = match mcp.service.stream_slot() {
         Ok(slot) => slot,
         Err(error) => {
-            return http::rpc_error(
+            return reply::rpc_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(&id),
                 &RpcError::new(jsonrpc::INTERNAL_ERROR, error.message),
@@ -501,13 +385,13 @@ async fn listen(
         "notifications/subscriptions/acknowledged",
         json!({"_meta": meta, "notifications": acknowledged}),
     );
-    http::notification_stream(
+    reply::notification_stream(
         mcp,
-        http::StreamPlan {
+        reply::StreamPlan {
             prelude: vec![ack],
             outbox,
             cursor: 0,
-            ids: http::EventIds::None,
+            ids: reply::EventIds::None,
             prime: false,
             session: None,
             guard: Box::new((AbortOnDrop(tasks), slot)),
@@ -540,60 +424,5 @@ mod tests {
             Some(STATELESS_VERSION),
             false
         ));
-    }
-
-    #[test]
-    fn decodes_sentinel_base64() {
-        assert_eq!(
-            decode_header_value(b"=?base64?SGVsbG8sIOS4lueVjA==?=").as_deref(),
-            Some("Hello, 世界")
-        );
-        assert_eq!(
-            decode_header_value(b"=?base64?IHBhZGRlZCA=?=").as_deref(),
-            Some(" padded ")
-        );
-        assert_eq!(
-            decode_header_value(b"us-west1").as_deref(),
-            Some("us-west1")
-        );
-        assert_eq!(decode_header_value(b"=?base64?!!?=").as_deref(), None);
-        assert_eq!(base64_decode("YQ"), Some(b"a".to_vec()));
-        assert_eq!(base64_decode("YWI="), Some(b"ab".to_vec()));
-        assert_eq!(base64_decode("Y"), None);
-    }
-
-    #[test]
-    fn finds_and_checks_mirrored_parameters() {
-        let schema = json!({"type": "object", "properties": {
-            "region": {"type": "string", "x-mcp-header": "Region"},
-            "opts": {"type": "object", "properties": {"n": {"type": "integer", "x-mcp-header": "N"}}},
-            "query": {"type": "string"}
-        }});
-        let params = HeaderParams::of_schema(&schema);
-        assert_eq!(params.0.len(), 2);
-        let args = json!({"region": "us-west1", "opts": {"n": 42}, "query": "q"});
-        let args = args.as_object().cloned().unwrap_or_default();
-        let mut headers = HeaderMap::new();
-        assert!(params.check(&headers, &args).is_err(), "headers missing");
-        headers.insert(
-            "mcp-param-region",
-            "us-west1".parse().unwrap_or_else(|_| unreachable!()),
-        );
-        headers.insert(
-            "mcp-param-n",
-            "42.0".parse().unwrap_or_else(|_| unreachable!()),
-        );
-        assert_eq!(params.check(&headers, &args), Ok(()));
-        headers.insert(
-            "mcp-param-n",
-            "41".parse().unwrap_or_else(|_| unreachable!()),
-        );
-        assert!(params.check(&headers, &args).is_err(), "mismatch");
-        let without = Map::new();
-        assert_eq!(
-            params.check(&HeaderMap::new(), &without),
-            Ok(()),
-            "absent: not expected"
-        );
     }
 }
