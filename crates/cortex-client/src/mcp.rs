@@ -34,13 +34,16 @@
 //! resource streams); 400, 404 or 405 means MCP at `{url}`. Other failures
 //! are returned and nothing is remembered, so the next call asks again.
 
+mod exchange;
 mod headers;
 mod hub;
 mod inflight;
 mod listen;
+mod open;
 mod rpc;
 mod session;
 mod tasks;
+mod transport;
 mod wire;
 
 use std::collections::HashMap;
@@ -51,8 +54,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 
 use self::inflight::Tracker;
-use self::rpc::Call;
 use self::session::Session;
+use self::wire::Call;
 use self::wire::Operation;
 use crate::api::{EventStream, Resource};
 use crate::dialect::Dialect;
@@ -661,7 +664,7 @@ async fn close(client: &McpDialect) {
         .drain()
         .flat_map(|(s, of_service)| of_service.into_values().map(move |v| (s.clone(), v)))
         .collect();
-    session::close_all(client, sessions).await;
+    open::close_all(client, sessions).await;
     lock(&mcp.dialects).clear();
     lock(&mcp.tools).clear();
     lock(&mcp.schemes).clear();

@@ -620,10 +620,13 @@ impl PooledConn {
         let small_reads = self.dialled_for == Purpose::Stream;
         let large_stream_heads = &self.pool.large_stream_heads;
         let response = sender.send_request(request).await.map_err(|error| {
-            // The answer's head did not fit a stream connection's buffer:
-            // stream connections to this endpoint get full-size buffers
-            // from now on, and the request may be asked again.
-            if small_reads && error.is_parse_too_large() {
+            // An answer a stream connection could not read: most likely its
+            // head did not fit the small buffer (hyper names that cause
+            // only when built as a server too, which this crate is not).
+            // Stream connections to this endpoint get full-size buffers
+            // from now on, and the request may be asked again; a head that
+            // is malformed fails again there, as any other.
+            if small_reads && error.is_parse() {
                 large_stream_heads.store(true, Ordering::Relaxed);
                 return SendError::HeadTooLarge(error);
             }

@@ -30,9 +30,12 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::McpDialect;
-use super::hub::{HubEvent, Reader, hub_of};
-use super::rpc::{self, Call};
+use super::hub::{Reader, hub_of};
+use super::rpc;
+use super::session::HubEvent;
 use super::session::{Era, Session};
+use super::transport;
+use super::wire::Call;
 use super::wire::{self, Operation};
 use crate::api::{EventStream, StreamEvent};
 use crate::engine::{Answer, ServiceState};
@@ -86,7 +89,7 @@ async fn unsubscribe(client: &McpDialect, service: &ServiceState, session: &Sess
         let prepared = session.prepare(method, &json!({"uri": uri}), Some(id), &[]);
         async move {
             let op = crate::operation::Operation::Read(uri);
-            let outcome = rpc::post(client, service, &session.endpoint, op, prepared).await;
+            let outcome = transport::post(client, service, &session.endpoint, op, prepared).await;
             if let Err(error) = &outcome {
                 tracing::debug!(%error, uri, method, "could not update the subscription");
             }
@@ -298,7 +301,7 @@ async fn listen(
     let id = client.inner.mcp.next_id();
     let params = json!({"notifications": {"resourceSubscriptions": [uri]}});
     let prepared = session.prepare("subscriptions/listen", &params, Some(id), &[]);
-    match rpc::post(
+    match transport::post(
         client,
         service,
         &session.endpoint,
@@ -322,7 +325,7 @@ async fn listen(
                 headers: Vec::new(),
             };
             let reply =
-                rpc::read_answer(client, service, session, &call, id, other, Instant::now())
+                transport::read_answer(client, service, session, &call, id, other, Instant::now())
                     .await?;
             Err(wire::error(&service.name, &call.op, reply))
         }

@@ -1,39 +1,22 @@
-//! MCP sessions: one per (service, endpoint), opened on first use.
-//!
-//! Opening one finds out which MCP the endpoint speaks, in this order:
-//!
-//! 1. `initialize` offering 2025-11-25 (the server may counter with
-//!    2025-06-18, 2025-03-26 or 2024-11-05), then
-//!    `notifications/initialized`; `Mcp-Session-Id` and
-//!    `MCP-Protocol-Version` go with every later request.
-//! 2. When that is refused with an error only a stateless (2026-07-28)
-//!    server gives (`UnsupportedProtocolVersionError` listing 2026-07-28, a
-//!    header mismatch, or `initialize` being an unknown method), the
-//!    stateless revision: `server/discover`, then every request carries
-//!    `_meta` and the `Mcp-Method` / `Mcp-Name` headers, and no session.
-//! 3. When it is refused with 400, 404 or 405 otherwise, the legacy HTTP+SSE
-//!    transport (2024-11-05): a GET whose first event names the URL to POST
-//!    to; replies come back on that stream.
-//!
-//! Handshake first (not a stateless probe first, as the 2026-07-28 text
-//! allows) because every server deployed today answers it, and a probe that
-//! a legacy server answers with a lenient `{}` would be misread as modern.
+//! MCP sessions, one per (service, endpoint): what a session is (its era,
+//! headers, held subscriptions) and how it shapes requests, and its event
+//! hub's state (replies and updates arriving on its server-to-client
+//! stream, which [`super::hub`] reads). Opening one is [`super::open`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
+use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
-use super::McpDialect;
-use super::hub::Hub;
-use super::rpc::{self, Call};
+use super::wire::Call;
 use super::wire::{self, HANDSHAKE_VERSIONS, MODERN_VERSION, Operation, Reply};
-use crate::engine::{Answer, Prepared, ServiceState, lock};
+use crate::engine::{Prepared, lock};
 use crate::error::McpError;
-use crate::notifications::{ListKind, LogMessage};
 use cortex_discovery::Endpoint;
 
 /// How requests to one endpoint are shaped.
@@ -208,158 +191,6 @@ impl Session {
         let hub = lock(&self.hub).clone()?;
         hub.reply(id, deadline).await
     }
-
-    /// Answers what the server asks on a stream: `ping` with `{}`,
-    /// elicitation, sampling and roots with the application's handler
-    /// (see [`crate::server_requests`]), anything else, or anything without
-    /// a handler, with "method not found" at once. Notifications: log
-    /// messages, progress, cancellations of the server's own requests,
-    /// list changes (see [`Session::on_notification`]).
-    pub(crate) fn on_server_message(
-        self: &Session,
-        client: &McpDialect,
-        service: &ServiceState,
-        message: &Value,
-    ) {
-        let Some(method) = message.get("method").and_then(Value::as_str) else {
-            return; // a stray response: nothing waits for it here
-        };
-        let Some(id) = message.get("id") else {
-            self.on_notification(client, service, method, message.get("params"));
-            return;
-        };
-        let (method, id) = (method.to_string(), id.clone());
-        let params = message.get("params").cloned().unwrap_or(Value::Null);
-        let mut prepared = self.prepare_get();
-        if let Era::Sse { post_path, .. } = &self.era {
-            prepared.path = Some(post_path.clone());
-        }
-        let (client, endpoint) = (client.clone(), self.endpoint.clone());
-        let Ok(service) = client.service_state(&service.name) else {
-            return;
-        };
-        let key = (service.name.clone(), endpoint.url.clone(), id.to_string());
-        let reply = {
-            let (client, service, endpoint) = (client.clone(), service.clone(), endpoint.clone());
-            move |answer: Value| async move {
-                let mut prepared = prepared;
-                prepared.body = Some(Bytes::from(answer.to_string()));
-                let sent = rpc::post(
-                    &client,
-                    &service,
-                    &endpoint,
-                    crate::operation::Operation::Read("reply"),
-                    prepared,
-                )
-                .await;
-                if let Err(error) = sent {
-                    tracing::debug!(%error, "answer to a server request was not delivered");
-                }
-            }
-        };
-        // A task per request: a handler may wait on a person while the
-        // stream goes on, and other requests are answered meanwhile. A
-        // `notifications/cancelled` for it aborts the task: no answer.
-        let refused = {
-            let answer = json!({"jsonrpc": "2.0", "id": id, "error": {
-                "code": crate::server_requests::INTERNAL_ERROR,
-                "message": "the client is answering too many requests already",
-            }});
-            reply.clone()(answer)
-        };
-        let answering = {
-            let (client, key) = (client.clone(), key.clone());
-            async move {
-                let answer = crate::server_requests::answer(
-                    client.inner.requests.as_deref(),
-                    &service.name,
-                    &id,
-                    &method,
-                    params,
-                )
-                .await;
-                // Done before the answer goes: a late cancellation has
-                // nothing left to stop.
-                client.inner.mcp.handling.done(&key);
-                reply(answer).await;
-            }
-        };
-        client.inner.mcp.handling.spawn(key, answering, refused);
-    }
-
-    /// A notification from the server.
-    fn on_notification(
-        &self,
-        client: &McpDialect,
-        service: &ServiceState,
-        method: &str,
-        params: Option<&Value>,
-    ) {
-        let params = params.unwrap_or(&Value::Null);
-        match method {
-            "notifications/message" => {
-                server_log(&service.name, params);
-                if let (Some(handler), Some(message)) = (
-                    client.inner.notifications.as_ref(),
-                    LogMessage::from_params(params),
-                ) {
-                    handler.log(&service.name, &message);
-                }
-            }
-            "notifications/progress" => {
-                let tracker = params
-                    .get("progressToken")
-                    .and_then(|token| client.inner.mcp.tracker(token));
-                match tracker {
-                    Some(tracker) => tracker.push(params),
-                    None => tracing::debug!(%params, "progress for no call in flight; ignored"),
-                }
-            }
-            "notifications/cancelled" => {
-                let Some(id) = params.get("requestId") else {
-                    tracing::debug!(%params, "a cancellation without requestId; ignored");
-                    return;
-                };
-                let key = (
-                    service.name.clone(),
-                    self.endpoint.url.clone(),
-                    id.to_string(),
-                );
-                let stopped = client.inner.mcp.handling.cancel(&key);
-                tracing::debug!(service = %service.name, request = %id, stopped, "the server cancelled its request");
-            }
-            other => {
-                if let Some(list) = ListKind::of_notification(other) {
-                    client.list_changed(&service.name, list);
-                }
-            }
-        }
-    }
-}
-
-/// A server's log message (`notifications/message`), as a `tracing` event
-/// at its level: the server chooses what it sends with `logging/setLevel`.
-fn server_log(service: &str, params: &Value) {
-    let level = params
-        .get("level")
-        .and_then(Value::as_str)
-        .unwrap_or("info");
-    let logger = params.get("logger").and_then(Value::as_str).unwrap_or("");
-    let data = params.get("data").unwrap_or(&Value::Null);
-    match level {
-        "debug" => {
-            tracing::debug!(target: "cortex_client::mcp::server_log", service, logger, %data)
-        }
-        "info" | "notice" => {
-            tracing::info!(target: "cortex_client::mcp::server_log", service, logger, %data);
-        }
-        "warning" => {
-            tracing::warn!(target: "cortex_client::mcp::server_log", service, logger, %data)
-        }
-        _ => {
-            tracing::error!(target: "cortex_client::mcp::server_log", service, logger, level, %data)
-        }
-    }
 }
 
 const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
@@ -388,141 +219,6 @@ fn own_headers(era: &Era) -> Vec<(HeaderName, HeaderValue)> {
         headers.push((VERSION, version));
     }
     headers
-}
-
-/// The session of `endpoint`, opened now unless another call just did.
-pub(crate) async fn open(
-    client: &McpDialect,
-    service: &Arc<ServiceState>,
-    endpoint: &Endpoint,
-) -> Result<Arc<Session>, McpError> {
-    let mcp = &client.inner.mcp;
-    let gate = mcp.gate(&service.name, endpoint);
-    let _open = gate.lock().await;
-    if let Some(session) = mcp.session(&service.name, endpoint) {
-        return Ok(session);
-    }
-    // Shared by every caller: opened as the client, never as the caller
-    // whose call happened to open it.
-    let session = crate::forward::as_client(handshake(client, service, endpoint)).await?;
-    tracing::info!(service = %service.name, endpoint = %endpoint.url, era = ?session.era, "MCP session open");
-    mcp.insert(&service.name, session.clone());
-    if client.listens() && matches!(session.era, Era::Streamable { .. }) {
-        // The server's own requests (not answers to ours) come on the
-        // session's standalone stream: open it now, in the background. A
-        // server that offers none (405) only sends requests in answers.
-        let (client, service, session) = (client.clone(), service.clone(), session.clone());
-        tokio::spawn(async move {
-            if let Err(error) =
-                crate::forward::as_client(super::hub::hub_of(&client, &service, &session)).await
-            {
-                tracing::debug!(%error, "no standalone event stream: server requests come only in answers");
-            }
-        });
-    }
-    Ok(session)
-}
-
-async fn handshake(
-    client: &McpDialect,
-    service: &Arc<ServiceState>,
-    endpoint: &Endpoint,
-) -> Result<Arc<Session>, McpError> {
-    let deadline = Instant::now() + service.config.request_timeout;
-    let offered = Session::new(
-        endpoint.clone(),
-        Era::Streamable {
-            version: HANDSHAKE_VERSIONS[0].into(),
-            id: None,
-        },
-        &Value::Null,
-    );
-    let answer = initialize(client, service, &offered).await?;
-    let (answer, headers) = match answer {
-        Answer::Rejected { status, body, .. } => {
-            if wire::is_modern_error(&body) || unknown_method(&body) {
-                return modern(client, service, endpoint, deadline).await;
-            }
-            if matches!(status.as_u16(), 400 | 404 | 405) {
-                return super::hub::open_sse(client, service, endpoint).await;
-            }
-            let message: String = String::from_utf8_lossy(&body).chars().take(300).collect();
-            return Err(rpc::failure(
-                &service.name,
-                &Operation::Other("initialize"),
-                &endpoint.url,
-                format!("HTTP {status}: {message}"),
-            ));
-        }
-        Answer::Full { ref headers, .. } | Answer::Streaming { ref headers, .. } => {
-            let headers = headers.clone();
-            (answer, headers)
-        }
-        Answer::Unprepared => {
-            return Err(rpc::failure(
-                &service.name,
-                &Operation::Other("initialize"),
-                &endpoint.url,
-                "no session".into(),
-            ));
-        }
-    };
-    let id = headers
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let provisional = Session::new(
-        endpoint.clone(),
-        Era::Streamable {
-            version: HANDSHAKE_VERSIONS[0].into(),
-            id: id.clone(),
-        },
-        &Value::Null,
-    );
-    let reply = rpc::read_answer(
-        client,
-        service,
-        &provisional,
-        &initialize_call(client.capabilities()),
-        INITIALIZE_ID,
-        answer,
-        deadline,
-    )
-    .await?;
-    let result = match reply {
-        Reply::Result(result) => result,
-        Reply::Error { code, ref data, .. }
-            if wire::code::UNSUPPORTED_VERSION.contains(&code) && wire::supports_modern(data)
-                || code == wire::code::METHOD_NOT_FOUND =>
-        {
-            return modern(client, service, endpoint, deadline).await;
-        }
-        error => {
-            return Err(wire::error(
-                &service.name,
-                &Operation::Other("initialize"),
-                error,
-            ));
-        }
-    };
-    // A server of the stateless revision may answer `initialize` with its
-    // own version: it is spoken to as the stateless revision from here.
-    if result.get("protocolVersion").and_then(Value::as_str) == Some(MODERN_VERSION) {
-        return modern(client, service, endpoint, deadline).await;
-    }
-    let session = agreed(&service.name, endpoint, &result, |version| {
-        Era::Streamable { version, id }
-    })?;
-    let session = Arc::new(session);
-    rpc::notify(
-        client,
-        service,
-        &session,
-        "notifications/initialized",
-        json!({}),
-    )
-    .await?;
-    Ok(session)
 }
 
 /// A session on the version the server chose, if the client speaks it.
@@ -576,45 +272,6 @@ pub(crate) fn initialize_params(capabilities: Value) -> Value {
     params
 }
 
-/// Sends `initialize` through `session` (its era decides the shape).
-pub(crate) async fn initialize(
-    client: &McpDialect,
-    service: &ServiceState,
-    session: &Session,
-) -> Result<Answer, McpError> {
-    let prepared = session.prepare(
-        "initialize",
-        &initialize_params(client.capabilities()),
-        Some(INITIALIZE_ID),
-        &[],
-    );
-    rpc::post(
-        client,
-        service,
-        &session.endpoint,
-        crate::operation::Operation::Read("initialize"),
-        prepared,
-    )
-    .await
-}
-
-/// Whether a rejected `initialize` says the method does not exist (a
-/// stateless server).
-fn unknown_method(body: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(wire::parse_reply)
-        .is_some_and(|r| {
-            matches!(
-                r,
-                Reply::Error {
-                    code: wire::code::METHOD_NOT_FOUND,
-                    ..
-                }
-            )
-        })
-}
-
 /// `server/discover`: what a stateless (2026-07-28) server speaks; that
 /// revision's liveness check too, as it has no `ping`.
 pub(crate) fn discover_call() -> Call<'static> {
@@ -628,60 +285,105 @@ pub(crate) fn discover_call() -> Call<'static> {
     }
 }
 
-/// The stateless revision: `server/discover` confirms it.
-async fn modern(
-    client: &McpDialect,
-    service: &ServiceState,
-    endpoint: &Endpoint,
-    deadline: Instant,
-) -> Result<Arc<Session>, McpError> {
-    let session =
-        Session::new(endpoint.clone(), Era::Modern, &Value::Null).declaring(client.capabilities());
-    let id = client.inner.mcp.next_id();
-    let call = discover_call();
-    let prepared = session.prepare(call.method, &call.params, Some(id), &[]);
-    let answer = rpc::post(
-        client,
-        service,
-        endpoint,
-        crate::operation::Operation::Read("server/discover"),
-        prepared,
-    )
-    .await?;
-    match rpc::read_answer(client, service, &session, &call, id, answer, deadline).await? {
-        Reply::Result(result) if wire::supports_modern(&result) => Ok(Arc::new(
-            Session::new(endpoint.clone(), Era::Modern, &result).declaring(client.capabilities()),
-        )),
-        Reply::Result(result) => Err(rpc::failure(
-            &service.name,
-            &call.op,
-            &endpoint.url,
-            format!("server/discover lists no version this client speaks: {result}"),
-        )),
-        error => Err(wire::error(&service.name, &call.op, error)),
-    }
+/// What a hub hands out besides replies.
+#[derive(Debug, Clone)]
+pub(crate) enum HubEvent {
+    Updated { id: Option<String>, params: Value },
+    Closed(String),
 }
 
-/// Ends every session of the client: DELETE where the server gave an id,
-/// and the event streams closed.
-pub(crate) async fn close_all(client: &McpDialect, sessions: Vec<(String, Arc<Session>)>) {
-    let mut by_service: HashMap<String, Vec<Arc<Session>>> = HashMap::new();
-    for (service, session) in sessions {
-        by_service.entry(service).or_default().push(session);
+/// A session's server-to-client event stream, read by one task.
+pub(crate) struct Hub {
+    /// Replies awaited (legacy SSE transport): `None` until it arrives.
+    replies: Mutex<HashMap<u64, Option<Reply>>>,
+    arrived: Notify,
+    events: broadcast::Sender<HubEvent>,
+    closed: AtomicBool,
+    /// The session it serves (weak: the session owns the hub).
+    session: Mutex<Weak<Session>>,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Hub {
+    /// A hub for `session`, reading nothing yet (see `hub::start`).
+    pub(crate) fn new(session: &Arc<Session>) -> Arc<Hub> {
+        Arc::new(Hub {
+            replies: Mutex::new(HashMap::new()),
+            arrived: Notify::new(),
+            events: broadcast::channel(256).0,
+            closed: AtomicBool::new(false),
+            session: Mutex::new(Arc::downgrade(session)),
+            task: Mutex::new(None),
+        })
     }
-    for (service, sessions) in by_service {
-        let Ok(state) = client.service_state(&service) else {
-            continue;
-        };
-        for session in sessions {
-            if let Some(hub) = lock(&session.hub).take() {
-                hub.stop();
+
+    /// The task that reads the stream, stopped by [`Self::stop`].
+    pub(crate) fn set_task(&self, task: tokio::task::AbortHandle) {
+        *lock(&self.task) = Some(task);
+    }
+
+    /// The reply to `id` arrived on the stream.
+    pub(crate) fn deliver(&self, id: u64, reply: Reply) {
+        lock(&self.replies).insert(id, Some(reply));
+        self.arrived.notify_waiters();
+    }
+
+    /// `notifications/resources/updated` arrived, with its event id.
+    pub(crate) fn updated(&self, id: Option<String>, params: Value) {
+        let _ = self.events.send(HubEvent::Updated { id, params });
+    }
+
+    /// Serves `session` from now on (the legacy transport's session is
+    /// made after its stream opened).
+    pub(crate) fn serve(&self, session: &Arc<Session>) {
+        *lock(&self.session) = Arc::downgrade(session);
+    }
+
+    /// The session it serves, while it lives.
+    pub(crate) fn session(&self) -> Option<Arc<Session>> {
+        lock(&self.session).upgrade()
+    }
+    pub(crate) fn expect(&self, id: u64) {
+        lock(&self.replies).entry(id).or_insert(None);
+    }
+
+    pub(crate) async fn reply(&self, id: u64, deadline: Instant) -> Option<Reply> {
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            {
+                let mut replies = lock(&self.replies);
+                if matches!(replies.get(&id), Some(Some(_))) || self.closed.load(Ordering::Acquire)
+                {
+                    return replies.remove(&id).flatten();
+                }
             }
-            if session.has_id() {
-                let answer =
-                    rpc::delete(client, &state, &session.endpoint, session.prepare_get()).await;
-                tracing::debug!(endpoint = %session.endpoint.url, ok = answer.is_ok(), "MCP session deleted");
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                lock(&self.replies).remove(&id);
+                return None;
             }
         }
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stop(&self) {
+        if let Some(task) = lock(&self.task).take() {
+            task.abort();
+        }
+        self.close("the client closed the session".into());
+    }
+
+    pub(crate) fn close(&self, reason: String) {
+        self.closed.store(true, Ordering::Release);
+        self.arrived.notify_waiters();
+        let _ = self.events.send(HubEvent::Closed(reason));
     }
 }

@@ -11,8 +11,10 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::McpDialect;
-use super::rpc::{self, Call};
+use super::exchange;
 use super::session::Session;
+use super::transport;
+use super::wire::Call;
 use super::wire::{self, Reply};
 use crate::engine::ServiceState;
 use crate::error::McpError;
@@ -31,8 +33,9 @@ pub(crate) async fn follow(
     session: &Arc<Session>,
     created: Value,
 ) -> Result<Value, McpError> {
-    let fail =
-        |message: String| rpc::failure(&service.name, &call.op, &session.endpoint.url, message);
+    let fail = |message: String| {
+        transport::failure(&service.name, &call.op, &session.endpoint.url, message)
+    };
     let Some(policy) = client.inner.tasks.as_ref() else {
         return Err(fail(
             "the server answered with a task, and the client does not declare the tasks extension"
@@ -132,7 +135,7 @@ pub(crate) async fn follow(
             deadline = tracker.deadline(deadline);
         }
         if Instant::now() + wait >= deadline {
-            return Err(rpc::timeout(service, &call.op));
+            return Err(transport::timeout(service, &call.op));
         }
         tokio::time::sleep(wait).await;
         polls += 1;
@@ -178,7 +181,7 @@ async fn answer(
     answered: &mut HashSet<String>,
 ) -> Result<(), McpError> {
     let Some(requests) = state.get("inputRequests").and_then(Value::as_object) else {
-        return Err(rpc::failure(
+        return Err(transport::failure(
             &service.name,
             &call.op,
             &session.endpoint.url,
@@ -194,7 +197,8 @@ async fn answer(
         return Ok(()); // answered already; the server has not caught up
     }
     let asked = json!({"inputRequests": Value::Object(fresh.clone())});
-    let Some(responses) = rpc::answer_inputs(client, service, session, call, &asked).await? else {
+    let Some(responses) = exchange::answer_inputs(client, service, session, call, &asked).await?
+    else {
         return Ok(());
     };
     request(
@@ -235,7 +239,7 @@ async fn request(
         progress: None,
         headers: Vec::new(),
     };
-    rpc::once(client, service, &request, Some(&session.endpoint))
+    exchange::once(client, service, &request, Some(&session.endpoint))
         .await
         .map(|(_, result)| result)
 }
@@ -274,7 +278,7 @@ impl Drop for Pending {
                 progress: None,
                 headers: Vec::new(),
             };
-            let sent = rpc::once(&client, &service, &call, Some(&session.endpoint));
+            let sent = exchange::once(&client, &service, &call, Some(&session.endpoint));
             match tokio::time::timeout(CANCEL_WAIT, sent).await {
                 Ok(Ok(_)) => tracing::debug!(task = %task_id, "task cancelled"),
                 Ok(Err(error)) => tracing::debug!(%error, "tasks/cancel was refused"),

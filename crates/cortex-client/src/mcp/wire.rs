@@ -8,6 +8,9 @@
 use cortex_proto::ErrorCode;
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
+use super::inflight::Tracker;
 use crate::api::Resource;
 use crate::error::McpError;
 
@@ -473,4 +476,21 @@ mod tests {
             (json!("plain"), "text/plain".to_string())
         );
     }
+}
+
+pub(crate) const ACCEPT: &str = "application/json, text/event-stream";
+
+/// One request.
+#[derive(Debug, Clone)]
+pub(crate) struct Call<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) params: Value,
+    /// What it is about, for errors and metrics.
+    pub(crate) op: Operation<'a>,
+    /// Repeating it after it may have run is safe.
+    pub(crate) idempotent: bool,
+    /// Its progress, when the caller asked for it (`_meta.progressToken`).
+    pub(crate) progress: Option<Arc<Tracker>>,
+    /// Headers mirroring its arguments (a tool's `Mcp-Param-*`).
+    pub(crate) headers: Vec<(String, String)>,
 }
