@@ -287,25 +287,11 @@ pub(crate) async fn authorization_code(
             "the redirect's `state` is not the one sent",
         ));
     }
-    // RFC 9207: the issuer, when sent (it must be, when advertised), is
-    // the server the request went to (a mix-up attack otherwise).
-    match (
-        &response.iss,
+    check_issuer(
+        response.iss.as_deref(),
+        &server.issuer,
         server.authorization_response_iss_parameter_supported,
-    ) {
-        (Some(iss), _) if iss.trim_end_matches('/') != server.issuer.trim_end_matches('/') => {
-            return Err(OAuthError::authorization(format!(
-                "the redirect's `iss` {iss} is not the authorization server {}",
-                server.issuer
-            )));
-        }
-        (None, true) => {
-            return Err(OAuthError::authorization(
-                "the redirect has no `iss`, which the authorization server advertises",
-            ));
-        }
-        _ => {}
-    }
+    )?;
     let code = response
         .code
         .ok_or_else(|| OAuthError::authorization("the redirect carries no code"))?;
@@ -411,9 +397,52 @@ pub(crate) async fn id_jag(
     token_request(http, &server.token_endpoint, form, client).await
 }
 
+/// RFC 9207: the redirect's issuer, when sent (it must be, when the server
+/// advertises it), is the server the request went to (a mix-up attack
+/// otherwise), compared as plain strings (§2.4): no case folding, no
+/// trailing-slash or default-port normalization, which would let a
+/// look-alike through.
+fn check_issuer(iss: Option<&str>, issuer: &str, advertised: bool) -> Result<(), OAuthError> {
+    match (iss, advertised) {
+        (Some(iss), _) if iss != issuer => Err(OAuthError::authorization(format!(
+            "the redirect's `iss` {iss} is not the authorization server {issuer}"
+        ))),
+        (None, true) => Err(OAuthError::authorization(
+            "the redirect has no `iss`, which the authorization server advertises",
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_redirects_issuer_must_be_the_servers_exactly() {
+        let issuer = "https://auth.example.com";
+        assert!(check_issuer(Some(issuer), issuer, true).is_ok());
+        assert!(
+            check_issuer(None, issuer, false).is_ok(),
+            "not advertised, not sent"
+        );
+        assert!(
+            check_issuer(None, issuer, true).is_err(),
+            "advertised, not sent"
+        );
+        for look_alike in [
+            "https://auth.example.com/",
+            "HTTPS://auth.example.com",
+            "https://AUTH.example.com",
+            "https://auth.example.com:443",
+            "https://evil.example.com",
+        ] {
+            assert!(
+                check_issuer(Some(look_alike), issuer, true).is_err(),
+                "{look_alike}"
+            );
+        }
+    }
 
     #[test]
     fn token_responses_are_checked() {
