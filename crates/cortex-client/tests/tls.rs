@@ -761,6 +761,18 @@ async fn active_health_checks_reach_https_endpoints_with_the_clients_trust_and_c
         .check("memory", &endpoint, second)
         .await
         .unwrap();
+    // The trust read at an endpoint's first check is kept for the next
+    // ones (the files are not read again every interval), and each check
+    // still makes a connection of its own.
+    let ca_file = pki.ca_file();
+    std::fs::write(&ca_file, "not a certificate").unwrap();
+    let handshakes = server.handshakes();
+    with_identity
+        .check("memory", &endpoint, second)
+        .await
+        .unwrap();
+    assert_eq!(server.handshakes(), handshakes + 1, "a fresh connection");
+    std::fs::write(&ca_file, pki.ca.pem()).unwrap();
 
     // Without the test CA the server's certificate is refused; without a
     // client certificate, the server refuses the client: both fail the

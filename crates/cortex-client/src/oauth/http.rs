@@ -5,6 +5,7 @@
 //! (they are rare: discovery once, a token now and then), one deadline for
 //! sending and reading, and a bound on the answer's size.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -110,9 +111,19 @@ impl Http {
         &self,
         method: Method,
         url: &str,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Bytes,
     ) -> Result<Reply, OAuthError> {
+        let pool = self.pool_for(url)?;
+        self.send_on(&pool, method, url, headers, body).await
+    }
+
+    /// A pool of one connection to `url`'s server, with the settings'
+    /// proxy route and TLS trust (the CA and identity files read now).
+    /// Exchanges that recur (health checks) keep it and use
+    /// [`Self::get_raw_on`], so the files are not read and TLS is not set
+    /// up again for each.
+    pub(crate) fn pool_for(&self, url: &str) -> Result<Arc<EndpointPool>, OAuthError> {
         let target = Target::parse(url)?;
         if !target.tls && !self.plaintext && !is_loopback(&target.host) {
             return Err(OAuthError::config(format!(
@@ -143,16 +154,42 @@ impl Http {
             &endpoint,
         )
         .map_err(OAuthError::config)?;
-        let pool = EndpointPool::new(
-            target.authority.clone(),
+        Ok(EndpointPool::new(
+            target.authority,
             PoolSettings {
                 max_connections: 1,
-                idle_timeout: Duration::from_secs(1),
+                // No connection of these pools waits idle (each exchange
+                // closes its own); a long timeout keeps the pool's sweeper
+                // from waking often while a kept pool lives.
+                idle_timeout: Duration::from_secs(20),
                 connect_timeout: config.connect_timeout.min(self.timeout),
                 route,
                 tls,
             },
-        );
+        ))
+    }
+
+    /// As [`Self::get_raw`], on a connection of `pool` (made by
+    /// [`Self::pool_for`] for the same server). The connection is not kept
+    /// for another exchange.
+    pub(crate) async fn get_raw_on(
+        &self,
+        pool: &Arc<EndpointPool>,
+        url: &str,
+    ) -> Result<Reply, OAuthError> {
+        self.send_on(pool, Method::GET, url, HeaderMap::new(), Bytes::new())
+            .await
+    }
+
+    async fn send_on(
+        &self,
+        pool: &Arc<EndpointPool>,
+        method: Method,
+        url: &str,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Reply, OAuthError> {
+        let target = Target::parse(url)?;
         let deadline = Instant::now() + self.timeout;
         let failed = |what: String| OAuthError::transport(format!("{method} {url}: {what}"));
         let timed_out = || {
