@@ -45,6 +45,9 @@ pub(crate) struct ConnState {
     pub(crate) evict: Notify,
     /// Set with `evict`: the accept loop does not pick it again.
     evicting: AtomicBool,
+    /// The connection speaks HTTP/2: its bytes are frames of many streams
+    /// (pings, window updates), not the start of a next request head.
+    http2: AtomicBool,
 }
 
 /// Why a connection is past its deadline.
@@ -67,6 +70,7 @@ impl ConnState {
             changed: Notify::new(),
             evict: Notify::new(),
             evicting: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
         }
     }
 
@@ -79,9 +83,11 @@ impl ConnState {
     }
 
     /// Bytes arrived. With no request in progress they are the start of the
-    /// next head, whose `header_timeout` starts now.
+    /// next head, whose `header_timeout` starts now (HTTP/1 only: an idle
+    /// HTTP/2 connection is bounded by `idle_timeout` alone).
     fn bytes_read(&self) {
         if self.in_flight.load(Ordering::Acquire) == 0
+            && !self.http2.load(Ordering::Acquire)
             && self.head_started.load(Ordering::Acquire) == 0
         {
             self.head_started
@@ -99,6 +105,16 @@ impl ConnState {
         self.head_started.store(0, Ordering::Release);
         self.changed.notify_one();
         InFlight(self.clone())
+    }
+
+    /// The connection speaks HTTP/2 from now on.
+    pub(crate) fn set_http2(&self) {
+        self.http2.store(true, Ordering::Release);
+    }
+
+    /// True once a request was dispatched here.
+    pub(crate) fn served_any(&self) -> bool {
+        self.served.load(Ordering::Acquire) > 0
     }
 
     /// True while a request is in progress.

@@ -73,6 +73,7 @@ pub mod notify;
 mod outbox;
 mod paths;
 pub mod pattern;
+mod preface;
 pub mod prompt;
 mod rate_log;
 pub mod registry;

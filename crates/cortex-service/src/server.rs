@@ -38,7 +38,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::serve::{Listener, ListenerExt};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -50,6 +50,7 @@ use crate::bounds::{ConnMeta, fit_connections, open_files_limit};
 use crate::config::{HttpLimits, ServiceConfig};
 use crate::conn::{ConnIo, ConnState, Expiry, TimedBody, TrackedBody};
 use crate::metrics::CountedListener;
+use crate::preface::{Protocol, sniff};
 use crate::rate_log::RateLimitedLog;
 use crate::registry::Service;
 use crate::routes::{ShutdownSignals, router};
@@ -68,6 +69,64 @@ const EVICTION_BATCH: usize = 16;
 /// How long a connection asked to close gracefully, with nothing in
 /// progress, may take before it is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The streams one HTTP/2 connection may carry at once (its
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`; hyper's default). `max_streams` still
+/// bounds resource streams across all connections.
+const HTTP2_STREAMS: u32 = 200;
+
+pin_project_lite::pin_project! {
+    /// A connection being served, in the HTTP it speaks.
+    #[project = ServedProj]
+    enum Served<I, S>
+    where
+        S: hyper::service::HttpService<Incoming>,
+    {
+        Http1 { #[pin] conn: hyper::server::conn::http1::Connection<I, S> },
+        Http2 { #[pin] conn: hyper::server::conn::http2::Connection<I, S, TokioExecutor> },
+    }
+}
+
+impl<I, S, B> Served<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Stops taking requests and ends once those in progress are answered:
+    /// HTTP/1 after the answer in progress, HTTP/2 with a `GOAWAY`.
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        match self.project() {
+            ServedProj::Http1 { conn } => conn.graceful_shutdown(),
+            ServedProj::Http2 { conn } => conn.graceful_shutdown(),
+        }
+    }
+}
+
+impl<I, S, B> Future for Served<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Output = hyper::Result<()>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            ServedProj::Http1 { conn } => conn.poll(cx),
+            ServedProj::Http2 { conn } => conn.poll(cx),
+        }
+    }
+}
 
 /// Serves `service` on `listener` until `shutdown` resolves, then stops
 /// accepting, ends open streams, and lets in-flight calls finish for up to
@@ -399,22 +458,63 @@ async fn connection<I>(
             }
         })
     };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        // A health-only connection serves one request.
-        .keep_alive(!health_only)
-        // Timeouts are this module's (hyper's one timer would also close
-        // kept-alive connections after the header timeout).
-        .header_read_timeout(None)
-        .max_header_size(limits.max_header_bytes)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    let io = TokioIo::new(ConnIo::new(
+    let io = ConnIo::new(
         io,
         state.clone(),
         limits.idle_timeout,
         limits.max_header_bytes,
-    ));
-    let served = builder.serve_connection(io, service);
+    );
+    // Which HTTP the peer speaks, within what is left of the first head's
+    // deadline (its header timeout from accept).
+    let deadline = state
+        .deadline(limits.header_timeout, limits.idle_timeout)
+        .map_or_else(|| Instant::now() + limits.header_timeout, |(at, _)| at);
+    let (protocol, io) = tokio::select! {
+        sniffed = sniff(io) => match sniffed {
+            Ok(sniffed) => sniffed,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "connection failed before its first request");
+                return;
+            }
+        },
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::debug!(
+                %peer,
+                timeout_secs = limits.header_timeout.as_secs_f64(),
+                "no request within the header timeout; closing"
+            );
+            return;
+        }
+        () = state.evict.notified() => return,
+        _ = stopping.wait_for(|s| *s) => return,
+    };
+    let io = TokioIo::new(io);
+    let served = match protocol {
+        Protocol::Http1 => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                // A health-only connection serves one request.
+                .keep_alive(!health_only)
+                // Timeouts are this module's (hyper's one timer would also
+                // close kept-alive connections after the header timeout).
+                .header_read_timeout(None)
+                .max_header_size(limits.max_header_bytes)
+                .max_buf_size(limits.max_header_bytes.max(8192));
+            Served::Http1 {
+                conn: builder.serve_connection(io, service),
+            }
+        }
+        Protocol::Http2 => {
+            state.set_http2();
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .max_concurrent_streams(if health_only { 1 } else { HTTP2_STREAMS })
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+            Served::Http2 {
+                conn: builder.serve_connection(io, service),
+            }
+        }
+    };
     tokio::pin!(served);
     let mut closing_since: Option<Instant> = None;
     let mut stop_seen = false;
@@ -433,6 +533,11 @@ async fn connection<I>(
         };
     }
     loop {
+        // HTTP/1 ends a health-only connection after its one answer
+        // (no keep-alive); HTTP/2 has no such switch.
+        if health_only && state.served_any() && !state.busy() {
+            close!();
+        }
         let deadline = match closing_since {
             Some(since) => (!state.busy()).then_some((since + CLOSE_WAIT, None)),
             None => state
