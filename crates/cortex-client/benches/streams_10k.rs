@@ -9,8 +9,11 @@
 //! memory and the service's memory and descriptors are never counted:
 //!
 //! - `cortex`: one `NetworkMcpClient` opens N streams with `stream_resource`
-//!   (each holds one HTTP/1 connection of its pool: resumable, with
-//!   `Last-Event-ID`, idle timeout, reconnects);
+//!   (resumable, with `Last-Event-ID`, idle timeout, reconnects), sharing
+//!   HTTP/2 connections of its pool, 100 streams on each (the default,
+//!   `stream_http2 = true`);
+//! - `cortex-http1`: the same with `stream_http2 = false`: each stream holds
+//!   an HTTP/1 connection of its own;
 //! - `hyper`, the baseline: N bare hyper HTTP/1 connections, each with one
 //!   `GET /resource/feed/{id}` whose SSE body is read with the same decoder.
 //!
@@ -85,12 +88,15 @@ usage: cargo bench -p cortex-client --bench streams_10k [-- OPTIONS]
   --parallel N         streams being opened at once                  (default 128)
   --deliver-secs S     bound on delivery of the event to every stream (default 30)
   --clients LIST       which clients, each in a process of its own: hyper, cortex,
-                       hyper-1k (bare hyper with a 1 KiB read buffer) (default hyper,cortex,hyper-1k)
+                       cortex-http1 (streams over HTTP/1.1), hyper-1k (bare hyper with
+                       a 1 KiB read buffer)           (default hyper,cortex,cortex-http1)
 ";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Cortex,
+    /// The client with `stream_http2 = false`.
+    CortexHttp1,
     Hyper,
     /// Bare hyper with a 1 KiB read buffer (`read_buf_exact_size`): what a
     /// smaller buffer would save.
@@ -101,6 +107,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Self::Cortex => "cortex",
+            Self::CortexHttp1 => "cortex-http1",
             Self::Hyper => "hyper",
             Self::HyperSmall => "hyper-1k",
         }
@@ -108,7 +115,8 @@ impl Kind {
 
     fn label(self) -> &'static str {
         match self {
-            Self::Cortex => "NetworkMcpClient::stream_resource",
+            Self::Cortex => "NetworkMcpClient, HTTP/2 streams",
+            Self::CortexHttp1 => "NetworkMcpClient, HTTP/1.1 streams",
             Self::Hyper => "bare hyper HTTP/1 connection",
             Self::HyperSmall => "bare hyper, 1 KiB read buffer",
         }
@@ -117,10 +125,11 @@ impl Kind {
     fn parse(name: &str) -> Res<Self> {
         match name.trim() {
             "cortex" => Ok(Self::Cortex),
+            "cortex-http1" => Ok(Self::CortexHttp1),
             "hyper" => Ok(Self::Hyper),
             "hyper-1k" => Ok(Self::HyperSmall),
             other => Err(format!(
-                "unknown client `{other}` (cortex, hyper, hyper-1k)"
+                "unknown client `{other}` (cortex, cortex-http1, hyper, hyper-1k)"
             )),
         }
     }
@@ -139,7 +148,7 @@ fn parse_args() -> Res<Option<Options>> {
     let mut streams = common::env_number("BENCH_STREAMS")?.map_or(10_000, |s| s as usize);
     let mut parallel = 128;
     let mut deliver: f64 = 30.0;
-    let mut clients = vec![Kind::Hyper, Kind::Cortex, Kind::HyperSmall];
+    let mut clients = vec![Kind::Hyper, Kind::Cortex, Kind::CortexHttp1];
     let mut measure = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -378,7 +387,7 @@ async fn open_all(
             async move {
                 let open = async {
                     match kind {
-                        Kind::Cortex => client
+                        Kind::Cortex | Kind::CortexHttp1 => client
                             .stream_resource(SERVICE, &format!("feed/{i}"))
                             .await
                             .map(Held::Cortex)
@@ -453,6 +462,7 @@ async fn measure(kind: Kind, addr: SocketAddr, opts: &Options) -> Res<bool> {
     let n = opts.streams;
     let discovery = Arc::new(StaticDiscovery::new().with(SERVICE, format!("http://{addr}")));
     let config = ClientConfig::builder()
+        .stream_http2(kind != Kind::CortexHttp1)
         .max_connections(10_000)
         .pool_timeout(Duration::from_secs(60))
         .request_timeout(Duration::from_secs(60))
@@ -519,7 +529,7 @@ async fn measure(kind: Kind, addr: SocketAddr, opts: &Options) -> Res<bool> {
     println!(
         "  (of which the benchmark's waiting task per stream: a {task_size}-byte future plus tokio's task header)"
     );
-    if kind == Kind::Cortex {
+    if matches!(kind, Kind::Cortex | Kind::CortexHttp1) {
         let pool = client
             .endpoint_status()
             .first()
@@ -770,7 +780,7 @@ fn main() -> ExitCode {
         .map(|o| o.heap_per);
     for o in &outcomes {
         let vs = match (o.kind, base) {
-            (Kind::Cortex, Some(b)) if b > 0.0 => {
+            (Kind::Cortex | Kind::CortexHttp1, Some(b)) if b > 0.0 => {
                 format!(", {:.2}x the bare connection's heap", o.heap_per / b)
             }
             _ => String::new(),

@@ -509,6 +509,7 @@ impl Engine {
             max_connections: service.config.max_connections,
             idle_timeout: service.config.idle_timeout,
             connect_timeout: service.config.connect_timeout,
+            stream_http2: service.config.stream_http2,
             route: crate::proxy::Route::for_target(
                 &service.config.proxy,
                 &service.config.no_proxy,
@@ -840,16 +841,15 @@ impl Engine {
                 let error = connection_error("connection closed".into(), false, None);
                 return Err(AttemptFailure::from(error));
             }
-            // A stream answer's head larger than the stream connection's
-            // read buffer: the client's limit, not the endpoint's failure.
-            // A stream's GET may be asked again, and the pool now dials
-            // this endpoint's stream connections with full-size buffers.
-            Ok(Err(SendError::HeadTooLarge(cause))) => {
+            // A stream connection of a kind the endpoint cannot take (an
+            // answer head larger than its small read buffer, or no h2c):
+            // the client's choice, not the endpoint's failure. A stream's
+            // GET may be asked again, and the pool now dials this
+            // endpoint's stream connections the way that works.
+            Ok(Err(SendError::Unsuited(why, cause))) => {
                 permit.ignore();
-                let reason = format!(
-                    "the answer's head is larger than a stream connection's read buffer: {cause}"
-                );
-                let error = connection_error(reason, true, Some(Cause::new(cause)));
+                let reason = format!("{why}: {cause}");
+                let error = connection_error(reason, why.sent(), Some(Cause::new(cause)));
                 return Err(AttemptFailure::from(error));
             }
             // The proxy refused the request (407): not the endpoint's failure.

@@ -447,7 +447,7 @@ impl Metrics {
         );
         registry.register(
             "cortex_client_pool_in_use",
-            "Connections carrying a call or stream",
+            "Calls and streams holding a connection (HTTP/2 streams share one)",
             pool_in_use,
         );
         registry.register(

@@ -13,10 +13,19 @@
 //!   (closing the socket): a half-read HTTP/1 connection cannot be reused.
 //! - A sweeper closes connections idle for longer than `idle_timeout`.
 //!
-//! HTTP/1.1 only: one request per connection at a time, which is what makes
-//! "connections in use" and "calls in flight" the same number.
+//! Calls use HTTP/1.1: one request per connection at a time, which is what
+//! makes "connections in use" and "calls in flight" the same number.
 //!
-//! A connection dialled for a resource stream ([`Purpose::Stream`]) reads
+//! Resource streams to an `http://` endpoint share HTTP/2 connections
+//! (h2c with prior knowledge; [`PoolSettings::stream_http2`]): a stream
+//! takes a share of the connection carrying the fewest, up to
+//! [`HTTP2_STREAMS_PER_CONNECTION`], and one is dialled (on a slot, like any
+//! connection) when all are full. 10,000 streams then hold 100 connections
+//! instead of 10,000. An endpoint that does not speak h2c fails the first
+//! stream's request, which is repeated over HTTP/1.1 (not counted against
+//! the endpoint), and its streams use HTTP/1.1 from then on.
+//!
+//! An HTTP/1.1 connection dialled for a resource stream ([`Purpose::Stream`]) reads
 //! through a small buffer ([`STREAM_READ_BUFFER`]): it spends its life
 //! waiting for the next event, and hyper keeps its read buffer reserved
 //! while a read waits, so 10,000 streams with hyper's default 8 KiB would
@@ -43,7 +52,7 @@
 //! one handshake for all its calls.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -51,8 +60,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 use crate::error::Cause;
@@ -68,6 +78,20 @@ use crate::tls::Tls;
 /// balancers usually add (a sticky cookie, `Via`).
 const STREAM_READ_BUFFER: usize = 2048;
 
+/// The streams one HTTP/2 connection carries at most. Below the
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` that servers commonly announce (the
+/// kit's 200, nginx's 128, 100 as RFC 9113 recommends at least): a stream
+/// past the server's limit would wait inside hyper for a free one.
+const HTTP2_STREAMS_PER_CONNECTION: usize = 100;
+
+/// Whether an endpoint's resource streams go over HTTP/2 (an
+/// [`EndpointPool::http2`] value).
+const HTTP2_UNTRIED: u8 = 0;
+const HTTP2_WORKS: u8 = 1;
+/// The endpoint failed a stream's first request on a new HTTP/2
+/// connection: it does not speak h2c, and gets HTTP/1.1 from now on.
+const HTTP2_REFUSED: u8 = 2;
+
 /// What a connection is wanted for: it decides how a new one is dialled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Purpose {
@@ -78,6 +102,17 @@ pub(crate) enum Purpose {
     Stream,
 }
 
+/// How a new connection is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    /// HTTP/1.1 with hyper's default buffers.
+    Http1,
+    /// HTTP/1.1 reading through [`STREAM_READ_BUFFER`].
+    Http1SmallReads,
+    /// HTTP/2 with prior knowledge, shared by streams.
+    Http2,
+}
+
 /// Timings, the cap and the route of one endpoint's pool.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PoolSettings {
@@ -86,6 +121,9 @@ pub(crate) struct PoolSettings {
     /// Bounds making a connection: to the target, or to its proxy together
     /// with the `CONNECT` exchange, and the TLS handshake after either.
     pub(crate) connect_timeout: Duration,
+    /// Resource streams share HTTP/2 connections where the route allows
+    /// ([`Self::http2_route`]).
+    pub(crate) stream_http2: bool,
     /// Straight to the target, or through its proxy.
     pub(crate) route: Route,
     /// TLS to an `https://` target; `None` for `http://`.
@@ -101,6 +139,14 @@ impl PoolSettings {
             Route::Forward(hop) if self.tls.is_none() => Some(hop),
             _ => None,
         }
+    }
+
+    /// Whether streams may try HTTP/2 with prior knowledge: plaintext
+    /// targets only (over TLS it is chosen by ALPN, which the client's TLS
+    /// does not offer yet), reached directly or through a tunnel (a
+    /// forwarding proxy speaks HTTP/1.1 to us).
+    fn http2_route(&self) -> bool {
+        self.stream_http2 && self.tls.is_none() && !matches!(self.route, Route::Forward(_))
     }
 
     /// The proxy whose `CONNECT` tunnels carry the connections.
@@ -143,7 +189,8 @@ impl std::fmt::Display for AcquireError {
 pub struct PoolStats {
     /// Connections open (idle or in use).
     pub open: usize,
-    /// Connections carrying a call or stream now.
+    /// Calls and streams holding a connection now (a call or an HTTP/1.1
+    /// stream holds one of its own; HTTP/2 streams share one).
     pub in_use: usize,
     /// Calls waiting for a connection.
     pub waiting: usize,
@@ -154,6 +201,42 @@ pub struct PoolStats {
 struct Idle {
     sender: SendRequest<Full<Bytes>>,
     since: Instant,
+}
+
+/// An HTTP/2 connection that streams share.
+struct Shared {
+    /// Names it for the streams that hold a share ([`Sender::Http2`]).
+    id: u64,
+    sender: http2::SendRequest<Full<Bytes>>,
+    /// Streams holding a share now.
+    streams: usize,
+    /// When its last stream ended (its creation, before the first).
+    idle_since: Instant,
+}
+
+/// Held by the one caller dialling a shared connection
+/// ([`EndpointPool::shared_dialling`]). Dropped when the dial ends, or when
+/// the caller gives up half-way (its call cancelled): either way the
+/// others look again, and one of them dials if there is still no room.
+struct Dialling<'a>(&'a EndpointPool);
+
+impl Drop for Dialling<'_> {
+    fn drop(&mut self) {
+        self.0.shared_dialling.store(false, Ordering::Release);
+        // A new connection has room for many: everyone looks again.
+        self.0.shared_freed.notify_waiters();
+    }
+}
+
+/// How a checked-out connection sends.
+enum Sender {
+    /// An HTTP/1.1 connection, used by one request at a time.
+    Http1(SendRequest<Full<Bytes>>),
+    /// A share of the HTTP/2 connection `id` in [`EndpointPool::shared`].
+    Http2 {
+        sender: http2::SendRequest<Full<Bytes>>,
+        id: u64,
+    },
 }
 
 /// How a queued caller's wait ended.
@@ -186,6 +269,20 @@ pub(crate) struct EndpointPool {
     /// A stream's answer head did not fit [`STREAM_READ_BUFFER`]: this
     /// endpoint's stream connections are dialled like any other from now on.
     large_stream_heads: AtomicBool,
+    /// Whether streams go over HTTP/2: [`HTTP2_UNTRIED`], [`HTTP2_WORKS`]
+    /// or [`HTTP2_REFUSED`].
+    http2: AtomicU8,
+    /// The HTTP/2 connections streams share. Each holds one slot of
+    /// `max_connections`, as an HTTP/1 connection does.
+    shared: Mutex<Vec<Shared>>,
+    /// Woken when a share may have come free: a stream on a shared
+    /// connection ended, or a dial for one ended.
+    shared_freed: Notify,
+    /// A shared connection is being dialled: streams without a share wait
+    /// for it rather than each dialling its own (10,000 streams opened at
+    /// once would otherwise take every slot for one stream each).
+    shared_dialling: AtomicBool,
+    next_shared: AtomicU64,
 }
 
 impl std::fmt::Debug for EndpointPool {
@@ -211,6 +308,11 @@ impl EndpointPool {
             waiting: AtomicUsize::new(0),
             dialed_total: AtomicU64::new(0),
             large_stream_heads: AtomicBool::new(false),
+            http2: AtomicU8::new(HTTP2_UNTRIED),
+            shared: Mutex::new(Vec::new()),
+            shared_freed: Notify::new(),
+            shared_dialling: AtomicBool::new(false),
+            next_shared: AtomicU64::new(0),
         });
         tokio::spawn(sweep(Arc::downgrade(&pool)));
         pool
@@ -243,10 +345,16 @@ impl EndpointPool {
         // registration and no timer; the rest is boxed so that its state
         // (dialling, waiting) does not weigh on every call's future. When
         // callers wait, they go first: join the queue behind them.
+        if purpose == Purpose::Stream
+            && self.settings.http2_route()
+            && self.http2.load(Ordering::Acquire) != HTTP2_REFUSED
+        {
+            return Box::pin(self.share(deadline)).await;
+        }
         if self.waiting.load(Ordering::Acquire) == 0
             && let Some(sender) = self.take_idle().await
         {
-            return Ok(self.checked_out(sender, Purpose::Call));
+            return Ok(self.checked_out(Sender::Http1(sender), Purpose::Call));
         }
         Box::pin(self.dial_or_wait(deadline, purpose)).await
     }
@@ -278,7 +386,7 @@ impl EndpointPool {
             };
             if let Some(idle) = found {
                 if let Some(sender) = self.usable(idle).await {
-                    return Ok(self.checked_out(sender, Purpose::Call));
+                    return Ok(self.checked_out(Sender::Http1(sender), Purpose::Call));
                 }
                 continue;
             }
@@ -295,7 +403,7 @@ impl EndpointPool {
             match (outcome, late) {
                 (Waited::Handed(Some(sender)), _) | (_, Some(sender)) => {
                     if let Some(sender) = self.usable_now(sender).await {
-                        return Ok(self.checked_out(sender, Purpose::Call));
+                        return Ok(self.checked_out(Sender::Http1(sender), Purpose::Call));
                     }
                 }
                 (Waited::Slot(Some(slot)), None) => {
@@ -315,6 +423,113 @@ impl EndpointPool {
                 });
             }
         }
+    }
+
+    /// A share of an HTTP/2 connection for a stream: the one carrying the
+    /// fewest streams among those with room, or a new one if a slot is
+    /// free; else a wait, until `deadline`, for a share or a slot.
+    async fn share(self: &Arc<Self>, deadline: Instant) -> Result<PooledConn, AcquireError> {
+        let started = Instant::now();
+        loop {
+            // Registered before looking, so a share freed between the look
+            // and the wait is not missed.
+            let freed = self.shared_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(sender) = self.take_share() {
+                return Ok(self.checked_out(sender, Purpose::Stream));
+            }
+            if !self.shared_dialling.swap(true, Ordering::AcqRel) {
+                let dialling = Dialling(self);
+                let dialled = self.dial_shared(deadline, freed.as_mut()).await;
+                drop(dialling);
+                match dialled {
+                    Ok(Some(sender)) => return Ok(self.checked_out(sender, Purpose::Stream)),
+                    Ok(None) => continue,
+                    Err(AcquireError::PoolTimeout { .. }) => {
+                        return Err(AcquireError::PoolTimeout {
+                            waited: started.elapsed(),
+                        });
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            tokio::select! {
+                () = &mut freed => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(AcquireError::PoolTimeout { waited: started.elapsed() });
+                }
+            }
+        }
+    }
+
+    /// Dials a shared connection and takes the first share of it; `None`
+    /// when a share came free while waiting for a slot.
+    async fn dial_shared(
+        &self,
+        deadline: Instant,
+        freed: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    ) -> Result<Option<Sender>, AcquireError> {
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => tokio::select! {
+                slot = self.slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return Ok(None),
+                },
+                () = freed => return Ok(None),
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(AcquireError::PoolTimeout { waited: Duration::ZERO });
+                }
+            },
+        };
+        let sender = self.dial(slot, Handshake::Http2).await?;
+        if let Sender::Http2 { sender, id } = &sender {
+            self.shared_list().push(Shared {
+                id: *id,
+                sender: sender.clone(),
+                streams: 1,
+                idle_since: Instant::now(),
+            });
+        }
+        Ok(Some(sender))
+    }
+
+    fn shared_list(&self) -> std::sync::MutexGuard<'_, Vec<Shared>> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A share of the open HTTP/2 connection with the fewest streams, if
+    /// one has room.
+    fn take_share(&self) -> Option<Sender> {
+        let mut shared = self.shared_list();
+        shared.retain(|conn| !conn.sender.is_closed());
+        let conn = shared
+            .iter_mut()
+            .filter(|conn| conn.streams < HTTP2_STREAMS_PER_CONNECTION)
+            .min_by_key(|conn| conn.streams)?;
+        conn.streams += 1;
+        Some(Sender::Http2 {
+            sender: conn.sender.clone(),
+            id: conn.id,
+        })
+    }
+
+    /// A stream on shared connection `id` ended (its share dropped).
+    fn stream_ended(&self, id: u64) {
+        {
+            let mut shared = self.shared_list();
+            // Gone from the list already if its connection closed.
+            if let Some(conn) = shared.iter_mut().find(|conn| conn.id == id) {
+                conn.streams = conn.streams.saturating_sub(1);
+                if conn.streams == 0 {
+                    conn.idle_since = Instant::now();
+                }
+            }
+        }
+        self.shared_freed.notify_one();
     }
 
     fn waiter_list(
@@ -372,11 +587,7 @@ impl EndpointPool {
     /// `sender`'s connection, checked out; `dialled_for` is the purpose it
     /// was dialled for (`Call` for one that was pooled), which decides
     /// whether it may be pooled again.
-    fn checked_out(
-        self: &Arc<Self>,
-        sender: SendRequest<Full<Bytes>>,
-        dialled_for: Purpose,
-    ) -> PooledConn {
+    fn checked_out(self: &Arc<Self>, sender: Sender, dialled_for: Purpose) -> PooledConn {
         self.in_use.fetch_add(1, Ordering::Relaxed);
         PooledConn {
             sender: Some(sender),
@@ -396,15 +607,19 @@ impl EndpointPool {
             Purpose::Stream if self.large_stream_heads.load(Ordering::Relaxed) => Purpose::Call,
             purpose => purpose,
         };
-        let sender = self.dial(slot, purpose).await?;
+        let handshake = match purpose {
+            Purpose::Call => Handshake::Http1,
+            Purpose::Stream => Handshake::Http1SmallReads,
+        };
+        let sender = self.dial(slot, handshake).await?;
         Ok(self.checked_out(sender, purpose))
     }
 
     async fn dial(
         &self,
         slot: OwnedSemaphorePermit,
-        purpose: Purpose,
-    ) -> Result<SendRequest<Full<Bytes>>, AcquireError> {
+        handshake: Handshake,
+    ) -> Result<Sender, AcquireError> {
         let timeout = self.settings.connect_timeout;
         // One bound over all of making a connection, TLS included: the
         // handshake gets what is left of it.
@@ -413,16 +628,16 @@ impl EndpointPool {
             let stream = crate::proxy::dial_proxy(hop, timeout)
                 .await
                 .map_err(|e| AcquireError::Connect(Cause::new(e)))?;
-            return self.start(TokioIo::new(stream), slot, purpose).await;
+            return self.start(TokioIo::new(stream), slot, handshake).await;
         }
         let Some(hop) = self.settings.tunnelled_through() else {
             let stream = self.dial_target(timeout).await?;
             return match &self.settings.tls {
                 Some(tls) => {
                     let stream = secure(tls, stream, deadline).await?;
-                    self.start(TokioIo::new(stream), slot, purpose).await
+                    self.start(TokioIo::new(stream), slot, handshake).await
                 }
-                None => self.start(TokioIo::new(stream), slot, purpose).await,
+                None => self.start(TokioIo::new(stream), slot, handshake).await,
             };
         };
         // One bound over reaching the proxy and its answer to CONNECT: a
@@ -450,9 +665,9 @@ impl EndpointPool {
             // TLS inside the tunnel, end to end with the target.
             Some(tls) => {
                 let stream = secure(tls, TokioIo::new(upgraded), deadline).await?;
-                self.start(TokioIo::new(stream), slot, purpose).await
+                self.start(TokioIo::new(stream), slot, handshake).await
             }
-            None => self.start(upgraded, slot, purpose).await,
+            None => self.start(upgraded, slot, handshake).await,
         }
     }
 
@@ -478,30 +693,47 @@ impl EndpointPool {
         Ok(stream)
     }
 
-    /// The HTTP/1 handshake on `io` (a socket, or a tunnel through a proxy),
+    /// The HTTP handshake on `io` (a socket, or a tunnel through a proxy),
     /// and the task that drives the connection.
     async fn start<T>(
         &self,
         io: T,
         slot: OwnedSemaphorePermit,
-        purpose: Purpose,
-    ) -> Result<SendRequest<Full<Bytes>>, AcquireError>
+        handshake: Handshake,
+    ) -> Result<Sender, AcquireError>
     where
         T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
+        let connect_error = |e| AcquireError::Connect(Cause::new(e));
+        if handshake == Handshake::Http2 {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await
+                .map_err(connect_error)?;
+            self.drive(connection, slot);
+            let id = self.next_shared.fetch_add(1, Ordering::Relaxed);
+            return Ok(Sender::Http2 { sender, id });
+        }
         let mut builder = http1::Builder::new();
-        if purpose == Purpose::Stream {
+        if handshake == Handshake::Http1SmallReads {
             builder.read_buf_exact_size(Some(STREAM_READ_BUFFER));
         }
-        let (sender, connection) = builder
-            .handshake(io)
-            .await
-            .map_err(|e| AcquireError::Connect(Cause::new(e)))?;
+        let (sender, connection) = builder.handshake(io).await.map_err(connect_error)?;
+        self.drive(connection, slot);
+        Ok(Sender::Http1(sender))
+    }
+
+    /// Runs a new connection's driver in its own task, which owns the slot:
+    /// it is freed when the socket is closed, not merely when we stop
+    /// using the connection.
+    fn drive(
+        &self,
+        connection: impl Future<Output = hyper::Result<()>> + Send + 'static,
+        slot: OwnedSemaphorePermit,
+    ) {
         self.dialed_total.fetch_add(1, Ordering::Relaxed);
         let open = self.open.clone();
         open.fetch_add(1, Ordering::Relaxed);
-        // The driver owns the slot: it is freed when the socket is closed,
-        // not merely when we stop using the connection.
         tokio::spawn(async move {
             let _slot = slot;
             if let Err(error) = connection.await {
@@ -509,7 +741,6 @@ impl EndpointPool {
             }
             open.fetch_sub(1, Ordering::Relaxed);
         });
-        Ok(sender)
     }
 
     fn give_back(&self, sender: SendRequest<Full<Bytes>>) {
@@ -536,11 +767,17 @@ impl EndpointPool {
         let timeout = self.settings.idle_timeout;
         self.idle_list()
             .retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < timeout);
+        // A shared connection without streams is idle too; dropping the
+        // last sender of it closes it.
+        self.shared_list().retain(|conn| {
+            !conn.sender.is_closed() && (conn.streams > 0 || conn.idle_since.elapsed() < timeout)
+        });
     }
 
     /// Closes every idle connection now.
     pub(crate) fn close_idle(&self) {
         self.idle_list().clear();
+        self.shared_list().retain(|conn| conn.streams > 0);
     }
 }
 
@@ -581,7 +818,7 @@ async fn sweep(pool: Weak<EndpointPool>) {
 /// A checked-out connection. [`PooledConn::release`] returns it for reuse;
 /// dropping it closes it.
 pub(crate) struct PooledConn {
-    sender: Option<SendRequest<Full<Bytes>>>,
+    sender: Option<Sender>,
     pool: Arc<EndpointPool>,
     /// How it was dialled (`Call` for one taken from the idle list).
     dialled_for: Purpose,
@@ -606,11 +843,17 @@ impl PooledConn {
         &mut self,
         mut request: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<Incoming>, SendError> {
+        let sender = match self.sender.as_mut() {
+            None => return Err(SendError::Closed),
+            Some(Sender::Http2 { sender, .. }) => {
+                return send_shared(&self.pool, sender, request).await;
+            }
+            Some(Sender::Http1(sender)) => sender,
+        };
         let forward = self.pool.settings.forwarded_to();
         if let Some(hop) = forward {
             to_proxy(&mut request, hop)?;
         }
-        let sender = self.sender.as_mut().ok_or(SendError::Closed)?;
         // Nothing is written until the connection is ready.
         sender
             .ready()
@@ -628,7 +871,7 @@ impl PooledConn {
             // is malformed fails again there, as any other.
             if small_reads && error.is_parse() {
                 large_stream_heads.store(true, Ordering::Relaxed);
-                return SendError::HeadTooLarge(error);
+                return SendError::Unsuited(Unsuited::LargeHead, error);
             }
             // A TLS server's refusal of the handshake that arrives after
             // our side of it (TLS 1.3 checks the client's certificate then)
@@ -664,10 +907,10 @@ impl PooledConn {
     /// Returns the connection to the idle list (unless it may not be
     /// reused: then it is closed).
     pub(crate) fn release(mut self) {
-        if let Some(sender) = self.sender.take()
-            && self.reusable
-        {
-            self.pool.give_back(sender);
+        match self.sender.take() {
+            Some(Sender::Http1(sender)) if self.reusable => self.pool.give_back(sender),
+            // Not reusable: closed (or, shared, its share given up) on drop.
+            other => self.sender = other,
         }
     }
 }
@@ -702,19 +945,88 @@ fn proxy_keeps_alive(response: &http::Response<Incoming>) -> bool {
 impl Drop for PooledConn {
     fn drop(&mut self) {
         self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
-        // A sender still here was not released: its response was not read to
-        // the end, so the connection is dropped (and closed) with it.
+        // An HTTP/1 sender still here was not released: its response was not
+        // read to the end, so the connection is dropped (and closed) with it.
+        // A share of an HTTP/2 connection ends only its stream (hyper resets
+        // it if unfinished); the connection carries the others on.
+        if let Some(Sender::Http2 { id, .. }) = &self.sender {
+            self.pool.stream_ended(*id);
+        }
     }
 }
 
-/// A request for `hop`'s proxy: its URI in absolute form
-/// (`http://host:port/path`, RFC 9112 §3.2.2), which is how a forwarding
-/// proxy learns the target, and the proxy's credentials. `Host` is the
-/// target's already.
-fn to_proxy(request: &mut http::Request<Full<Bytes>>, hop: &Hop) -> Result<(), SendError> {
+/// Sends a stream's request on a shared HTTP/2 connection. The first
+/// request to an endpoint that fails there, before any has succeeded,
+/// marks the endpoint as not speaking h2c: an HTTP/1-only server answers
+/// the preface with an error or a close, and that must not count against
+/// it. Its streams then use HTTP/1.1.
+async fn send_shared(
+    pool: &EndpointPool,
+    sender: &mut http2::SendRequest<Full<Bytes>>,
+    mut request: http::Request<Full<Bytes>>,
+) -> Result<http::Response<Incoming>, SendError> {
+    // HTTP/2 names the target in `:scheme` and `:authority`, which hyper
+    // takes from an absolute URI.
+    let authority = pool.authority.parse().map_err(|e: http::uri::InvalidUri| {
+        SendError::NotSent(Cause::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("`{}` is not a URI authority: {e}", pool.authority),
+        )))
+    })?;
+    *request.uri_mut() = absolute_uri(&request, authority).map_err(|e| {
+        SendError::NotSent(Cause::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("cannot form the request URI: {e}"),
+        )))
+    })?;
+    let untried = pool.http2.load(Ordering::Acquire) == HTTP2_UNTRIED;
+    let sent = match sender.ready().await {
+        Ok(()) => sender.send_request(request).await,
+        Err(error) => Err(error),
+    };
+    match sent {
+        Ok(response) => {
+            if untried {
+                pool.http2.store(HTTP2_WORKS, Ordering::Release);
+            }
+            Ok(response)
+        }
+        Err(error) if untried => {
+            if pool
+                .http2
+                .compare_exchange(
+                    HTTP2_UNTRIED,
+                    HTTP2_REFUSED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                tracing::info!(
+                    endpoint = %pool.authority,
+                    %error,
+                    "the endpoint does not speak HTTP/2 (h2c); its streams use HTTP/1.1"
+                );
+            }
+            Err(SendError::Unsuited(Unsuited::NoHttp2, error))
+        }
+        // A request hyper never handed to the connection, or one the server
+        // refused before processing it (`REFUSED_STREAM`, or past a
+        // `GOAWAY`'s last stream) shows as canceled or as an HTTP/2 error;
+        // only the first is known not to have reached the service.
+        Err(error) if error.is_canceled() => Err(SendError::NotSent(Cause::new(error))),
+        Err(error) => Err(SendError::MaybeSent(error)),
+    }
+}
+
+/// `request`'s URI in absolute form, `http://authority/path?query`.
+fn absolute_uri(
+    request: &http::Request<Full<Bytes>>,
+    authority: http::uri::Authority,
+) -> Result<http::Uri, http::Error> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(hop.target.clone());
+    parts.authority = Some(authority);
     parts.path_and_query = Some(
         request
             .uri()
@@ -722,9 +1034,17 @@ fn to_proxy(request: &mut http::Request<Full<Bytes>>, hop: &Hop) -> Result<(), S
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     );
+    Ok(http::Uri::from_parts(parts)?)
+}
+
+/// A request for `hop`'s proxy: its URI in absolute form
+/// (`http://host:port/path`, RFC 9112 §3.2.2), which is how a forwarding
+/// proxy learns the target, and the proxy's credentials. `Host` is the
+/// target's already.
+fn to_proxy(request: &mut http::Request<Full<Bytes>>, hop: &Hop) -> Result<(), SendError> {
     // Scheme, authority and path are all there, so this does not fail;
     // if it did, nothing is sent rather than a request the proxy misreads.
-    let uri = http::Uri::from_parts(parts).map_err(|e| {
+    let uri = absolute_uri(request, hop.target.clone()).map_err(|e| {
         SendError::Proxy(Cause::new(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("cannot form the request URI for proxy {}: {e}", hop.shown),
@@ -751,21 +1071,47 @@ pub(crate) enum SendError {
     MaybeSent(hyper::Error),
     /// The connection was already given up.
     Closed,
-    /// The answer's head did not fit a stream connection's small read
-    /// buffer ([`STREAM_READ_BUFFER`]): the request was sent, the endpoint
-    /// is not to blame, and its next stream connection reads through
-    /// hyper's default buffers.
-    HeadTooLarge(hyper::Error),
+    /// The kind of connection did not suit the endpoint, which is not to
+    /// blame: its next stream connection is of the kind that does.
+    Unsuited(Unsuited, hyper::Error),
     /// The forwarding proxy refused the request (a `407`; a
     /// [`ProxyError`]): it did not reach the service, and the service is
     /// not to blame.
     Proxy(Cause),
 }
 
+/// Why a connection did not suit an endpoint ([`SendError::Unsuited`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unsuited {
+    /// The answer's head did not fit a stream connection's small read
+    /// buffer ([`STREAM_READ_BUFFER`]); the request was sent. Stream
+    /// connections read through hyper's default buffers from now on.
+    LargeHead,
+    /// The endpoint does not speak HTTP/2 with prior knowledge; the request
+    /// did not reach a service. Streams use HTTP/1.1 from now on.
+    NoHttp2,
+}
+
+impl Unsuited {
+    /// Whether the request may have reached the service.
+    pub(crate) fn sent(self) -> bool {
+        self == Self::LargeHead
+    }
+}
+
+impl std::fmt::Display for Unsuited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::LargeHead => "the answer's head is larger than a stream connection's read buffer",
+            Self::NoHttp2 => "the endpoint does not speak HTTP/2 (h2c); streams use HTTP/1.1 now",
+        })
+    }
+}
+
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::MaybeSent(error) | Self::HeadTooLarge(error) => write!(f, "{error}"),
+            Self::MaybeSent(error) | Self::Unsuited(_, error) => write!(f, "{error}"),
             Self::Closed => f.write_str("connection already closed"),
             Self::NotSent(cause) | Self::Proxy(cause) => write!(f, "{cause}"),
         }

@@ -51,6 +51,32 @@ pub async fn serve(app: axum::Router) -> String {
     url
 }
 
+/// Serves `app` over HTTP/1.1 only (as a server that predates HTTP/2
+/// would), on a free loopback port until the test ends; its base URL.
+/// (`axum::serve` speaks h2c too when a crate of the workspace turns on
+/// axum's `http2`.)
+pub async fn serve_http1_only(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let url = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("addr: {e}"))
+    );
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+            );
+        }
+    });
+    url
+}
+
 /// Stores `content` for `user` in the `memory` service; its item id.
 pub async fn store(client: &dyn McpClient, user: &str, content: &str) -> i64 {
     let answer = client

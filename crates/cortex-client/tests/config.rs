@@ -58,6 +58,7 @@ fn all_changed() -> ClientConfig {
         .stream_idle_timeout(secs(30.0))
         .stream_max_reconnects(4)
         .stream_max_backoff(secs(30.0))
+        .stream_http2(false)
         .jitter(false)
         .retry_budget_ratio(0.5)
         .retry_budget_min_per_sec(3)
@@ -123,6 +124,7 @@ const ALL_CHANGED: &[(&str, &str)] = &[
     ("stream_idle_timeout", "30"),
     ("stream_max_reconnects", "4"),
     ("stream_max_backoff", "30"),
+    ("stream_http2", "false"),
     ("jitter", "false"),
     ("retry_budget_ratio", "0.5"),
     ("retry_budget_min_per_sec", "3"),
@@ -251,6 +253,7 @@ fn builder_sets_every_option() {
     assert_ne!(c.stream_idle_timeout, d.stream_idle_timeout);
     assert_ne!(c.stream_max_reconnects, d.stream_max_reconnects);
     assert_ne!(c.stream_max_backoff, d.stream_max_backoff);
+    assert_ne!(c.stream_http2, d.stream_http2);
     assert_ne!(c.jitter, d.jitter);
     assert_ne!(c.retry_budget_ratio, d.retry_budget_ratio);
     assert_ne!(c.retry_budget_min_per_sec, d.retry_budget_min_per_sec);

@@ -62,7 +62,9 @@ async fn two_thousand_calls_at_concurrency_64_never_open_more_than_4_connections
 async fn five_hundred_streams_dropped_after_their_first_event_leave_no_connection() {
     let (server, _dir) = start_memory(ServiceConfig::default()).await;
     let proxy = TcpProxy::start(server.addr).await;
+    // HTTP/1.1: a connection per stream (`stream_http2.rs` has HTTP/2's).
     let config = common::fast_config()
+        .stream_http2(false)
         .max_connections(50)
         .pool_timeout(Duration::from_secs(10))
         .build()

@@ -163,6 +163,8 @@ impl Http {
                 // from waking often while a kept pool lives.
                 idle_timeout: Duration::from_secs(20),
                 connect_timeout: config.connect_timeout.min(self.timeout),
+                // Exchanges with the authorization server are calls.
+                stream_http2: false,
                 route,
                 tls,
             },

@@ -1,0 +1,192 @@
+//! Resource streams over HTTP/2: many streams share a connection, a lost
+//! connection resumes every stream it carried, and an endpoint that speaks
+//! only HTTP/1.1 gets HTTP/1.1 streams without any failure counted.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use cortex_client::McpClient;
+use cortex_resilience::breaker::BreakerState;
+use cortex_service::ServiceConfig;
+use cortex_test_support::proxy::TcpProxy;
+use cortex_test_support::start_memory;
+use futures::StreamExt;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Opens `n` streams of `u1`'s history at once and reads the first event
+/// of each (the backlog's item `first`).
+async fn open_streams(
+    client: &cortex_client::NetworkMcpClient,
+    n: usize,
+    first: i64,
+) -> Vec<cortex_client::EventStream> {
+    let opened: Vec<_> = futures::stream::iter(0..n)
+        .map(|_| async {
+            let mut stream = client
+                .stream_resource("memory", "history/u1/stream")
+                .await
+                .unwrap();
+            let event = tokio::time::timeout(WAIT, stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(event.id, Some(first.to_string()));
+            stream
+        })
+        .buffer_unordered(n)
+        .collect()
+        .await;
+    opened
+}
+
+#[tokio::test]
+async fn two_hundred_fifty_streams_share_three_connections_and_all_deliver() {
+    let (server, _dir) = start_memory(ServiceConfig::default()).await;
+    let proxy = TcpProxy::start(server.addr).await;
+    let config = common::fast_config()
+        .max_connections(10)
+        .idle_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let client = common::client_for(&proxy.url(""), config);
+    let first = common::store(&client, "u1", "before").await;
+    let calls_connection = proxy.accepted();
+
+    let mut streams = open_streams(&client, 250, first).await;
+    assert_eq!(
+        proxy.accepted() - calls_connection,
+        3,
+        "100 streams per HTTP/2 connection"
+    );
+    let status = client.endpoint_status();
+    assert_eq!(status[0].pool.in_use, 250, "{:?}", status[0].pool);
+
+    let live = common::store(&client, "u1", "live").await;
+    for stream in &mut streams {
+        let event = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.id, Some(live.to_string()));
+        assert_eq!(event.data["content"], "live");
+    }
+
+    // Dropped streams give up their shares; the idle connections are
+    // closed after the idle timeout, as HTTP/1 ones are.
+    drop(streams);
+    assert_eq!(client.endpoint_status()[0].pool.in_use, 0);
+    assert!(
+        proxy.wait_open_at_most(0, WAIT).await,
+        "{} connections left open",
+        proxy.open()
+    );
+}
+
+#[tokio::test]
+async fn a_lost_http2_connection_resumes_each_of_its_streams_after_its_last_event() {
+    let (server, _dir) = start_memory(ServiceConfig::default()).await;
+    let proxy = TcpProxy::start(server.addr).await;
+    let config = common::fast_config().max_connections(10).build().unwrap();
+    let client = common::client_for(&proxy.url(""), config);
+    let first = common::store(&client, "u1", "before").await;
+    let mut streams = open_streams(&client, 150, first).await;
+    let accepted = proxy.accepted();
+    assert!(
+        accepted <= 3,
+        "the calls' connection and 2 shared: {accepted}"
+    );
+
+    // Every connection goes at once: 150 streams on 2 connections, and the
+    // calls' own.
+    proxy.cut_all();
+    let live = common::store(&client, "u1", "after the cut").await;
+    // Read together: a stream reconnects when read, after the service's
+    // `retry:` advice.
+    let next: Vec<_> = futures::future::join_all(
+        streams
+            .iter_mut()
+            .map(|stream| tokio::time::timeout(WAIT, stream.next())),
+    )
+    .await;
+    for event in next {
+        let event = event.unwrap().unwrap().unwrap();
+        // Resumed after `first`: nothing again, nothing lost.
+        assert_eq!(event.id, Some(live.to_string()));
+    }
+    assert!(
+        proxy.accepted() - accepted <= 4,
+        "the streams came back sharing connections again: {} new",
+        proxy.accepted() - accepted
+    );
+    assert_eq!(
+        client.endpoint_status()[0].breaker,
+        BreakerState::Closed,
+        "{:?}",
+        client.endpoint_status()
+    );
+}
+
+/// A resource that streams three events and ends, served over HTTP/1.1
+/// only.
+async fn http1_only() -> String {
+    async fn events() -> impl IntoResponse {
+        (
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            "id: 1\nevent: item\ndata: {\"n\":1}\n\nid: 2\nevent: item\ndata: {\"n\":2}\n\nid: 3\nevent: item\ndata: {\"n\":3}\n\n",
+        )
+    }
+    let app = Router::new().route("/resource/{*uri}", get(events));
+    common::serve_http1_only(app).await
+}
+
+#[tokio::test]
+async fn an_endpoint_without_http2_gets_http1_streams_and_no_failure_counted() {
+    let url = http1_only().await;
+    // One failure would open the breaker.
+    let config = common::fast_config().failure_threshold(1).build().unwrap();
+    let client = common::client_for(&url, config);
+    for _ in 0..3 {
+        let stream = client.stream_resource("memory", "things").await.unwrap();
+        let ids: HashSet<String> = tokio::time::timeout(WAIT, stream.collect::<Vec<_>>())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|event| event.unwrap().id.unwrap())
+            .collect();
+        assert_eq!(ids.len(), 3, "{ids:?}");
+    }
+    let status = client.endpoint_status();
+    assert_eq!(status[0].breaker, BreakerState::Closed, "{status:?}");
+    // The refused preface cost one connection; each stream has an
+    // HTTP/1.1 connection of its own.
+    assert_eq!(status[0].pool.dialed_total, 4, "{:?}", status[0].pool);
+}
+
+#[tokio::test]
+async fn streams_use_http1_when_http2_is_off() {
+    let (server, _dir) = start_memory(ServiceConfig::default()).await;
+    let proxy = TcpProxy::start(server.addr).await;
+    let config = common::fast_config()
+        .max_connections(20)
+        .stream_http2(false)
+        .build()
+        .unwrap();
+    let client = common::client_for(&proxy.url(""), config);
+    let first = common::store(&client, "u1", "before").await;
+    let accepted = proxy.accepted();
+    let streams = open_streams(&client, 10, first).await;
+    // One of them may have taken the calls' idle connection.
+    assert!(proxy.accepted() - accepted >= 9, "{}", proxy.accepted());
+    assert_eq!(proxy.open(), 10, "one connection per stream");
+    drop(streams);
+}
