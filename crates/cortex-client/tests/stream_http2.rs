@@ -190,3 +190,51 @@ async fn streams_use_http1_when_http2_is_off() {
     assert_eq!(proxy.open(), 10, "one connection per stream");
     drop(streams);
 }
+
+#[tokio::test]
+async fn at_the_cap_a_stream_waits_for_a_share_and_gets_the_one_freed() {
+    let (server, _dir) = start_memory(ServiceConfig::default()).await;
+    let proxy = TcpProxy::start(server.addr).await;
+    // One connection: the calls' HTTP/1.1 one closes when idle, then the
+    // one slot carries one HTTP/2 connection of 100 streams.
+    let config = common::fast_config()
+        .max_connections(1)
+        .idle_timeout(Duration::from_millis(200))
+        .pool_timeout(Duration::from_millis(500))
+        .max_retries(0)
+        .build()
+        .unwrap();
+    let client = common::client_for(&proxy.url(""), config);
+    let first = common::store(&client, "u1", "before").await;
+    assert!(proxy.wait_open_at_most(0, WAIT).await, "the calls' connection closed");
+    let mut streams = open_streams(&client, 100, first).await;
+    assert_eq!(proxy.open(), 1);
+
+    // The 101st finds no share and no slot: a pool timeout, not a hang.
+    let error = client
+        .stream_resource("memory", "history/u1/stream")
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(error, cortex_client::McpError::PoolTimeout { .. }),
+        "{error:?}"
+    );
+
+    // Waiting while a stream ends: the waiter takes its share.
+    let waiter = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let mut stream = client
+                .stream_resource("memory", "history/u1/stream")
+                .await
+                .unwrap();
+            tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(streams.pop());
+    let event = tokio::time::timeout(WAIT, waiter).await.unwrap().unwrap();
+    assert_eq!(event.id, Some(first.to_string()));
+    assert_eq!(proxy.accepted(), 2, "no connection beyond the cap");
+}
