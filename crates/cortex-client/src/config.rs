@@ -87,7 +87,7 @@
 //! stream_idle_timeout = 45    # s without a byte (keep-alives included)
 //! stream_max_reconnects = 10
 //! stream_max_backoff = 60     # s
-//! stream_http2 = true         # streams to http:// endpoints share HTTP/2 connections
+//! stream_http2 = true         # resource streams share HTTP/2 connections
 //!
 //! # HTTP proxy (see cortex_client::proxy)
 //! proxy = "env"               # env (HTTP_PROXY, HTTPS_PROXY...), none, or http://[user:password@]host:port
@@ -234,12 +234,12 @@ macro_rules! client_options {
             /// Cap of the stream reconnect backoff, `min(2^n s, cap)` (the seed's 60).
             stream_max_backoff: Duration = 60 s,
                 valid |v| !v.is_zero() => "must be greater than 0 s";
-            /// Resource streams to an `http://` endpoint share HTTP/2
-            /// connections (h2c with prior knowledge, up to 100 streams on
-            /// each) instead of holding one HTTP/1 connection each; an
-            /// endpoint that does not speak it gets HTTP/1 from its first
-            /// refusal on. Calls, `https://` endpoints and forwarding
-            /// proxies always use HTTP/1.1.
+            /// Resource streams share HTTP/2 connections (h2c with prior
+            /// knowledge over TCP, ALPN `h2` over TLS; up to 100 streams on
+            /// each) instead of holding one HTTP/1.1 connection each; an
+            /// endpoint that does not speak it gets HTTP/1.1 from its first
+            /// refusal on. Calls, and streams through a forwarding proxy,
+            /// always use HTTP/1.1.
             stream_http2: bool = true;
             /// Full jitter: each backoff is drawn uniformly from zero to its computed value.
             jitter: bool = true;

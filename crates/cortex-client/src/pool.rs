@@ -16,14 +16,16 @@
 //! Calls use HTTP/1.1: one request per connection at a time, which is what
 //! makes "connections in use" and "calls in flight" the same number.
 //!
-//! Resource streams to an `http://` endpoint share HTTP/2 connections
-//! (h2c with prior knowledge; [`PoolSettings::stream_http2`]): a stream
+//! Resource streams share HTTP/2 connections ([`PoolSettings::stream_http2`];
+//! with prior knowledge (h2c) to an `http://` endpoint, chosen by ALPN over
+//! TLS): a stream
 //! takes a share of the connection carrying the fewest, up to
 //! [`HTTP2_STREAMS_PER_CONNECTION`], and one is dialled (on a slot, like any
 //! connection) when all are full. 10,000 streams then hold 100 connections
-//! instead of 10,000. An endpoint that does not speak h2c fails the first
-//! stream's request, which is repeated over HTTP/1.1 (not counted against
-//! the endpoint), and its streams use HTTP/1.1 from then on.
+//! instead of 10,000. An endpoint that does not speak HTTP/2 (over TLS: it
+//! does not choose `h2`; over TCP: it fails the first stream's request,
+//! which is repeated over HTTP/1.1, not counted against the endpoint) gets
+//! HTTP/1.1 streams from then on.
 //!
 //! An HTTP/1.1 connection dialled for a resource stream ([`Purpose::Stream`]) reads
 //! through a small buffer ([`STREAM_READ_BUFFER`]): it spends its life
@@ -68,6 +70,7 @@ use tokio::time::Instant;
 use crate::error::Cause;
 use crate::proxy::{Hop, ProxyError, Route};
 use crate::tls::Tls;
+use tokio_rustls::client::TlsStream;
 
 /// The read buffer of a connection dialled for a resource stream, in
 /// bytes, and so also the largest answer head it accepts (hyper's exact
@@ -89,7 +92,8 @@ const HTTP2_STREAMS_PER_CONNECTION: usize = 100;
 const HTTP2_UNTRIED: u8 = 0;
 const HTTP2_WORKS: u8 = 1;
 /// The endpoint failed a stream's first request on a new HTTP/2
-/// connection: it does not speak h2c, and gets HTTP/1.1 from now on.
+/// connection, or did not choose `h2` in a TLS handshake: it does not
+/// speak HTTP/2, and gets HTTP/1.1 from now on.
 const HTTP2_REFUSED: u8 = 2;
 
 /// What a connection is wanted for: it decides how a new one is dialled.
@@ -141,12 +145,11 @@ impl PoolSettings {
         }
     }
 
-    /// Whether streams may try HTTP/2 with prior knowledge: plaintext
-    /// targets only (over TLS it is chosen by ALPN, which the client's TLS
-    /// does not offer yet), reached directly or through a tunnel (a
-    /// forwarding proxy speaks HTTP/1.1 to us).
+    /// Whether streams may try HTTP/2: to targets reached directly or
+    /// through a tunnel (a forwarding proxy speaks HTTP/1.1 to us); with
+    /// prior knowledge over plain TCP, offered by ALPN over TLS.
     fn http2_route(&self) -> bool {
-        self.stream_http2 && self.tls.is_none() && !matches!(self.route, Route::Forward(_))
+        self.stream_http2 && self.forwarded_to().is_none()
     }
 
     /// The proxy whose `CONNECT` tunnels carry the connections.
@@ -615,6 +618,42 @@ impl EndpointPool {
         Ok(self.checked_out(sender, purpose))
     }
 
+    /// How a connection dialled for HTTP/2 goes on after a TLS handshake
+    /// in which the server did not choose `h2`: HTTP/1.1 for this stream
+    /// (its small buffer unless the endpoint's heads need more), and for
+    /// this endpoint's streams from now on.
+    fn after_alpn<IO>(&self, handshake: Handshake, stream: &TlsStream<IO>) -> Handshake {
+        if handshake != Handshake::Http2 || crate::tls::negotiated_h2(stream) {
+            return handshake;
+        }
+        self.refuse_http2(&"the server did not choose h2 in the TLS handshake");
+        if self.large_stream_heads.load(Ordering::Relaxed) {
+            Handshake::Http1
+        } else {
+            Handshake::Http1SmallReads
+        }
+    }
+
+    /// Marks the endpoint as not speaking HTTP/2 (once, logged).
+    fn refuse_http2(&self, why: &dyn std::fmt::Display) {
+        if self
+            .http2
+            .compare_exchange(
+                HTTP2_UNTRIED,
+                HTTP2_REFUSED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            tracing::info!(
+                endpoint = %self.authority,
+                %why,
+                "the endpoint does not speak HTTP/2; its streams use HTTP/1.1"
+            );
+        }
+    }
+
     async fn dial(
         &self,
         slot: OwnedSemaphorePermit,
@@ -634,7 +673,8 @@ impl EndpointPool {
             let stream = self.dial_target(timeout).await?;
             return match &self.settings.tls {
                 Some(tls) => {
-                    let stream = secure(tls, stream, deadline).await?;
+                    let stream = secure(tls, stream, deadline, handshake).await?;
+                    let handshake = self.after_alpn(handshake, &stream);
                     self.start(TokioIo::new(stream), slot, handshake).await
                 }
                 None => self.start(TokioIo::new(stream), slot, handshake).await,
@@ -664,7 +704,8 @@ impl EndpointPool {
         match &self.settings.tls {
             // TLS inside the tunnel, end to end with the target.
             Some(tls) => {
-                let stream = secure(tls, TokioIo::new(upgraded), deadline).await?;
+                let stream = secure(tls, TokioIo::new(upgraded), deadline, handshake).await?;
+                let handshake = self.after_alpn(handshake, &stream);
                 self.start(TokioIo::new(stream), slot, handshake).await
             }
             None => self.start(upgraded, slot, handshake).await,
@@ -788,12 +829,13 @@ async fn secure<IO>(
     tls: &Tls,
     io: IO,
     deadline: Instant,
-) -> Result<tokio_rustls::client::TlsStream<IO>, AcquireError>
+    handshake: Handshake,
+) -> Result<TlsStream<IO>, AcquireError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let left = deadline.saturating_duration_since(Instant::now());
-    tls.handshake(io, left)
+    tls.handshake(io, left, handshake == Handshake::Http2)
         .await
         .map_err(|e| AcquireError::Connect(Cause::new(e)))
 }
@@ -973,7 +1015,12 @@ async fn send_shared(
             format!("`{}` is not a URI authority: {e}", pool.authority),
         )))
     })?;
-    *request.uri_mut() = absolute_uri(&request, authority).map_err(|e| {
+    let scheme = if pool.settings.tls.is_some() {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    };
+    *request.uri_mut() = absolute_uri(&request, scheme, authority).map_err(|e| {
         SendError::NotSent(Cause::new(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("cannot form the request URI: {e}"),
@@ -992,22 +1039,7 @@ async fn send_shared(
             Ok(response)
         }
         Err(error) if untried => {
-            if pool
-                .http2
-                .compare_exchange(
-                    HTTP2_UNTRIED,
-                    HTTP2_REFUSED,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-            {
-                tracing::info!(
-                    endpoint = %pool.authority,
-                    %error,
-                    "the endpoint does not speak HTTP/2 (h2c); its streams use HTTP/1.1"
-                );
-            }
+            pool.refuse_http2(&error);
             Err(SendError::Unsuited(Unsuited::NoHttp2, error))
         }
         // A request hyper never handed to the connection, or one the server
@@ -1019,13 +1051,14 @@ async fn send_shared(
     }
 }
 
-/// `request`'s URI in absolute form, `http://authority/path?query`.
+/// `request`'s URI in absolute form, `scheme://authority/path?query`.
 fn absolute_uri(
     request: &http::Request<Full<Bytes>>,
+    scheme: http::uri::Scheme,
     authority: http::uri::Authority,
 ) -> Result<http::Uri, http::Error> {
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.scheme = Some(scheme);
     parts.authority = Some(authority);
     parts.path_and_query = Some(
         request
@@ -1044,7 +1077,7 @@ fn absolute_uri(
 fn to_proxy(request: &mut http::Request<Full<Bytes>>, hop: &Hop) -> Result<(), SendError> {
     // Scheme, authority and path are all there, so this does not fail;
     // if it did, nothing is sent rather than a request the proxy misreads.
-    let uri = absolute_uri(request, hop.target.clone()).map_err(|e| {
+    let uri = absolute_uri(request, http::uri::Scheme::HTTP, hop.target.clone()).map_err(|e| {
         SendError::Proxy(Cause::new(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("cannot form the request URI for proxy {}: {e}", hop.shown),
@@ -1103,7 +1136,7 @@ impl std::fmt::Display for Unsuited {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::LargeHead => "the answer's head is larger than a stream connection's read buffer",
-            Self::NoHttp2 => "the endpoint does not speak HTTP/2 (h2c); streams use HTTP/1.1 now",
+            Self::NoHttp2 => "the endpoint does not speak HTTP/2; streams use HTTP/1.1 now",
         })
     }
 }

@@ -28,8 +28,9 @@
 //! tunnel, end to end, so the proxy sees only ciphertext), then the TLS
 //! handshake: TLS 1.3 or 1.2, the server name (SNI, and the name the
 //! certificate must be valid for) is the endpoint's host, ALPN offers
-//! `http/1.1`, and `connect_timeout` bounds the whole of it. HTTP/1.1 then
-//! runs over the TLS stream, pooled and capped as any connection: a
+//! `http/1.1` (and `h2` first, for a connection that resource streams are
+//! to share: HTTP/2 if the server chooses it), and `connect_timeout` bounds
+//! the whole of it. HTTP/1.1 (or HTTP/2) then runs over the TLS stream, pooled and capped as any connection: a
 //! kept-alive connection costs one handshake, however many calls it
 //! carries. `https://` targets behind a forwarding proxy are always
 //! tunnelled: a forwarded request would hand the proxy the plaintext.
@@ -83,7 +84,11 @@ pub use rustls;
 /// What dialling one `https://` endpoint needs, made once per endpoint.
 #[derive(Clone)]
 pub(crate) struct Tls {
+    /// Offers ALPN `http/1.1` alone: calls, one request per connection.
     connector: TlsConnector,
+    /// The same, offering `h2` first: resource streams, which share a
+    /// connection when the server chooses HTTP/2.
+    connector_h2: TlsConnector,
     /// Whether a client certificate is configured; without one, each
     /// handshake notes whether the server asked for one.
     has_client_cert: bool,
@@ -109,6 +114,11 @@ impl PartialEq for Tls {
         self.server_name == other.server_name
             && Arc::ptr_eq(self.connector.config(), other.connector.config())
     }
+}
+
+/// Whether the server chose HTTP/2 (ALPN `h2`) in `stream`'s handshake.
+pub(crate) fn negotiated_h2<IO>(stream: &TlsStream<IO>) -> bool {
+    stream.get_ref().1.alpn_protocol() == Some(b"h2")
 }
 
 /// The TLS options of a service's effective configuration (the
@@ -176,11 +186,15 @@ impl Tls {
             (Some(_), None) => return Err("client_cert is set without client_key".to_owned()),
             (None, Some(_)) => return Err("client_key is set without client_cert".to_owned()),
         };
-        // One request at a time per connection is what the pool counts on.
+        // One request at a time per connection is what the pool counts on
+        // for calls; streams may share HTTP/2 connections.
+        let mut tls_h2 = tls.clone();
+        tls_h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let has_client_cert = config.client_cert.is_some();
         Ok(Some(Self {
             connector: TlsConnector::from(Arc::new(tls)),
+            connector_h2: TlsConnector::from(Arc::new(tls_h2)),
             has_client_cert,
             server_name,
             host: Arc::from(host),
@@ -189,7 +203,8 @@ impl Tls {
     }
 
     /// The TLS handshake on `io` (a TCP stream, or a tunnel through a
-    /// proxy), within `timeout`. A rustls failure comes back as an
+    /// proxy), within `timeout`, offering HTTP/2 too when `offer_h2` (see
+    /// [`negotiated_h2`]). A rustls failure comes back as an
     /// `InvalidData` I/O error holding a `TlsError` that names the
     /// server (see [the module docs](self#failures)); a time-out as
     /// `TimedOut`; anything else with its own kind.
@@ -197,23 +212,33 @@ impl Tls {
         &self,
         io: IO,
         timeout: Duration,
+        offer_h2: bool,
     ) -> Result<TlsStream<IO>, std::io::Error>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        let offered = if offer_h2 {
+            &self.connector_h2
+        } else {
+            &self.connector
+        };
         // Without a certificate of our own: note whether the server asks.
         let asked = (!self.has_client_cert).then(|| Arc::new(AskedForCertificate::default()));
         let connector = match &asked {
             Some(asked) => {
-                let mut config = (**self.connector.config()).clone();
+                let mut config = (**offered.config()).clone();
                 config.client_auth_cert_resolver = asked.clone();
                 TlsConnector::from(Arc::new(config))
             }
-            None => self.connector.clone(),
+            None => offered.clone(),
         };
         let started = tokio::time::Instant::now();
         let connect = connector.connect(self.server_name.clone(), io);
         match tokio::time::timeout(timeout, connect).await {
+            // An HTTP/2 server speaks first (its SETTINGS), so the verdict
+            // cannot be read here: a refusal of ours fails the first
+            // request on the connection instead.
+            Ok(Ok(stream)) if negotiated_h2(&stream) => Ok(stream),
             Ok(Ok(stream)) if asked.is_some_and(|a| a.0.load(Ordering::Acquire)) => {
                 self.verdict(stream, started.elapsed()).await
             }

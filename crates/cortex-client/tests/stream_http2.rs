@@ -206,7 +206,10 @@ async fn at_the_cap_a_stream_waits_for_a_share_and_gets_the_one_freed() {
         .unwrap();
     let client = common::client_for(&proxy.url(""), config);
     let first = common::store(&client, "u1", "before").await;
-    assert!(proxy.wait_open_at_most(0, WAIT).await, "the calls' connection closed");
+    assert!(
+        proxy.wait_open_at_most(0, WAIT).await,
+        "the calls' connection closed"
+    );
     let mut streams = open_streams(&client, 100, first).await;
     assert_eq!(proxy.open(), 1);
 
@@ -229,7 +232,11 @@ async fn at_the_cap_a_stream_waits_for_a_share_and_gets_the_one_freed() {
                 .stream_resource("memory", "history/u1/stream")
                 .await
                 .unwrap();
-            tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap()
+            tokio::time::timeout(WAIT, stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
         }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;

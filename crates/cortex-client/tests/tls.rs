@@ -132,8 +132,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Who the server asks for a certificate, and which TLS versions it speaks.
 #[derive(Clone, Copy, PartialEq)]
 enum Server {
-    /// No client certificate; TLS 1.3 and 1.2.
+    /// No client certificate; TLS 1.3 and 1.2; HTTP/1.1 only (ALPN).
     Open,
+    /// As `Open`, choosing HTTP/2 (ALPN `h2`) for a client that offers it.
+    OpenHttp2,
     /// A client certificate signed by the test CA is required; TLS 1.3.
     Mutual,
     /// The same, TLS 1.2 only: there the refusal comes inside the handshake.
@@ -157,13 +159,13 @@ impl TlsServer {
     async fn start(identity: &Identity, pki: &Pki, kind: Server) -> Self {
         let versions: &[&rustls::SupportedProtocolVersion] = match kind {
             Server::MutualTls12 => &[&rustls::version::TLS12],
-            Server::Open | Server::Mutual => rustls::DEFAULT_VERSIONS,
+            Server::Open | Server::OpenHttp2 | Server::Mutual => rustls::DEFAULT_VERSIONS,
         };
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(versions)
             .unwrap();
         let builder = match kind {
-            Server::Open => builder.with_no_client_auth(),
+            Server::Open | Server::OpenHttp2 => builder.with_no_client_auth(),
             Server::Mutual | Server::MutualTls12 => {
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     pki.roots(),
@@ -177,7 +179,10 @@ impl TlsServer {
         let mut config = builder
             .with_single_cert(identity.chain.clone(), identity.key())
             .unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = match kind {
+            Server::OpenHttp2 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            _ => vec![b"http/1.1".to_vec()],
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
 
         let (service, store) = cortex_test_support::memory_service().await;
@@ -211,9 +216,19 @@ impl TlsServer {
                         };
                         handshakes.fetch_add(1, Ordering::SeqCst);
                         let service = hyper_util::service::TowerToHyperService::new(app);
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                            .await;
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = hyper_util::rt::TokioIo::new(tls);
+                        let _ = if h2 {
+                            hyper::server::conn::http2::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            )
+                            .serve_connection(io, service)
+                            .await
+                        } else {
+                            hyper::server::conn::http1::Builder::new()
+                                .serve_connection(io, service)
+                                .await
+                        };
                     });
                 }
             }
@@ -519,8 +534,44 @@ async fn kept_alive_tls_connections_stay_within_the_pool_cap() {
 }
 
 #[tokio::test]
+async fn resource_streams_over_tls_share_http2_connections_when_the_server_chooses_h2() {
+    let pki = Pki::new();
+    let server = TlsServer::start(&pki.server(), &pki, Server::OpenHttp2).await;
+    let config = common::fast_config()
+        .ca_file(Some(pki.ca_file()))
+        .build()
+        .unwrap();
+    let client = client(&server.url(), config);
+    store(&client, "before").await.unwrap();
+    let calls = server.handshakes();
+
+    let mut streams = Vec::new();
+    for _ in 0..150 {
+        let mut stream = client
+            .stream_resource("memory", "history/u1/stream")
+            .await
+            .unwrap();
+        let backlog = next(&mut stream).await;
+        assert!(backlog.data.to_string().contains("before"), "{backlog:?}");
+        streams.push(stream);
+    }
+    assert_eq!(
+        server.handshakes() - calls,
+        2,
+        "150 streams over two HTTP/2 connections"
+    );
+    store(&client, "live").await.unwrap();
+    for stream in &mut streams {
+        let live = next(stream).await;
+        assert!(live.data.to_string().contains("live"), "{live:?}");
+    }
+    assert_eq!(server.handshakes(), server.accepted());
+}
+
+#[tokio::test]
 async fn a_resource_stream_runs_over_tls() {
     let pki = Pki::new();
+    // ALPN `http/1.1` alone: the stream takes an HTTP/1.1 connection.
     let server = TlsServer::start(&pki.server(), &pki, Server::Open).await;
     let config = common::fast_config()
         .ca_file(Some(pki.ca_file()))

@@ -22,7 +22,9 @@
 //! accept for the handshake and its first request head together: a
 //! silent or trickling peer is closed when it runs out.
 //!
-//! Only HTTP/1.1 is served: ALPN offers `http/1.1` alone. TLS 1.3 and 1.2,
+//! ALPN chooses `h2` for a client that offers it, else `http/1.1`; the
+//! connection's first bytes then tell the server which it speaks, as on
+//! plain TCP. TLS 1.3 and 1.2,
 //! with the `ring` provider (see the workspace's Cargo.toml for why not the
 //! default one).
 
@@ -195,9 +197,12 @@ impl TlsConfig {
                 },
                 other => invalid(TlsFile::Key, key, other.to_string()),
             })?;
-        // The kit serves HTTP/1.1 only; a client offering h2 alone is
-        // refused in the handshake rather than misunderstood after it.
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 for a client that offers it (the network client does for
+        // resource streams, which then share connections), else HTTP/1.1;
+        // a client offering neither is refused in the handshake rather than
+        // misunderstood after it. The connection's first bytes tell the
+        // server which to speak, as on plain TCP.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self(Arc::new(Inner {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             cert: cert.to_path_buf(),

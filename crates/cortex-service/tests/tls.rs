@@ -170,6 +170,33 @@ async fn the_kit_serves_https_and_the_network_client_calls_it_with_the_test_ca()
 }
 
 #[tokio::test]
+async fn streams_over_the_kits_tls_share_http2_connections_chosen_by_alpn() {
+    use futures::StreamExt;
+    let pki = Pki::new();
+    let (_server, url, _dir) = start(&pki, false, HttpLimits::default()).await;
+    let client = client(&url, trusting(&pki).build().unwrap());
+    store_and_get(&client, "before").await.unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..150 {
+        let mut stream = client
+            .stream_resource("memory", "history/u1/stream")
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(LIMIT, stream.next()).await.unwrap();
+        assert!(first.unwrap().unwrap().data.to_string().contains("before"));
+        streams.push(stream);
+    }
+    let pool = client.endpoint_status()[0].pool;
+    // The calls' HTTP/1.1 connection, and two HTTP/2 ones for 150 streams.
+    assert_eq!(pool.dialed_total, 3, "{pool:?}");
+    store_and_get(&client, "live").await.unwrap();
+    for stream in &mut streams {
+        let event = tokio::time::timeout(LIMIT, stream.next()).await.unwrap();
+        assert!(event.unwrap().unwrap().data.to_string().contains("live"));
+    }
+}
+
+#[tokio::test]
 async fn mutual_tls_refuses_a_client_without_a_certificate_and_serves_one_with_it() {
     let pki = Pki::new();
     let (_server, url, _dir) = start(&pki, true, HttpLimits::default()).await;
