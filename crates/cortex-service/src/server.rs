@@ -394,32 +394,57 @@ async fn tls_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let peer = conn.peer;
     let state = conn.state.clone();
-    // A new connection's deadline is its header timeout from accept.
+    let handshake = tls.accept(io);
+    let Some(stream) = before_first_request(
+        handshake,
+        &state,
+        &limits,
+        &mut stopping,
+        conn.peer,
+        "TLS handshake",
+    )
+    .await
+    else {
+        return;
+    };
+    connection(stream, conn, app, limits, stopping).await;
+}
+
+/// Runs `step` (the TLS handshake; reading which HTTP the peer speaks)
+/// within a new connection's deadline, its header timeout from accept,
+/// unless it is closed to make room or shutdown begins; `None` when the
+/// step failed or was cut short (logged, naming `what`).
+async fn before_first_request<T, E: std::fmt::Display>(
+    step: impl Future<Output = Result<T, E>>,
+    state: &ConnState,
+    limits: &HttpLimits,
+    stopping: &mut watch::Receiver<bool>,
+    peer: SocketAddr,
+    what: &str,
+) -> Option<T> {
     let deadline = state
         .deadline(limits.header_timeout, limits.idle_timeout)
         .map_or_else(|| Instant::now() + limits.header_timeout, |(at, _)| at);
-    let stream = tokio::select! {
-        result = tls.accept(io) => match result {
-            Ok(stream) => stream,
+    tokio::select! {
+        result = step => match result {
+            Ok(done) => Some(done),
             Err(error) => {
-                tracing::debug!(%peer, %error, "TLS handshake failed; connection closed");
-                return;
+                tracing::debug!(%peer, %error, "{what} failed; connection closed");
+                None
             }
         },
         () = tokio::time::sleep_until(deadline) => {
             tracing::debug!(
                 %peer,
                 timeout_secs = limits.header_timeout.as_secs_f64(),
-                "no TLS handshake within the header timeout; closing"
+                "no {what} within the header timeout; closing"
             );
-            return;
+            None
         }
-        () = state.evict.notified() => return,
-        _ = stopping.wait_for(|s| *s) => return,
-    };
-    connection(stream, conn, app, limits, stopping).await;
+        () = state.evict.notified() => None,
+        _ = stopping.wait_for(|s| *s) => None,
+    }
 }
 
 /// Serves one connection until the peer closes it, it expires, it is
@@ -465,28 +490,11 @@ async fn connection<I>(
         limits.max_header_bytes,
     );
     // Which HTTP the peer speaks, within what is left of the first head's
-    // deadline (its header timeout from accept).
-    let deadline = state
-        .deadline(limits.header_timeout, limits.idle_timeout)
-        .map_or_else(|| Instant::now() + limits.header_timeout, |(at, _)| at);
-    let (protocol, io) = tokio::select! {
-        sniffed = sniff(io) => match sniffed {
-            Ok(sniffed) => sniffed,
-            Err(error) => {
-                tracing::debug!(%peer, %error, "connection failed before its first request");
-                return;
-            }
-        },
-        () = tokio::time::sleep_until(deadline) => {
-            tracing::debug!(
-                %peer,
-                timeout_secs = limits.header_timeout.as_secs_f64(),
-                "no request within the header timeout; closing"
-            );
-            return;
-        }
-        () = state.evict.notified() => return,
-        _ = stopping.wait_for(|s| *s) => return,
+    // deadline.
+    let Some((protocol, io)) =
+        before_first_request(sniff(io), &state, &limits, &mut stopping, peer, "request").await
+    else {
+        return;
     };
     let io = TokioIo::new(io);
     let served = match protocol {
