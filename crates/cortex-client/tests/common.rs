@@ -38,6 +38,13 @@ pub fn dead_port() -> u16 {
 /// Serves `app` on a free loopback port until the test ends; its base URL
 /// (`http://127.0.0.1:PORT`).
 pub async fn serve(app: axum::Router) -> String {
+    let (listener, url) = listen().await;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// A listener on a free loopback port, and its base URL.
+async fn listen() -> (tokio::net::TcpListener, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -47,8 +54,7 @@ pub async fn serve(app: axum::Router) -> String {
             .local_addr()
             .unwrap_or_else(|e| panic!("addr: {e}"))
     );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
+    (listener, url)
 }
 
 /// Serves `app` over HTTP/1.1 only (as a server that predates HTTP/2
@@ -56,15 +62,7 @@ pub async fn serve(app: axum::Router) -> String {
 /// (`axum::serve` speaks h2c too when a crate of the workspace turns on
 /// axum's `http2`.)
 pub async fn serve_http1_only(app: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let url = format!(
-        "http://{}",
-        listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("addr: {e}"))
-    );
+    let (listener, url) = listen().await;
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let service = hyper_util::service::TowerToHyperService::new(app.clone());
