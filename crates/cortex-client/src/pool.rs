@@ -87,6 +87,18 @@ const STREAM_READ_BUFFER: usize = 2048;
 /// past the server's limit would wait inside hyper for a free one.
 const HTTP2_STREAMS_PER_CONNECTION: usize = 100;
 
+/// How many bytes of one stream's events hyper takes in ahead of its reader
+/// (the stream's HTTP/2 receive window). hyper's default, 2 MiB, against
+/// its 5 MiB for the whole connection, let three streams whose readers
+/// had stopped take the connection's window, and every other stream on it
+/// waited behind them. 64 KiB is more than an event usually is (a larger
+/// one still arrives whole, as the reader frees the window).
+const HTTP2_STREAM_WINDOW: u32 = 64 * 1024;
+
+/// The connection's receive window: room for every stream's whole window,
+/// so streams that are not read can never hold back the others.
+const HTTP2_CONNECTION_WINDOW: u32 = HTTP2_STREAM_WINDOW * HTTP2_STREAMS_PER_CONNECTION as u32;
+
 /// Whether an endpoint's resource streams go over HTTP/2 (an
 /// [`EndpointPool::http2`] value).
 const HTTP2_UNTRIED: u8 = 0;
@@ -748,6 +760,8 @@ impl EndpointPool {
         let connect_error = |e| AcquireError::Connect(Cause::new(e));
         if handshake == Handshake::Http2 {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+                .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
                 .handshake(io)
                 .await
                 .map_err(connect_error)?;

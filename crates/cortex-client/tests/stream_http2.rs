@@ -245,3 +245,33 @@ async fn at_the_cap_a_stream_waits_for_a_share_and_gets_the_one_freed() {
     assert_eq!(event.id, Some(first.to_string()));
     assert_eq!(proxy.accepted(), 2, "no connection beyond the cap");
 }
+
+#[tokio::test]
+async fn streams_whose_readers_stop_do_not_hold_up_the_others_on_their_connection() {
+    let (server, _dir) = start_memory(ServiceConfig::default()).await;
+    let proxy = TcpProxy::start(server.addr).await;
+    let config = common::fast_config().max_connections(10).build().unwrap();
+    let client = common::client_for(&proxy.url(""), config);
+    let first = common::store(&client, "u1", "before").await;
+    // Four streams of one connection; three are never read again.
+    let mut streams = open_streams(&client, 4, first).await;
+    let mut reader = streams.pop().unwrap();
+    assert_eq!(proxy.accepted(), 2, "the calls' connection and one shared");
+
+    // 8 MiB of events for each stream: more than the three stalled
+    // streams may hold back together without taking the connection's
+    // window from the one that reads.
+    let content = "x".repeat(200 * 1024);
+    for _ in 0..40 {
+        common::store(&client, "u1", &content).await;
+    }
+    for n in 0..40 {
+        let event = tokio::time::timeout(WAIT, reader.next())
+            .await
+            .unwrap_or_else(|_| panic!("event {n} held up behind the stalled streams"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.data["content"].as_str().map(str::len), Some(200 * 1024));
+    }
+    drop(streams);
+}
