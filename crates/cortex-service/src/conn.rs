@@ -9,6 +9,11 @@
 //! | waiting for a request head (new, or between requests) | `header_timeout` once a head's first byte arrived (or from accept, for a new connection); `idle_timeout` while nothing arrives on a kept-alive one |
 //! | a request in progress (its handler running, its body arriving, or its response being written) | `body_timeout` for the body ([`TimedBody`]); a response write that makes no progress for `idle_timeout` fails ([`ConnIo`]) |
 //!
+//! Over HTTP/2 a connection carries many requests at once: it is "in
+//! progress" while any of them is, and between requests only
+//! `idle_timeout` applies (its bytes then are pings and window updates,
+//! not the start of a head).
+//!
 //! The server's accept loop reads the same state to choose which idle
 //! connection to close when it is at its connection cap.
 

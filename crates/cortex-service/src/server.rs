@@ -1,7 +1,8 @@
 //! Running a service: the listener and the shutdown signal belong to the caller.
 //!
 //! The kit runs its own accept loop and serves each connection with hyper's
-//! HTTP/1 server. `axum::serve` accepts without limit and has no header,
+//! HTTP/1 server, or its HTTP/2 server when the connection opens with
+//! HTTP/2's preface (see `preface.rs`). `axum::serve` accepts without limit and has no header,
 //! body or idle timeout: idle and slowloris connections piled up until the
 //! process ran out of file descriptors and nobody could connect. Here:
 //!
