@@ -271,7 +271,10 @@ async fn streams_whose_readers_stop_do_not_hold_up_the_others_on_their_connectio
             .unwrap_or_else(|_| panic!("event {n} held up behind the stalled streams"))
             .unwrap()
             .unwrap();
-        assert_eq!(event.data["content"].as_str().map(str::len), Some(200 * 1024));
+        assert_eq!(
+            event.data["content"].as_str().map(str::len),
+            Some(200 * 1024)
+        );
     }
     drop(streams);
 }

@@ -9,12 +9,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cortex_service::{HttpLimits, Service, ServiceConfig};
+use cortex_service::{HttpLimits, Service, ServiceConfig, Tool};
 use cortex_test_support::TestServer;
 use cortex_test_support::auth;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -29,9 +30,25 @@ fn small_limits() -> HttpLimits {
 }
 
 async fn start() -> TestServer {
-    let service = Service::builder("h2", "0.0.1").build().unwrap();
+    start_with(small_limits()).await
+}
+
+async fn start_with(limits: HttpLimits) -> TestServer {
+    let service = Service::builder("h2", "0.0.1")
+        .tool(Tool::new(
+            "slow",
+            "Sleeps for `ms`.",
+            json!({"type": "object"}),
+            |_ctx, args| async move {
+                let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(json!({"slept_ms": ms}))
+            },
+        ))
+        .build()
+        .unwrap();
     let config = ServiceConfig {
-        limits: small_limits(),
+        limits,
         ..ServiceConfig::default()
     };
     TestServer::start(service, config).await
@@ -175,4 +192,35 @@ async fn over_http2_each_user_reads_only_their_own_history() {
     )
     .await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test]
+async fn past_the_cap_an_http2_connection_answers_health_once_and_is_closed() {
+    let server = start_with(HttpLimits {
+        max_connections: 1,
+        health_connections: 1,
+        // Longer than the wait below: only being health-only closes it.
+        idle_timeout: Duration::from_secs(60),
+        ..small_limits()
+    })
+    .await;
+    // The one connection busy with a call: nothing idle to close.
+    let busy = tokio::spawn({
+        let url = server.url("/tool/slow");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"ms": 1500}))
+                .send()
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut sender, connection) = h2(server.addr).await;
+    let (status, _) = send(&mut sender, get(server.addr, "/health")).await;
+    assert_eq!(status, 200);
+    // One request, then the health-only connection is closed.
+    let ended = tokio::time::timeout(WAIT, connection).await;
+    assert!(ended.is_ok(), "the health-only connection stayed open");
+    assert_eq!(busy.await.unwrap().unwrap().status(), 200);
 }
