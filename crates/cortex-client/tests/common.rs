@@ -1,11 +1,18 @@
 //! Shared helpers of the client tests.
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use cortex_client::{ClientConfig, McpClient, NetworkMcpClient, StaticDiscovery};
-use serde_json::json;
+use async_trait::async_trait;
+use cortex_client::discovery::Protocol;
+use cortex_client::notifications::{ListKind, LogMessage, NotificationHandler};
+use cortex_client::server_requests::{RequestError, ServerRequestHandler};
+use cortex_client::{
+    ClientConfig, Endpoint, McpClient, NetworkMcpClient, NetworkMcpClientBuilder, StaticDiscovery,
+};
+use serde_json::{Value, json};
 
 /// A config with short timings for loopback tests.
 pub fn fast_config() -> cortex_client::config::ClientConfigBuilder {
@@ -89,4 +96,141 @@ pub async fn store(client: &dyn McpClient, user: &str, content: &str) -> i64 {
     answer["item_id"]
         .as_i64()
         .unwrap_or_else(|| panic!("no item id in {answer}"))
+}
+
+/// Locks `m` even when a handler that panicked on an assertion poisoned it,
+/// so that the test reading what a server saw reports the first failure,
+/// not a second one.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits (2 s at most) until `check` holds; panics naming `what` if not.
+/// For what a scripted server on loopback is told after a call returns.
+pub async fn eventually(what: &str, check: impl Fn() -> bool) {
+    eventually_within(what, Duration::from_secs(2), check).await;
+}
+
+/// Waits (`limit` at most) until `check` holds; panics naming `what` if
+/// not. For third-party servers, which take longer than a scripted one.
+pub async fn eventually_within(what: &str, limit: Duration, check: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(limit, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what}: not within {limit:?}");
+}
+
+/// A network client whose `svc` service is the MCP server at `url`, with
+/// `timeout` per request and a short backoff; `setup` adds handlers or a
+/// task policy to the builder.
+pub fn mcp_client(
+    url: &str,
+    timeout: Duration,
+    setup: impl FnOnce(NetworkMcpClientBuilder) -> NetworkMcpClientBuilder,
+) -> NetworkMcpClient {
+    let discovery = StaticDiscovery::new();
+    discovery.register("svc", vec![Endpoint::new(url).with_protocol(Protocol::Mcp)]);
+    let config = ClientConfig::builder()
+        .request_timeout(timeout)
+        .initial_backoff(Duration::from_millis(10))
+        .build()
+        .unwrap_or_else(|e| panic!("config: {e}"));
+    setup(NetworkMcpClient::builder(Arc::new(discovery)).config(config))
+        .build()
+        .unwrap_or_else(|e| panic!("client: {e}"))
+}
+
+/// What a server told the application, as [`Hear`] records it.
+#[derive(Default)]
+pub struct Heard {
+    /// Log messages, in order.
+    pub logs: Mutex<Vec<LogMessage>>,
+    /// Lists the server said changed, in order.
+    pub changed: Mutex<Vec<ListKind>>,
+}
+
+/// The application's notification handler: records into a [`Heard`], and,
+/// when made with [`Hear::only`], checks that each notification is
+/// attributed to the one service the test talks to.
+pub struct Hear {
+    heard: Arc<Heard>,
+    service: Option<&'static str>,
+}
+
+impl Hear {
+    /// Records notifications from any service.
+    pub fn any(heard: Arc<Heard>) -> Arc<Self> {
+        Arc::new(Self {
+            heard,
+            service: None,
+        })
+    }
+
+    /// Records notifications, asserting that they come from `service`.
+    pub fn only(service: &'static str, heard: Arc<Heard>) -> Arc<Self> {
+        Arc::new(Self {
+            heard,
+            service: Some(service),
+        })
+    }
+
+    fn check(&self, service: &str) {
+        if let Some(expected) = self.service {
+            assert_eq!(service, expected);
+        }
+    }
+}
+
+impl NotificationHandler for Hear {
+    fn log(&self, service: &str, message: &LogMessage) {
+        self.check(service);
+        lock(&self.heard.logs).push(message.clone());
+    }
+
+    fn list_changed(&self, service: &str, list: ListKind) {
+        self.check(service);
+        lock(&self.heard.changed).push(list);
+    }
+}
+
+/// Answers elicitations as a person who accepts the defaults would (with
+/// the schema's defaults as the content). An elicitation whose message is
+/// `wait` is never answered: the handler waits until it is dropped, and
+/// sets `dropped` then, so a test can see that the client stopped it.
+#[derive(Default)]
+pub struct AcceptDefaults {
+    /// Set when a waiting handler is dropped.
+    pub dropped: Arc<AtomicBool>,
+}
+
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl ServerRequestHandler for AcceptDefaults {
+    fn capabilities(&self) -> Value {
+        json!({"elicitation": {}})
+    }
+
+    async fn handle(&self, _: &str, method: &str, params: Value) -> Result<Value, RequestError> {
+        if params["message"] == "wait" {
+            let _flag = SetOnDrop(self.dropped.clone());
+            futures::future::pending::<()>().await;
+        }
+        match method {
+            "elicitation/create" => Ok(json!({
+                "action": "accept",
+                "content": cortex_client::server_requests::schema_defaults(&params["requestedSchema"]),
+            })),
+            other => Err(RequestError::method_not_found(other)),
+        }
+    }
 }

@@ -5,12 +5,14 @@
 //! pushed out by it, sampling, elicitation and roots answered by the
 //! application's handler, log messages reaching the application.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::{Hear, Heard, eventually_within, lock};
 use cortex_client::discovery::Protocol;
-use cortex_client::notifications::{ListKind, LogMessage, NotificationHandler};
 use cortex_client::progress::{CallOptions, Progress};
 use cortex_client::server_requests::{RequestError, ServerRequestHandler};
 use cortex_client::{
@@ -18,10 +20,6 @@ use cortex_client::{
 };
 use cortex_test_support::mcp_servers::everything;
 use serde_json::{Value, json};
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Answers as an application with a model, a person and one root would.
 struct App {
@@ -66,37 +64,8 @@ impl ServerRequestHandler for App {
     }
 }
 
-#[derive(Default)]
-struct Heard {
-    logs: Mutex<Vec<LogMessage>>,
-    changed: Mutex<Vec<ListKind>>,
-}
-
-struct Hear(Arc<Heard>);
-
-impl NotificationHandler for Hear {
-    fn log(&self, _: &str, message: &LogMessage) {
-        lock(&self.0.logs).push(message.clone());
-    }
-
-    fn list_changed(&self, _: &str, list: ListKind) {
-        lock(&self.0.changed).push(list);
-    }
-}
-
 async fn ok<T>(what: &str, outcome: Result<T, McpError>) -> T {
     outcome.unwrap_or_else(|e| panic!("{what}: {e}"))
-}
-
-/// Waits (`secs` at most) until `check` holds.
-async fn eventually(what: &str, secs: u64, check: impl Fn() -> bool) {
-    let waited = tokio::time::timeout(Duration::from_secs(secs), async {
-        while !check() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "{what}: not within {secs} s");
 }
 
 fn text(value: &Value) -> String {
@@ -126,20 +95,24 @@ async fn server_everything_progress_requests_and_notifications() {
         .server_requests(Arc::new(App {
             asked: asked.clone(),
         }))
-        .notifications(Arc::new(Hear(heard.clone())))
+        .notifications(Hear::any(heard.clone()))
         .build()
         .unwrap_or_else(|e| panic!("client: {e}"));
     ok("connect", client.connect("svc").await).await;
 
     // Roots: the server asks on the standalone stream soon after the
     // handshake, and logs what it got.
-    eventually("the server's roots/list and its log", 10, || {
-        lock(&heard.logs).iter().any(|m| {
-            m.data
-                .as_str()
-                .is_some_and(|d| d.contains("1 root(s) received"))
-        })
-    })
+    eventually_within(
+        "the server's roots/list and its log",
+        Duration::from_secs(10),
+        || {
+            lock(&heard.logs).iter().any(|m| {
+                m.data
+                    .as_str()
+                    .is_some_and(|d| d.contains("1 root(s) received"))
+            })
+        },
+    )
     .await;
     assert!(lock(&asked).contains(&"roots/list".to_string()));
     let roots = ok(
@@ -235,7 +208,7 @@ async fn server_everything_progress_requests_and_notifications() {
     )
     .await;
     assert!(text(&started).contains("Started simulated"), "{started}");
-    eventually("a simulated log message", 10, || {
+    eventually_within("a simulated log message", Duration::from_secs(10), || {
         lock(&heard.logs)[before..].iter().any(|m| {
             m.data
                 .as_str()

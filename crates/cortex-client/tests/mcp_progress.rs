@@ -9,20 +9,16 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use cortex_client::discovery::Protocol;
-use cortex_client::notifications::{ListKind, LogLevel, LogMessage, NotificationHandler};
+use common::{AcceptDefaults, Hear, Heard, eventually, lock, mcp_client};
+use cortex_client::notifications::{ListKind, LogLevel};
 use cortex_client::progress::{CallOptions, Progress};
-use cortex_client::server_requests::{RequestError, ServerRequestHandler};
-use cortex_client::{
-    ClientConfig, Endpoint, McpClient, McpError, McpFeatures, NetworkMcpClient, StaticDiscovery,
-};
+use cortex_client::{McpClient, McpError, McpFeatures};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -43,10 +39,6 @@ struct Script {
 }
 
 type Shared = Arc<Script>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// An SSE answer: each message after its delay; held open at the end
 /// when `hold`.
@@ -234,96 +226,12 @@ async fn serve() -> (Shared, String, mpsc::UnboundedSender<Value>) {
     (script, url, events)
 }
 
-/// Records what the server tells the application.
-#[derive(Default)]
-struct Heard {
-    logs: Mutex<Vec<LogMessage>>,
-    changed: Mutex<Vec<ListKind>>,
-}
-
-struct Hear(Arc<Heard>);
-
-impl NotificationHandler for Hear {
-    fn log(&self, service: &str, message: &LogMessage) {
-        assert_eq!(service, "svc");
-        lock(&self.0.logs).push(message.clone());
-    }
-
-    fn list_changed(&self, service: &str, list: ListKind) {
-        assert_eq!(service, "svc");
-        lock(&self.0.changed).push(list);
-    }
-}
-
-/// Answers elicitations with their defaults, except `wait`, which waits
-/// until dropped (and says so).
-struct Answers {
-    dropped: Arc<AtomicBool>,
-}
-
-struct SetOnDrop(Arc<AtomicBool>);
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl ServerRequestHandler for Answers {
-    fn capabilities(&self) -> Value {
-        json!({"elicitation": {}})
-    }
-
-    async fn handle(&self, _: &str, method: &str, params: Value) -> Result<Value, RequestError> {
-        if params["message"] == "wait" {
-            let _flag = SetOnDrop(self.dropped.clone());
-            futures::future::pending::<()>().await;
-        }
-        match method {
-            "elicitation/create" => Ok(json!({
-                "action": "accept",
-                "content": cortex_client::server_requests::schema_defaults(&params["requestedSchema"]),
-            })),
-            other => Err(RequestError::method_not_found(other)),
-        }
-    }
-}
-
-fn client_with(
-    url: &str,
-    timeout: Duration,
-    setup: impl FnOnce(cortex_client::NetworkMcpClientBuilder) -> cortex_client::NetworkMcpClientBuilder,
-) -> NetworkMcpClient {
-    let discovery = StaticDiscovery::new();
-    discovery.register("svc", vec![Endpoint::new(url).with_protocol(Protocol::Mcp)]);
-    let config = ClientConfig::builder()
-        .request_timeout(timeout)
-        .initial_backoff(Duration::from_millis(10))
-        .build()
-        .unwrap_or_else(|e| panic!("config: {e}"));
-    setup(NetworkMcpClient::builder(Arc::new(discovery)).config(config))
-        .build()
-        .unwrap_or_else(|e| panic!("client: {e}"))
-}
-
-/// Waits (2 s at most) until `check` holds.
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let waited = tokio::time::timeout(Duration::from_secs(2), async {
-        while !check() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "{what}: not within 2 s");
-}
-
 #[tokio::test]
 async fn progress_reaches_the_caller_and_only_when_asked() {
     let (script, url, _events) = serve().await;
     let heard = Arc::new(Heard::default());
-    let client = client_with(&url, Duration::from_secs(10), |b| {
-        b.notifications(Arc::new(Hear(heard.clone())))
+    let client = mcp_client(&url, Duration::from_secs(10), |b| {
+        b.notifications(Hear::only("svc", heard.clone()))
     });
     let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
     let sink = seen.clone();
@@ -367,7 +275,7 @@ async fn progress_reaches_the_caller_and_only_when_asked() {
 async fn progress_pushes_the_deadline_out_only_when_asked_and_within_the_maximum() {
     let (script, url, _events) = serve().await;
     // A 400 ms timeout; the tool reports every 150 ms for 1.2 s.
-    let client = client_with(&url, Duration::from_millis(400), |b| b);
+    let client = mcp_client(&url, Duration::from_millis(400), |b| b);
     let args = json!({"steps": 8, "every": 150});
     let reset = CallOptions::new().reset_timeout_on_progress(Duration::from_secs(10));
     let started = std::time::Instant::now();
@@ -415,7 +323,7 @@ async fn progress_pushes_the_deadline_out_only_when_asked_and_within_the_maximum
 #[tokio::test]
 async fn a_call_the_caller_drops_is_cancelled_on_the_server() {
     let (script, url, _events) = serve().await;
-    let client = client_with(&url, Duration::from_secs(30), |b| b);
+    let client = mcp_client(&url, Duration::from_secs(30), |b| b);
     let options = CallOptions::new().on_progress(|_| {});
     let started = std::time::Instant::now();
     let call = client.call_tool_with("svc", "hang", json!({}), options);
@@ -443,8 +351,8 @@ async fn a_call_the_caller_drops_is_cancelled_on_the_server() {
 async fn the_server_cancelling_its_request_stops_the_handler_and_nothing_is_answered() {
     let (script, url, _events) = serve().await;
     let dropped = Arc::new(AtomicBool::new(false));
-    let client = client_with(&url, Duration::from_secs(10), |b| {
-        b.server_requests(Arc::new(Answers {
+    let client = mcp_client(&url, Duration::from_secs(10), |b| {
+        b.server_requests(Arc::new(AcceptDefaults {
             dropped: dropped.clone(),
         }))
     });
@@ -461,8 +369,8 @@ async fn the_server_cancelling_its_request_stops_the_handler_and_nothing_is_answ
 async fn listings_are_kept_for_their_ttl_until_the_server_says_they_changed() {
     let (script, url, events) = serve().await;
     let heard = Arc::new(Heard::default());
-    let client = client_with(&url, Duration::from_secs(10), |b| {
-        b.notifications(Arc::new(Hear(heard.clone())))
+    let client = mcp_client(&url, Duration::from_secs(10), |b| {
+        b.notifications(Hear::only("svc", heard.clone()))
     });
     let first = client
         .mcp_tools("svc")
@@ -507,10 +415,8 @@ async fn listings_are_kept_for_their_ttl_until_the_server_says_they_changed() {
 #[tokio::test]
 async fn input_required_results_are_answered_and_sent_again() {
     let (script, url, _events) = serve().await;
-    let client = client_with(&url, Duration::from_secs(10), |b| {
-        b.server_requests(Arc::new(Answers {
-            dropped: Arc::default(),
-        }))
+    let client = mcp_client(&url, Duration::from_secs(10), |b| {
+        b.server_requests(Arc::new(AcceptDefaults::default()))
     });
     let value = client.call_tool("svc", "mrtr", json!({"q": 1})).await;
     assert_eq!(value.ok(), Some(json!("hello Ada")));
@@ -535,7 +441,7 @@ async fn input_required_results_are_answered_and_sent_again() {
     assert_eq!(rounds, 9, "the first request and eight rounds");
 
     // Without a handler there is nobody to ask.
-    let bare = client_with(&url, Duration::from_secs(10), |b| b);
+    let bare = mcp_client(&url, Duration::from_secs(10), |b| b);
     let outcome = bare.call_tool("svc", "mrtr", json!({})).await;
     assert!(
         matches!(&outcome, Err(McpError::ServiceCall { message, .. }) if message.contains("no handler")),

@@ -11,17 +11,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use cortex_client::discovery::Protocol;
-use cortex_client::server_requests::{RequestError, ServerRequestHandler};
+use common::{AcceptDefaults, eventually, lock};
 use cortex_client::tasks::TaskPolicy;
-use cortex_client::{ClientConfig, Endpoint, McpClient, NetworkMcpClient, StaticDiscovery};
+use cortex_client::{McpClient, NetworkMcpClient};
 use serde_json::{Value, json};
 
 /// One request the server saw: method, params, and its `mcp-*` headers.
@@ -40,10 +38,6 @@ struct Script {
 }
 
 type Shared = Arc<Script>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn task(id: &str, status: &str) -> Value {
     json!({"taskId": id, "status": status, "createdAt": "2026-01-01T00:00:00Z",
@@ -172,39 +166,16 @@ async fn serve() -> (Shared, String) {
     (script.clone(), format!("{}/mcp", common::serve(app).await))
 }
 
-/// Accepts each elicitation with its defaults.
-struct Accept;
-
-#[async_trait]
-impl ServerRequestHandler for Accept {
-    fn capabilities(&self) -> Value {
-        json!({"elicitation": {}})
-    }
-
-    async fn handle(&self, _: &str, method: &str, params: Value) -> Result<Value, RequestError> {
-        match method {
-            "elicitation/create" => Ok(json!({"action": "accept",
-                "content": cortex_client::server_requests::schema_defaults(&params["requestedSchema"])})),
-            other => Err(RequestError::method_not_found(other)),
-        }
-    }
-}
-
+/// A client of the scripted server that accepts elicitations with their
+/// defaults, and follows tasks under `tasks` when given.
 fn client(url: &str, timeout: Duration, tasks: Option<TaskPolicy>) -> NetworkMcpClient {
-    let discovery = StaticDiscovery::new();
-    discovery.register("svc", vec![Endpoint::new(url).with_protocol(Protocol::Mcp)]);
-    let config = ClientConfig::builder()
-        .request_timeout(timeout)
-        .initial_backoff(Duration::from_millis(10))
-        .build()
-        .unwrap_or_else(|e| panic!("config: {e}"));
-    let mut builder = NetworkMcpClient::builder(Arc::new(discovery))
-        .config(config)
-        .server_requests(Arc::new(Accept));
-    if let Some(policy) = tasks {
-        builder = builder.tasks(policy);
-    }
-    builder.build().unwrap_or_else(|e| panic!("client: {e}"))
+    common::mcp_client(url, timeout, |builder| {
+        let builder = builder.server_requests(Arc::new(AcceptDefaults::default()));
+        match tasks {
+            Some(policy) => builder.tasks(policy),
+            None => builder,
+        }
+    })
 }
 
 fn fast() -> TaskPolicy {
@@ -223,17 +194,6 @@ fn seen(script: &Script, method: &str) -> Vec<Seen> {
         .filter(|s| s.method == method)
         .cloned()
         .collect()
-}
-
-/// Waits (2 s at most) until `check` holds.
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let waited = tokio::time::timeout(Duration::from_secs(2), async {
-        while !check() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "{what}: not within 2 s");
 }
 
 #[tokio::test]

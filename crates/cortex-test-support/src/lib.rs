@@ -12,11 +12,15 @@
 //! - [`stats::percentile`]: shared by the benchmarks.
 //! - [`auth`]: tokens good and bad, and an MCP session client that sends them.
 //! - [`prometheus::parse`]: a strict reading of `/metrics` text.
+//! - [`oauth_server`]: an OAuth authorization server and an MCP server that
+//!   wants its tokens, on loopback, for the client's OAuth tests and
+//!   `cortex login`.
 
 pub mod auth;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod mcp_servers;
+pub mod oauth_server;
 pub mod pg;
 pub mod prometheus;
 pub mod proxy;
