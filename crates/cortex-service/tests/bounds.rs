@@ -35,16 +35,7 @@ fn service(calls: Arc<AtomicUsize>) -> Service {
                 }
             },
         ))
-        .tool(Tool::new(
-            "slow",
-            "Sleeps for `ms`.",
-            json!({"type": "object"}),
-            |_ctx, args| async move {
-                let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                Ok(json!({"slept_ms": ms}))
-            },
-        ))
+        .tool(cortex_test_support::slow_tool())
         .resource(
             Resource::new("ticks", "A live stream.", |_ctx, _| async {
                 Ok(ResourceContent::Json(json!([])))

@@ -9,13 +9,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cortex_service::{HttpLimits, Service, ServiceConfig, Tool};
+use cortex_service::{HttpLimits, Service, ServiceConfig};
 use cortex_test_support::TestServer;
 use cortex_test_support::auth;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -35,16 +35,7 @@ async fn start() -> TestServer {
 
 async fn start_with(limits: HttpLimits) -> TestServer {
     let service = Service::builder("h2", "0.0.1")
-        .tool(Tool::new(
-            "slow",
-            "Sleeps for `ms`.",
-            json!({"type": "object"}),
-            |_ctx, args| async move {
-                let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                Ok(json!({"slept_ms": ms}))
-            },
-        ))
+        .tool(cortex_test_support::slow_tool())
         .build()
         .unwrap();
     let config = ServiceConfig {

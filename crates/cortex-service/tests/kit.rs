@@ -56,16 +56,7 @@ fn service(healthy: bool, echo_calls: Arc<AtomicUsize>) -> Service {
                 Ok(Value::Null)
             },
         ))
-        .tool(Tool::new(
-            "slow",
-            "Sleeps for `ms`.",
-            json!({"type": "object"}),
-            |_ctx, args| async move {
-                let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                Ok(json!({"slept_ms": ms}))
-            },
-        ))
+        .tool(cortex_test_support::slow_tool())
         .resource(Resource::new(
             "list/{n}",
             "n numbers",

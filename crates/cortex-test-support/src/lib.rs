@@ -50,6 +50,25 @@ pub async fn start_memory_on(
     (TestServer::start(service, config).await, fixture)
 }
 
+/// A tool `slow` that sleeps for its argument `ms` (milliseconds) and
+/// answers `{"slept_ms": ms}`: a call that keeps its connection busy for as
+/// long as a test needs.
+pub fn slow_tool() -> Tool {
+    Tool::new(
+        "slow",
+        "Sleeps for `ms`.",
+        serde_json::json!({"type": "object"}),
+        |_ctx, args| async move {
+            let ms = args
+                .get("ms")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(serde_json::json!({"slept_ms": ms}))
+        },
+    )
+}
+
 /// The memory service for an in-process client, with its temporary directory.
 pub async fn memory_service() -> (Service, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
@@ -66,7 +85,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cortex_proto::sse::{Decoder, Event};
-use cortex_service::{Service, ServiceConfig};
+use cortex_service::{Service, ServiceConfig, Tool};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::oneshot;
