@@ -308,6 +308,12 @@ pub(crate) struct Exchange<'a> {
     /// the dialect to read (MCP carries JSON-RPC errors, and session
     /// expiry, in them) instead of classifying it here.
     pub(crate) raw_client_errors: bool,
+    /// A stream that may share an HTTP/2 connection
+    /// ([`Purpose::SharedStream`]): a Cortex resource stream, of which a
+    /// client may hold thousands against a service that speaks HTTP/2. Not
+    /// an MCP session's event stream: one per session, and MCP servers
+    /// speak HTTP/1.1, so trying HTTP/2 would only cost a first attempt.
+    pub(crate) shared_stream: bool,
 }
 
 /// What an exchange asks of the chosen endpoint before sending (see
@@ -342,6 +348,7 @@ impl<'a> Exchange<'a> {
             prepare: None,
             stream_sse: false,
             raw_client_errors: false,
+            shared_stream: false,
         }
     }
 
@@ -789,6 +796,7 @@ impl Engine {
         // A resource stream waits on its connection for as long as it
         // lives: one dialled for it reads through a small buffer.
         let purpose = match exchange.operation {
+            Operation::Stream(_) if exchange.shared_stream => Purpose::SharedStream,
             Operation::Stream(_) => Purpose::Stream,
             Operation::Tool(_) | Operation::Read(_) => Purpose::Call,
         };

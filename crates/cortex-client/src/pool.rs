@@ -113,9 +113,12 @@ const HTTP2_REFUSED: u8 = 2;
 pub(crate) enum Purpose {
     /// A call or a read: hyper's default buffers; pooled again after use.
     Call,
-    /// A long-lived resource stream: a small read buffer
-    /// ([`STREAM_READ_BUFFER`]); closed, not pooled, when the stream ends.
+    /// A long-lived stream: a small read buffer ([`STREAM_READ_BUFFER`]);
+    /// closed, not pooled, when the stream ends.
     Stream,
+    /// A long-lived stream that may share an HTTP/2 connection (a share of
+    /// one, where the route and the endpoint allow); else as `Stream`.
+    SharedStream,
 }
 
 /// How a new connection is set up.
@@ -360,7 +363,7 @@ impl EndpointPool {
         // registration and no timer; the rest is boxed so that its state
         // (dialling, waiting) does not weigh on every call's future. When
         // callers wait, they go first: join the queue behind them.
-        if purpose == Purpose::Stream
+        if purpose == Purpose::SharedStream
             && self.settings.http2_route()
             && self.http2.load(Ordering::Acquire) != HTTP2_REFUSED
         {
@@ -619,12 +622,17 @@ impl EndpointPool {
         purpose: Purpose,
     ) -> Result<PooledConn, AcquireError> {
         let purpose = match purpose {
-            Purpose::Stream if self.large_stream_heads.load(Ordering::Relaxed) => Purpose::Call,
+            Purpose::Stream | Purpose::SharedStream
+                if self.large_stream_heads.load(Ordering::Relaxed) =>
+            {
+                Purpose::Call
+            }
+            Purpose::SharedStream => Purpose::Stream,
             purpose => purpose,
         };
         let handshake = match purpose {
             Purpose::Call => Handshake::Http1,
-            Purpose::Stream => Handshake::Http1SmallReads,
+            Purpose::Stream | Purpose::SharedStream => Handshake::Http1SmallReads,
         };
         let sender = self.dial(slot, handshake).await?;
         Ok(self.checked_out(sender, purpose))

@@ -89,6 +89,7 @@ pub(crate) async fn open(
         accept: "text/event-stream",
         last_event_id,
         max_attempts,
+        shared_stream: true,
         ..Exchange::get(
             Operation::Stream(uri),
             format!("/resource/{}", cortex_proto::path::encode_resource_uri(uri)),
