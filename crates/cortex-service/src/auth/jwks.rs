@@ -32,7 +32,8 @@ use tokio_rustls::TlsConnector;
 
 use super::{AuthError, AuthSetupError};
 
-/// The asymmetric algorithms a JWKS key may be published for.
+/// The asymmetric algorithms a JWKS key may be published for: the RSA
+/// ones first ([`RSA`]), then one per elliptic curve and Ed25519.
 pub(super) const ASYMMETRIC: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,
@@ -44,6 +45,9 @@ pub(super) const ASYMMETRIC: [Algorithm; 9] = [
     Algorithm::ES384,
     Algorithm::EdDSA,
 ];
+
+/// The algorithms an RSA key may verify: the first six of [`ASYMMETRIC`].
+const RSA: &[Algorithm] = ASYMMETRIC.split_at(6).0;
 
 /// The largest JWKS document read.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -461,14 +465,7 @@ fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
         return None;
     }
     let fits: &[Algorithm] = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => &[
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ],
+        AlgorithmParameters::RSA(_) => RSA,
         AlgorithmParameters::EllipticCurve(params) => match params.curve {
             EllipticCurve::P256 => &[Algorithm::ES256],
             EllipticCurve::P384 => &[Algorithm::ES384],
