@@ -119,7 +119,7 @@ mod tests {
     use super::*;
 
     async fn sniffed(chunks: &[&[u8]]) -> (Protocol, Vec<u8>) {
-        let mut mock = tokio_test_io(chunks);
+        let mut mock = chunked_reader(chunks);
         let (protocol, mut io) = sniff(&mut mock).await.expect("sniffed");
         let mut all = Vec::new();
         io.read_to_end(&mut all).await.expect("read");
@@ -127,7 +127,7 @@ mod tests {
     }
 
     /// A reader that returns `chunks` one write each, then EOF.
-    fn tokio_test_io(chunks: &[&[u8]]) -> impl AsyncRead + Unpin {
+    fn chunked_reader(chunks: &[&[u8]]) -> impl AsyncRead + Unpin {
         let chunks: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
         let (mut tx, rx) = tokio::io::duplex(1 << 16);
         tokio::spawn(async move {
