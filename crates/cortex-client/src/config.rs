@@ -238,8 +238,8 @@ macro_rules! client_options {
             /// knowledge over TCP, ALPN `h2` over TLS; up to 100 streams on
             /// each) instead of holding one HTTP/1.1 connection each; an
             /// endpoint that does not speak it gets HTTP/1.1 from its first
-            /// refusal on. Calls, and streams through a forwarding proxy,
-            /// always use HTTP/1.1.
+            /// refusal on. Calls, streams through a forwarding proxy, and an
+            /// MCP session's event stream always use HTTP/1.1.
             stream_http2: bool = true;
             /// Full jitter: each backoff is drawn uniformly from zero to its computed value.
             jitter: bool = true;
