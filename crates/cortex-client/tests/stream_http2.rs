@@ -278,3 +278,39 @@ async fn streams_whose_readers_stop_do_not_hold_up_the_others_on_their_connectio
     }
     drop(streams);
 }
+
+#[tokio::test]
+async fn a_stream_given_up_while_waiting_to_dial_leaves_the_next_one_free_to_dial() {
+    let (server, _dir) = start_memory(ServiceConfig::default()).await;
+    let proxy = TcpProxy::start(server.addr).await;
+    // One slot, held for a second by the calls' idle connection.
+    let config = common::fast_config()
+        .max_connections(1)
+        .idle_timeout(Duration::from_secs(1))
+        .pool_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let client = common::client_for(&proxy.url(""), config);
+    let first = common::store(&client, "u1", "before").await;
+
+    // This stream becomes the one that dials, waits for the slot, and is
+    // given up (its caller stops waiting) before the slot comes free.
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        client.stream_resource("memory", "history/u1/stream"),
+    )
+    .await;
+    assert!(given_up.is_err(), "it could not have had a connection yet");
+
+    // Once the idle connection closes, the next stream dials and delivers.
+    let mut stream = client
+        .stream_resource("memory", "history/u1/stream")
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.id, Some(first.to_string()));
+}
