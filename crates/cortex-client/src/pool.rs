@@ -1060,16 +1060,33 @@ async fn send_shared(
             }
             Ok(response)
         }
-        Err(error) if untried => {
-            pool.refuse_http2(&error);
-            Err(SendError::Unsuited(Unsuited::NoHttp2, error))
-        }
-        // A request hyper never handed to the connection, or one the server
-        // refused before processing it (`REFUSED_STREAM`, or past a
-        // `GOAWAY`'s last stream) shows as canceled or as an HTTP/2 error;
-        // only the first is known not to have reached the service.
-        Err(error) if error.is_canceled() => Err(SendError::NotSent(Cause::new(error))),
-        Err(error) => Err(SendError::MaybeSent(error)),
+        Err(error) => Err(shared_failure(pool, error, untried)),
+    }
+}
+
+/// Why a request on a shared HTTP/2 connection failed.
+fn shared_failure(pool: &EndpointPool, error: hyper::Error, untried: bool) -> SendError {
+    // A TLS server's refusal of our certificate (or of its absence) comes
+    // with the first request, as over HTTP/1.1 (`PooledConn::send`); it
+    // reached no service, and the same handshake would be refused again.
+    let tls = pool.settings.tls.as_ref();
+    if let Some(refusal) = tls.and_then(|tls| tls.refusal_over_h2(&error)) {
+        return SendError::NotSent(Cause::new(refusal));
+    }
+    // Over TLS the server chose HTTP/2 in the handshake: a failure there is
+    // not a sign that it does not speak it.
+    if untried && tls.is_none() {
+        pool.refuse_http2(&error);
+        return SendError::Unsuited(Unsuited::NoHttp2, error);
+    }
+    // A request hyper never handed to the connection, or one the server
+    // refused before processing it (`REFUSED_STREAM`, or past a `GOAWAY`'s
+    // last stream) shows as canceled or as an HTTP/2 error; only the first
+    // is known not to have reached the service.
+    if error.is_canceled() {
+        SendError::NotSent(Cause::new(error))
+    } else {
+        SendError::MaybeSent(error)
     }
 }
 

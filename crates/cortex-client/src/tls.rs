@@ -237,7 +237,7 @@ impl Tls {
         match tokio::time::timeout(timeout, connect).await {
             // An HTTP/2 server speaks first (its SETTINGS), so the verdict
             // cannot be read here: a refusal of ours fails the first
-            // request on the connection instead.
+            // request on the connection instead (see `pool::shared_failure`).
             Ok(Ok(stream)) if negotiated_h2(&stream) => Ok(stream),
             Ok(Ok(stream)) if asked.is_some_and(|a| a.0.load(Ordering::Acquire)) => {
                 self.verdict(stream, started.elapsed()).await
@@ -312,6 +312,42 @@ impl Tls {
             }
             _ => None,
         }
+    }
+
+    /// As [`Self::refusal`], for a request that failed on an HTTP/2
+    /// connection: the `h2` layer keeps an I/O error's kind and message but
+    /// not the error inside, so rustls's alert is only text by then. Over
+    /// TLS an I/O error of kind `InvalidData` is rustls's (HTTP/2's own
+    /// failures are not I/O errors): the server refused the connection
+    /// after the handshake, most often for want of a client certificate.
+    pub(crate) fn refusal_over_h2(
+        &self,
+        error: &(dyn StdError + 'static),
+    ) -> Option<std::io::Error> {
+        if let Some(refusal) = self.refusal(error) {
+            return Some(refusal);
+        }
+        let mut current = Some(error);
+        while let Some(error) = current {
+            if let Some(io) = error.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::InvalidData
+            {
+                let advice = if self.has_client_cert {
+                    ""
+                } else {
+                    " (if it asks for a client certificate, set client_cert and client_key)"
+                };
+                return Some(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "TLS with {} failed after the handshake: {io}{advice}",
+                        self.host
+                    ),
+                ));
+            }
+            current = error.source();
+        }
+        None
     }
 
     /// A handshake's I/O error with the server named. rustls's own errors

@@ -197,6 +197,31 @@ async fn streams_over_the_kits_tls_share_http2_connections_chosen_by_alpn() {
 }
 
 #[tokio::test]
+async fn mutual_tls_refuses_a_stream_without_a_certificate_and_names_why() {
+    // A stream offers h2, which the kit chooses: its refusal of a client
+    // without a certificate cannot be read before the first request (an
+    // HTTP/2 server speaks first), so it fails that request; the error
+    // names the server's alert and what to set, and is not retried.
+    let pki = Pki::new();
+    let (_server, url, _dir) = start(&pki, true, HttpLimits::default()).await;
+    let client = client(&url, trusting(&pki).build().unwrap());
+    let error = tokio::time::timeout(LIMIT, client.stream_resource("memory", "history/u1/stream"))
+        .await
+        .expect("refused within the limit")
+        .err()
+        .unwrap();
+    assert!(
+        matches!(error, McpError::Connection { attempts: 1, .. }),
+        "{error:?}"
+    );
+    assert!(error.is_connect(), "nothing was sent: {error:?}");
+    assert!(!error.is_retryable(), "{error:?}");
+    let text = format!("{error} {:?}", std::error::Error::source(&error));
+    assert!(text.contains("CertificateRequired"), "{text}");
+    assert!(text.contains("client_cert"), "{text}");
+}
+
+#[tokio::test]
 async fn mutual_tls_refuses_a_client_without_a_certificate_and_serves_one_with_it() {
     let pki = Pki::new();
     let (_server, url, _dir) = start(&pki, true, HttpLimits::default()).await;
