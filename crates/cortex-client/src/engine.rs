@@ -323,7 +323,9 @@ pub(crate) type PrepareFn<'f> = dyn Fn(&Endpoint) -> Option<Prepared> + Send + S
 /// What one endpoint adds to one request (an MCP session's headers).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Prepared {
-    pub(crate) headers: HeaderMap,
+    /// Added to the request's headers (an MCP session's id, revision,
+    /// `Mcp-Method`, …).
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     /// Replaces the exchange's body (the JSON-RPC shape depends on the era).
     pub(crate) body: Option<Bytes>,
     /// Replaces the exchange's path (the legacy SSE transport posts elsewhere).
@@ -1068,7 +1070,7 @@ impl Engine {
         }
         if let Some(prepared) = prepared {
             for (name, value) in &prepared.headers {
-                headers.append(name, value.clone());
+                headers.append(name.clone(), value.clone());
             }
         }
         let text = |name: &str, value: &str| {

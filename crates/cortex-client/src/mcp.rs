@@ -678,7 +678,7 @@ async fn close(client: &McpDialect) {
 async fn list_all(
     client: &McpDialect,
     service: &Arc<ServiceState>,
-    method: &str,
+    method: &'static str,
     key: &str,
 ) -> Result<Vec<Value>, McpError> {
     let cache_key = (service.name.clone(), method.to_string());

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
@@ -124,22 +124,27 @@ impl Session {
     /// older servers ignore them.
     pub(crate) fn prepare(
         &self,
-        method: &str,
+        method: &'static str,
         params: &Value,
         id: Option<u64>,
         extra: &[(String, String)],
     ) -> Prepared {
         let mut prepared = self.headers(2 + extra.len());
-        set(&mut prepared.headers, MCP_METHOD, method);
-        if let Some(name) = super::headers::name_of(method, params) {
-            set(&mut prepared.headers, MCP_NAME, &wire::header_safe(name));
+        // Method names are the client's own constants: not copied.
+        prepared
+            .headers
+            .push((MCP_METHOD, HeaderValue::from_static(method)));
+        if let Some(name) = super::headers::name_of(method, params)
+            && let Ok(value) = HeaderValue::from_str(&wire::header_safe(name))
+        {
+            prepared.headers.push((MCP_NAME, value));
         }
         for (name, value) in extra {
             if let (Ok(name), Ok(value)) = (
                 http::HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
             ) {
-                prepared.headers.insert(name, value);
+                prepared.headers.push((name, value));
             }
         }
         // A `Value` always encodes.
@@ -164,7 +169,7 @@ impl Session {
     }
 
     /// A notification's headers and body.
-    pub(crate) fn prepare_notification(&self, method: &str, params: Value) -> Prepared {
+    pub(crate) fn prepare_notification(&self, method: &'static str, params: Value) -> Prepared {
         self.prepare(method, &params, None, &[])
     }
 
@@ -175,10 +180,8 @@ impl Session {
 
     /// The session's headers, with room for `more`.
     fn headers(&self, more: usize) -> Prepared {
-        let mut headers = HeaderMap::with_capacity(self.own_headers.len() + more);
-        for (name, value) in &self.own_headers {
-            headers.insert(name.clone(), value.clone());
-        }
+        let mut headers = Vec::with_capacity(self.own_headers.len() + more);
+        headers.extend(self.own_headers.iter().cloned());
         Prepared {
             headers,
             ..Prepared::default()
@@ -195,12 +198,6 @@ impl Session {
 
 const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
 const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
-
-fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
-    }
-}
 
 /// What every request of a session in `era` carries: its id and revision.
 fn own_headers(era: &Era) -> Vec<(HeaderName, HeaderValue)> {

@@ -337,7 +337,7 @@ pub(crate) async fn notify(
     client: &McpDialect,
     service: &ServiceState,
     session: &Session,
-    method: &str,
+    method: &'static str,
     params: Value,
 ) -> Result<(), McpError> {
     let prepared = session.prepare_notification(method, params);

@@ -483,7 +483,7 @@ pub(crate) const ACCEPT: &str = "application/json, text/event-stream";
 /// One request.
 #[derive(Debug, Clone)]
 pub(crate) struct Call<'a> {
-    pub(crate) method: &'a str,
+    pub(crate) method: &'static str,
     pub(crate) params: Value,
     /// What it is about, for errors and metrics.
     pub(crate) op: Operation<'a>,

@@ -434,25 +434,25 @@ fn initialize(mcp: &Arc<Shared>, body: Value, peer: Option<IpAddr>) -> Response 
 
 /// What one message of a POST came to.
 enum Outcome {
-    Reply(Value),
+    Reply(jsonrpc::Response),
     /// A notification or response: nothing to send back.
     Accepted,
     /// Not a valid message (400 when it was the whole body).
-    Invalid(Value),
+    Invalid(jsonrpc::Response),
 }
 
 async fn one_message(mcp: &Shared, call: Call, message: Value) -> Outcome {
     match Message::parse(message) {
         Ok(Message::Request { id, method, params }) => {
             if method == "initialize" {
-                return Outcome::Invalid(jsonrpc::error(
-                    Some(&id),
-                    &RpcError::new(INVALID_REQUEST, "`initialize` must not be part of a batch"),
+                return Outcome::Invalid(jsonrpc::Response::error(
+                    Some(id),
+                    RpcError::new(INVALID_REQUEST, "`initialize` must not be part of a batch"),
                 ));
             }
             match mcp.request(call, &method, params).await {
-                Ok(result) => Outcome::Reply(jsonrpc::result(&id, result)),
-                Err(error) => Outcome::Reply(jsonrpc::error(Some(&id), &error)),
+                Ok(result) => Outcome::Reply(jsonrpc::Response::result(id, result)),
+                Err(error) => Outcome::Reply(jsonrpc::Response::error(Some(id), error)),
             }
         }
         Ok(Message::Notification { method }) => {
@@ -471,16 +471,14 @@ async fn one_message(mcp: &Shared, call: Call, message: Value) -> Outcome {
             if known {
                 Outcome::Accepted
             } else {
-                Outcome::Invalid(jsonrpc::error(
-                    Some(&id),
-                    &RpcError::new(
-                        INVALID_REQUEST,
-                        format!("no request of this session awaits an answer with id {id}"),
-                    ),
+                let message = format!("no request of this session awaits an answer with id {id}");
+                Outcome::Invalid(jsonrpc::Response::error(
+                    Some(id),
+                    RpcError::new(INVALID_REQUEST, message),
                 ))
             }
         }
-        Err((id, error)) => Outcome::Invalid(jsonrpc::error(id.as_ref(), &error)),
+        Err((id, error)) => Outcome::Invalid(jsonrpc::Response::error(id, error)),
     }
 }
 
@@ -559,7 +557,7 @@ async fn session_post(
                 .buffered(mcp.config.mcp.batch_concurrency.max(1))
                 .filter_map(|outcome| async move {
                     match outcome {
-                        Outcome::Reply(reply) | Outcome::Invalid(reply) => Some(reply),
+                        Outcome::Reply(reply) | Outcome::Invalid(reply) => Some(reply.into_value()),
                         Outcome::Accepted => None,
                     }
                 })
@@ -631,7 +629,8 @@ impl Drop for CallTask {
 /// A call's response (`None`: the message was not a request), boxed so
 /// that it can start in the request's task and move, already started, to a
 /// task of its own.
-type CallFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Value>> + Send>>;
+type CallFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<jsonrpc::Response>> + Send>>;
 
 /// Runs a call in a task of its own, as the request's caller; its
 /// response is queued in `outbox`, last (its notifier closed first, so
@@ -644,7 +643,7 @@ fn spawn_call(
     let answer = async move {
         if let Some(reply) = answer.await {
             notifier.close();
-            outbox.push(reply, None);
+            outbox.push(reply.into_value(), None);
         }
     };
     match crate::auth::current_caller() {
@@ -758,7 +757,7 @@ async fn answered_call(
                     // Its stream carries what it queued, then the response.
                     Some(reply) => {
                         notifier.close();
-                        outbox.push(reply, None);
+                        outbox.push(reply.into_value(), None);
                     }
                     None => {}
                 }

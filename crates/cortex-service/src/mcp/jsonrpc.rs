@@ -86,28 +86,68 @@ impl RpcError {
     }
 }
 
-/// A success response.
-pub(crate) fn result(id: &Value, result: Value) -> Value {
-    response(id.clone(), "result", result)
+/// A response to one message, kept in parts until it is written: answered
+/// as JSON it is encoded straight from them, and no envelope `Value` is
+/// built; queued on a stream or joined to a batch it becomes one
+/// ([`Response::into_value`]).
+#[derive(Debug)]
+pub(crate) struct Response {
+    id: Value,
+    outcome: Result<Value, RpcError>,
 }
 
-/// An error response; `id` is `null` when the request's id could not be read.
-pub(crate) fn error(id: Option<&Value>, error: &RpcError) -> Value {
-    response(
-        id.cloned().unwrap_or(Value::Null),
-        "error",
-        error.to_value(),
-    )
+impl Response {
+    /// A success response.
+    pub(crate) fn result(id: Value, result: Value) -> Self {
+        Self {
+            id,
+            outcome: Ok(result),
+        }
+    }
+
+    /// An error response; `id` is `null` when the request's id could not
+    /// be read.
+    pub(crate) fn error(id: Option<Value>, error: RpcError) -> Self {
+        Self {
+            id: id.unwrap_or(Value::Null),
+            outcome: Err(error),
+        }
+    }
+
+    /// The response as a message. Built by hand: `json!` would copy the
+    /// result (a whole tool result) through `to_value`.
+    pub(crate) fn into_value(self) -> Value {
+        let mut message = Map::new();
+        message.insert("jsonrpc".into(), Value::from("2.0"));
+        message.insert("id".into(), self.id);
+        match self.outcome {
+            Ok(result) => message.insert("result".into(), result),
+            Err(error) => message.insert("error".into(), error.to_value()),
+        };
+        Value::Object(message)
+    }
 }
 
-/// A response whose `key` (`result` or `error`) is `body`. Built by hand:
-/// `json!` would copy `body` (a whole tool result) through `to_value`.
-fn response(id: Value, key: &str, body: Value) -> Value {
-    let mut message = Map::new();
-    message.insert("jsonrpc".into(), Value::from("2.0"));
-    message.insert("id".into(), id);
-    message.insert(key.into(), body);
-    Value::Object(message)
+/// The same bytes as [`Response::into_value`] encodes to: keys in a
+/// `Value` object's order (sorted).
+impl serde::Serialize for Response {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut message = serializer.serialize_map(Some(3))?;
+        match &self.outcome {
+            Ok(result) => {
+                message.serialize_entry("id", &self.id)?;
+                message.serialize_entry("jsonrpc", "2.0")?;
+                message.serialize_entry("result", result)?;
+            }
+            Err(error) => {
+                message.serialize_entry("error", &error.to_value())?;
+                message.serialize_entry("id", &self.id)?;
+                message.serialize_entry("jsonrpc", "2.0")?;
+            }
+        }
+        message.end()
+    }
 }
 
 /// A notification from the server.
@@ -220,6 +260,29 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_encodes_as_its_message_does() {
+        let responses = || {
+            [
+                Response::result(json!(7), json!({"b": [1, "x"], "a": null})),
+                Response::result(json!("r-1"), Value::Null),
+                Response::error(None, RpcError::new(PARSE_ERROR, "Parse error")),
+                Response::error(
+                    Some(json!(3)),
+                    RpcError::invalid_params("bad").with_data(json!({"uri": "u"})),
+                ),
+            ]
+        };
+        for (typed, message) in responses().into_iter().zip(responses()) {
+            let message = message.into_value();
+            assert_eq!(
+                serde_json::to_string(&typed).expect("a response encodes"),
+                serde_json::to_string(&message).expect("a message encodes")
+            );
+            assert_eq!(message["jsonrpc"], "2.0");
+        }
+    }
 
     #[test]
     fn classifies_messages() {

@@ -58,12 +58,13 @@ pub(crate) fn accepts(headers: &HeaderMap, media: &str) -> bool {
 
 /// A JSON-RPC error with an HTTP status.
 pub(crate) fn rpc_error(status: StatusCode, id: Option<&Value>, error: &RpcError) -> Response {
-    (status, axum::Json(jsonrpc::error(id, error))).into_response()
+    let response = jsonrpc::Response::error(id.cloned(), error.clone());
+    (status, axum::Json(response)).into_response()
 }
 
 /// A JSON-RPC result, 200.
 pub(crate) fn rpc_result(id: &Value, result: Value) -> Response {
-    axum::Json(jsonrpc::result(id, result)).into_response()
+    axum::Json(jsonrpc::Response::result(id.clone(), result)).into_response()
 }
 
 /// 202 with no body: a notification or response was accepted.
