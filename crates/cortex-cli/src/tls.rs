@@ -15,7 +15,9 @@ use crate::exit::Failure;
 pub(crate) struct TlsArgs {
     /// Serve over TLS (https://) with the certificate chain in FILE (PEM,
     /// the service's certificate first, then any intermediates); needs
-    /// --tls-key.
+    /// --tls-key. The TLS files are read again every 10 s: renewed files
+    /// are used for new connections without a restart (files that cannot
+    /// be used are logged, and the previous ones kept).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub(crate) tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1; may be

@@ -161,6 +161,8 @@ pub async fn serve(
     let tls = config.tls.clone();
     if let Some(tls) = &tls {
         tracing::info!(service = %name, ?tls, "serving over TLS");
+        // Certificate rotation: new handshakes use renewed files.
+        tokio::spawn(tls.clone().watch_files(name.to_string(), stopping.clone()));
     }
     let app = router(
         service,

@@ -6,10 +6,20 @@
 //! a client CA, every client must present a certificate it signed (mutual
 //! TLS); without one, none is asked for.
 //!
-//! The files are read once, when the configuration is made, so that a
-//! missing, unreadable or malformed file, or a key that is not the
-//! certificate's, is a start-up error naming the file
-//! ([`TlsSetupError`]) rather than a failure of every handshake later.
+//! The files are read when the configuration is made, so that a missing,
+//! unreadable or malformed file, or a key that is not the certificate's,
+//! is a start-up error naming the file ([`TlsSetupError`]) rather than a
+//! failure of every handshake later.
+//!
+//! # Certificate rotation
+//! While the service runs, the files are read again every
+//! [`TlsConfig::reload_every`] (10 s by default): when any of them changed,
+//! the configuration is made again from them and new handshakes use it;
+//! connections already open keep theirs. Files that changed but cannot be
+//! used (a half-written file, a key not yet matching its new certificate)
+//! are logged and the previous configuration stays, until the files change
+//! again. So a certificate renewed in place (by an ACME client, or a
+//! mounted secret being updated) is served without a restart.
 //!
 //! # Where the handshake runs
 //! The accept loop (`server.rs`) only accepts and admits: the handshake
@@ -29,33 +39,46 @@
 //! default one).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+
+/// How often a running service reads its TLS files again, by default.
+pub const DEFAULT_RELOAD_EVERY: Duration = Duration::from_secs(10);
 
 /// TLS settings of a service's listener: what it presents and whom it
 /// asks for a certificate. Cheap to clone (shared), as the service's
 /// configuration is cloned for every request.
 #[derive(Clone)]
-pub struct TlsConfig(Arc<Inner>);
+pub struct TlsConfig {
+    inner: Arc<Inner>,
+    reload_every: Duration,
+}
 
 struct Inner {
-    acceptor: TlsAcceptor,
-    /// The certificate chain file, for logs.
+    /// Made from the files as last read well; replaced when they change.
+    acceptor: RwLock<TlsAcceptor>,
+    /// The certificate chain file.
     cert: PathBuf,
+    /// The private key file.
+    key: PathBuf,
     /// The client CA file, when client certificates are required.
     client_ca: Option<PathBuf>,
+    /// The files' contents when they were last read, to notice a change.
+    seen: Mutex<Vec<Option<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsConfig")
-            .field("cert", &self.0.cert)
-            .field("client_ca", &self.0.client_ca)
+            .field("cert", &self.inner.cert)
+            .field("client_ca", &self.inner.client_ca)
             .finish_non_exhaustive()
     }
 }
@@ -157,62 +180,83 @@ impl TlsConfig {
         client_ca: Option<&Path>,
     ) -> Result<Self, TlsSetupError> {
         let (cert, key) = (cert.as_ref(), key.as_ref());
-        let chain = read_certificates(TlsFile::Certificate, cert)?;
-        let key_der = read_private_key(key)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| invalid(TlsFile::Certificate, cert, e.to_string()))?;
-        let builder = match client_ca {
-            None => builder.with_no_client_auth(),
-            Some(path) => {
-                let mut roots = RootCertStore::empty();
-                let certificates = read_certificates(TlsFile::ClientCa, path)?;
-                let count = certificates.len();
-                for (i, certificate) in certificates.into_iter().enumerate() {
-                    roots.add(certificate).map_err(|e| {
-                        invalid(
-                            TlsFile::ClientCa,
-                            path,
-                            format!(
-                                "certificate {} of {count} is not a usable CA certificate: {e}",
-                                i + 1
-                            ),
-                        )
-                    })?;
-                }
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                        .build()
-                        .map_err(|e| invalid(TlsFile::ClientCa, path, e.to_string()))?;
-                builder.with_client_cert_verifier(verifier)
+        let seen = contents(cert, key, client_ca);
+        let config = server_config(cert, key, client_ca)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                acceptor: RwLock::new(TlsAcceptor::from(Arc::new(config))),
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                client_ca: client_ca.map(Path::to_path_buf),
+                seen: Mutex::new(seen),
+            }),
+            reload_every: DEFAULT_RELOAD_EVERY,
+        })
+    }
+
+    /// Reads the files again every `every` while the service runs (see
+    /// the module docs); at least every 10 ms.
+    pub fn reload_every(mut self, every: Duration) -> Self {
+        self.reload_every = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Makes the configuration again when a file changed since it was
+    /// last read: `None` when none did, else whether the new files are
+    /// used. Files that cannot be used leave the configuration as it was.
+    pub fn reload_if_changed(&self) -> Option<Result<(), TlsSetupError>> {
+        let inner = &self.inner;
+        let now = contents(&inner.cert, &inner.key, inner.client_ca.as_deref());
+        {
+            let mut seen = inner.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if *seen == now {
+                return None;
             }
-        };
-        let mut config = builder
-            .with_single_cert(chain, key_der)
-            .map_err(|e| match e {
-                rustls::Error::InconsistentKeys(_) => TlsSetupError::KeyMismatch {
-                    cert: cert.to_path_buf(),
-                    key: key.to_path_buf(),
-                },
-                other => invalid(TlsFile::Key, key, other.to_string()),
-            })?;
-        // HTTP/2 for a client that offers it (the network client does for
-        // resource streams, which then share connections), else HTTP/1.1;
-        // a client offering neither is refused in the handshake rather than
-        // misunderstood after it. The connection's first bytes tell the
-        // server which to speak, as on plain TCP.
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Self(Arc::new(Inner {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-            cert: cert.to_path_buf(),
-            client_ca: client_ca.map(Path::to_path_buf),
-        })))
+            // Remembered even when unusable: the same bad files are not
+            // tried (and logged) again every period.
+            *seen = now;
+        }
+        Some(
+            server_config(&inner.cert, &inner.key, inner.client_ca.as_deref()).map(|config| {
+                let acceptor = TlsAcceptor::from(Arc::new(config));
+                *inner.acceptor.write().unwrap_or_else(|e| e.into_inner()) = acceptor;
+            }),
+        )
+    }
+
+    /// Reads the files again every [`Self::reload_every`] until
+    /// `stopping`, logging what changed.
+    pub(crate) async fn watch_files(self, service: String, mut stopping: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.reload_every) => {}
+                _ = stopping.wait_for(|stopping| *stopping) => return,
+            }
+            // File reads and key parsing: off the runtime's workers.
+            let this = self.clone();
+            let Ok(outcome) = tokio::task::spawn_blocking(move || this.reload_if_changed()).await
+            else {
+                return;
+            };
+            match outcome {
+                None => {}
+                Some(Ok(())) => tracing::info!(
+                    service,
+                    cert = %self.inner.cert.display(),
+                    "TLS files changed: new connections get the new certificate"
+                ),
+                Some(Err(error)) => tracing::warn!(
+                    service,
+                    %error,
+                    "TLS files changed but cannot be used; new connections keep the previous certificate until they change again"
+                ),
+            }
+        }
     }
 
     /// Whether clients must present a certificate (mutual TLS).
     pub fn requires_client_certificate(&self) -> bool {
-        self.0.client_ca.is_some()
+        self.inner.client_ca.is_some()
     }
 
     /// The server side of a TLS handshake on `io`; the caller bounds it in
@@ -221,8 +265,77 @@ impl TlsConfig {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        self.0.acceptor.accept(io)
+        let acceptor = self
+            .inner
+            .acceptor
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        acceptor.accept(io)
     }
+}
+
+/// A server configuration from the files: the certificate chain at
+/// `cert`, its key at `key`, and the client CAs at `client_ca`.
+fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<rustls::ServerConfig, TlsSetupError> {
+    let chain = read_certificates(TlsFile::Certificate, cert)?;
+    let key_der = read_private_key(key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(TlsFile::Certificate, cert, e.to_string()))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            let certificates = read_certificates(TlsFile::ClientCa, path)?;
+            let count = certificates.len();
+            for (i, certificate) in certificates.into_iter().enumerate() {
+                roots.add(certificate).map_err(|e| {
+                    invalid(
+                        TlsFile::ClientCa,
+                        path,
+                        format!(
+                            "certificate {} of {count} is not a usable CA certificate: {e}",
+                            i + 1
+                        ),
+                    )
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| invalid(TlsFile::ClientCa, path, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key_der)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => TlsSetupError::KeyMismatch {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+            },
+            other => invalid(TlsFile::Key, key, other.to_string()),
+        })?;
+    // HTTP/2 for a client that offers it (the network client does for
+    // resource streams, which then share connections), else HTTP/1.1;
+    // a client offering neither is refused in the handshake rather than
+    // misunderstood after it. The connection's first bytes tell the
+    // server which to speak, as on plain TCP.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The files' contents (`None` for one that cannot be read), to compare.
+fn contents(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Vec<Option<Vec<u8>>> {
+    [Some(cert), Some(key), client_ca]
+        .into_iter()
+        .flatten()
+        .map(|path| std::fs::read(path).ok())
+        .collect()
 }
 
 fn invalid(file: TlsFile, path: &Path, reason: String) -> TlsSetupError {

@@ -385,3 +385,89 @@ fn bad_files_are_start_up_errors_naming_the_file() {
     );
     TlsConfig::from_pem_files(&both, &both, None).unwrap();
 }
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart_and_broken_files_are_not() {
+    let old = Pki::new();
+    let files = old.server();
+    let tls = TlsConfig::from_pem_files(&files.cert, &files.key, None)
+        .unwrap()
+        .reload_every(Duration::from_millis(50));
+    let (running, _dir) = start_memory(ServiceConfig {
+        tls: Some(tls),
+        ..ServiceConfig::default()
+    })
+    .await;
+    let url = format!("https://127.0.0.1:{}", running.addr.port());
+    store_and_get(&client(&url, trusting(&old).build().unwrap()), "before")
+        .await
+        .unwrap();
+
+    // Renewed in place under another CA, the key first: for a moment the
+    // key is not the certificate's, and the service keeps the old pair.
+    let new = Pki::new();
+    let renewed = new.server();
+    std::fs::copy(&renewed.key, &files.key).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store_and_get(&client(&url, trusting(&old).build().unwrap()), "mismatch")
+        .await
+        .expect("a key without its certificate is not used");
+    std::fs::copy(&renewed.cert, &files.cert).unwrap();
+
+    // New connections get the renewed certificate: a client trusting only
+    // the new CA is served, one trusting only the old CA is refused.
+    let started = Instant::now();
+    while let Err(error) =
+        store_and_get(&client(&url, trusting(&new).build().unwrap()), "after").await
+    {
+        assert!(
+            started.elapsed() < LIMIT,
+            "the renewed certificate was never served: {error:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let error = store_and_get(&client(&url, trusting(&old).build().unwrap()), "x")
+        .await
+        .unwrap_err();
+    assert!(error.is_connect(), "{error:?}");
+    assert!(
+        matches!(
+            rustls_error(&error),
+            Some(rustls::Error::InvalidCertificate(_))
+        ),
+        "{error:?}"
+    );
+
+    // A broken certificate file is not used: the renewed pair stays.
+    std::fs::write(&files.cert, "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store_and_get(&client(&url, trusting(&new).build().unwrap()), "still")
+        .await
+        .expect("served with the last usable certificate");
+}
+
+#[test]
+fn a_reload_reports_changed_files_and_names_a_broken_one() {
+    let pki = Pki::new();
+    let files = pki.server();
+    let tls = TlsConfig::from_pem_files(&files.cert, &files.key, None).unwrap();
+    assert!(tls.reload_if_changed().is_none(), "nothing changed");
+
+    std::fs::write(&files.key, "-----BEGIN PRIVATE KEY-----\nnot base64\n").unwrap();
+    let error = tls.reload_if_changed().unwrap().unwrap_err();
+    assert_eq!(error.file(), TlsFile::Key, "{error}");
+    assert!(
+        tls.reload_if_changed().is_none(),
+        "the same broken files are not tried again"
+    );
+
+    let renewed = pki.issue(
+        "renewed",
+        &["127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    std::fs::copy(&renewed.key, &files.key).unwrap();
+    std::fs::copy(&renewed.cert, &files.cert).unwrap();
+    assert!(tls.reload_if_changed().unwrap().is_ok());
+    assert!(tls.reload_if_changed().is_none());
+}
