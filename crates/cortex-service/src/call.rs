@@ -3,9 +3,25 @@
 //! progress), and what it may ask its MCP caller (elicitation, sampling).
 
 use http::HeaderMap;
+use http::request::Parts;
 use serde_json::Value;
 
 use crate::error::ServiceError;
+
+/// A request's headers, taken out of it rather than copied: axum's
+/// `HeaderMap` extractor clones every entry of them for each request, and
+/// a call's context keeps them (see [`CallContext::headers`]). Extractors
+/// after this one see no headers; the handlers that take it read the rest
+/// of the request (its body, URI and extensions) only.
+pub(crate) struct TakenHeaders(pub(crate) HeaderMap);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TakenHeaders {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(std::mem::take(&mut parts.headers)))
+    }
+}
 
 /// What a handler knows about the call it serves.
 #[derive(Debug, Clone, Default)]

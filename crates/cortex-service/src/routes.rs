@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::auth::Protect;
+use crate::call::TakenHeaders;
 use crate::config::ServiceConfig;
 use crate::error::ServiceError;
 use crate::registry::{CallContext, ResourceContent, Service};
@@ -165,7 +166,7 @@ async fn cut_off_after_grace(
 async fn call_tool(
     State(state): State<Arc<AppState>>,
     Path(tool): Path<String>,
-    headers: HeaderMap,
+    TakenHeaders(headers): TakenHeaders,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServiceError> {
     let mut request = match tool_request(body, state.config.max_body_bytes) {
@@ -246,7 +247,7 @@ fn wants_event_stream(headers: &HeaderMap) -> bool {
 
 async fn read_resource(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    TakenHeaders(headers): TakenHeaders,
     request: Request,
 ) -> Result<Response, ServiceError> {
     // The raw path, not axum's decoded capture: an encoded `/` must stay

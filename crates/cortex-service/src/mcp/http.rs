@@ -28,6 +28,7 @@ use super::reply::{
 };
 use super::session::{Full, Revision, Session};
 use super::stateless;
+use crate::call::TakenHeaders;
 use crate::config::ServiceConfig;
 use crate::outbox::Outbox;
 use crate::registry::{CallContext, Service};
@@ -54,8 +55,8 @@ where
 async fn handle(
     State(mcp): State<Arc<Shared>>,
     method: Method,
-    headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    TakenHeaders(headers): TakenHeaders,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let peer = peer.map(|Extension(ConnectInfo(peer))| peer.ip());
