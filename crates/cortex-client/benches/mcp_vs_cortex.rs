@@ -11,28 +11,13 @@
 //! a burst of other work hit.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
+mod dialects;
+
 use std::time::{Duration, Instant};
 
-use cortex_client::discovery::{Endpoint, Protocol};
-use cortex_client::{ClientConfig, McpClient, NetworkMcpClient, StaticDiscovery};
-use cortex_service::ServiceConfig;
+use cortex_client::{McpClient, NetworkMcpClient};
 use futures::StreamExt;
 use serde_json::json;
-
-fn client(url: String, protocol: Protocol, connections: usize) -> NetworkMcpClient {
-    let discovery = StaticDiscovery::new();
-    discovery.register("memory", vec![Endpoint::new(url).with_protocol(protocol)]);
-    let config = ClientConfig::builder()
-        .max_connections(connections)
-        .pool_timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    NetworkMcpClient::builder(Arc::new(discovery))
-        .config(config)
-        .build()
-        .unwrap()
-}
 
 /// Calls/s and p50 of `calls` get_item calls at `concurrency`.
 async fn run(
@@ -77,18 +62,12 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (server, _dir) = cortex_test_support::start_memory(ServiceConfig::default()).await;
-        let cortex = client(server.url(""), Protocol::Cortex, 32);
-        let mcp = client(server.url("/mcp"), Protocol::Mcp, 32);
-        let stored = cortex
-            .call_tool(
-                "memory",
-                "store_input",
-                json!({"user_id": "u1", "input_data": {"content": "x"}}),
-            )
-            .await
-            .unwrap();
-        let item = stored["item_id"].as_i64().unwrap();
+        let dialects::Setup {
+            service: _service,
+            item,
+            cortex,
+            mcp,
+        } = dialects::setup(32).await;
         // Warm both (sessions, connections).
         run(&cortex, item, 200, 8).await;
         run(&mcp, item, 200, 8).await;

@@ -11,13 +11,11 @@
 //! ```
 #![allow(clippy::unwrap_used)]
 
-use std::alloc::System;
-use std::sync::Arc;
-use std::time::Duration;
+mod dialects;
 
-use cortex_client::discovery::{Endpoint, Protocol};
-use cortex_client::{ClientConfig, McpClient, NetworkMcpClient, StaticDiscovery};
-use cortex_service::ServiceConfig;
+use std::alloc::System;
+
+use cortex_client::{McpClient, NetworkMcpClient};
 use serde_json::json;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
@@ -25,19 +23,6 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const CALLS: usize = 2_000;
-
-fn client(url: String, protocol: Protocol) -> NetworkMcpClient {
-    let discovery = StaticDiscovery::new();
-    discovery.register("memory", vec![Endpoint::new(url).with_protocol(protocol)]);
-    let config = ClientConfig::builder()
-        .pool_timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    NetworkMcpClient::builder(Arc::new(discovery))
-        .config(config)
-        .build()
-        .unwrap()
-}
 
 /// Allocations (with reallocations) and bytes asked for, per call.
 async fn count(client: &NetworkMcpClient, item: i64) -> (f64, f64) {
@@ -63,18 +48,12 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (server, _dir) = cortex_test_support::start_memory(ServiceConfig::default()).await;
-        let cortex = client(server.url(""), Protocol::Cortex);
-        let mcp = client(server.url("/mcp"), Protocol::Mcp);
-        let stored = cortex
-            .call_tool(
-                "memory",
-                "store_input",
-                json!({"user_id": "u1", "input_data": {"content": "x"}}),
-            )
-            .await
-            .unwrap();
-        let item = stored["item_id"].as_i64().unwrap();
+        let dialects::Setup {
+            service: _service,
+            item,
+            cortex,
+            mcp,
+        } = dialects::setup(10).await;
         let (cortex_allocs, cortex_bytes) = count(&cortex, item).await;
         let (mcp_allocs, mcp_bytes) = count(&mcp, item).await;
         println!("get_item on one in-process memory service, {CALLS} calls each (client and service counted)");
