@@ -1080,14 +1080,24 @@ fn shared_failure(pool: &EndpointPool, error: hyper::Error, untried: bool) -> Se
         return SendError::Unsuited(Unsuited::NoHttp2, error);
     }
     // A request hyper never handed to the connection, or one the server
-    // refused before processing it (`REFUSED_STREAM`, or past a `GOAWAY`'s
-    // last stream) shows as canceled or as an HTTP/2 error; only the first
-    // is known not to have reached the service.
-    if error.is_canceled() {
+    // refused with `REFUSED_STREAM`, which says it processed none of it
+    // (RFC 9113 §8.7). A stream cut by a `GOAWAY` is not known to be
+    // unprocessed from the error alone (h2 reports streams the server
+    // processed, cut when the connection then closes, the same way), so
+    // it stays "may have been sent".
+    if error.is_canceled() || refused_unprocessed(&error) {
         SendError::NotSent(Cause::new(error))
     } else {
         SendError::MaybeSent(error)
     }
+}
+
+/// Whether the server reset an HTTP/2 stream with `REFUSED_STREAM` (see
+/// [`shared_failure`]).
+fn refused_unprocessed(error: &hyper::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|cause| cause.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 /// `request`'s URI in absolute form, `scheme://authority/path?query`.

@@ -314,3 +314,68 @@ async fn a_stream_given_up_while_waiting_to_dial_leaves_the_next_one_free_to_dia
         .unwrap();
     assert_eq!(event.id, Some(first.to_string()));
 }
+
+/// An h2c server that answers its first stream with an open event stream
+/// and refuses every later one with `REFUSED_STREAM`, counting them.
+async fn refusing_h2_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counter = refused.clone();
+    tokio::spawn(async move {
+        let mut answered = false;
+        // Bounded: the test makes one connection.
+        let Ok((socket, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(mut connection) = h2::server::handshake(socket).await else {
+            return;
+        };
+        let mut open = Vec::new();
+        while let Some(Ok((_request, mut respond))) = connection.accept().await {
+            if answered {
+                counter.fetch_add(1, Ordering::SeqCst);
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                continue;
+            }
+            answered = true;
+            let head = http::Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(())
+                .unwrap();
+            if let Ok(mut body) = respond.send_response(head, false) {
+                let _ = body.send_data(bytes::Bytes::from_static(b"id: 1\ndata: {}\n\n"), false);
+                open.push(body);
+            }
+        }
+    });
+    (url, refused)
+}
+
+#[tokio::test]
+async fn a_stream_the_server_refused_unprocessed_is_known_not_sent_and_tried_again() {
+    let (url, refused) = refusing_h2_server().await;
+    let client = common::client_for(&url, common::fast_config().build().unwrap());
+    let mut first = client
+        .stream_resource("memory", "history/u1/stream")
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(WAIT, first.next()).await.unwrap();
+    assert!(matches!(event, Some(Ok(_))), "{event:?}");
+
+    let error = tokio::time::timeout(WAIT, client.stream_resource("memory", "history/u2/stream"))
+        .await
+        .expect("refused streams end, they do not hang")
+        .err()
+        .expect("every later stream is refused");
+    assert!(
+        error.is_connect(),
+        "REFUSED_STREAM means the request was not processed: {error:?}"
+    );
+    assert!(
+        refused.load(std::sync::atomic::Ordering::SeqCst) > 1,
+        "an unprocessed request is safe to send again, and was"
+    );
+}
