@@ -64,21 +64,48 @@ pub struct TlsConfig {
 struct Inner {
     /// Made from the files as last read well; replaced when they change.
     acceptor: RwLock<TlsAcceptor>,
+    paths: Paths,
+    /// The files' contents when they were last read (`None`: one could
+    /// not be read), to notice a change.
+    seen: Mutex<Option<Pem>>,
+}
+
+/// Where the TLS files are.
+struct Paths {
     /// The certificate chain file.
     cert: PathBuf,
     /// The private key file.
     key: PathBuf,
     /// The client CA file, when client certificates are required.
     client_ca: Option<PathBuf>,
-    /// The files' contents when they were last read, to notice a change.
-    seen: Mutex<Vec<Option<Vec<u8>>>>,
+}
+
+/// What the TLS files hold.
+#[derive(Clone, PartialEq)]
+struct Pem {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+}
+
+impl Paths {
+    fn read(&self) -> Result<Pem, TlsSetupError> {
+        Ok(Pem {
+            cert: read_file(TlsFile::Certificate, &self.cert)?,
+            key: read_file(TlsFile::Key, &self.key)?,
+            client_ca: match &self.client_ca {
+                Some(path) => Some(read_file(TlsFile::ClientCa, path)?),
+                None => None,
+            },
+        })
+    }
 }
 
 impl std::fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsConfig")
-            .field("cert", &self.inner.cert)
-            .field("client_ca", &self.inner.client_ca)
+            .field("cert", &self.inner.paths.cert)
+            .field("client_ca", &self.inner.paths.client_ca)
             .finish_non_exhaustive()
     }
 }
@@ -179,16 +206,18 @@ impl TlsConfig {
         key: impl AsRef<Path>,
         client_ca: Option<&Path>,
     ) -> Result<Self, TlsSetupError> {
-        let (cert, key) = (cert.as_ref(), key.as_ref());
-        let seen = contents(cert, key, client_ca);
-        let config = server_config(cert, key, client_ca)?;
+        let paths = Paths {
+            cert: cert.as_ref().to_path_buf(),
+            key: key.as_ref().to_path_buf(),
+            client_ca: client_ca.map(Path::to_path_buf),
+        };
+        let pem = paths.read()?;
+        let config = server_config(&paths, &pem)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 acceptor: RwLock::new(TlsAcceptor::from(Arc::new(config))),
-                cert: cert.to_path_buf(),
-                key: key.to_path_buf(),
-                client_ca: client_ca.map(Path::to_path_buf),
-                seen: Mutex::new(seen),
+                paths,
+                seen: Mutex::new(Some(pem)),
             }),
             reload_every: DEFAULT_RELOAD_EVERY,
         })
@@ -206,21 +235,23 @@ impl TlsConfig {
     /// used. Files that cannot be used leave the configuration as it was.
     pub fn reload_if_changed(&self) -> Option<Result<(), TlsSetupError>> {
         let inner = &self.inner;
-        let now = contents(&inner.cert, &inner.key, inner.client_ca.as_deref());
+        let now = inner.paths.read();
         {
             let mut seen = inner.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if *seen == now {
+            if seen.as_ref() == now.as_ref().ok() {
                 return None;
             }
             // Remembered even when unusable: the same bad files are not
             // tried (and logged) again every period.
-            *seen = now;
+            *seen = now.as_ref().ok().cloned();
         }
+        // Made from the bytes just compared, not from a second read.
         Some(
-            server_config(&inner.cert, &inner.key, inner.client_ca.as_deref()).map(|config| {
-                let acceptor = TlsAcceptor::from(Arc::new(config));
-                *inner.acceptor.write().unwrap_or_else(|e| e.into_inner()) = acceptor;
-            }),
+            now.and_then(|pem| server_config(&inner.paths, &pem))
+                .map(|config| {
+                    let acceptor = TlsAcceptor::from(Arc::new(config));
+                    *inner.acceptor.write().unwrap_or_else(|e| e.into_inner()) = acceptor;
+                }),
         )
     }
 
@@ -242,7 +273,7 @@ impl TlsConfig {
                 None => {}
                 Some(Ok(())) => tracing::info!(
                     service,
-                    cert = %self.inner.cert.display(),
+                    cert = %self.inner.paths.cert.display(),
                     "TLS files changed: new connections get the new certificate"
                 ),
                 Some(Err(error)) => tracing::warn!(
@@ -256,7 +287,7 @@ impl TlsConfig {
 
     /// Whether clients must present a certificate (mutual TLS).
     pub fn requires_client_certificate(&self) -> bool {
-        self.inner.client_ca.is_some()
+        self.inner.paths.client_ca.is_some()
     }
 
     /// The server side of a TLS handshake on `io`; the caller bounds it in
@@ -274,24 +305,22 @@ impl TlsConfig {
     }
 }
 
-/// A server configuration from the files: the certificate chain at
-/// `cert`, its key at `key`, and the client CAs at `client_ca`.
-fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-) -> Result<rustls::ServerConfig, TlsSetupError> {
-    let chain = read_certificates(TlsFile::Certificate, cert)?;
-    let key_der = read_private_key(key)?;
+/// A server configuration from what the files hold: the certificate
+/// chain, its key, and the client CAs (`paths` name them in errors).
+fn server_config(paths: &Paths, pem: &Pem) -> Result<rustls::ServerConfig, TlsSetupError> {
+    let (cert, key) = (paths.cert.as_path(), paths.key.as_path());
+    let chain = parse_certificates(TlsFile::Certificate, cert, &pem.cert)?;
+    let key_der = parse_private_key(key, &pem.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(TlsFile::Certificate, cert, e.to_string()))?;
-    let builder = match client_ca {
+    // `Paths::read` reads a client CA exactly when there is one to read.
+    let builder = match paths.client_ca.as_deref().zip(pem.client_ca.as_deref()) {
         None => builder.with_no_client_auth(),
-        Some(path) => {
+        Some((path, client_ca)) => {
             let mut roots = RootCertStore::empty();
-            let certificates = read_certificates(TlsFile::ClientCa, path)?;
+            let certificates = parse_certificates(TlsFile::ClientCa, path, client_ca)?;
             let count = certificates.len();
             for (i, certificate) in certificates.into_iter().enumerate() {
                 roots.add(certificate).map_err(|e| {
@@ -329,15 +358,6 @@ fn server_config(
     Ok(config)
 }
 
-/// The files' contents (`None` for one that cannot be read), to compare.
-fn contents(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Vec<Option<Vec<u8>>> {
-    [Some(cert), Some(key), client_ca]
-        .into_iter()
-        .flatten()
-        .map(|path| std::fs::read(path).ok())
-        .collect()
-}
-
 fn invalid(file: TlsFile, path: &Path, reason: String) -> TlsSetupError {
     TlsSetupError::Invalid {
         file,
@@ -360,8 +380,17 @@ pub(crate) fn read_certificates(
     file: TlsFile,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let pem = read_file(file, path)?;
-    let certificates = CertificateDer::pem_slice_iter(&pem)
+    parse_certificates(file, path, &read_file(file, path)?)
+}
+
+/// The certificates of `pem`, the contents of `path` (see
+/// [`read_certificates`]).
+fn parse_certificates(
+    file: TlsFile,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let certificates = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(file, path, format!("not valid PEM: {e}")))?;
     if certificates.is_empty() {
@@ -374,10 +403,10 @@ pub(crate) fn read_certificates(
     Ok(certificates)
 }
 
-/// The first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
-fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
-    let pem = read_file(TlsFile::Key, path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+/// The first private key (PKCS#8, PKCS#1 or SEC1) of `pem`, the contents
+/// of `path`.
+fn parse_private_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => invalid(
             TlsFile::Key,
             path,
