@@ -105,8 +105,14 @@ const HTTP2_UNTRIED: u8 = 0;
 const HTTP2_WORKS: u8 = 1;
 /// The endpoint failed a stream's first request on a new HTTP/2
 /// connection, or did not choose `h2` in a TLS handshake: it does not
-/// speak HTTP/2, and gets HTTP/1.1 from now on.
+/// speak HTTP/2, and gets HTTP/1.1 for [`HTTP2_RETRY_AFTER`].
 const HTTP2_REFUSED: u8 = 2;
+/// How long an endpoint found not to speak HTTP/2 gets HTTP/1.1 streams
+/// before HTTP/2 is tried again. The finding can be wrong (a server
+/// restarting under the first stream looks the same) or go stale (a
+/// server upgraded behind the same address); trying again costs one
+/// stream's request going over HTTP/1.1 after a refusal.
+const HTTP2_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// What a connection is wanted for: it decides how a new one is dialled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,6 +296,8 @@ pub(crate) struct EndpointPool {
     /// Whether streams go over HTTP/2: [`HTTP2_UNTRIED`], [`HTTP2_WORKS`]
     /// or [`HTTP2_REFUSED`].
     http2: AtomicU8,
+    /// When `http2` became [`HTTP2_REFUSED`].
+    http2_refused_at: Mutex<Option<Instant>>,
     /// The HTTP/2 connections streams share. Each holds one slot of
     /// `max_connections`, as an HTTP/1 connection does.
     shared: Mutex<Vec<Shared>>,
@@ -327,6 +335,7 @@ impl EndpointPool {
             dialed_total: AtomicU64::new(0),
             large_stream_heads: AtomicBool::new(false),
             http2: AtomicU8::new(HTTP2_UNTRIED),
+            http2_refused_at: Mutex::new(None),
             shared: Mutex::new(Vec::new()),
             shared_freed: Notify::new(),
             shared_dialling: AtomicBool::new(false),
@@ -351,6 +360,12 @@ impl EndpointPool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn http2_refused_at(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.http2_refused_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// A connection for `purpose`, waiting at most until `deadline` for a
     /// slot. An idle connection serves either purpose; only a new one is
     /// dialled for it.
@@ -363,10 +378,7 @@ impl EndpointPool {
         // registration and no timer; the rest is boxed so that its state
         // (dialling, waiting) does not weigh on every call's future. When
         // callers wait, they go first: join the queue behind them.
-        if purpose == Purpose::SharedStream
-            && self.settings.http2_route()
-            && self.http2.load(Ordering::Acquire) != HTTP2_REFUSED
-        {
+        if purpose == Purpose::SharedStream && self.settings.http2_route() && self.may_try_http2() {
             return Box::pin(self.share(deadline)).await;
         }
         if self.waiting.load(Ordering::Acquire) == 0
@@ -656,6 +668,7 @@ impl EndpointPool {
 
     /// Marks the endpoint as not speaking HTTP/2 (once, logged).
     fn refuse_http2(&self, why: &dyn std::fmt::Display) {
+        let mut refused_at = self.http2_refused_at();
         if self
             .http2
             .compare_exchange(
@@ -666,12 +679,31 @@ impl EndpointPool {
             )
             .is_ok()
         {
+            *refused_at = Some(Instant::now());
             tracing::info!(
                 endpoint = %self.authority,
                 %why,
-                "the endpoint does not speak HTTP/2; its streams use HTTP/1.1"
+                retry_after_secs = HTTP2_RETRY_AFTER.as_secs(),
+                "the endpoint does not speak HTTP/2; its streams use HTTP/1.1 for now"
             );
         }
+    }
+
+    /// Whether a stream may go over HTTP/2: unless the endpoint was found
+    /// not to speak it, less than [`HTTP2_RETRY_AFTER`] ago. After that
+    /// the finding is forgotten, and the next stream finds out again.
+    fn may_try_http2(&self) -> bool {
+        if self.http2.load(Ordering::Acquire) != HTTP2_REFUSED {
+            return true;
+        }
+        let mut refused_at = self.http2_refused_at();
+        if refused_at.is_some_and(|at| at.elapsed() < HTTP2_RETRY_AFTER) {
+            return false;
+        }
+        *refused_at = None;
+        self.http2.store(HTTP2_UNTRIED, Ordering::Release);
+        tracing::info!(endpoint = %self.authority, "trying HTTP/2 again for the endpoint's streams");
+        true
     }
 
     async fn dial(
@@ -1073,18 +1105,20 @@ fn shared_failure(pool: &EndpointPool, error: hyper::Error, untried: bool) -> Se
     if let Some(refusal) = tls.and_then(|tls| tls.refusal_over_h2(&error)) {
         return SendError::NotSent(Cause::new(refusal));
     }
-    // Over TLS the server chose HTTP/2 in the handshake: a failure there is
-    // not a sign that it does not speak it.
-    if untried && tls.is_none() {
+    // An HTTP/2 frame from the server (a `GOAWAY`, a reset) proves that it
+    // speaks HTTP/2, whatever it says about the stream. Over TLS the
+    // server chose HTTP/2 in the handshake. Otherwise a new connection's
+    // first request failing is taken as a server without HTTP/2.
+    let h2_frame = h2_from_server(&error).is_some();
+    if untried && h2_frame {
+        pool.http2.store(HTTP2_WORKS, Ordering::Release);
+    } else if untried && tls.is_none() {
         pool.refuse_http2(&error);
         return SendError::Unsuited(Unsuited::NoHttp2, error);
     }
     // A request hyper never handed to the connection, or one the server
-    // refused with `REFUSED_STREAM`, which says it processed none of it
-    // (RFC 9113 §8.7). A stream cut by a `GOAWAY` is not known to be
-    // unprocessed from the error alone (h2 reports streams the server
-    // processed, cut when the connection then closes, the same way), so
-    // it stays "may have been sent".
+    // said it processed none of (see `refused_unprocessed`). Anything
+    // else, a connection closed under a stream above all, may have been.
     if error.is_canceled() || refused_unprocessed(&error) {
         SendError::NotSent(Cause::new(error))
     } else {
@@ -1092,12 +1126,24 @@ fn shared_failure(pool: &EndpointPool, error: hyper::Error, untried: bool) -> Se
     }
 }
 
-/// Whether the server reset an HTTP/2 stream with `REFUSED_STREAM` (see
-/// [`shared_failure`]).
+/// Whether the server said it processed none of an HTTP/2 stream: it
+/// reset the stream with `REFUSED_STREAM` (RFC 9113 §8.7), or its `GOAWAY`
+/// named a last stream below this one (§6.8). h2 gives the `GOAWAY`'s
+/// error (remote) only to the streams above that last one, and to requests
+/// opened after it; a stream at or below it that the closing connection
+/// then cuts ends with an I/O error instead, and stays "may have been
+/// sent".
 fn refused_unprocessed(error: &hyper::Error) -> bool {
+    h2_from_server(error)
+        .is_some_and(|h2| h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+}
+
+/// The HTTP/2 error behind `error` when it came in a frame from the server
+/// (`GOAWAY` or `RST_STREAM`), not from this side or from the socket.
+fn h2_from_server(error: &hyper::Error) -> Option<&h2::Error> {
     std::error::Error::source(error)
         .and_then(|cause| cause.downcast_ref::<h2::Error>())
-        .is_some_and(|h2| h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+        .filter(|h2| h2.is_remote())
 }
 
 /// `request`'s URI in absolute form, `scheme://authority/path?query`.
@@ -1197,5 +1243,40 @@ impl std::fmt::Display for SendError {
             Self::Closed => f.write_str("connection already closed"),
             Self::NotSent(cause) | Self::Proxy(cause) => write!(f, "{cause}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Arc<EndpointPool> {
+        EndpointPool::new(
+            "127.0.0.1:9".into(),
+            PoolSettings {
+                max_connections: 1,
+                idle_timeout: Duration::from_secs(60),
+                connect_timeout: Duration::from_secs(1),
+                stream_http2: true,
+                route: Route::Direct,
+                tls: None,
+            },
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_found_without_http2_is_tried_again_after_a_while() {
+        let pool = pool();
+        assert!(pool.may_try_http2(), "untried");
+        pool.refuse_http2(&"the first stream's request failed");
+        assert!(!pool.may_try_http2());
+        tokio::time::advance(HTTP2_RETRY_AFTER - Duration::from_secs(1)).await;
+        assert!(!pool.may_try_http2(), "not yet");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(pool.may_try_http2(), "the finding is forgotten");
+        assert_eq!(pool.http2.load(Ordering::Acquire), HTTP2_UNTRIED);
+        // Found again: HTTP/1.1 for another while.
+        pool.refuse_http2(&"refused again");
+        assert!(!pool.may_try_http2());
     }
 }

@@ -12,7 +12,7 @@ use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use cortex_client::McpClient;
+use cortex_client::{McpClient, McpError};
 use cortex_resilience::breaker::BreakerState;
 use cortex_service::ServiceConfig;
 use cortex_test_support::proxy::TcpProxy;
@@ -316,8 +316,11 @@ async fn a_stream_given_up_while_waiting_to_dial_leaves_the_next_one_free_to_dia
 }
 
 /// An h2c server that answers its first stream with an open event stream
-/// and refuses every later one with `REFUSED_STREAM`, counting them.
-async fn refusing_h2_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// and refuses every later one with `REFUSED_STREAM`, counting them; or,
+/// with `refuse_first`, refuses the first and answers every later one.
+async fn refusing_h2_server(
+    refuse_first: bool,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -325,7 +328,7 @@ async fn refusing_h2_server() -> (String, std::sync::Arc<std::sync::atomic::Atom
     let refused = Arc::new(AtomicUsize::new(0));
     let counter = refused.clone();
     tokio::spawn(async move {
-        let mut answered = false;
+        let mut first = true;
         // Bounded: the test makes one connection.
         let Ok((socket, _)) = listener.accept().await else {
             return;
@@ -335,12 +338,13 @@ async fn refusing_h2_server() -> (String, std::sync::Arc<std::sync::atomic::Atom
         };
         let mut open = Vec::new();
         while let Some(Ok((_request, mut respond))) = connection.accept().await {
-            if answered {
+            let refuse = first == refuse_first;
+            first = false;
+            if refuse {
                 counter.fetch_add(1, Ordering::SeqCst);
                 respond.send_reset(h2::Reason::REFUSED_STREAM);
                 continue;
             }
-            answered = true;
             let head = http::Response::builder()
                 .header(header::CONTENT_TYPE, "text/event-stream")
                 .body(())
@@ -356,7 +360,7 @@ async fn refusing_h2_server() -> (String, std::sync::Arc<std::sync::atomic::Atom
 
 #[tokio::test]
 async fn a_stream_the_server_refused_unprocessed_is_known_not_sent_and_tried_again() {
-    let (url, refused) = refusing_h2_server().await;
+    let (url, refused) = refusing_h2_server(false).await;
     let client = common::client_for(&url, common::fast_config().build().unwrap());
     let mut first = client
         .stream_resource("memory", "history/u1/stream")
@@ -378,4 +382,152 @@ async fn a_stream_the_server_refused_unprocessed_is_known_not_sent_and_tried_aga
         refused.load(std::sync::atomic::Ordering::SeqCst) > 1,
         "an unprocessed request is safe to send again, and was"
     );
+}
+
+#[tokio::test]
+async fn a_new_endpoint_refusing_its_first_stream_still_gets_http2() {
+    // The refusal is an HTTP/2 frame: the endpoint speaks HTTP/2, and the
+    // stream is tried again over it. (Taken for a server without HTTP/2,
+    // it would be tried over HTTP/1.1, which this server does not speak.)
+    let (url, refused) = refusing_h2_server(true).await;
+    let client = common::client_for(&url, common::fast_config().build().unwrap());
+    let stream = client.stream_resource("memory", "history/u1/stream");
+    let mut stream = tokio::time::timeout(WAIT, stream)
+        .await
+        .expect("a refused stream ends, it does not hang")
+        .expect("the stream tried again over HTTP/2 is answered");
+    let event = tokio::time::timeout(WAIT, stream.next()).await.unwrap();
+    assert!(matches!(event, Some(Ok(_))), "{event:?}");
+    assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// An h2c server that answers its first stream with an open event stream
+/// and, when `hold_second`, also takes a second one and leaves it
+/// unanswered; then it stops reading (and says so on `quiet`). Once told
+/// to, it sends a `GOAWAY` naming the last stream it has read as the last
+/// it processes (what `abrupt_shutdown` does) and closes. A stream the
+/// client opened while it was not reading is above that one: the server
+/// processed none of it (RFC 9113 §6.8). A stream it read it may have
+/// acted on.
+struct GoingAway {
+    url: String,
+    quiet: tokio::sync::oneshot::Receiver<()>,
+    go_away: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn going_away_h2_server(hold_second: bool) -> GoingAway {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (go_away, told) = tokio::sync::oneshot::channel::<()>();
+    let (is_quiet, quiet) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        // Bounded: one connection, one stream, one `GOAWAY`.
+        let Ok((socket, _)) = listener.accept().await else {
+            return;
+        };
+        drop(listener);
+        let Ok(mut connection) = h2::server::handshake(socket).await else {
+            return;
+        };
+        let Some(Ok((_request, mut respond))) = connection.accept().await else {
+            return;
+        };
+        let head = http::Response::builder()
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .body(())
+            .unwrap();
+        let Ok(mut body) = respond.send_response(head, false) else {
+            return;
+        };
+        let _ = body.send_data(bytes::Bytes::from_static(b"id: 1\ndata: {}\n\n"), false);
+        let mut held = None;
+        if hold_second {
+            let Some(Ok((_request, respond))) = connection.accept().await else {
+                return;
+            };
+            held = Some(respond);
+        }
+        // Polling the connection writes what is queued (and reads what
+        // comes, which is nothing: the client opens no other stream before
+        // `quiet`).
+        let polled = tokio::time::timeout(Duration::from_millis(200), connection.accept()).await;
+        if polled.is_ok() || is_quiet.send(()).is_err() || told.await.is_err() {
+            return;
+        }
+        connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+        while let Some(Ok(_ignored)) = connection.accept().await {}
+        drop((body, held));
+    });
+    GoingAway {
+        url,
+        quiet,
+        go_away,
+    }
+}
+
+#[tokio::test]
+async fn a_stream_above_the_last_one_a_goaway_names_is_known_not_sent() {
+    let server = going_away_h2_server(false).await;
+    // No retry: the first attempt's error is the call's, as classified.
+    let config = common::fast_config().max_retries(0).build().unwrap();
+    let client = common::client_for(&server.url, config);
+    let mut first = client
+        .stream_resource("memory", "history/u1/stream")
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(WAIT, first.next()).await.unwrap();
+    assert!(matches!(event, Some(Ok(_))), "{event:?}");
+    tokio::time::timeout(WAIT, server.quiet)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The second stream's request reaches the connection's socket long
+    // before the `GOAWAY` is sent (loopback, 300 ms), unread; had it not,
+    // it would be opened after the `GOAWAY`, which is "not sent" as well.
+    let second = client.stream_resource("memory", "history/u2/stream");
+    let tell = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.go_away.send(()).unwrap();
+    };
+    let (second, ()) = tokio::join!(tokio::time::timeout(WAIT, second), tell);
+    let error = second
+        .expect("a stream cut by a GOAWAY ends, it does not hang")
+        .err()
+        .expect("the server processed no stream after the first");
+    assert!(
+        error.is_connect(),
+        "a GOAWAY naming an earlier last stream means the request was not processed: {error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_the_goaway_names_and_the_closing_connection_cuts_may_have_been_sent() {
+    let server = going_away_h2_server(true).await;
+    let config = common::fast_config().max_retries(0).build().unwrap();
+    let client = common::client_for(&server.url, config);
+    let mut first = client
+        .stream_resource("memory", "history/u1/stream")
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(WAIT, first.next()).await.unwrap();
+    assert!(matches!(event, Some(Ok(_))), "{event:?}");
+
+    let GoingAway { quiet, go_away, .. } = server;
+    let tell = async {
+        tokio::time::timeout(WAIT, quiet).await.unwrap().unwrap();
+        go_away.send(()).unwrap();
+    };
+    let second = client.stream_resource("memory", "history/u2/stream");
+    let (second, ()) = tokio::join!(tokio::time::timeout(WAIT, second), tell);
+    let error = second
+        .expect("a stream cut by a closing connection ends, it does not hang")
+        .err()
+        .expect("the server never answered the second stream");
+    // The server read it (its `GOAWAY` names it) and may have acted on it.
+    assert!(
+        matches!(error, McpError::Connection { sent: true, .. }),
+        "{error:?}"
+    );
+    assert!(!error.is_connect(), "{error:?}");
 }
