@@ -851,6 +851,16 @@ impl Engine {
                 let error = connection_error("connection closed".into(), false, None);
                 return Err(AttemptFailure::from(error));
             }
+            // A server restarting or closing an idle connection: not its
+            // failure, and the request is safe to send again.
+            Ok(Err(SendError::GoingAway(cause))) => {
+                permit.ignore();
+                let reason = format!(
+                    "the server is closing the connection (GOAWAY) and did not process the request: {cause}"
+                );
+                let error = connection_error(reason, false, Some(Cause::new(cause)));
+                return Err(AttemptFailure::from(error));
+            }
             // A stream connection of a kind the endpoint cannot take (an
             // answer head larger than its small read buffer, or no h2c):
             // the client's choice, not the endpoint's failure. A stream's

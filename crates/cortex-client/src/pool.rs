@@ -1116,6 +1116,13 @@ fn shared_failure(pool: &EndpointPool, error: hyper::Error, untried: bool) -> Se
         pool.refuse_http2(&error);
         return SendError::Unsuited(Unsuited::NoHttp2, error);
     }
+    // A graceful `GOAWAY` that leaves this stream out: the server is
+    // closing the connection (a restart, an idle close), not failing.
+    if h2_from_server(&error)
+        .is_some_and(|h2| h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+    {
+        return SendError::GoingAway(error);
+    }
     // A request hyper never handed to the connection, or one the server
     // said it processed none of (see `refused_unprocessed`). Anything
     // else, a connection closed under a stream above all, may have been.
@@ -1199,6 +1206,10 @@ pub(crate) enum SendError {
     MaybeSent(hyper::Error),
     /// The connection was already given up.
     Closed,
+    /// The server is closing the connection gracefully (an HTTP/2
+    /// `GOAWAY` without error) and processed none of the request: safe to
+    /// repeat, and not the endpoint's failure.
+    GoingAway(hyper::Error),
     /// The kind of connection did not suit the endpoint, which is not to
     /// blame: its next stream connection is of the kind that does.
     Unsuited(Unsuited, hyper::Error),
@@ -1239,7 +1250,9 @@ impl std::fmt::Display for Unsuited {
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::MaybeSent(error) | Self::Unsuited(_, error) => write!(f, "{error}"),
+            Self::MaybeSent(error) | Self::Unsuited(_, error) | Self::GoingAway(error) => {
+                write!(f, "{error}")
+            }
             Self::Closed => f.write_str("connection already closed"),
             Self::NotSent(cause) | Self::Proxy(cause) => write!(f, "{cause}"),
         }

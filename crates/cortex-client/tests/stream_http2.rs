@@ -469,7 +469,12 @@ async fn going_away_h2_server(hold_second: bool) -> GoingAway {
 async fn a_stream_above_the_last_one_a_goaway_names_is_known_not_sent() {
     let server = going_away_h2_server(false).await;
     // No retry: the first attempt's error is the call's, as classified.
-    let config = common::fast_config().max_retries(0).build().unwrap();
+    // One failure would open the breaker.
+    let config = common::fast_config()
+        .max_retries(0)
+        .failure_threshold(1)
+        .build()
+        .unwrap();
     let client = common::client_for(&server.url, config);
     let mut first = client
         .stream_resource("memory", "history/u1/stream")
@@ -477,6 +482,9 @@ async fn a_stream_above_the_last_one_a_goaway_names_is_known_not_sent() {
         .unwrap();
     let event = tokio::time::timeout(WAIT, first.next()).await.unwrap();
     assert!(matches!(event, Some(Ok(_))), "{event:?}");
+    // Given up (reset), so that it does not try to resume once the
+    // connection closes; the connection stays for the next stream.
+    drop(first);
     tokio::time::timeout(WAIT, server.quiet)
         .await
         .unwrap()
@@ -499,6 +507,9 @@ async fn a_stream_above_the_last_one_a_goaway_names_is_known_not_sent() {
         error.is_connect(),
         "a GOAWAY naming an earlier last stream means the request was not processed: {error:?}"
     );
+    // A graceful GOAWAY is a server closing a connection, not failing.
+    let status = client.endpoint_status();
+    assert_eq!(status[0].breaker, BreakerState::Closed, "{status:?}");
 }
 
 #[tokio::test]
