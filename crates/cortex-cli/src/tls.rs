@@ -17,7 +17,10 @@ pub(crate) struct TlsArgs {
     /// the service's certificate first, then any intermediates); needs
     /// --tls-key. The TLS files are read again every 10 s: renewed files
     /// are used for new connections without a restart (files that cannot
-    /// be used are logged, and the previous ones kept).
+    /// be used are logged, and the previous ones kept). The chain's expiry
+    /// is on /metrics (cortex_tls_certificate_expiry_timestamp_seconds),
+    /// and the log warns once renewal is overdue (a sixth of the
+    /// certificate's lifetime left).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub(crate) tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1; may be

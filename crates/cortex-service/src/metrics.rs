@@ -100,6 +100,11 @@ struct PatternLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    certificate: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InfoLabels {
     service: String,
     version: String,
@@ -122,6 +127,8 @@ pub(crate) struct ServiceMetrics {
     resource_latency: Family<ResourceLabels, LatencyHistogram>,
     open_streams: Family<PatternLabels, Gauge>,
     pub(crate) open_connections: Gauge,
+    /// One series per certificate file served (one at most today).
+    tls_expiry: Family<CertificateLabels, Gauge>,
     pub(crate) unknown_tool: OperationMetrics,
     pub(crate) unknown_read: OperationMetrics,
     pub(crate) unknown_stream: OperationMetrics,
@@ -140,6 +147,7 @@ impl ServiceMetrics {
             resource_latency: Family::default(),
             open_streams: Family::default(),
             open_connections: Gauge::default(),
+            tls_expiry: Family::default(),
             unknown_tool: OperationMetrics::default(),
             unknown_read: OperationMetrics::default(),
             unknown_stream: OperationMetrics::default(),
@@ -197,10 +205,24 @@ impl ServiceMetrics {
             "TCP connections open now",
             metrics.open_connections.clone(),
         );
+        r.register(
+            "cortex_tls_certificate_expiry_timestamp_seconds",
+            "Unix time at which the served TLS chain's first certificate to expire does, per certificate file",
+            metrics.tls_expiry.clone(),
+        );
         metrics.unknown_tool = metrics.tool(UNKNOWN);
         metrics.unknown_read = metrics.resource(UNKNOWN, "read");
         metrics.unknown_stream = metrics.resource(UNKNOWN, "stream");
         metrics
+    }
+
+    /// The expiry gauge of the certificate file at `path`, created now.
+    pub(crate) fn tls_expiry(&self, path: &std::path::Path) -> Gauge {
+        self.tls_expiry
+            .get_or_create(&CertificateLabels {
+                certificate: path.display().to_string(),
+            })
+            .clone()
     }
 
     /// The series of tool `name`, created now so that it shows (at zero)

@@ -525,6 +525,15 @@ impl Service {
         self.inner.metrics.open_connections.clone()
     }
 
+    /// The expiry gauge of the TLS certificate file at `path`, for the
+    /// TLS file watcher to keep.
+    pub(crate) fn tls_expiry(
+        &self,
+        path: &std::path::Path,
+    ) -> prometheus_client::metrics::gauge::Gauge {
+        self.inner.metrics.tls_expiry(path)
+    }
+
     /// Counts a call to `tool` refused before it reached the registry (a
     /// body that is not JSON, or too large), under its code.
     pub(crate) fn count_refused_call(&self, tool: &str, error: &ServiceError) {

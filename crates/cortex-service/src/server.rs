@@ -161,8 +161,13 @@ pub async fn serve(
     let tls = config.tls.clone();
     if let Some(tls) = &tls {
         tracing::info!(service = %name, ?tls, "serving over TLS");
-        // Certificate rotation: new handshakes use renewed files.
-        tokio::spawn(tls.clone().watch_files(name.to_string(), stopping.clone()));
+        // Certificate rotation: new handshakes use renewed files; the
+        // served chain's expiry on `/metrics` and in the log.
+        let expiry = service.tls_expiry(tls.certificate_path());
+        tokio::spawn(
+            tls.clone()
+                .watch_files(name.to_string(), expiry, stopping.clone()),
+        );
     }
     let app = router(
         service,

@@ -21,6 +21,20 @@
 //! again. So a certificate renewed in place (by an ACME client, or a
 //! mounted secret being updated) is served without a restart.
 //!
+//! # Expiry
+//! A certificate nobody renewed fails every client at once, so the service
+//! says so before it happens. `/metrics` carries
+//! `cortex_tls_certificate_expiry_timestamp_seconds` (per certificate
+//! file), the Unix time at which the served chain's first certificate to
+//! expire does, for an alert such as "less than 14 days left". The log
+//! names the date at start and after each reload, warns (at most hourly)
+//! once less than a sixth of that certificate's lifetime is left (15 days
+//! of a 90-day certificate, 1 of a 6-day one: ACME clients renew with a
+//! third left, so renewal is then well overdue), and reports an error
+//! (hourly) once it has expired. A date that cannot be read (a certificate
+//! rustls accepts but the parser does not) is logged, and nothing is
+//! reported for it.
+//!
 //! # Where the handshake runs
 //! The accept loop (`server.rs`) only accepts and admits: the handshake
 //! runs in the connection's own task, so a peer that opens TCP and never
@@ -40,7 +54,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -51,6 +65,9 @@ use tokio_rustls::TlsAcceptor;
 
 /// How often a running service reads its TLS files again, by default.
 pub const DEFAULT_RELOAD_EVERY: Duration = Duration::from_secs(10);
+
+/// At most how often an unrenewed or expired certificate is logged.
+const EXPIRY_LOG_EVERY: Duration = Duration::from_secs(3600);
 
 /// TLS settings of a service's listener: what it presents and whom it
 /// asks for a certificate. Cheap to clone (shared), as the service's
@@ -68,6 +85,52 @@ struct Inner {
     /// The files' contents when they were last read (`None`: one could
     /// not be read), to notice a change.
     seen: Mutex<Option<Pem>>,
+    /// The validity of the served chain's first certificate to expire
+    /// (`None`: unreadable).
+    validity: Mutex<Option<Validity>>,
+}
+
+/// When a certificate is valid: from `not_before` to `not_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Validity {
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+/// What a certificate's validity calls for at some moment.
+#[derive(Debug, PartialEq, Eq)]
+enum Expiry {
+    /// Well within its lifetime, or renewal is not yet overdue.
+    Fine,
+    /// Less than a sixth of its lifetime is left: `left` of it.
+    RenewalOverdue { left: Duration },
+    /// Expired `ago`: clients refuse it.
+    Expired { ago: Duration },
+}
+
+impl Validity {
+    fn at(&self, now: SystemTime) -> Expiry {
+        match self.not_after.duration_since(now) {
+            Err(past) => Expiry::Expired {
+                ago: past.duration(),
+            },
+            Ok(left) => {
+                let lifetime = self
+                    .not_after
+                    .duration_since(self.not_before)
+                    .unwrap_or_default();
+                if left < lifetime / 6 {
+                    Expiry::RenewalOverdue { left }
+                } else {
+                    Expiry::Fine
+                }
+            }
+        }
+    }
+
+    fn expires_unix(&self) -> i64 {
+        unix_seconds(self.not_after)
+    }
 }
 
 /// Where the TLS files are.
@@ -212,15 +275,30 @@ impl TlsConfig {
             client_ca: client_ca.map(Path::to_path_buf),
         };
         let pem = paths.read()?;
-        let config = server_config(&paths, &pem)?;
+        let (config, validity) = server_config(&paths, &pem)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 acceptor: RwLock::new(TlsAcceptor::from(Arc::new(config))),
                 paths,
                 seen: Mutex::new(Some(pem)),
+                validity: Mutex::new(validity),
             }),
             reload_every: DEFAULT_RELOAD_EVERY,
         })
+    }
+
+    /// When the first certificate of the served chain to expire does
+    /// (`None` when its dates could not be read).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.validity().map(|v| v.not_after)
+    }
+
+    fn validity(&self) -> Option<Validity> {
+        *self
+            .inner
+            .validity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reads the files again every `every` while the service runs (see
@@ -248,17 +326,28 @@ impl TlsConfig {
         // Made from the bytes just compared, not from a second read.
         Some(
             now.and_then(|pem| server_config(&inner.paths, &pem))
-                .map(|config| {
+                .map(|(config, validity)| {
                     let acceptor = TlsAcceptor::from(Arc::new(config));
                     *inner.acceptor.write().unwrap_or_else(|e| e.into_inner()) = acceptor;
+                    *inner.validity.lock().unwrap_or_else(|e| e.into_inner()) = validity;
                 }),
         )
     }
 
     /// Reads the files again every [`Self::reload_every`] until
-    /// `stopping`, logging what changed.
-    pub(crate) async fn watch_files(self, service: String, mut stopping: watch::Receiver<bool>) {
+    /// `stopping`, logging what changed; keeps `expiry` (the
+    /// `/metrics` gauge) at the served chain's expiry, and logs a
+    /// certificate whose renewal is overdue (see the module docs).
+    pub(crate) async fn watch_files(
+        self,
+        service: String,
+        expiry: prometheus_client::metrics::gauge::Gauge,
+        mut stopping: watch::Receiver<bool>,
+    ) {
+        let mut logged_expiry: Option<tokio::time::Instant> = None;
+        self.report_validity(&service, &expiry);
         loop {
+            self.log_expiry(&service, &mut logged_expiry);
             tokio::select! {
                 () = tokio::time::sleep(self.reload_every) => {}
                 _ = stopping.wait_for(|stopping| *stopping) => return,
@@ -271,11 +360,16 @@ impl TlsConfig {
             };
             match outcome {
                 None => {}
-                Some(Ok(())) => tracing::info!(
-                    service,
-                    cert = %self.inner.paths.cert.display(),
-                    "TLS files changed: new connections get the new certificate"
-                ),
+                Some(Ok(())) => {
+                    tracing::info!(
+                        service,
+                        cert = %self.inner.paths.cert.display(),
+                        "TLS files changed: new connections get the new certificate"
+                    );
+                    self.report_validity(&service, &expiry);
+                    // A renewed certificate is judged afresh.
+                    logged_expiry = None;
+                }
                 Some(Err(error)) => tracing::warn!(
                     service,
                     %error,
@@ -283,6 +377,65 @@ impl TlsConfig {
                 ),
             }
         }
+    }
+
+    /// Sets the gauge to the served chain's expiry and logs it.
+    fn report_validity(&self, service: &str, expiry: &prometheus_client::metrics::gauge::Gauge) {
+        let cert = self.inner.paths.cert.display();
+        match self.validity() {
+            Some(validity) => {
+                expiry.set(validity.expires_unix());
+                tracing::info!(
+                    service,
+                    %cert,
+                    expires_unix = validity.expires_unix(),
+                    "the served TLS certificate chain is valid until {}",
+                    date_text(validity.not_after)
+                );
+            }
+            None => tracing::warn!(
+                service,
+                %cert,
+                "the served TLS certificate's validity dates could not be read; its expiry is not reported"
+            ),
+        }
+    }
+
+    /// Logs an overdue renewal or an expired certificate, at most every
+    /// [`EXPIRY_LOG_EVERY`].
+    fn log_expiry(&self, service: &str, logged: &mut Option<tokio::time::Instant>) {
+        if logged.is_some_and(|at| at.elapsed() < EXPIRY_LOG_EVERY) {
+            return;
+        }
+        let Some(validity) = self.validity() else {
+            return;
+        };
+        let cert = self.inner.paths.cert.display();
+        let expires = date_text(validity.not_after);
+        match validity.at(SystemTime::now()) {
+            Expiry::Fine => return,
+            Expiry::RenewalOverdue { left } => tracing::warn!(
+                service,
+                %cert,
+                hours_left = left.as_secs() / 3600,
+                "the served TLS certificate expires at {expires} and has not been renewed; \
+                 clients will refuse it then"
+            ),
+            Expiry::Expired { ago } => tracing::error!(
+                service,
+                %cert,
+                hours_ago = ago.as_secs() / 3600,
+                "the served TLS certificate expired at {expires}: clients refuse it; \
+                 renew it (the files are read again every {} s)",
+                self.reload_every.as_secs_f64()
+            ),
+        }
+        *logged = Some(tokio::time::Instant::now());
+    }
+
+    /// The certificate chain file.
+    pub fn certificate_path(&self) -> &Path {
+        &self.inner.paths.cert
     }
 
     /// Whether clients must present a certificate (mutual TLS).
@@ -306,10 +459,15 @@ impl TlsConfig {
 }
 
 /// A server configuration from what the files hold: the certificate
-/// chain, its key, and the client CAs (`paths` name them in errors).
-fn server_config(paths: &Paths, pem: &Pem) -> Result<rustls::ServerConfig, TlsSetupError> {
+/// chain, its key, and the client CAs (`paths` name them in errors); and
+/// the validity of the chain's first certificate to expire.
+fn server_config(
+    paths: &Paths,
+    pem: &Pem,
+) -> Result<(rustls::ServerConfig, Option<Validity>), TlsSetupError> {
     let (cert, key) = (paths.cert.as_path(), paths.key.as_path());
     let chain = parse_certificates(TlsFile::Certificate, cert, &pem.cert)?;
+    let validity = chain_validity(&chain);
     let key_der = parse_private_key(key, &pem.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -355,7 +513,50 @@ fn server_config(paths: &Paths, pem: &Pem) -> Result<rustls::ServerConfig, TlsSe
     // misunderstood after it. The connection's first bytes tell the
     // server which to speak, as on plain TCP.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    Ok((config, validity))
+}
+
+/// The validity of the first certificate of `chain` to expire; `None`
+/// when one's dates cannot be read.
+fn chain_validity(chain: &[CertificateDer<'_>]) -> Option<Validity> {
+    let mut first: Option<Validity> = None;
+    for der in chain {
+        let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+        let dates = certificate.validity();
+        let validity = Validity {
+            not_before: system_time(dates.not_before.timestamp()),
+            not_after: system_time(dates.not_after.timestamp()),
+        };
+        if first.is_none_or(|f| validity.not_after < f.not_after) {
+            first = Some(validity);
+        }
+    }
+    first
+}
+
+fn system_time(unix: i64) -> SystemTime {
+    let magnitude = Duration::from_secs(unix.unsigned_abs());
+    if unix >= 0 {
+        SystemTime::UNIX_EPOCH + magnitude
+    } else {
+        SystemTime::UNIX_EPOCH - magnitude
+    }
+}
+
+/// `Dec  5 04:22:59 2026 +00:00` (as OpenSSL writes certificate dates),
+/// for the log.
+fn date_text(at: SystemTime) -> String {
+    let unix = unix_seconds(at);
+    x509_parser::time::ASN1Time::from_timestamp(unix)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| format!("{unix} (Unix time)"))
+}
+
+fn unix_seconds(at: SystemTime) -> i64 {
+    match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
+    }
 }
 
 fn invalid(file: TlsFile, path: &Path, reason: String) -> TlsSetupError {
@@ -415,4 +616,49 @@ fn parse_private_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, 
         ),
         other => invalid(TlsFile::Key, path, format!("not valid PEM: {other}")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn renewal_is_overdue_with_a_sixth_of_the_lifetime_left() {
+        let issued = SystemTime::UNIX_EPOCH + 1_000 * DAY;
+        let ninety_days = Validity {
+            not_before: issued,
+            not_after: issued + 90 * DAY,
+        };
+        assert_eq!(ninety_days.at(issued + DAY), Expiry::Fine);
+        // ACME clients renew with 30 days left: not yet overdue.
+        assert_eq!(ninety_days.at(issued + 60 * DAY), Expiry::Fine);
+        assert_eq!(ninety_days.at(issued + 75 * DAY), Expiry::Fine);
+        assert_eq!(
+            ninety_days.at(issued + 76 * DAY),
+            Expiry::RenewalOverdue { left: 14 * DAY }
+        );
+        assert_eq!(
+            ninety_days.at(issued + 91 * DAY),
+            Expiry::Expired { ago: DAY }
+        );
+        // A six-day certificate is overdue with one day left.
+        let six_days = Validity {
+            not_before: issued,
+            not_after: issued + 6 * DAY,
+        };
+        assert_eq!(six_days.at(issued + 4 * DAY), Expiry::Fine);
+        assert!(matches!(
+            six_days.at(issued + 5 * DAY + Duration::from_secs(1)),
+            Expiry::RenewalOverdue { .. }
+        ));
+    }
+
+    #[test]
+    fn dates_read_as_openssl_writes_them() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_444_579);
+        assert_eq!(date_text(at), "Dec  5 04:22:59 2026 +00:00");
+        assert_eq!(unix_seconds(at), 1_796_444_579);
+    }
 }

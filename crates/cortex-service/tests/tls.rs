@@ -73,6 +73,21 @@ impl Pki {
         }
     }
 
+    /// A server certificate valid from `since` ago until `left` from now.
+    fn server_valid(&self, name: &str, since: time::Duration, left: time::Duration) -> Files {
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - since;
+        params.not_after = now + left;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        Files {
+            cert: self.write(&format!("{name}.pem"), &cert.pem()),
+            key: self.write(&format!("{name}.key"), &key.serialize_pem()),
+        }
+    }
+
     fn server(&self) -> Files {
         self.issue(
             "server",
@@ -470,4 +485,107 @@ fn a_reload_reports_changed_files_and_names_a_broken_one() {
     std::fs::copy(&renewed.cert, &files.cert).unwrap();
     assert!(tls.reload_if_changed().unwrap().is_ok());
     assert!(tls.reload_if_changed().is_none());
+}
+
+/// `GET /metrics` over TLS, trusting `pki`'s CA: the body.
+async fn scrape_metrics(pki: &Pki, port: u16) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            pki.ca.der().to_vec(),
+        ))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(LIMIT, tls.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
+}
+
+/// The value of the expiry gauge of certificate file `cert` in `metrics`.
+fn expiry_sample(metrics: &str, cert: &std::path::Path) -> Option<i64> {
+    let series = format!(
+        "cortex_tls_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} ",
+        cert.display()
+    );
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map(|value| value.trim().parse().unwrap())
+}
+
+fn unix(at: std::time::SystemTime) -> i64 {
+    i64::try_from(at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()).unwrap()
+}
+
+#[tokio::test]
+async fn the_served_certificates_expiry_is_on_metrics_and_follows_a_renewal() {
+    let pki = Pki::new();
+    // 80 days into a 90-day certificate: its renewal is overdue.
+    let files = pki.server_valid("server", time::Duration::days(80), time::Duration::days(10));
+    let tls = TlsConfig::from_pem_files(&files.cert, &files.key, None)
+        .unwrap()
+        .reload_every(Duration::from_millis(50));
+    let expires = unix(tls.expires_at().expect("its dates are read"));
+    let in_ten_days = unix(std::time::SystemTime::now()) + 10 * 86_400;
+    assert!(
+        (expires - in_ten_days).abs() < 60,
+        "{expires} vs {in_ten_days}"
+    );
+    let (running, _dir) = start_memory(ServiceConfig {
+        tls: Some(tls),
+        ..ServiceConfig::default()
+    })
+    .await;
+    let port = running.addr.port();
+    let started = Instant::now();
+    let mut metrics = scrape_metrics(&pki, port).await;
+    // The watcher sets the gauge when it starts, just after the listener.
+    while expiry_sample(&metrics, &files.cert).is_none() && started.elapsed() < LIMIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = scrape_metrics(&pki, port).await;
+    }
+    assert_eq!(
+        expiry_sample(&metrics, &files.cert),
+        Some(expires),
+        "{metrics}"
+    );
+
+    // Renewed in place for 90 days: the gauge follows.
+    let renewed = pki.server_valid("renewed", time::Duration::ZERO, time::Duration::days(90));
+    std::fs::copy(&renewed.key, &files.key).unwrap();
+    std::fs::copy(&renewed.cert, &files.cert).unwrap();
+    let later = unix(std::time::SystemTime::now()) + 90 * 86_400;
+    loop {
+        let metrics = scrape_metrics(&pki, port).await;
+        let sample = expiry_sample(&metrics, &files.cert);
+        if sample.is_some_and(|at| (at - later).abs() < 60) {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the gauge never showed the renewed expiry: {sample:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
