@@ -62,15 +62,11 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let dialects::Setup {
-            service: _service,
-            item,
-            cortex,
-            mcp,
-        } = dialects::setup(32).await;
+        let setup = dialects::setup(32).await;
+        let (item, cortex, mcp) = (setup.item, &setup.cortex, &setup.mcp);
         // Warm both (sessions, connections).
-        run(&cortex, item, 200, 8).await;
-        run(&mcp, item, 200, 8).await;
+        run(cortex, item, 200, 8).await;
+        run(mcp, item, 200, 8).await;
         println!(
             "get_item on one memory service: {pairs} pairs of adjacent runs of {calls} calls \
              (order alternating); the ratio is the median of the pairs' ratios"
@@ -98,7 +94,7 @@ fn main() {
                     if !runs[i] {
                         continue;
                     }
-                    let c = if i == 0 { &cortex } else { &mcp };
+                    let c = if i == 0 { cortex } else { mcp };
                     let (rate, p50) = run(c, item, calls, concurrency).await;
                     rates[i] = rate;
                     if rate > best[i].0 {

@@ -48,14 +48,10 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let dialects::Setup {
-            service: _service,
-            item,
-            cortex,
-            mcp,
-        } = dialects::setup(10).await;
-        let (cortex_allocs, cortex_bytes) = count(&cortex, item).await;
-        let (mcp_allocs, mcp_bytes) = count(&mcp, item).await;
+        let setup = dialects::setup(10).await;
+        let (item, cortex, mcp) = (setup.item, &setup.cortex, &setup.mcp);
+        let (cortex_allocs, cortex_bytes) = count(cortex, item).await;
+        let (mcp_allocs, mcp_bytes) = count(mcp, item).await;
         println!("get_item on one in-process memory service, {CALLS} calls each (client and service counted)");
         println!("cortex dialect  {cortex_allocs:>7.1} allocs/call {cortex_bytes:>8.0} bytes/call");
         println!(

@@ -47,13 +47,9 @@ fn calls_of(dialect: &str, calls: usize) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let dialects::Setup {
-            service: _service,
-            item,
-            cortex,
-            mcp,
-        } = dialects::setup(10).await;
-        let client = if dialect == "mcp" { &mcp } else { &cortex };
+        let setup = dialects::setup(10).await;
+        let (item, cortex, mcp) = (setup.item, &setup.cortex, &setup.mcp);
+        let client = if dialect == "mcp" { mcp } else { cortex };
         for _ in 0..200 + calls {
             client
                 .call_tool("memory", "get_item", json!({"item_id": item}))

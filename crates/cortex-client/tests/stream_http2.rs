@@ -315,6 +315,17 @@ async fn a_stream_given_up_while_waiting_to_dial_leaves_the_next_one_free_to_dia
     assert_eq!(event.id, Some(first.to_string()));
 }
 
+/// `u1`'s stream, opened and delivering its first event.
+async fn first_stream(client: &cortex_client::NetworkMcpClient) -> cortex_client::EventStream {
+    let mut first = client
+        .stream_resource("memory", "history/u1/stream")
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(WAIT, first.next()).await.unwrap();
+    assert!(matches!(event, Some(Ok(_))), "{event:?}");
+    first
+}
+
 /// An h2c server that answers its first stream with an open event stream
 /// and refuses every later one with `REFUSED_STREAM`, counting them; or,
 /// with `refuse_first`, refuses the first and answers every later one.
@@ -362,12 +373,8 @@ async fn refusing_h2_server(
 async fn a_stream_the_server_refused_unprocessed_is_known_not_sent_and_tried_again() {
     let (url, refused) = refusing_h2_server(false).await;
     let client = common::client_for(&url, common::fast_config().build().unwrap());
-    let mut first = client
-        .stream_resource("memory", "history/u1/stream")
-        .await
-        .unwrap();
-    let event = tokio::time::timeout(WAIT, first.next()).await.unwrap();
-    assert!(matches!(event, Some(Ok(_))), "{event:?}");
+    // Kept open: the server's first stream stays busy.
+    let _first = first_stream(&client).await;
 
     let error = tokio::time::timeout(WAIT, client.stream_resource("memory", "history/u2/stream"))
         .await
@@ -476,12 +483,7 @@ async fn a_stream_above_the_last_one_a_goaway_names_is_known_not_sent() {
         .build()
         .unwrap();
     let client = common::client_for(&server.url, config);
-    let mut first = client
-        .stream_resource("memory", "history/u1/stream")
-        .await
-        .unwrap();
-    let event = tokio::time::timeout(WAIT, first.next()).await.unwrap();
-    assert!(matches!(event, Some(Ok(_))), "{event:?}");
+    let first = first_stream(&client).await;
     // Given up (reset), so that it does not try to resume once the
     // connection closes; the connection stays for the next stream.
     drop(first);
@@ -517,12 +519,8 @@ async fn a_stream_the_goaway_names_and_the_closing_connection_cuts_may_have_been
     let server = going_away_h2_server(true).await;
     let config = common::fast_config().max_retries(0).build().unwrap();
     let client = common::client_for(&server.url, config);
-    let mut first = client
-        .stream_resource("memory", "history/u1/stream")
-        .await
-        .unwrap();
-    let event = tokio::time::timeout(WAIT, first.next()).await.unwrap();
-    assert!(matches!(event, Some(Ok(_))), "{event:?}");
+    // Kept open until the connection closes under it.
+    let _first = first_stream(&client).await;
 
     let GoingAway { quiet, go_away, .. } = server;
     let tell = async {

@@ -15,7 +15,7 @@ use serde_json::json;
 /// the clients call), the item's id, and a client of it over the Cortex
 /// dialect and one over MCP (`/mcp`).
 pub(crate) struct Setup {
-    pub(crate) service: (TestServer, tempfile::TempDir),
+    pub(crate) _service: (TestServer, tempfile::TempDir),
     pub(crate) item: i64,
     pub(crate) cortex: NetworkMcpClient,
     pub(crate) mcp: NetworkMcpClient,
@@ -37,7 +37,7 @@ pub(crate) async fn setup(connections: usize) -> Setup {
         .unwrap();
     Setup {
         item: stored["item_id"].as_i64().unwrap(),
-        service: (server, dir),
+        _service: (server, dir),
         cortex,
         mcp,
     }
