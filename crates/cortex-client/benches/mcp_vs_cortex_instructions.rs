@@ -18,10 +18,8 @@
 
 mod dialects;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use cortex_client::McpClient;
+use cortex_test_support::callgrind;
 use serde_json::json;
 
 const LOW: usize = 100;
@@ -60,7 +58,7 @@ fn calls_of(dialect: &str, calls: usize) {
 }
 
 fn compare() {
-    if Command::new("valgrind").arg("--version").output().is_err() {
+    if !callgrind::available() {
         eprintln!(
             "valgrind was not found: this bench counts instructions with callgrind \
              (install the `valgrind` package)"
@@ -70,9 +68,15 @@ fn compare() {
     let dir = std::env::temp_dir().join(format!("cortex-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let per_call = |dialect: &str| {
-        let low = instructions(&dir, dialect, LOW);
-        let high = instructions(&dir, dialect, HIGH);
-        (high - low) as f64 / (HIGH - LOW) as f64
+        callgrind::per_unit(LOW, HIGH, |calls| {
+            callgrind::instructions(
+                &dir.join(format!("callgrind.{dialect}.{calls}")),
+                &[
+                    (DIALECT_VAR, dialect.to_owned()),
+                    (CALLS_VAR, calls.to_string()),
+                ],
+            )
+        })
     };
     println!(
         "get_item on one in-process memory service, instructions per call (client and service counted)"
@@ -89,27 +93,4 @@ fn compare() {
         "profiles: {} (callgrind_annotate --inclusive=yes <file>)",
         dir.display()
     );
-}
-
-/// The instructions callgrind counted in one run of `calls` calls.
-fn instructions(dir: &Path, dialect: &str, calls: usize) -> u64 {
-    let out: PathBuf = dir.join(format!("callgrind.{dialect}.{calls}"));
-    let run = Command::new("valgrind")
-        .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(std::env::current_exe().unwrap())
-        .env(DIALECT_VAR, dialect)
-        .env(CALLS_VAR, calls.to_string())
-        .output()
-        .expect("valgrind runs");
-    let log = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "the {dialect} run under callgrind failed:\n{log}"
-    );
-    // `==pid== Collected : 222415403`
-    log.lines()
-        .find_map(|line| line.split_once("Collected :"))
-        .and_then(|(_, count)| count.trim().parse().ok())
-        .unwrap_or_else(|| panic!("callgrind printed no total:\n{log}"))
 }

@@ -17,6 +17,7 @@
 //!   `cortex login`.
 
 pub mod auth;
+pub mod callgrind;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod mcp_servers;
