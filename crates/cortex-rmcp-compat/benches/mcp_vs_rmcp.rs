@@ -3,8 +3,8 @@
 //! Rust SDK, on the same tool, and each client against each server.
 //!
 //! ```text
-//! cargo bench -p cortex-rmcp-bench --bench mcp_vs_rmcp                     # time
-//! cargo bench -p cortex-rmcp-bench --bench mcp_vs_rmcp -- --instructions   # callgrind
+//! cargo bench -p cortex-rmcp-compat --bench mcp_vs_rmcp                     # time
+//! cargo bench -p cortex-rmcp-compat --bench mcp_vs_rmcp -- --instructions   # callgrind
 //! ```
 //!
 //! The tool (`item`) returns the same object on both servers (the shape of
@@ -21,104 +21,19 @@
 //! runtime, 100 and 1,100 calls after the same warm-up.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use cortex_client::discovery::{Endpoint, Protocol};
-use cortex_client::{ClientConfig, McpClient, NetworkMcpClient, StaticDiscovery};
-use cortex_service::{Service, ServiceConfig, Tool};
+use cortex_client::{McpClient, NetworkMcpClient};
+use cortex_rmcp_compat::{SERVICE, cortex_client, cortex_kit, item, rmcp_client, rmcp_server};
 use cortex_test_support::{TestServer, callgrind};
 use futures::StreamExt;
-use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ErrorData, ProtocolVersion,
-    ServerCapabilities, ServerConfig,
-};
-use rmcp::service::{MaybeSendFuture, RequestContext, RoleClient, RoleServer, RunningService};
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{ClientLifecycleMode, ClientServiceExt, ServerHandler};
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::{RoleClient, RunningService};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 /// Set in the runs under callgrind: which pairing, and how many calls.
 const PAIRING_VAR: &str = "CORTEX_BENCH_PAIRING";
 const CALLS_VAR: &str = "CORTEX_BENCH_CALLS";
-
-/// What the tool returns on both servers.
-fn item() -> Value {
-    json!({
-        "content": "x",
-        "content_type": "text/plain",
-        "conversation_id": null,
-        "created_at": "2026-12-05T04:31:46.381Z",
-        "input_data": {"content": "x"},
-        "item_id": 1,
-        "timestamp": "2026-12-05T04:31:46.381Z",
-        "updated_at": null,
-        "user_id": "u1"
-    })
-}
-
-/// The Cortex service kit serving `item`.
-async fn cortex_server() -> TestServer {
-    let service = Service::builder("bench", "1")
-        .tool(Tool::new(
-            "item",
-            "Returns a fixed item.",
-            json!({"type": "object", "properties": {"item_id": {"type": "integer"}}}),
-            |_ctx, _args| async { Ok(item()) },
-        ))
-        .build()
-        .unwrap();
-    TestServer::start(service, ServiceConfig::default()).await
-}
-
-/// rmcp's server serving `item`.
-#[derive(Clone)]
-struct ItemServer;
-
-impl ServerHandler for ItemServer {
-    fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-    }
-
-    fn call_tool(
-        &self,
-        _request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<CallToolResponse, ErrorData>> + MaybeSendFuture + '_ {
-        std::future::ready(Ok(CallToolResult::structured(item()).into()))
-    }
-}
-
-/// rmcp's server on loopback (TCP_NODELAY, as the kit): its `/mcp` URL.
-async fn rmcp_server(stop: &CancellationToken) -> String {
-    use axum::serve::ListenerExt;
-    let service: StreamableHttpService<ItemServer, LocalSessionManager> =
-        StreamableHttpService::new(
-            || Ok(ItemServer),
-            Default::default(),
-            StreamableHttpServerConfig::default()
-                .with_legacy_session_mode(false)
-                .with_json_response(true)
-                .with_cancellation_token(stop.child_token()),
-        );
-    let router = axum::Router::new().nest_service("/mcp", service);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled_owned().await })
-            .await;
-    });
-    url
-}
 
 enum Client {
     Cortex(NetworkMcpClient),
@@ -126,47 +41,11 @@ enum Client {
 }
 
 impl Client {
-    async fn cortex(url: &str) -> Self {
-        let discovery = StaticDiscovery::new();
-        discovery.register(
-            "bench",
-            vec![Endpoint::new(url.to_owned()).with_protocol(Protocol::Mcp)],
-        );
-        let config = ClientConfig::builder()
-            .max_connections(32)
-            .pool_timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        Self::Cortex(
-            NetworkMcpClient::builder(Arc::new(discovery))
-                .config(config)
-                .build()
-                .unwrap(),
-        )
-    }
-
-    async fn rmcp(url: &str) -> Self {
-        let transport = StreamableHttpClientTransport::from_config(
-            StreamableHttpClientTransportConfig::with_uri(url.to_owned()),
-        );
-        let client = rmcp::model::ClientConfig::default()
-            .serve_with_lifecycle(
-                transport,
-                ClientLifecycleMode::Auto {
-                    preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-                    legacy_version: Some(ProtocolVersion::V_2025_11_25),
-                },
-            )
-            .await
-            .expect("rmcp's client starts");
-        Self::Rmcp(client)
-    }
-
     /// One `tools/call` of `item`: its structured value.
     async fn call(&self) -> Value {
         match self {
             Self::Cortex(client) => client
-                .call_tool("bench", "item", json!({"item_id": 1}))
+                .call_tool(SERVICE, "item", json!({"item_id": 1}))
                 .await
                 .unwrap(),
             Self::Rmcp(client) => {
@@ -216,33 +95,32 @@ const PAIRINGS: [Pairing; 4] = [
 /// Both servers, and a client of each kind for each.
 struct Setup {
     _cortex: TestServer,
-    _stop: tokio_util::sync::DropGuard,
+    _rmcp: cortex_rmcp_compat::RmcpServer,
     clients: Vec<Client>,
 }
 
 async fn setup() -> Setup {
-    let cortex = cortex_server().await;
-    let stop = CancellationToken::new();
-    let rmcp_url = rmcp_server(&stop).await;
+    let cortex = cortex_kit().await;
+    let rmcp = rmcp_server().await;
     let cortex_url = cortex.url("/mcp");
     let mut clients = Vec::new();
     for pairing in PAIRINGS {
         let url = if pairing.cortex_server {
             &cortex_url
         } else {
-            &rmcp_url
+            &rmcp.url
         };
         let client = if pairing.cortex_client {
-            Client::cortex(url).await
+            Client::Cortex(cortex_client(url))
         } else {
-            Client::rmcp(url).await
+            Client::Rmcp(rmcp_client(url).await)
         };
         assert_eq!(client.call().await, item(), "{}", pairing.name);
         clients.push(client);
     }
     Setup {
         _cortex: cortex,
-        _stop: stop.drop_guard(),
+        _rmcp: rmcp,
         clients,
     }
 }
