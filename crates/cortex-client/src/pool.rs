@@ -1105,44 +1105,58 @@ fn shared_failure(pool: &EndpointPool, error: hyper::Error, untried: bool) -> Se
     if let Some(refusal) = tls.and_then(|tls| tls.refusal_over_h2(&error)) {
         return SendError::NotSent(Cause::new(refusal));
     }
+    let frame = ServerFrame::of(&error);
     // An HTTP/2 frame from the server (a `GOAWAY`, a reset) proves that it
     // speaks HTTP/2, whatever it says about the stream. Over TLS the
     // server chose HTTP/2 in the handshake. Otherwise a new connection's
     // first request failing is taken as a server without HTTP/2.
-    let h2_frame = h2_from_server(&error).is_some();
-    if untried && h2_frame {
+    if untried && frame != ServerFrame::None {
         pool.http2.store(HTTP2_WORKS, Ordering::Release);
     } else if untried && tls.is_none() {
         pool.refuse_http2(&error);
         return SendError::Unsuited(Unsuited::NoHttp2, error);
     }
-    // A graceful `GOAWAY` that leaves this stream out: the server is
-    // closing the connection (a restart, an idle close), not failing.
-    if h2_from_server(&error)
-        .is_some_and(|h2| h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
-    {
-        return SendError::GoingAway(error);
-    }
-    // A request hyper never handed to the connection, or one the server
-    // said it processed none of (see `refused_unprocessed`). Anything
-    // else, a connection closed under a stream above all, may have been.
-    if error.is_canceled() || refused_unprocessed(&error) {
-        SendError::NotSent(Cause::new(error))
-    } else {
-        SendError::MaybeSent(error)
+    match frame {
+        ServerFrame::GracefulGoAway => SendError::GoingAway(error),
+        ServerFrame::Unprocessed => SendError::NotSent(Cause::new(error)),
+        // A request hyper never handed to the connection. Anything else, a
+        // connection closed under a stream above all, may have been sent.
+        _ if error.is_canceled() => SendError::NotSent(Cause::new(error)),
+        _ => SendError::MaybeSent(error),
     }
 }
 
-/// Whether the server said it processed none of an HTTP/2 stream: it
-/// reset the stream with `REFUSED_STREAM` (RFC 9113 §8.7), or its `GOAWAY`
-/// named a last stream below this one (§6.8). h2 gives the `GOAWAY`'s
-/// error (remote) only to the streams above that last one, and to requests
-/// opened after it; a stream at or below it that the closing connection
-/// then cuts ends with an I/O error instead, and stays "may have been
-/// sent".
-fn refused_unprocessed(error: &hyper::Error) -> bool {
-    h2_from_server(error)
-        .is_some_and(|h2| h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+/// What the server's own HTTP/2 frame, if any, says about a failed stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServerFrame {
+    /// No frame from the server: this side's error, or the socket's.
+    None,
+    /// A `GOAWAY` without error left the stream out: the server is closing
+    /// the connection (a restart, an idle close) and processed none of it.
+    GracefulGoAway,
+    /// The server processed none of it: it reset the stream with
+    /// `REFUSED_STREAM` (RFC 9113 §8.7), or its `GOAWAY` (with an error)
+    /// named a last stream below this one (§6.8).
+    Unprocessed,
+    /// Any other reset: the server may have acted on the request.
+    Other,
+}
+
+impl ServerFrame {
+    /// h2 gives a `GOAWAY`'s error (remote) only to the streams above the
+    /// last one it names, and to requests opened after it; a stream at or
+    /// below it that the closing connection then cuts ends with an I/O
+    /// error instead, and stays "may have been sent".
+    fn of(error: &hyper::Error) -> Self {
+        let Some(h2) = h2_from_server(error) else {
+            return Self::None;
+        };
+        match (h2.is_go_away(), h2.reason()) {
+            (true, Some(h2::Reason::NO_ERROR)) => Self::GracefulGoAway,
+            (true, _) | (false, Some(h2::Reason::REFUSED_STREAM)) => Self::Unprocessed,
+            _ => Self::Other,
+        }
+    }
 }
 
 /// The HTTP/2 error behind `error` when it came in a frame from the server
