@@ -54,7 +54,7 @@
 //! one handshake for all its calls.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -99,14 +99,21 @@ const HTTP2_STREAM_WINDOW: u32 = 64 * 1024;
 /// so streams that are not read can never hold back the others.
 const HTTP2_CONNECTION_WINDOW: u32 = HTTP2_STREAM_WINDOW * HTTP2_STREAMS_PER_CONNECTION as u32;
 
-/// Whether an endpoint's resource streams go over HTTP/2 (an
-/// [`EndpointPool::http2`] value).
-const HTTP2_UNTRIED: u8 = 0;
-const HTTP2_WORKS: u8 = 1;
-/// The endpoint failed a stream's first request on a new HTTP/2
-/// connection, or did not choose `h2` in a TLS handshake: it does not
-/// speak HTTP/2, and gets HTTP/1.1 for [`HTTP2_RETRY_AFTER`].
-const HTTP2_REFUSED: u8 = 2;
+/// Whether an endpoint's resource streams go over HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Http2 {
+    /// Not known yet: the next stream's first request finds out.
+    Untried,
+    /// A stream's request went over HTTP/2, or the server sent an HTTP/2
+    /// frame.
+    Works,
+    /// The endpoint failed a stream's first request on a new HTTP/2
+    /// connection, or did not choose `h2` in a TLS handshake, `at` then:
+    /// it gets HTTP/1.1 for [`HTTP2_RETRY_AFTER`].
+    Refused {
+        at: Instant,
+    },
+}
 /// How long an endpoint found not to speak HTTP/2 gets HTTP/1.1 streams
 /// before HTTP/2 is tried again. The finding can be wrong (a server
 /// restarting under the first stream looks the same) or go stale (a
@@ -293,11 +300,9 @@ pub(crate) struct EndpointPool {
     /// A stream's answer head did not fit [`STREAM_READ_BUFFER`]: this
     /// endpoint's stream connections are dialled like any other from now on.
     large_stream_heads: AtomicBool,
-    /// Whether streams go over HTTP/2: [`HTTP2_UNTRIED`], [`HTTP2_WORKS`]
-    /// or [`HTTP2_REFUSED`].
-    http2: AtomicU8,
-    /// When `http2` became [`HTTP2_REFUSED`].
-    http2_refused_at: Mutex<Option<Instant>>,
+    /// Whether streams go over HTTP/2. Read once per stream request, not
+    /// per call.
+    http2: Mutex<Http2>,
     /// The HTTP/2 connections streams share. Each holds one slot of
     /// `max_connections`, as an HTTP/1 connection does.
     shared: Mutex<Vec<Shared>>,
@@ -334,8 +339,7 @@ impl EndpointPool {
             waiting: AtomicUsize::new(0),
             dialed_total: AtomicU64::new(0),
             large_stream_heads: AtomicBool::new(false),
-            http2: AtomicU8::new(HTTP2_UNTRIED),
-            http2_refused_at: Mutex::new(None),
+            http2: Mutex::new(Http2::Untried),
             shared: Mutex::new(Vec::new()),
             shared_freed: Notify::new(),
             shared_dialling: AtomicBool::new(false),
@@ -360,8 +364,8 @@ impl EndpointPool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn http2_refused_at(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.http2_refused_at
+    fn http2(&self) -> std::sync::MutexGuard<'_, Http2> {
+        self.http2
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -666,20 +670,11 @@ impl EndpointPool {
         }
     }
 
-    /// Marks the endpoint as not speaking HTTP/2 (once, logged).
+    /// Marks an untried endpoint as not speaking HTTP/2 (once, logged).
     fn refuse_http2(&self, why: &dyn std::fmt::Display) {
-        let mut refused_at = self.http2_refused_at();
-        if self
-            .http2
-            .compare_exchange(
-                HTTP2_UNTRIED,
-                HTTP2_REFUSED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
-        {
-            *refused_at = Some(Instant::now());
+        let mut http2 = self.http2();
+        if *http2 == Http2::Untried {
+            *http2 = Http2::Refused { at: Instant::now() };
             tracing::info!(
                 endpoint = %self.authority,
                 %why,
@@ -693,17 +688,24 @@ impl EndpointPool {
     /// not to speak it, less than [`HTTP2_RETRY_AFTER`] ago. After that
     /// the finding is forgotten, and the next stream finds out again.
     fn may_try_http2(&self) -> bool {
-        if self.http2.load(Ordering::Acquire) != HTTP2_REFUSED {
-            return true;
+        let mut http2 = self.http2();
+        match *http2 {
+            Http2::Refused { at } if at.elapsed() < HTTP2_RETRY_AFTER => false,
+            Http2::Refused { .. } => {
+                *http2 = Http2::Untried;
+                tracing::info!(endpoint = %self.authority, "trying HTTP/2 again for the endpoint's streams");
+                true
+            }
+            Http2::Untried | Http2::Works => true,
         }
-        let mut refused_at = self.http2_refused_at();
-        if refused_at.is_some_and(|at| at.elapsed() < HTTP2_RETRY_AFTER) {
-            return false;
+    }
+
+    /// Marks an untried endpoint as speaking HTTP/2.
+    fn http2_works(&self) {
+        let mut http2 = self.http2();
+        if *http2 == Http2::Untried {
+            *http2 = Http2::Works;
         }
-        *refused_at = None;
-        self.http2.store(HTTP2_UNTRIED, Ordering::Release);
-        tracing::info!(endpoint = %self.authority, "trying HTTP/2 again for the endpoint's streams");
-        true
     }
 
     async fn dial(
@@ -1080,7 +1082,7 @@ async fn send_shared(
             format!("cannot form the request URI: {e}"),
         )))
     })?;
-    let untried = pool.http2.load(Ordering::Acquire) == HTTP2_UNTRIED;
+    let untried = *pool.http2() == Http2::Untried;
     let sent = match sender.ready().await {
         Ok(()) => sender.send_request(request).await,
         Err(error) => Err(error),
@@ -1088,7 +1090,7 @@ async fn send_shared(
     match sent {
         Ok(response) => {
             if untried {
-                pool.http2.store(HTTP2_WORKS, Ordering::Release);
+                pool.http2_works();
             }
             Ok(response)
         }
@@ -1111,7 +1113,7 @@ fn shared_failure(pool: &EndpointPool, error: hyper::Error, untried: bool) -> Se
     // server chose HTTP/2 in the handshake. Otherwise a new connection's
     // first request failing is taken as a server without HTTP/2.
     if untried && frame != ServerFrame::None {
-        pool.http2.store(HTTP2_WORKS, Ordering::Release);
+        pool.http2_works();
     } else if untried && tls.is_none() {
         pool.refuse_http2(&error);
         return SendError::Unsuited(Unsuited::NoHttp2, error);
@@ -1301,7 +1303,7 @@ mod tests {
         assert!(!pool.may_try_http2(), "not yet");
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(pool.may_try_http2(), "the finding is forgotten");
-        assert_eq!(pool.http2.load(Ordering::Acquire), HTTP2_UNTRIED);
+        assert_eq!(*pool.http2(), Http2::Untried);
         // Found again: HTTP/1.1 for another while.
         pool.refuse_http2(&"refused again");
         assert!(!pool.may_try_http2());
