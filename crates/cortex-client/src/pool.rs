@@ -110,9 +110,7 @@ enum Http2 {
     /// The endpoint failed a stream's first request on a new HTTP/2
     /// connection, or did not choose `h2` in a TLS handshake, `at` then:
     /// it gets HTTP/1.1 for [`HTTP2_RETRY_AFTER`].
-    Refused {
-        at: Instant,
-    },
+    Refused { at: Instant },
 }
 /// How long an endpoint found not to speak HTTP/2 gets HTTP/1.1 streams
 /// before HTTP/2 is tried again. The finding can be wrong (a server

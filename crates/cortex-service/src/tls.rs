@@ -31,9 +31,9 @@
 //! once less than a sixth of that certificate's lifetime is left (15 days
 //! of a 90-day certificate, 1 of a 6-day one: ACME clients renew with a
 //! third left, so renewal is then well overdue), and reports an error
-//! (hourly) once it has expired. A date that cannot be read (a certificate
-//! rustls accepts but the parser does not) is logged, and nothing is
-//! reported for it.
+//! (hourly) once it has expired. Dates that cannot be read (a certificate
+//! rustls accepts but the parser does not) are logged, and the gauge reads
+//! 0, which an expiry alert takes for the past.
 //!
 //! # Where the handshake runs
 //! The accept loop (`server.rs`) only accepts and admits: the handshake
@@ -80,21 +80,26 @@ pub struct TlsConfig {
 
 struct Inner {
     /// Made from the files as last read well; replaced when they change.
-    acceptor: RwLock<TlsAcceptor>,
+    served: RwLock<Served>,
     paths: Paths,
     /// The files' contents when they were last read (`None`: one could
     /// not be read), to notice a change.
     seen: Mutex<Option<Pem>>,
-    /// The validity of the served chain's first certificate to expire
-    /// (`None`: unreadable).
-    validity: Mutex<Option<Validity>>,
 }
 
-/// When a certificate is valid: from `not_before` to `not_after`.
+/// What new handshakes get, made from one reading of the files.
+struct Served {
+    acceptor: TlsAcceptor,
+    /// The validity of the chain's first certificate to expire (`None`:
+    /// its dates could not be read).
+    validity: Option<Validity>,
+}
+
+/// When a certificate is valid, in Unix seconds, as it states them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Validity {
-    not_before: SystemTime,
-    not_after: SystemTime,
+    not_before: i64,
+    not_after: i64,
 }
 
 /// What a certificate's validity calls for at some moment.
@@ -109,27 +114,23 @@ enum Expiry {
 }
 
 impl Validity {
-    fn at(&self, now: SystemTime) -> Expiry {
-        match self.not_after.duration_since(now) {
-            Err(past) => Expiry::Expired {
-                ago: past.duration(),
-            },
-            Ok(left) => {
-                let lifetime = self
-                    .not_after
-                    .duration_since(self.not_before)
-                    .unwrap_or_default();
-                if left < lifetime / 6 {
-                    Expiry::RenewalOverdue { left }
-                } else {
-                    Expiry::Fine
-                }
-            }
+    /// At `now` (Unix seconds).
+    fn at(&self, now: i64) -> Expiry {
+        let seconds = |s: i64| Duration::from_secs(s.unsigned_abs());
+        if now >= self.not_after {
+            return Expiry::Expired {
+                ago: seconds(now - self.not_after),
+            };
         }
-    }
-
-    fn expires_unix(&self) -> i64 {
-        unix_seconds(self.not_after)
+        let left = self.not_after - now;
+        let lifetime = (self.not_after - self.not_before).max(0);
+        if left < lifetime / 6 {
+            Expiry::RenewalOverdue {
+                left: seconds(left),
+            }
+        } else {
+            Expiry::Fine
+        }
     }
 }
 
@@ -275,13 +276,12 @@ impl TlsConfig {
             client_ca: client_ca.map(Path::to_path_buf),
         };
         let pem = paths.read()?;
-        let (config, validity) = server_config(&paths, &pem)?;
+        let served = served(&paths, &pem)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                acceptor: RwLock::new(TlsAcceptor::from(Arc::new(config))),
+                served: RwLock::new(served),
                 paths,
                 seen: Mutex::new(Some(pem)),
-                validity: Mutex::new(validity),
             }),
             reload_every: DEFAULT_RELOAD_EVERY,
         })
@@ -290,15 +290,15 @@ impl TlsConfig {
     /// When the first certificate of the served chain to expire does
     /// (`None` when its dates could not be read).
     pub fn expires_at(&self) -> Option<SystemTime> {
-        self.validity().map(|v| v.not_after)
+        self.validity().map(|v| system_time(v.not_after))
+    }
+
+    fn served(&self) -> std::sync::RwLockReadGuard<'_, Served> {
+        self.inner.served.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn validity(&self) -> Option<Validity> {
-        *self
-            .inner
-            .validity
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.served().validity
     }
 
     /// Reads the files again every `every` while the service runs (see
@@ -325,11 +325,9 @@ impl TlsConfig {
         }
         // Made from the bytes just compared, not from a second read.
         Some(
-            now.and_then(|pem| server_config(&inner.paths, &pem))
-                .map(|(config, validity)| {
-                    let acceptor = TlsAcceptor::from(Arc::new(config));
-                    *inner.acceptor.write().unwrap_or_else(|e| e.into_inner()) = acceptor;
-                    *inner.validity.lock().unwrap_or_else(|e| e.into_inner()) = validity;
+            now.and_then(|pem| served(&inner.paths, &pem))
+                .map(|served| {
+                    *inner.served.write().unwrap_or_else(|e| e.into_inner()) = served;
                 }),
         )
     }
@@ -384,20 +382,25 @@ impl TlsConfig {
         let cert = self.inner.paths.cert.display();
         match self.validity() {
             Some(validity) => {
-                expiry.set(validity.expires_unix());
+                expiry.set(validity.not_after);
                 tracing::info!(
                     service,
                     %cert,
-                    expires_unix = validity.expires_unix(),
+                    expires_unix = validity.not_after,
                     "the served TLS certificate chain is valid until {}",
                     date_text(validity.not_after)
                 );
             }
-            None => tracing::warn!(
-                service,
-                %cert,
-                "the served TLS certificate's validity dates could not be read; its expiry is not reported"
-            ),
+            None => {
+                // Not the last certificate's date: 0, which an expiry
+                // alert takes for the past.
+                expiry.set(0);
+                tracing::warn!(
+                    service,
+                    %cert,
+                    "the served TLS certificate's validity dates could not be read; its expiry is reported as 0"
+                );
+            }
         }
     }
 
@@ -412,7 +415,7 @@ impl TlsConfig {
         };
         let cert = self.inner.paths.cert.display();
         let expires = date_text(validity.not_after);
-        match validity.at(SystemTime::now()) {
+        match validity.at(unix_seconds(SystemTime::now())) {
             Expiry::Fine => return,
             Expiry::RenewalOverdue { left } => tracing::warn!(
                 service,
@@ -449,22 +452,13 @@ impl TlsConfig {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let acceptor = self
-            .inner
-            .acceptor
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        acceptor.accept(io)
+        self.served().acceptor.accept(io)
     }
 }
 
-/// A server configuration from what the files hold: the certificate
-/// chain, its key, and the client CAs (`paths` name them in errors); and
-/// the validity of the chain's first certificate to expire.
-fn server_config(
-    paths: &Paths,
-    pem: &Pem,
-) -> Result<(rustls::ServerConfig, Option<Validity>), TlsSetupError> {
+/// What to serve from what the files hold: the certificate chain, its key,
+/// and the client CAs (`paths` name them in errors).
+fn served(paths: &Paths, pem: &Pem) -> Result<Served, TlsSetupError> {
     let (cert, key) = (paths.cert.as_path(), paths.key.as_path());
     let chain = parse_certificates(TlsFile::Certificate, cert, &pem.cert)?;
     let validity = chain_validity(&chain);
@@ -513,7 +507,10 @@ fn server_config(
     // misunderstood after it. The connection's first bytes tell the
     // server which to speak, as on plain TCP.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((config, validity))
+    Ok(Served {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        validity,
+    })
 }
 
 /// The validity of the first certificate of `chain` to expire; `None`
@@ -524,8 +521,8 @@ fn chain_validity(chain: &[CertificateDer<'_>]) -> Option<Validity> {
         let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
         let dates = certificate.validity();
         let validity = Validity {
-            not_before: system_time(dates.not_before.timestamp()),
-            not_after: system_time(dates.not_after.timestamp()),
+            not_before: dates.not_before.timestamp(),
+            not_after: dates.not_after.timestamp(),
         };
         if first.is_none_or(|f| validity.not_after < f.not_after) {
             first = Some(validity);
@@ -545,8 +542,7 @@ fn system_time(unix: i64) -> SystemTime {
 
 /// `Dec  5 04:22:59 2026 +00:00` (as OpenSSL writes certificate dates),
 /// for the log.
-fn date_text(at: SystemTime) -> String {
-    let unix = unix_seconds(at);
+fn date_text(unix: i64) -> String {
     x509_parser::time::ASN1Time::from_timestamp(unix)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| format!("{unix} (Unix time)"))
@@ -623,34 +619,36 @@ mod tests {
     use super::*;
 
     const DAY: Duration = Duration::from_secs(86_400);
+    /// A day in Unix seconds.
+    const D: i64 = 86_400;
 
     #[test]
     fn renewal_is_overdue_with_a_sixth_of_the_lifetime_left() {
-        let issued = SystemTime::UNIX_EPOCH + 1_000 * DAY;
+        let issued = 1_000 * D;
         let ninety_days = Validity {
             not_before: issued,
-            not_after: issued + 90 * DAY,
+            not_after: issued + 90 * D,
         };
-        assert_eq!(ninety_days.at(issued + DAY), Expiry::Fine);
+        assert_eq!(ninety_days.at(issued + D), Expiry::Fine);
         // ACME clients renew with 30 days left: not yet overdue.
-        assert_eq!(ninety_days.at(issued + 60 * DAY), Expiry::Fine);
-        assert_eq!(ninety_days.at(issued + 75 * DAY), Expiry::Fine);
+        assert_eq!(ninety_days.at(issued + 60 * D), Expiry::Fine);
+        assert_eq!(ninety_days.at(issued + 75 * D), Expiry::Fine);
         assert_eq!(
-            ninety_days.at(issued + 76 * DAY),
+            ninety_days.at(issued + 76 * D),
             Expiry::RenewalOverdue { left: 14 * DAY }
         );
         assert_eq!(
-            ninety_days.at(issued + 91 * DAY),
+            ninety_days.at(issued + 91 * D),
             Expiry::Expired { ago: DAY }
         );
         // A six-day certificate is overdue with one day left.
         let six_days = Validity {
             not_before: issued,
-            not_after: issued + 6 * DAY,
+            not_after: issued + 6 * D,
         };
-        assert_eq!(six_days.at(issued + 4 * DAY), Expiry::Fine);
+        assert_eq!(six_days.at(issued + 4 * D), Expiry::Fine);
         assert!(matches!(
-            six_days.at(issued + 5 * DAY + Duration::from_secs(1)),
+            six_days.at(issued + 5 * D + 1),
             Expiry::RenewalOverdue { .. }
         ));
     }
@@ -658,7 +656,7 @@ mod tests {
     #[test]
     fn dates_read_as_openssl_writes_them() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_444_579);
-        assert_eq!(date_text(at), "Dec  5 04:22:59 2026 +00:00");
+        assert_eq!(date_text(unix_seconds(at)), "Dec  5 04:22:59 2026 +00:00");
         assert_eq!(unix_seconds(at), 1_796_444_579);
     }
 }
