@@ -49,7 +49,10 @@ impl Client {
                 .await
                 .unwrap(),
             Self::Rmcp(client) => {
-                let arguments = json!({"item_id": 1}).as_object().cloned().unwrap();
+                // Built as the Cortex client's arguments are, not copied.
+                let Value::Object(arguments) = json!({"item_id": 1}) else {
+                    unreachable!("an object literal")
+                };
                 client
                     .call_tool(CallToolRequestParams::new("item").with_arguments(arguments))
                     .await
